@@ -1,0 +1,378 @@
+"""The ``aiot`` command line.
+
+Every command has ``--help``; every listing takes ``--json`` and then prints
+one JSON document on stdout. Errors print one red line with what to do next
+and exit non-zero; ``aiot --debug ...`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from types import FrameType
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from aiot.client import (
+    Credentials,
+    PlatformClient,
+    forget_credentials,
+    load_credentials,
+    save_credentials,
+)
+from bootstrapper.broker import wait_for_broker
+from bootstrapper.local import LocalPlatform
+from platform_core.auth import Role
+from platform_sdk.errors import PlatformError, Unavailable
+from platform_sdk.runstate import kafka_address, read_run_state
+from platform_sdk.settings import Settings, get_settings
+
+FOLLOW_POLL_S = 1.0
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+
+app = typer.Typer(
+    help="AIoT platform: run it, and manage users, models, devices and apps.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+user_app = typer.Typer(help="Manage users (platform configurers only).", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+@dataclass
+class CliState:
+    debug: bool = False
+
+
+def out() -> Console:
+    return Console(highlight=False)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """AIoT platform command line. AIOT_HOME selects the platform (default ~/.aiot)."""
+    ctx.ensure_object(CliState).debug = debug
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+@app.command("version")
+def show_version() -> None:
+    """Print the platform's version."""
+    try:
+        found = version("aiot-platform")
+    except PackageNotFoundError:
+        found = "unknown (not installed)"
+    out().print(f"aiot-platform {found}")
+
+
+@app.command()
+def up(
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once everything answers.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to answer.")] = 60.0,
+) -> None:
+    """Start the platform on this machine (broker if none configured, logger, front door)."""
+    settings = _settings()
+    console = out()
+    platform = LocalPlatform(settings)
+    with console.status("starting the platform") as status:
+        result = platform.up(progress=status.update, timeout=timeout)
+    state = result.state
+    console.print(f"[green]platform up[/] from {settings.home_dir}")
+    console.print(f"  front door  {state.web_url}")
+    console.print(f"  kafka       {state.broker}{' (embedded)' if state.broker_embedded else ''}")
+    _log_in_first_configurer(settings, state.web_url or "", result.generated_password, console)
+    if detach:
+        console.print("stop it with `aiot down`")
+        return
+    console.print("press Ctrl-C to stop")
+    _wait_until_interrupted_or_dead(platform)
+    with console.status("stopping the platform") as status:
+        platform.down(progress=status.update)
+    console.print("platform stopped")
+
+
+def _log_in_first_configurer(settings: Settings, url: str, generated: str | None, console: Console) -> None:
+    auth = settings.auth
+    password = generated or (auth.admin_password.get_secret_value() if auth.admin_password else None)
+    if generated:
+        name = auth.admin_username
+        console.print(f"[bold yellow]first platform configurer '{name}' created; password, shown once:[/]")
+        console.print(f"    {generated}")
+    if password and load_credentials(settings) is None:
+        reply = PlatformClient(url).post(
+            "/api/auth/login",
+            json={"username": auth.admin_username, "password": password, "token_name": "aiot-up"},
+        )
+        save_credentials(settings, Credentials(url=url, username=auth.admin_username, token=reply["token"]))
+        console.print(f"this CLI is logged in as '{auth.admin_username}'")
+
+
+def _wait_until_interrupted_or_dead(platform: LocalPlatform) -> None:
+    interrupted = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        interrupted.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not interrupted.wait(1.0):
+            dead = [process.name for process in platform.status() if not process.running]
+            if dead:
+                out().print(f"[red]{', '.join(dead)} exited; stopping the platform[/]")
+                return
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@app.command()
+def down() -> None:
+    """Stop everything this AIOT_HOME started."""
+    console = out()
+    platform = LocalPlatform(_settings())
+    with console.status("stopping the platform") as status:
+        stopped = platform.down(progress=status.update)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(as_json: JsonOption = False) -> None:
+    """Show what runs for this AIOT_HOME."""
+    settings = _settings()
+    state = read_run_state(settings)
+    processes = LocalPlatform(settings).status()
+    document = {
+        "home": str(settings.home_dir),
+        "running": any(process.running for process in processes),
+        "web_url": state.web_url if state else None,
+        "broker": state.broker if state else None,
+        "processes": [
+            {"name": p.name, "pid": p.pid, "running": p.running, "log_file": p.log_file} for p in processes
+        ],
+    }
+    if as_json:
+        print_json(document)
+        return
+    console = out()
+    if not processes:
+        console.print(f"no platform is running from {settings.home_dir}; start one with `aiot up`")
+        return
+    table = Table("service", "pid", "state", "output")
+    for p in processes:
+        table.add_row(
+            p.name,
+            str(p.pid),
+            "[green]running[/]" if p.running else "[red]stopped[/]",
+            p.log_file or "",
+        )
+    console.print(table)
+    console.print(f"front door {document['web_url']}   kafka {document['broker']}")
+
+
+@app.command()
+def broker(as_json: JsonOption = False) -> None:
+    """Show the Kafka broker this platform uses and whether it answers."""
+    settings = _settings()
+    address = kafka_address(settings)
+    state = read_run_state(settings)
+    document: dict[str, Any] = {
+        "bootstrap_servers": address,
+        "embedded": bool(state and state.broker_embedded and not settings.kafka.bootstrap_servers),
+        "reachable": False,
+    }
+    if address:
+        try:
+            wait_for_broker(address, timeout=3)
+            document["reachable"] = True
+        except Unavailable as exc:
+            document["error"] = exc.message
+    if as_json:
+        print_json(document)
+        return
+    if not address:
+        raise Unavailable("no broker configured or running: start the platform with `aiot up`")
+    mark = (
+        "[green]answers[/]" if document["reachable"] else f"[red]does not answer[/] ({document.get('error')})"
+    )
+    kind = "embedded Tansu" if document["embedded"] else "external Kafka"
+    out().print(f"{address} ({kind}) {mark}")
+
+
+LEVEL_STYLES = {
+    "DEBUG": "dim",
+    "INFO": "",
+    "WARNING": "yellow",
+    "ERROR": "red",
+    "CRITICAL": "bold red",
+}
+
+
+@app.command()
+def logs(
+    service: Annotated[str | None, typer.Argument(help="Only this service id.")] = None,
+    level: Annotated[str | None, typer.Option(help="This level and above (DEBUG..CRITICAL).")] = None,
+    since: Annotated[str | None, typer.Option(help="Like 10m, 2h, 1d, or an ISO time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Like 10m, 2h, 1d, or an ISO time.")] = None,
+    grep: Annotated[str | None, typer.Option(help="Only records containing this text.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (the most recent).")] = 200,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print collected logs of the platform's services."""
+    client = PlatformClient.from_settings(_settings())
+    params: dict[str, Any] = {
+        "service": service,
+        "level": level,
+        "since": since,
+        "until": until,
+        "grep": grep,
+        "limit": limit,
+    }
+    records = client.get("/api/logs", params=params)["records"]
+    if as_json and not follow:
+        print_json(records)
+        return
+    console = out()
+    seen: set[tuple[str, str, str]] = set()
+
+    def show(batch: list[dict[str, Any]]) -> None:
+        for record in batch:
+            key = (record["time"], record["service_id"], record["message"])
+            if key in seen:
+                continue
+            seen.add(key)
+            if as_json:
+                sys.stdout.write(json.dumps(record) + "\n")
+                continue
+            head = f"{record['time']} {record['service_id']:<12} {record['level']:<8} {record['logger']}"
+            line = Text(f"{head}: {record['message']}", style=LEVEL_STYLES.get(record["level"], ""))
+            console.print(line, soft_wrap=True)
+            if record.get("exception"):
+                console.print(record["exception"], markup=False, soft_wrap=True)
+
+    show(records)
+    while follow:
+        time.sleep(FOLLOW_POLL_S)
+        newest = records[-1]["time"] if records else None
+        records = client.get("/api/logs", params={**params, "since": newest or since})["records"] or records
+        show(records)
+
+
+@app.command()
+def login(
+    username: Annotated[str, typer.Option(prompt=True, help="Your user name.")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Your password.")],
+) -> None:
+    """Log in to the platform; the token is kept in AIOT_HOME/credentials.json."""
+    settings = _settings()
+    client = PlatformClient.from_settings(settings, authenticated=False)
+    reply = client.post(
+        "/api/auth/login",
+        json={"username": username, "password": password, "token_name": "aiot-cli"},
+    )
+    save_credentials(settings, Credentials(url=client.url, username=username, token=reply["token"]))
+    out().print(f"logged in as {username} ({reply['user']['role']})")
+
+
+@app.command()
+def logout() -> None:
+    """Revoke this CLI's token and forget it."""
+    settings = _settings()
+    if load_credentials(settings) is None:
+        out().print("not logged in")
+        return
+    try:
+        PlatformClient.from_settings(settings).post("/api/auth/logout")
+    finally:
+        forget_credentials(settings)
+    out().print("logged out")
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="Lowercase letters, digits, '.', '_' or '-'.")],
+    role: Annotated[Role, typer.Option(help="What the user may do.")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    email: Annotated[str | None, typer.Option(help="Where the platform sends notifications.")] = None,
+) -> None:
+    """Register a user with a role."""
+    client = PlatformClient.from_settings(_settings())
+    reply = client.post(
+        "/api/users",
+        json={"username": username, "password": password, "role": role.value, "email": email},
+    )
+    out().print(f"user {reply['user']['username']} ({reply['user']['role']}) created")
+
+
+@user_app.command("list")
+def user_list(as_json: JsonOption = False) -> None:
+    """List users."""
+    users = PlatformClient.from_settings(_settings()).get("/api/users")["users"]
+    if as_json:
+        print_json(users)
+        return
+    table = Table("username", "role", "email", "state")
+    for user in users:
+        table.add_row(
+            user["username"],
+            user["role"],
+            user["email"] or "",
+            "disabled" if user["disabled"] else "active",
+        )
+    out().print(table)
+
+
+@user_app.command("disable")
+def user_disable(username: str) -> None:
+    """Disable a user; their tokens stop working at once."""
+    PlatformClient.from_settings(_settings()).post(f"/api/users/{username}/disable")
+    out().print(f"user {username} disabled")
+
+
+@user_app.command("enable")
+def user_enable(username: str) -> None:
+    """Enable a disabled user."""
+    PlatformClient.from_settings(_settings()).post(f"/api/users/{username}/enable")
+    out().print(f"user {username} enabled")
+
+
+def main() -> None:
+    state = CliState()
+    try:
+        app(obj=state, standalone_mode=False)
+    except PlatformError as error:
+        if state.debug:
+            raise
+        Console(stderr=True, highlight=False).print(f"[red]error:[/] {error.message}", soft_wrap=True)
+        if error.details:
+            Console(stderr=True).print_json(data=error.details)
+        raise SystemExit(1) from None
+    except click.exceptions.Abort:
+        Console(stderr=True).print("aborted")
+        raise SystemExit(130) from None
+    except click.ClickException as error:
+        error.show()
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

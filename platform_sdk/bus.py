@@ -1,0 +1,492 @@
+"""The Kafka bus: producer wrapper, the one consumer loop, request/reply, topic creation.
+
+Every platform process talks to Kafka through this module and nothing else
+imports ``confluent_kafka`` directly, so client tuning, error translation and
+the life of a message live in one place.
+
+Life of a message::
+
+    Producer.send(topic, message)           Envelope.wrap → to_kafka → produce; the
+                                            delivery report is served on the next send/flush
+    ConsumerLoop thread: poll ─▶ Envelope.from_kafka ─▶ handler registered for its type
+        handler returns a Message and the envelope has reply_to  ─▶ reply sent
+        handler raises                       ─▶ logged; error reply (request) or
+                                                copy to the dead-letter topic (event)
+        then the offset is stored; librdkafka commits stored offsets every second
+        and on close, so a message is committed only after it was handled.
+
+The loop survives broker restarts: librdkafka reconnects on its own, and a
+topic that vanished (the embedded broker keeps topics in memory) is created
+again when the loop sees it missing.
+
+``Requester.request()`` sends a message with a correlation id and its own
+reply topic (one partition, read by manual assignment, so no group join) and
+waits for the matching reply or raises ``Timeout``. Reply handlers on the
+serving side are ordinary handlers that return a Message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import confluent_kafka
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from platform_sdk.envelope import Envelope, Message
+from platform_sdk.errors import BadRequest, PlatformError, Timeout, Unavailable, error_from_status
+from platform_sdk.runstate import kafka_address
+from platform_sdk.settings import KafkaSettings, Settings, get_settings
+from platform_sdk.topics import Topics
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+Handler = Callable[[Any, Envelope], Message | None]
+EnvelopeHandler = Callable[[Envelope], None]
+
+POLL_INTERVAL_S = 0.1
+_TOPIC_RETRY_S = 1.0
+
+
+class ErrorReply(Message):
+    """What a request gets back when its handler raised."""
+
+    message_type = "error"
+    status: int
+    message: str
+    details: Any = None
+
+
+def client_config(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> dict[str, Any]:
+    """librdkafka properties shared by producers, consumers and admin clients."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "socket.nagle.disable": True,
+        # Loopback and in-cluster brokers come back within a second; retry at that pace.
+        "reconnect.backoff.max.ms": 1000,
+        "topic.metadata.refresh.interval.ms": 5000,
+        # librdkafka's own diagnostics go through Python logging, not straight to stderr.
+        "logger": logging.getLogger("librdkafka"),
+        **kafka.extra,
+    }
+    config.update(overrides)
+    return config
+
+
+@dataclass
+class Bus:
+    """One process's view of the message bus: address, topic names, identity."""
+
+    settings: Settings = field(default_factory=get_settings)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.source = self.source or self.settings.service_id or "anonymous"
+        self.topics = Topics.from_settings(self.settings)
+        self._bootstrap = kafka_address(self.settings)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        servers = self._bootstrap
+        if not servers:
+            raise Unavailable(
+                "no Kafka address configured: set AIOT_KAFKA__BOOTSTRAP_SERVERS, "
+                "or start the platform with `aiot up` so its broker address is recorded"
+            )
+        return servers
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        return client_config(self.settings.kafka, self.bootstrap_servers, **overrides)
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.config())
+
+    def ensure_topics(
+        self, names: Iterable[str], partitions: int | None = None, timeout: float = 10.0
+    ) -> None:
+        """Create each missing topic with an explicit partition count; existing ones are kept."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return
+        admin = self.admin()
+        try:
+            existing = admin.list_topics(timeout=timeout).topics
+        except confluent_kafka.KafkaException as exc:
+            raise Unavailable(f"Kafka at {self.bootstrap_servers} does not answer: {exc}") from exc
+        missing = [name for name in wanted if name not in existing]
+        if not missing:
+            return
+        count = partitions or self.settings.kafka.partitions
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=count, replication_factor=-1) for name in missing],
+            operation_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout)
+            except confluent_kafka.KafkaException as exc:
+                if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise Unavailable(f"cannot create topic {name!r}: {exc}") from exc
+
+    def delete_topics(self, names: Iterable[str], timeout: float = 5.0) -> None:
+        futures = self.admin().delete_topics(list(names), operation_timeout=timeout)
+        for future in futures.values():
+            try:
+                future.result(timeout)
+            except confluent_kafka.KafkaException as exc:
+                log.debug("topic deletion failed: %s", exc)
+
+    def producer(self, **overrides: Any) -> Producer:
+        return Producer(self, **overrides)
+
+
+class Producer:
+    """A confluent-kafka producer that sends envelopes and counts delivery reports."""
+
+    def __init__(self, bus: Bus, **overrides: Any) -> None:
+        self.bus = bus
+        self.delivered = 0
+        self.failed = 0
+        self.last_error: str | None = None
+        self._producer = confluent_kafka.Producer(bus.config(**{"linger.ms": 0, "acks": "all", **overrides}))
+
+    def send(
+        self,
+        topic: str,
+        message: Message | Envelope,
+        *,
+        key: str | bytes | None = None,
+        data: bytes | None = None,
+        on_delivery: Callable[[bool], None] | None = None,
+    ) -> Envelope:
+        """Queue one message; returns its envelope. Raises ``Unavailable`` when the local queue is full."""
+        envelope = (
+            message
+            if isinstance(message, Envelope)
+            else Envelope.wrap(message, source=self.bus.source, data=data)
+        )
+        value, headers = envelope.to_kafka()
+        self.send_raw(topic, value, key=key, headers=list(headers), on_delivery=on_delivery)
+        return envelope
+
+    def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: str | bytes | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        on_delivery: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Queue a record as it is (forwarding, dead-lettering); no envelope is added."""
+
+        def report(err: confluent_kafka.KafkaError | None, _record: Any) -> None:
+            if err is None:
+                self.delivered += 1
+            else:
+                self.failed += 1
+                self.last_error = str(err)
+            if on_delivery is not None:
+                on_delivery(err is None)
+
+        try:
+            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
+        except BufferError as exc:
+            self._producer.poll(0)
+            raise Unavailable("the producer's local queue is full; the broker is not keeping up") from exc
+        except confluent_kafka.KafkaException as exc:
+            raise Unavailable(f"cannot send to {topic!r}: {exc}") from exc
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve pending delivery reports."""
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for outstanding messages; returns how many are still undelivered."""
+        remaining: int = self._producer.flush(timeout)
+        return remaining
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+
+class ConsumerLoop:
+    """The one consumer loop: poll, decode, dispatch by message type, reply or dead-letter, commit.
+
+    With ``group`` the loop joins that consumer group on ``topics`` (each group
+    gets every message); without, it reads all partitions of ``topics`` by
+    manual assignment, which needs no group join and suits private topics.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        topics: Iterable[str],
+        *,
+        group: str | None,
+        name: str | None = None,
+        offset_reset: str = "earliest",
+        partitions: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.bus = bus
+        self.topics = sorted(set(topics))
+        self.group = group
+        self.name = name or group or "assigned"
+        self.partitions = partitions
+        self.handled = 0
+        self.dead_lettered = 0
+        self._handlers: dict[str, tuple[type[Message], Handler]] = {}
+        self._fallback: EnvelopeHandler | None = None
+        self._stop = threading.Event()
+        self._assigned = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: Producer | None = None
+        self._last_topic_check = 0.0
+        settings = bus.settings.kafka
+        self._config = bus.config(
+            **{
+                "group.id": group or f"{bus.topics.prefix}.assigned.{uuid.uuid4().hex}",
+                "enable.auto.commit": group is not None,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": offset_reset,
+                "session.timeout.ms": settings.session_timeout_ms,
+                "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+                "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+                "enable.partition.eof": False,
+                **overrides,
+            }
+        )
+        self._consumer: confluent_kafka.Consumer | None = None
+
+    def on(
+        self, message_cls: type[M]
+    ) -> Callable[[Callable[[M, Envelope], Message | None]], Callable[[M, Envelope], Message | None]]:
+        """Register ``handler(message, envelope)`` for ``message_cls``; use as a decorator."""
+
+        def register(
+            handler: Callable[[M, Envelope], Message | None],
+        ) -> Callable[[M, Envelope], Message | None]:
+            self.add_handler(message_cls, handler)
+            return handler
+
+        return register
+
+    def add_handler(self, message_cls: type[M], handler: Callable[[M, Envelope], Message | None]) -> None:
+        if self._thread is not None:
+            raise RuntimeError("register handlers before start()")
+        self._handlers[message_cls.message_type] = (message_cls, handler)
+
+    def on_any(self, handler: EnvelopeHandler) -> None:
+        """Receive every envelope no typed handler claims (used by request/reply)."""
+        self._fallback = handler
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"consumer loop {self.name!r} already started")
+        self.bus.ensure_topics(self.topics, self.partitions)
+        self._producer = self.bus.producer()
+        consumer = confluent_kafka.Consumer(self._config)
+        if self.group is None:
+            metadata = consumer.list_topics(timeout=10)
+            consumer.assign(
+                [
+                    confluent_kafka.TopicPartition(topic, partition)
+                    for topic in self.topics
+                    for partition in metadata.topics[topic].partitions
+                ]
+            )
+            self._assigned.set()
+        else:
+            consumer.subscribe(self.topics, on_assign=lambda *_: self._assigned.set())
+        self._consumer = consumer
+        self._thread = threading.Thread(target=self._run, name=f"aiot-consumer-{self.name}")
+        self._thread.start()
+
+    def wait_assigned(self, timeout: float = 30.0) -> None:
+        """Block until the group has given this loop its partitions."""
+        if not self._assigned.wait(timeout):
+            raise Timeout(f"consumer {self.name!r} got no partitions of {self.topics} in {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the message in hand, commit, leave the group and close."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(timeout)
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stop.is_set():
+            try:
+                record = consumer.poll(POLL_INTERVAL_S)
+            except confluent_kafka.KafkaException as exc:
+                log.warning("consumer %s: poll failed: %s", self.name, exc)
+                continue
+            if record is None:
+                continue
+            error = record.error()
+            if error is not None:
+                self._on_consumer_error(error)
+                continue
+            self._handle(record)
+            if self.group is not None:
+                consumer.store_offsets(record)
+
+    def _on_consumer_error(self, error: confluent_kafka.KafkaError) -> None:
+        if error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
+            now = time.monotonic()
+            if now - self._last_topic_check >= _TOPIC_RETRY_S:
+                self._last_topic_check = now
+                log.info("consumer %s: topic missing (broker restarted?); creating it", self.name)
+                try:
+                    self.bus.ensure_topics(self.topics, self.partitions, timeout=2.0)
+                except Unavailable as exc:
+                    log.warning("consumer %s: %s", self.name, exc)
+            return
+        log.warning("consumer %s: %s", self.name, error)
+
+    def _handle(self, record: confluent_kafka.Message) -> None:
+        try:
+            envelope = Envelope.from_kafka(record.value(), record.headers())
+        except BadRequest as exc:
+            self._dead_letter(record, exc)
+            return
+        entry = self._handlers.get(envelope.type)
+        try:
+            if entry is None:
+                if self._fallback is not None:
+                    self._fallback(envelope)
+                return
+            message_cls, handler = entry
+            reply = handler(envelope.open(message_cls), envelope)
+            self.handled += 1
+            if reply is not None and envelope.reply_to:
+                self._reply(envelope, reply)
+        except Exception as exc:
+            log.exception("consumer %s: handler for %r failed", self.name, envelope.type)
+            if envelope.reply_to:
+                self._reply(envelope, _error_reply(exc))
+            else:
+                self._dead_letter(record, exc)
+
+    def _reply(self, request: Envelope, reply: Message) -> None:
+        assert self._producer is not None
+        assert request.reply_to is not None
+        self._producer.send(
+            request.reply_to,
+            Envelope.wrap(reply, source=self.bus.source, correlation_id=request.correlation_id),
+        )
+
+    def _dead_letter(self, record: confluent_kafka.Message, exc: BaseException) -> None:
+        assert self._producer is not None
+        self.dead_lettered += 1
+        original = record.headers() or []
+        headers: list[tuple[str, str | bytes | None]] = list(
+            original.items() if isinstance(original, dict) else original
+        )
+        headers += [
+            ("aiot-dlq-error", f"{type(exc).__name__}: {exc}".encode()),
+            ("aiot-dlq-topic", (record.topic() or "").encode()),
+            ("aiot-dlq-partition", str(record.partition()).encode()),
+            ("aiot-dlq-offset", str(record.offset()).encode()),
+            ("aiot-dlq-consumer", self.name.encode()),
+        ]
+        try:
+            self._producer.send_raw(
+                self.bus.topics.dead_letter, record.value(), key=record.key(), headers=headers
+            )
+        except Unavailable as send_error:
+            log.error("consumer %s: cannot dead-letter a record: %s", self.name, send_error)
+
+
+def _error_reply(exc: BaseException) -> ErrorReply:
+    if isinstance(exc, PlatformError):
+        body = exc.to_dict()
+        return ErrorReply(status=exc.status, message=body["message"], details=body.get("details"))
+    return ErrorReply(status=500, message="internal error; see the platform logs")
+
+
+class Requester:
+    """Request/reply over Kafka: a private reply topic and a future per correlation id."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.reply_topic = bus.topics.replies(f"{bus.source}-{uuid.uuid4().hex[:12]}")
+        self._pending: dict[str, Future[Envelope]] = {}
+        self._lock = threading.Lock()
+        self._loop = ConsumerLoop(
+            bus,
+            [self.reply_topic],
+            group=None,
+            name=f"replies-{bus.source}",
+            partitions=1,
+            offset_reset="earliest",
+        )
+        self._loop.on_any(self._resolve)
+        self._producer: Producer | None = None
+
+    def start(self) -> None:
+        self._producer = self.bus.producer()
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+        if self._producer is not None:
+            self._producer.flush(5)
+        self.bus.delete_topics([self.reply_topic])
+
+    def _resolve(self, envelope: Envelope) -> None:
+        with self._lock:
+            future = self._pending.pop(envelope.correlation_id or "", None)
+        if future is not None:
+            future.set_result(envelope)
+
+    def request(self, topic: str, message: Message, reply_cls: type[R], timeout: float | None = None) -> R:
+        """Send ``message`` to ``topic`` and wait for a ``reply_cls`` answer."""
+        if self._producer is None:
+            raise RuntimeError("start() the requester first")
+        wait = timeout if timeout is not None else self.bus.settings.kafka.request_timeout_s
+        correlation_id = uuid.uuid4().hex
+        future: Future[Envelope] = Future()
+        with self._lock:
+            self._pending[correlation_id] = future
+        self._producer.send(
+            topic,
+            Envelope.wrap(
+                message,
+                source=self.bus.source,
+                correlation_id=correlation_id,
+                reply_to=self.reply_topic,
+            ),
+        )
+        try:
+            reply = future.result(wait)
+        except FutureTimeout as exc:
+            raise Timeout(f"no reply to {message.message_type!r} on {topic!r} within {wait:g}s") from exc
+        finally:
+            with self._lock:
+                self._pending.pop(correlation_id, None)
+        if reply.type == ErrorReply.message_type:
+            error: ErrorReply = reply.open(ErrorReply)
+            raise error_from_status(error.status, error.message, error.details)
+        return reply.open(reply_cls)

@@ -1,0 +1,60 @@
+"""The heartbeat client: proof of life from every managed process.
+
+A named thread sends a ``Heartbeat`` on the heartbeats topic right away and
+then once per interval until ``stop()``. The heartbeat monitor (``heartbeat/``)
+keeps the last-seen time of each service id and restarts what falls silent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from platform_sdk.bus import Bus, Producer
+from platform_sdk.errors import Unavailable
+from platform_sdk.messages import Heartbeat
+
+
+class HeartbeatClient:
+    """Sends this process's heartbeat every ``interval_s`` seconds on its own thread."""
+
+    def __init__(self, bus: Bus, *, interval_s: float) -> None:
+        self.bus = bus
+        self.interval_s = interval_s
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: Producer | None = None
+
+    def start(self) -> None:
+        self._producer = self.bus.producer()
+        self._thread = threading.Thread(target=self._beat, name=f"aiot-heartbeat-{self.bus.source}")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        host, pid = socket.gethostname(), os.getpid()
+        seq = 0
+        while not self._stop.is_set():
+            beat = Heartbeat(
+                service_id=self.bus.source, seq=seq, pid=pid, host=host, interval_s=self.interval_s
+            )
+            try:
+                producer.send(self.bus.topics.heartbeats, beat, key=self.bus.source)
+                self.sent += 1
+            except Unavailable:
+                pass  # the monitor will notice the silence; nothing to do here
+            seq += 1
+            self._stop.wait(self.interval_s)
+            producer.poll(0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._producer is not None:
+            self._producer.flush(2)
+            self._producer = None

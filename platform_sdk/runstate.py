@@ -1,0 +1,79 @@
+"""What a running platform records under ``AIOT_HOME/run``: broker address, front door URL, processes.
+
+``aiot up`` writes it; every process of that home reads it to find the bus and
+the front door when the settings do not name them. Writes are atomic, so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from platform_sdk.settings import Settings
+
+STATE_FILE = "state.json"
+
+
+class ProcessRecord(BaseModel):
+    """One process ``aiot up`` started."""
+
+    name: str
+    pid: int
+    create_time: float = Field(description="psutil's create time; guards against a reused pid.")
+    command: list[str]
+    log_file: str | None = None
+
+
+class RunState(BaseModel):
+    """The running platform of one AIOT_HOME."""
+
+    broker: str | None = Field(default=None, description="Kafka bootstrap servers in use.")
+    broker_embedded: bool = False
+    web_url: str | None = None
+    processes: list[ProcessRecord] = Field(default_factory=list)
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.run_dir / STATE_FILE
+
+
+def read_run_state(settings: Settings) -> RunState | None:
+    """The recorded state, or None when this home has never been started or was stopped."""
+    path = state_path(settings)
+    try:
+        return RunState.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def write_run_state(settings: Settings, state: RunState) -> None:
+    path = state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(state.model_dump(mode="json"), tmp, indent=2)
+    os.replace(tmp.name, path)
+
+
+def clear_run_state(settings: Settings) -> None:
+    state_path(settings).unlink(missing_ok=True)
+
+
+def kafka_address(settings: Settings) -> str | None:
+    """The configured Kafka address, else the one the running platform recorded."""
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers
+    state = read_run_state(settings)
+    return state.broker if state else None
+
+
+def web_url(settings: Settings) -> str | None:
+    """The configured front door URL, else the one the running platform recorded."""
+    if settings.web.url:
+        return settings.web.url.rstrip("/")
+    state = read_run_state(settings)
+    return state.web_url if state else None

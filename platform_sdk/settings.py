@@ -1,0 +1,230 @@
+"""Settings: one tree of pydantic-settings models for every platform process.
+
+Every value comes, in order of precedence, from keyword overrides
+(``temporary_settings``), ``AIOT_*`` environment variables (nested fields use
+``__``: ``AIOT_KAFKA__BOOTSTRAP_SERVERS``), the TOML file named by
+``AIOT_CONFIG_FILE`` (see ``configs/``), and finally the defaults, which give a
+working single-machine platform under one data directory, ``AIOT_HOME``.
+
+Nothing here reads ``os.environ`` outside pydantic-settings, and nothing is
+cached in a module global: ``get_settings()`` builds the tree on demand, or
+returns the one a ``temporary_settings()`` block installed for this context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class KafkaSettings(BaseModel):
+    """How every process reaches the message bus."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description=(
+            "Kafka bootstrap servers (host:port,...). Empty: `aiot up` starts the bundled "
+            "Tansu broker on 127.0.0.1 and records its address under AIOT_HOME."
+        ),
+    )
+    topic_prefix: str = Field(
+        default="aiot",
+        description="Prefix of every platform topic, so platforms can share a cluster.",
+    )
+    partitions: int = Field(default=4, ge=1, description="Partitions of topics the platform creates.")
+    session_timeout_ms: int = Field(
+        default=6000,
+        description="Consumer group session timeout; low values make group joins fast.",
+    )
+    heartbeat_interval_ms: int = Field(default=500, description="Consumer group heartbeat interval.")
+    fetch_wait_max_ms: int = Field(
+        default=5, description="Longest time the broker may hold a fetch; low means low latency."
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="Default timeout of a request/reply call."
+    )
+    extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties (security.protocol, sasl.* for Event Hubs, ...).",
+    )
+
+
+class DatabaseSettings(BaseModel):
+    """The registry database."""
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Empty: a SQLite file (WAL) at AIOT_HOME/registry.db.",
+    )
+    echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
+
+
+class BlobSettings(BaseModel):
+    """The file bucket: uploads, bundles and collected logs."""
+
+    backend: Literal["local", "azure"] = Field(
+        default="local",
+        description="`local` keeps blobs under a directory; `azure` uses Azure Blob.",
+    )
+    local_path: Path | None = Field(
+        default=None, description="Directory of the local backend. Empty: AIOT_HOME/bucket."
+    )
+    azure_connection_string: SecretStr | None = Field(
+        default=None, description="Azure Storage connection string (azure backend)."
+    )
+    azure_container: str = Field(default="aiot", description="Container that holds the platform's blobs.")
+
+
+class WebSettings(BaseModel):
+    """The platform's one HTTP front door."""
+
+    host: str = Field(default="127.0.0.1", description="Address the front door binds.")
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Port; 0 picks a free one, recorded in AIOT_HOME."
+    )
+    url: str | None = Field(
+        default=None,
+        description="Public base URL clients use. Empty: read from AIOT_HOME's run state.",
+    )
+    threads: int = Field(default=8, ge=1, description="Worker threads of the WSGI server.")
+    max_upload_mb: int = Field(default=200, ge=1, description="Largest request body accepted.")
+
+
+class AuthSettings(BaseModel):
+    """Identity: the first platform configurer and password hashing."""
+
+    admin_username: str = Field(default="admin", description="Name of the first platform configurer.")
+    admin_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the first configurer. Empty: one is generated and printed once.",
+    )
+
+
+class HeartbeatSettings(BaseModel):
+    """The heartbeat every managed process sends."""
+
+    interval_s: float = Field(default=1.0, gt=0, description="Seconds between two heartbeats.")
+
+
+class LoggingSettings(BaseModel):
+    """The SDK's log shipping and the logger service's batching."""
+
+    level: str = Field(default="INFO", description="Level of records a managed process ships.")
+    queue_size: int = Field(
+        default=10_000, ge=1, description="Records a process buffers before it starts dropping."
+    )
+    flush_interval_s: float = Field(
+        default=2.0, gt=0, description="Longest time the logger service holds records in memory."
+    )
+    batch_size: int = Field(default=1000, ge=1, description="Records that trigger an early flush.")
+
+
+class Settings(BaseSettings):
+    """The whole settings tree. Read it with ``get_settings()``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIOT_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        default=Path("~/.aiot"),
+        description="Data directory of one platform: database, bucket, run state, logs.",
+    )
+    config_file: Path | None = Field(
+        default=None, description="TOML settings file (see configs/); environment wins over it."
+    )
+    service_id: str = Field(
+        default="", description="Identity of this managed process; set by whoever starts it."
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    blob: BlobSettings = Field(default_factory=BlobSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = env_settings().get("config_file") or init_settings().get("config_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def home_dir(self) -> Path:
+        """AIOT_HOME with ``~`` expanded, absolute."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        """Where a running platform records its processes and chosen ports."""
+        return self.home_dir / "run"
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.home_dir / 'registry.db'}"
+
+    @property
+    def blob_path(self) -> Path:
+        return (self.blob.local_path or self.home_dir / "bucket").expanduser().resolve()
+
+
+_override: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
+    "aiot_settings_override", default=None
+)
+
+
+def get_settings() -> Settings:
+    """The settings in force: a ``temporary_settings`` block's, else read afresh."""
+    return _override.get() or Settings()
+
+
+def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+@contextlib.contextmanager
+def temporary_settings(updates: Mapping[str, Any]) -> Iterator[Settings]:
+    """Install settings with ``updates`` (dotted paths, e.g. ``"kafka.partitions"``) applied."""
+    base = get_settings().model_dump()
+    for key, value in _nest(updates).items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    settings = Settings.model_validate(base)
+    token = _override.set(settings)
+    try:
+        yield settings
+    finally:
+        _override.reset(token)

@@ -1,0 +1,59 @@
+"""Every topic name the platform uses, in one place.
+
+Nobody writes a topic string by hand elsewhere: take a ``Topics`` for the
+configured prefix (``Topics.from_settings()``) and ask it. The prefix lets
+several platforms (or tests) share one Kafka cluster without seeing each
+other's messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from platform_sdk.settings import Settings, get_settings
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _safe(part: str) -> str:
+    """Kafka topic names allow only ``[A-Za-z0-9._-]``; anything else becomes ``_``."""
+    return _UNSAFE.sub("_", part)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one prefix."""
+
+    prefix: str = "aiot"
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Topics:
+        return cls((settings or get_settings()).kafka.topic_prefix)
+
+    @property
+    def logs(self) -> str:
+        """Structured log records of every managed process."""
+        return f"{self.prefix}.logs"
+
+    @property
+    def heartbeats(self) -> str:
+        """One heartbeat per managed process per interval."""
+        return f"{self.prefix}.heartbeats"
+
+    @property
+    def dead_letter(self) -> str:
+        """Messages a handler failed on, with the failure in their headers."""
+        return f"{self.prefix}.dead-letter"
+
+    def commands(self, service: str) -> str:
+        """Commands addressed to one service (or one service agent)."""
+        return f"{self.prefix}.commands.{_safe(service)}"
+
+    def replies(self, client_id: str) -> str:
+        """Replies to one request/reply client; single partition."""
+        return f"{self.prefix}.replies.{_safe(client_id)}"
+
+    def events(self, domain: str) -> str:
+        """Events one domain publishes for whoever listens."""
+        return f"{self.prefix}.events.{_safe(domain)}"

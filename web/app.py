@@ -1,0 +1,22 @@
+"""Assembly of the front door: which blueprints it mounts and what they may use."""
+
+from __future__ import annotations
+
+import flask
+
+from logger.api import blueprint as logs_blueprint
+from platform_core.blobstore import blob_store_from_settings
+from platform_core.db import Database
+from platform_core.http import Resources, create_app
+from platform_sdk.settings import Settings
+from web.identity import database_authenticator
+from web.identity_api import blueprint as identity_blueprint
+
+BLUEPRINTS = (identity_blueprint, logs_blueprint)
+
+
+def build_front_door(settings: Settings, database: Database | None = None) -> flask.Flask:
+    """The front door app for ``settings``; the caller owns ``database`` when it passes one."""
+    database = database or Database.from_settings(settings)
+    resources = Resources(settings=settings, database=database, blobs=blob_store_from_settings(settings))
+    return create_app("aiot-front-door", BLUEPRINTS, database_authenticator(database), resources)

@@ -1,0 +1,38 @@
+"""The front door as a managed platform service: migrate, make sure a configurer exists, serve."""
+
+from __future__ import annotations
+
+from platform_core.db import Database
+from platform_core.http import HttpServer
+from platform_core.service import Service
+from web.app import build_front_door
+from web.identity import ensure_first_configurer
+
+
+class FrontDoorService(Service):
+    """Serves the platform's HTTP API with waitress on ``web.host:web.port``."""
+
+    name = "web"
+
+    def on_start(self) -> None:
+        settings = self.settings
+        self.database = Database.from_settings(settings)
+        self.own(self.database)
+        self.database.migrate()
+        auth = settings.auth
+        password = auth.admin_password.get_secret_value() if auth.admin_password else None
+        generated = ensure_first_configurer(self.database, auth.admin_username, password)
+        if generated:
+            # Printed once, to this process's own output: nobody else ever sees it.
+            print(
+                f"first platform configurer {auth.admin_username!r} created; password: {generated}",
+                flush=True,
+            )
+        self.server = HttpServer(
+            build_front_door(settings, self.database),
+            settings.web.host,
+            settings.web.port,
+            threads=settings.web.threads,
+        )
+        self.server.start()
+        self.own(self.server)
