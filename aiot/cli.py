@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -30,12 +30,13 @@ from aiot.client import (
     load_credentials,
     save_credentials,
 )
-from bootstrapper.broker import wait_for_broker
-from bootstrapper.local import LocalPlatform
-from platform_core.auth import Role
 from platform_sdk.errors import PlatformError, Unavailable
+from platform_sdk.roles import Role
 from platform_sdk.runstate import kafka_address, read_run_state
-from platform_sdk.settings import Settings, get_settings
+from platform_sdk.settings import Settings, get_settings, settings_reference
+
+if TYPE_CHECKING:
+    from bootstrapper.local import LocalPlatform
 
 FOLLOW_POLL_S = 1.0
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
@@ -76,6 +77,14 @@ def _settings() -> Settings:
     return get_settings()
 
 
+def _local_platform(settings: Settings) -> LocalPlatform:
+    # Imported on use: the bootstrapper pulls in SQLAlchemy and Alembic, which would
+    # add a second to every command that only talks to the front door.
+    from bootstrapper.local import LocalPlatform
+
+    return LocalPlatform(settings)
+
+
 @app.command("version")
 def show_version() -> None:
     """Print the platform's version."""
@@ -86,6 +95,19 @@ def show_version() -> None:
     out().print(f"aiot-platform {found}")
 
 
+@app.command("settings")
+def show_settings(
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Print every setting's documentation.")
+    ] = False,
+) -> None:
+    """Print the settings in force as JSON (secrets masked), or the reference of all settings."""
+    if reference:
+        sys.stdout.write(settings_reference())
+        return
+    sys.stdout.write(_settings().model_dump_json(indent=2) + "\n")
+
+
 @app.command()
 def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once everything answers.")] = False,
@@ -94,7 +116,7 @@ def up(
     """Start the platform on this machine (broker if none configured, logger, front door)."""
     settings = _settings()
     console = out()
-    platform = LocalPlatform(settings)
+    platform = _local_platform(settings)
     with console.status("starting the platform") as status:
         result = platform.up(progress=status.update, timeout=timeout)
     state = result.state
@@ -150,7 +172,7 @@ def _wait_until_interrupted_or_dead(platform: LocalPlatform) -> None:
 def down() -> None:
     """Stop everything this AIOT_HOME started."""
     console = out()
-    platform = LocalPlatform(_settings())
+    platform = _local_platform(_settings())
     with console.status("stopping the platform") as status:
         stopped = platform.down(progress=status.update)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -161,7 +183,7 @@ def status(as_json: JsonOption = False) -> None:
     """Show what runs for this AIOT_HOME."""
     settings = _settings()
     state = read_run_state(settings)
-    processes = LocalPlatform(settings).status()
+    processes = _local_platform(settings).status()
     document = {
         "home": str(settings.home_dir),
         "running": any(process.running for process in processes),
@@ -202,6 +224,8 @@ def broker(as_json: JsonOption = False) -> None:
         "reachable": False,
     }
     if address:
+        from bootstrapper.broker import wait_for_broker  # lazy: see _local_platform
+
         try:
             wait_for_broker(address, timeout=3)
             document["reachable"] = True

@@ -12,22 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import flask
 
 from platform_sdk.errors import Forbidden, Unauthorized
+from platform_sdk.roles import Role
 
-
-class Role(StrEnum):
-    """The four kinds of user."""
-
-    AI_DEVELOPER = "ai_developer"
-    APP_DEVELOPER = "app_developer"
-    PLATFORM_CONFIGURER = "platform_configurer"
-    END_USER = "end_user"
-
+__all__ = [
+    "ALL_ROLES",
+    "PUBLIC",
+    "Authenticator",
+    "Principal",
+    "Role",
+    "access_rule",
+    "allow",
+    "allow_any_role",
+    "check_access",
+    "current_principal",
+    "public",
+]
 
 ALL_ROLES = frozenset(Role)
 PUBLIC = frozenset[Role]()

@@ -246,11 +246,9 @@ class LocalBlobStore(BlobStore):
 
     def put(self, key: str, data: bytes | BinaryIO) -> BlobInfo:
         path = self._path(key)
-        chunks: Iterable[bytes]
-        if isinstance(data, bytes | bytearray | memoryview):
-            chunks = [bytes(data)]
-        else:
-            chunks = _iter_chunks(data)
+        chunks: Iterable[bytes] = (
+            [bytes(data)] if isinstance(data, bytes | bytearray | memoryview) else _iter_chunks(data)
+        )
         try:
             _write_atomically(path, chunks, make_folder=True)
         except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from platform_sdk.errors import Conflict, Unavailable
+from platform_sdk.errors import BadRequest, Conflict, Unavailable
 from platform_sdk.settings import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -46,9 +46,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        if value is None:
+            return None
+        # PostgreSQL answers in the session's time zone; the platform speaks UTC everywhere.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -103,6 +104,9 @@ class Database:
         except sa.exc.IntegrityError as exc:
             session.rollback()
             raise Conflict(f"conflicts with existing data: {exc.orig}") from exc
+        except sa.exc.DataError as exc:
+            session.rollback()
+            raise BadRequest(f"value does not fit the database: {exc.orig}") from exc
         except sa.exc.OperationalError as exc:
             session.rollback()
             raise Unavailable(f"database {self.engine.url.render_as_string()} failed: {exc.orig}") from exc

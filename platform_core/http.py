@@ -61,7 +61,8 @@ def validate_as(model: type[B], data: object) -> B:
     except ValidationError as exc:
         raise ValidationFailed(
             f"invalid {model.__name__}",
-            details=exc.errors(include_url=False, include_context=False),
+            # Never echo the input back: it may hold a password.
+            details=exc.errors(include_url=False, include_context=False, include_input=False),
         ) from exc
 
 
@@ -125,10 +126,11 @@ def create_app(
         return error_response(PayloadTooLarge(f"request body exceeds the {max_upload_mb} MB limit"))
 
     @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> tuple[flask.Response, int]:
+    def http_error(error: HTTPException) -> tuple[flask.Response, int, dict[str, str]]:
         status = error.code or 500
         body = {"type": type(error).__name__, "status": status, "message": error.description}
-        return flask.jsonify(error=body), status
+        headers = {key: value for key, value in error.get_headers() if key.lower() != "content-type"}
+        return flask.jsonify(error=body), status, headers
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[flask.Response, int]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -31,7 +32,7 @@ ENCODING_HEADER = "aiot-encoding"
 ENVELOPE_HEADER = "aiot-envelope"
 KafkaHeaders = list[tuple[str, bytes]]
 # What confluent-kafka hands back; values may be str or None when another client wrote them.
-RecordHeaders = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None
+RecordHeaders = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
 
 
 class Message(BaseModel):
@@ -86,7 +87,7 @@ class Envelope(BaseModel):
         except ValidationError as exc:
             raise BadRequest(
                 f"malformed {self.type!r} message from {self.source!r}",
-                details=exc.errors(include_url=False),
+                details=exc.errors(include_url=False, include_input=False),
             ) from exc
 
     def to_kafka(self) -> tuple[bytes, KafkaHeaders]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -228,3 +229,44 @@ def temporary_settings(updates: Mapping[str, Any]) -> Iterator[Settings]:
         yield settings
     finally:
         _override.reset(token)
+
+
+def _type_name(annotation: object) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return re.sub(r"\b[a-z_]+\.(?:[a-z_]+\.)*", "", str(annotation))
+
+
+def settings_reference() -> str:
+    """The Markdown table of every setting, as docs/settings.md shows it."""
+    lines = ["| variable | type | default | description |", "|---|---|---|---|"]
+    for row in describe_settings():
+        cells = [
+            f"`{row['variable']}`",
+            row["type"],
+            f"`{row['default']}`" if row["default"] else "",
+            row["description"],
+        ]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def describe_settings(model: type[BaseModel] = Settings, env_prefix: str = "AIOT_") -> list[dict[str, str]]:
+    """Every leaf setting: its environment variable, type, default and description (for docs and the CLI)."""
+    rows: list[dict[str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        variable = f"{env_prefix}{name.upper()}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_settings(annotation, f"{variable}__"))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append(
+            {
+                "variable": variable,
+                "type": _type_name(annotation),
+                "default": "" if default is None else str(default),
+                "description": field.description or "",
+            }
+        )
+    return rows

@@ -166,7 +166,7 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     ).first()
     if row is None:
         return None
-    token, user = row.tuple()
+    token, user = row
     if token.revoked_at is not None or user.disabled:
         return None
     token.last_used_at = utcnow()

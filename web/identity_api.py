@@ -23,7 +23,7 @@ class NewUser(BaseModel):
     username: str
     password: str
     role: Role
-    email: str | None = None
+    email: str | None = Field(default=None, max_length=255)
 
 
 class NewToken(BaseModel):

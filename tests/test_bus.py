@@ -1,0 +1,263 @@
+"""The Kafka bus against the real bundled broker: dispatch, commits, dead letters, request/reply, restarts."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import confluent_kafka
+import pytest
+
+from bootstrapper.broker import EmbeddedBroker
+from platform_sdk.bus import Bus, ConsumerLoop, Requester
+from platform_sdk.envelope import Envelope, Message
+from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout
+from platform_sdk.settings import Settings, temporary_settings
+
+pytestmark = pytest.mark.service("kafka")
+
+
+class Ping(Message):
+    message_type = "test.ping"
+    n: int
+
+
+class Pong(Message):
+    message_type = "test.pong"
+    n: int
+
+
+class Other(Message):
+    message_type = "test.other"
+    text: str
+
+
+def keep_n(bucket: list[int], message: Ping, _envelope: Envelope) -> None:
+    bucket.append(message.n)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def bus(kafka_settings: Settings) -> Bus:
+    return Bus(kafka_settings, source="test")
+
+
+@pytest.fixture
+def started() -> Iterator[list[ConsumerLoop | Requester]]:
+    """Loops a test starts; stopped even when the test fails."""
+    parts: list[ConsumerLoop | Requester] = []
+    yield parts
+    for part in reversed(parts):
+        part.stop()
+
+
+def test_loop_dispatches_each_type_to_its_handler(bus: Bus, started: list[ConsumerLoop | Requester]) -> None:
+    topic = bus.topics.commands("dispatch")
+    pings: list[int] = []
+    others: list[str] = []
+    loop = ConsumerLoop(bus, [topic], group=f"{bus.topics.prefix}.dispatch")
+    loop.add_handler(Ping, lambda message, _envelope: pings.append(message.n))
+    loop.add_handler(Other, lambda message, _envelope: others.append(message.text))
+    loop.start()
+    started.append(loop)
+    producer = bus.producer()
+    for n in range(20):
+        producer.send(topic, Ping(n=n), key="k")
+    producer.send(topic, Other(text="hello"), key="k")
+    assert producer.flush(10) == 0
+    wait_for(lambda: len(pings) == 20 and others == ["hello"], what="all messages handled")
+    assert pings == list(range(20))  # one key, one partition: order kept
+    assert producer.delivered == 21
+
+
+def test_handled_messages_are_committed_and_not_redelivered(bus: Bus) -> None:
+    topic = bus.topics.commands("commit")
+    group = f"{bus.topics.prefix}.commit"
+    seen: list[int] = []
+    producer = bus.producer()
+    for n in range(5):
+        producer.send(topic, Ping(n=n))
+    producer.flush(10)
+    first = ConsumerLoop(bus, [topic], group=group)
+    first.add_handler(Ping, lambda message, _envelope: seen.append(message.n))
+    first.start()
+    try:
+        wait_for(lambda: len(seen) == 5, what="first five handled")
+    finally:
+        first.stop()
+    producer.send(topic, Ping(n=99))
+    producer.flush(10)
+    second = ConsumerLoop(bus, [topic], group=group)
+    second.add_handler(Ping, lambda message, _envelope: seen.append(message.n))
+    second.start()
+    try:
+        wait_for(lambda: 99 in seen, what="new message handled")
+        time.sleep(0.3)
+    finally:
+        second.stop()
+    assert sorted(seen) == [0, 1, 2, 3, 4, 99]  # the committed five were not handled twice
+
+
+def dead_letters(bus: Bus, count: int, timeout: float = 20.0) -> list[confluent_kafka.Message]:
+    """The first ``count`` records of the dead-letter topic, read by assignment (no group join)."""
+    consumer = confluent_kafka.Consumer(bus.config(**{"group.id": "inspect", "enable.auto.commit": False}))
+    try:
+        partitions = (
+            consumer.list_topics(bus.topics.dead_letter, timeout=10).topics[bus.topics.dead_letter].partitions
+        )
+        consumer.assign(
+            [
+                confluent_kafka.TopicPartition(bus.topics.dead_letter, p, confluent_kafka.OFFSET_BEGINNING)
+                for p in partitions
+            ]
+        )
+        records: list[confluent_kafka.Message] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            polled = consumer.poll(0.2)
+            if polled is not None and polled.error() is None:
+                records.append(polled)
+        return records
+    finally:
+        consumer.close()
+
+
+def test_failing_handler_is_dead_lettered_and_the_loop_goes_on(
+    bus: Bus, started: list[ConsumerLoop | Requester]
+) -> None:
+    topic = bus.topics.commands("dlq")
+    handled: list[int] = []
+
+    def handler(message: Ping, _envelope: Envelope) -> None:
+        if message.n == 13:
+            raise RuntimeError("disk on fire")
+        handled.append(message.n)
+
+    loop = ConsumerLoop(bus, [topic], group=f"{bus.topics.prefix}.dlq-worker")
+    loop.add_handler(Ping, handler)
+    loop.start()
+    started.append(loop)
+    producer = bus.producer()
+    for n in (12, 13, 14):
+        producer.send(topic, Ping(n=n), key="k")
+    producer.send_raw(topic, b"garbage that is no envelope", key="k")
+    producer.flush(10)
+    wait_for(lambda: handled == [12, 14] and loop.dead_lettered == 2, what="handled around the failures")
+
+    records = sorted(dead_letters(bus, 2), key=lambda record: record.offset() or 0)
+    assert len(records) == 2
+    by_error = {dict(r.headers() or [])["aiot-dlq-error"]: r for r in records}
+    failed = by_error[b"RuntimeError: disk on fire"]
+    assert Envelope.from_kafka(failed.value(), failed.headers()).open(Ping).n == 13
+    headers = dict(failed.headers() or [])
+    assert headers["aiot-dlq-topic"] == topic.encode()
+    assert headers["aiot-dlq-consumer"] == loop.name.encode()
+    garbage = next(
+        r for error, r in by_error.items() if isinstance(error, bytes) and error.startswith(b"BadRequest")
+    )
+    assert garbage.value() == b"garbage that is no envelope"
+
+
+def test_request_reply_returns_the_answer_and_typed_errors(
+    bus: Bus, started: list[ConsumerLoop | Requester]
+) -> None:
+    topic = bus.topics.commands("rr")
+    calls: list[int] = []
+
+    def answer(message: Ping, _envelope: Envelope) -> Pong:
+        calls.append(message.n)
+        if message.n < 0:
+            raise NotFound(f"no item {message.n}")
+        if message.n == 0:
+            raise ZeroDivisionError("secret internals")
+        return Pong(n=message.n * 2)
+
+    server = ConsumerLoop(bus, [topic], group=f"{bus.topics.prefix}.rr-server")
+    server.add_handler(Ping, answer)
+    server.start()
+    started.append(server)
+    requester = Requester(bus)
+    requester.start()
+    started.append(requester)
+    assert requester.request(topic, Ping(n=21), Pong, timeout=30).n == 42
+    with pytest.raises(NotFound, match="no item -1"):
+        requester.request(topic, Ping(n=-1), Pong, timeout=10)
+    with pytest.raises(PlatformError) as hidden:
+        requester.request(topic, Ping(n=0), Pong, timeout=10)
+    assert "secret internals" not in str(hidden.value)
+    with pytest.raises(BadRequest, match=r"expected a 'test.other' message"):
+        requester.request(topic, Ping(n=1), Other, timeout=10)
+
+
+def test_request_without_a_server_times_out(bus: Bus, started: list[ConsumerLoop | Requester]) -> None:
+    requester = Requester(bus)
+    requester.start()
+    started.append(requester)
+    began = time.monotonic()
+    with pytest.raises(Timeout, match=r"no reply to 'test.ping'"):
+        requester.request(bus.topics.commands("nobody-listens"), Ping(n=1), Pong, timeout=0.5)
+    assert time.monotonic() - began < 5
+
+
+def test_groups_each_get_every_message(bus: Bus, started: list[ConsumerLoop | Requester]) -> None:
+    topic = bus.topics.events("fanout")
+    received: dict[str, list[int]] = {"a": [], "b": []}
+    for name, bucket in received.items():
+        loop = ConsumerLoop(bus, [topic], group=f"{bus.topics.prefix}.fanout-{name}")
+        loop.add_handler(Ping, functools.partial(keep_n, bucket))
+        loop.start()
+        started.append(loop)
+    producer = bus.producer()
+    for n in range(10):
+        producer.send(topic, Ping(n=n))
+    producer.flush(10)
+    wait_for(lambda: all(sorted(v) == list(range(10)) for v in received.values()), what="both groups got all")
+
+
+def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: Path) -> None:
+    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
+    broker.start()
+    try:
+        with temporary_settings({"kafka.bootstrap_servers": broker.bootstrap_servers}) as current:
+            bus = Bus(current, source="restart-test")
+            topic = bus.topics.commands("restart")
+            got: list[int] = []
+            lock = threading.Lock()
+
+            def handler(message: Ping, _envelope: Envelope) -> None:
+                with lock:
+                    got.append(message.n)
+
+            loop = ConsumerLoop(bus, [topic], group=f"{bus.topics.prefix}.restart")
+            loop.add_handler(Ping, handler)
+            loop.start()
+            try:
+                producer = bus.producer()
+                producer.send(topic, Ping(n=1))
+                producer.flush(10)
+                wait_for(lambda: 1 in got, what="message before the restart")
+                broker.stop()
+                broker.start()  # same port; the in-memory broker lost every topic
+                deadline = time.monotonic() + 60
+                n = 100
+                while not any(value >= 100 for value in got):
+                    assert time.monotonic() < deadline, "the loop did not recover within 60s"
+                    producer.send(topic, Ping(n=n))
+                    producer.flush(2)
+                    n += 1
+                    time.sleep(0.5)
+                assert loop.running
+            finally:
+                loop.stop()
+    finally:
+        broker.stop()

@@ -1,0 +1,140 @@
+"""`aiot up / status / logs / user / down` as a user runs them: real processes, real broker, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.service("kafka")]
+
+AIOT = [sys.executable, "-m", "aiot"]
+
+
+class Platform:
+    """One platform home driven through the `aiot` command."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_")}
+        self.env.update({"AIOT_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"})
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*AIOT, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"aiot {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process whose environment names this home (pids from the run state would miss strays)."""
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if process.environ().get("AIOT_HOME") == str(self.home) and process.pid != os.getpid():
+                    found.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    home = tmp_path / "home-a"
+    running = Platform(home)
+    yield running
+    running.run("down", check=False)
+
+
+def test_up_logs_users_and_down(platform: Platform) -> None:
+    up = platform.run("up", "--detach")
+    assert "platform up" in up.stdout
+    assert "password, shown once" in up.stdout
+    status = platform.json("status")
+    assert isinstance(status, dict)
+    assert status["running"] is True
+    assert {p["name"] for p in status["processes"]} == {"broker", "logger", "web"}
+
+    # A separate process logs through the SDK; the record is queryable within 5 s.
+    snippet = 'import platform_sdk; platform_sdk.get_logger("x").warning("marker-7f3a")'
+    subprocess.run([sys.executable, "-c", snippet], env=platform.env, check=True, timeout=60)
+    deadline = time.monotonic() + 5
+    found = ""
+    while time.monotonic() < deadline and "marker-7f3a" not in found:
+        found = platform.run("logs", "--grep", "marker-7f3a").stdout
+        time.sleep(0.2)
+    assert "marker-7f3a" in found
+    records = platform.json("logs", "--grep", "marker-7f3a")
+    assert isinstance(records, list)
+    assert records[0]["level"] == "WARNING"
+
+    platform.run("user", "add", "ada", "--role", "ai_developer", "--password", "correct horse")
+    users = platform.json("user", "list")
+    assert isinstance(users, list)
+    assert {(u["username"], u["role"]) for u in users} == {
+        ("admin", "platform_configurer"),
+        ("ada", "ai_developer"),
+    }
+    duplicate = platform.run(
+        "user", "add", "ada", "--role", "end_user", "--password", "whatever1", check=False
+    )
+    assert duplicate.returncode == 1
+    assert "user 'ada' already exists" in duplicate.stderr
+    assert "Traceback" not in duplicate.stderr
+
+    again = platform.run("up", "--detach", check=False)
+    assert again.returncode == 1
+    assert "already runs" in again.stderr
+
+    platform.run("down")
+    deadline = time.monotonic() + 10
+    while platform.processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert platform.processes() == []
+    after = platform.run("logs", check=False)
+    assert after.returncode == 1
+    assert "error:" in after.stderr
+    assert "aiot up" in after.stderr or "does not answer" in after.stderr
+
+
+def test_two_homes_run_side_by_side(tmp_path: Path) -> None:
+    first, second = Platform(tmp_path / "one"), Platform(tmp_path / "two")
+    try:
+        first.run("up", "--detach")
+        second.run("up", "--detach")
+        one, two = first.json("status"), second.json("status")
+        assert isinstance(one, dict)
+        assert isinstance(two, dict)
+        assert one["web_url"] != two["web_url"]
+        assert one["broker"] != two["broker"]
+        first.run("down")
+        assert second.json("status")["running"] is True  # type: ignore[index]
+        assert second.run("user", "list").returncode == 0
+    finally:
+        first.run("down", check=False)
+        second.run("down", check=False)
+    assert first.processes() == []
+    assert second.processes() == []
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(platform: Platform) -> None:
+    plain = platform.run("user", "list", check=False)
+    assert plain.returncode == 1
+    assert plain.stderr.strip().startswith("error:")
+    assert len(plain.stderr.strip().splitlines()) == 1
+    debug = platform.run("--debug", "user", "list", check=False)
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
