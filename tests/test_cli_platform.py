@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from bootstrapper.broker import EmbeddedBroker
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka")]
 
@@ -138,3 +141,47 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(platform: Platform) -
     debug = platform.run("--debug", "user", "list", check=False)
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(platform: Platform) -> None:
+    process = subprocess.Popen(
+        [*AIOT, "up"], env=platform.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "press Ctrl-C to stop" in line:
+                break
+        else:
+            raise AssertionError(f"aiot up ended early with {process.wait()}")
+        assert platform.json("status")["running"] is True  # type: ignore[index]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    assert platform.processes() == []
+
+
+def test_with_a_kafka_address_given_no_broker_is_started(
+    platform: Platform, kafka_broker: EmbeddedBroker
+) -> None:
+    platform.env["AIOT_KAFKA__BOOTSTRAP_SERVERS"] = kafka_broker.bootstrap_servers
+    platform.env["AIOT_KAFKA__TOPIC_PREFIX"] = f"ext{os.getpid()}"
+    platform.run("up", "--detach")
+    status = platform.json("status")
+    assert isinstance(status, dict)
+    assert {p["name"] for p in status["processes"]} == {"logger", "web"}
+    assert status["broker"] == kafka_broker.bootstrap_servers
+    broker = platform.json("broker")
+    assert broker == {
+        "bootstrap_servers": kafka_broker.bootstrap_servers,
+        "embedded": False,
+        "reachable": True,
+    }
+    platform.run("down")
+    assert kafka_broker.pid is not None
+    assert psutil.pid_exists(kafka_broker.pid)  # the external broker is not ours to stop

@@ -9,6 +9,7 @@ its own tokens. The login and disable flows also run on a fresh PostgreSQL datab
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -532,3 +533,20 @@ def test_logs_refuse_an_unknown_level_naming_it(door: FrontDoor) -> None:
 
     error = error_of(door.client.get("/api/logs?limit=0", headers=door.auth("admin")), 422)
     assert field_names(error) == ["limit"]
+
+
+def test_every_route_is_documented_in_the_api_page(tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    with temporary_settings(
+        {"home": str(tmp_path), "database.url": f"sqlite:///{tmp_path / 'r.db'}"}
+    ) as current:
+        database = Database(current.database_url)
+        try:
+            app = build_front_door(current, database)
+        finally:
+            database.stop()
+    for rule in app.url_map.iter_rules():
+        documented = re.sub(
+            r"<(?:\w+:)?(\w+)>", lambda m: "<id>" if m[1].endswith("_id") else f"<{m[1]}>", rule.rule
+        )
+        assert f"`{documented}`" in page, f"{rule.rule} is missing from docs/api.md"
