@@ -13,11 +13,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import click
+import requests
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -30,7 +33,7 @@ from aiot.client import (
     load_credentials,
     save_credentials,
 )
-from platform_sdk.errors import PlatformError, Unavailable
+from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
 from platform_sdk.runstate import kafka_address, read_run_state
 from platform_sdk.settings import Settings, get_settings, settings_reference
@@ -108,17 +111,24 @@ def show_settings(
     sys.stdout.write(_settings().model_dump_json(indent=2) + "\n")
 
 
+class RuntimeName(StrEnum):
+    process = "process"
+    docker = "docker"
+
+
 @app.command()
 def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once everything answers.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to answer.")] = 60.0,
+    nodes: Annotated[int, typer.Option(min=1, max=16, help="Service agents (nodes) to start.")] = 2,
+    runtime: Annotated[RuntimeName, typer.Option(help="How agents run services.")] = RuntimeName.process,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to answer.")] = 90.0,
 ) -> None:
-    """Start the platform on this machine (broker if none configured, logger, front door)."""
+    """Start the platform here: broker (if none configured), N agents, and every service on them."""
     settings = _settings()
     console = out()
     platform = _local_platform(settings)
     with console.status("starting the platform") as status:
-        result = platform.up(progress=status.update, timeout=timeout)
+        result = platform.up(progress=status.update, nodes=nodes, runtime=runtime.value, timeout=timeout)
     state = result.state
     console.print(f"[green]platform up[/] from {settings.home_dir}")
     console.print(f"  front door  {state.web_url}")
@@ -180,18 +190,22 @@ def down() -> None:
 
 @app.command()
 def status(as_json: JsonOption = False) -> None:
-    """Show what runs for this AIOT_HOME."""
+    """Show what runs for this AIOT_HOME: processes, nodes with their load, services with their state."""
     settings = _settings()
     state = read_run_state(settings)
     processes = _local_platform(settings).status()
-    document = {
+    nodes = [_node_view(node.node_id, node.http_url) for node in state.nodes] if state else []
+    document: dict[str, Any] = {
         "home": str(settings.home_dir),
         "running": any(process.running for process in processes),
         "web_url": state.web_url if state else None,
         "broker": state.broker if state else None,
+        "runtime": state.runtime if state else None,
         "processes": [
             {"name": p.name, "pid": p.pid, "running": p.running, "log_file": p.log_file} for p in processes
         ],
+        "nodes": [node["node"] for node in nodes],
+        "services": [service for node in nodes for service in node["services"]],
     }
     if as_json:
         print_json(document)
@@ -200,16 +214,67 @@ def status(as_json: JsonOption = False) -> None:
     if not processes:
         console.print(f"no platform is running from {settings.home_dir}; start one with `aiot up`")
         return
-    table = Table("service", "pid", "state", "output")
-    for p in processes:
-        table.add_row(
-            p.name,
-            str(p.pid),
-            "[green]running[/]" if p.running else "[red]stopped[/]",
-            p.log_file or "",
+    node_table = Table("node", "state", "cpu %", "memory MB", "services", "address")
+    for node in document["nodes"]:
+        load = node.get("load") or {}
+        node_table.add_row(
+            node["node_id"],
+            "[green]up[/]" if node["reachable"] else "[red]unreachable[/]",
+            str(load.get("cpu_percent", "")),
+            str(load.get("memory_used_mb", "")),
+            f"{load.get('services', '')}/{load.get('capacity', '')}",
+            node["http_url"],
         )
-    console.print(table)
+    console.print(node_table)
+    service_table = Table("service", "node", "runtime", "pid / container", "state", "uptime", "restarts")
+    for service in document["services"]:
+        service_table.add_row(
+            service["service_id"],
+            service["node_id"],
+            service["runtime"],
+            str(service["pid"] or (service["container_id"] or "")[:12]),
+            service["state"],
+            _uptime(service["started_at"]) if service["state"] == "running" else "",
+            str(service["restarts"]),
+        )
+    console.print(service_table)
     console.print(f"front door {document['web_url']}   kafka {document['broker']}")
+
+
+def _node_view(node_id: str, http_url: str) -> dict[str, Any]:
+    """A node's load and services, asked from its agent (node-internal HTTP on this machine)."""
+    node: dict[str, Any] = {"node_id": node_id, "http_url": http_url, "reachable": False, "load": None}
+    services: list[dict[str, Any]] = []
+    try:
+        node["load"] = requests.get(f"{http_url}/load", timeout=2).json()
+        services = requests.get(f"{http_url}/services", timeout=2).json()["services"]
+        node["reachable"] = True
+    except (requests.RequestException, ValueError, KeyError):
+        pass
+    return {"node": node, "services": services}
+
+
+def _uptime(started_at: str | None) -> str:
+    if not started_at:
+        return ""
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds())
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
+
+
+@app.command()
+def restart(service: Annotated[str, typer.Argument(help="Service id, as `aiot status` shows it.")]) -> None:
+    """Restart a running service where it runs."""
+    settings = _settings()
+    state = read_run_state(settings)
+    nodes = [_node_view(node.node_id, node.http_url) for node in state.nodes] if state else []
+    where = next((s["node_id"] for n in nodes for s in n["services"] if s["service_id"] == service), None)
+    if where is None:
+        raise NotFound(f"no service {service!r} runs on this platform; see `aiot status`")
+    from bootstrapper.control import restart_service  # lazy: see _local_platform
+
+    with out().status(f"restarting {service} on {where}"):
+        restarted = restart_service(settings, where, service)
+    out().print(f"{service} restarted on {where} (pid {restarted.pid or restarted.container_id})")
 
 
 @app.command()

@@ -1,20 +1,23 @@
-"""The ``local`` provider: run a whole platform on this machine under one AIOT_HOME.
+"""The ``local`` provider: a whole platform on this machine under one AIOT_HOME, the production chain.
 
-``LocalPlatform.up()``::
+``LocalPlatform.up(nodes=N)``::
 
     broker configured? ── yes ─▶ check it answers
                        └─ no ──▶ start the bundled broker on a free 127.0.0.1 port
     registry database ─▶ migrate; create the first platform configurer if none
-    for each service in SERVICES ─▶ ``python -m <module>`` in its own session,
-        with AIOT_HOME / AIOT_SERVICE_ID / the broker address in its environment,
-        output to AIOT_HOME/logs/<service>.out
-    wait ─▶ a heartbeat from every service, and the front door's /api/health
-    record ─▶ AIOT_HOME/run/state.json (pids with their create times, ports, URL)
+    N service agents ──▶ ``python -m service_agent`` each (node-1 is the main node), each with its own
+                         HTTP port and port range; wait for their heartbeats
+    main agent ────────▶ StartService node-manager and heartbeat (restart="agent": it keeps them alive)
+    node manager ──────▶ places every roster service (logger, web, ...) on the least-loaded agent
+    wait ──────────────▶ a heartbeat from every service, and the front door's /api/health
+    record ────────────▶ AIOT_HOME/run/state.json (broker, nodes, agent pids with create times, URL)
 
-``down()`` stops the recorded processes (SIGTERM, then SIGKILL after a grace
-period), services first and the broker last, and removes the run state.
-A pid is only signalled if its create time matches the record, so a reused pid
-is never hit.
+There is no second supervisor: after ``up`` every platform process runs under an
+agent, and the heartbeat monitor restarts what dies. ``down()`` stops the node
+manager and the monitor first (so nothing is restarted while stopping), then
+the agents (each stops its services), then sweeps any process or container left
+with this AIOT_HOME, then the broker. A pid is signalled only if its create
+time matches the record, so a reused pid is never hit.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +37,20 @@ import requests
 
 from bootstrapper.broker import EmbeddedBroker, wait_for_broker
 from platform_core.db import Database
-from platform_sdk.bus import Bus, ConsumerLoop
+from platform_core.nodes import (
+    ServiceSpec,
+    ServiceStateReply,
+    StartService,
+    StopService,
+    agent_topic,
+)
+from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
-from platform_sdk.errors import Conflict, Timeout, Unavailable
+from platform_sdk.errors import Conflict, PlatformError, Timeout, Unavailable
 from platform_sdk.messages import Heartbeat
 from platform_sdk.net import free_port
 from platform_sdk.runstate import (
+    NodeRecord,
     ProcessRecord,
     RunState,
     clear_run_state,
@@ -50,20 +61,17 @@ from platform_sdk.settings import Settings, temporary_settings
 from web.identity import ensure_first_configurer
 
 BROKER = "broker"
-STOP_GRACE_S = 10.0
-READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 15.0
+READY_TIMEOUT_S = 90.0
+PORTS_PER_NODE = 1000
+FIRST_SERVICE_PORT = 20000
 Progress = Callable[[str], None]
 
-
-@dataclass(frozen=True)
-class PlatformService:
-    """A platform service the local provider starts: its id and its module."""
-
-    service_id: str
-    module: str
-
-
-SERVICES = (PlatformService("logger", "logger"), PlatformService("web", "web"))
+# What the main node's agent runs itself and restarts when it exits: they cannot watch themselves.
+CORE_SERVICES = (
+    ServiceSpec(service_id="node-manager", module="node_manager", restart="agent", main_node_only=True),
+    ServiceSpec(service_id="heartbeat", module="heartbeat", restart="agent", main_node_only=True),
+)
 
 
 @dataclass(frozen=True)
@@ -93,10 +101,7 @@ def _alive(record: ProcessRecord) -> psutil.Process | None:
     return process
 
 
-def _record(
-    name: str, popen: subprocess.Popen[bytes] | int, command: list[str], log_file: Path | None
-) -> ProcessRecord:
-    pid = popen if isinstance(popen, int) else popen.pid
+def _record(name: str, pid: int, command: list[str], log_file: Path | None) -> ProcessRecord:
     return ProcessRecord(
         name=name,
         pid=pid,
@@ -114,6 +119,7 @@ class LocalPlatform:
         self.home = settings.home_dir
         self.log_dir = self.home / "logs"
 
+    # what runs ---------------------------------------------------------------------------
     def status(self) -> list[ProcessStatus]:
         state = read_run_state(self.settings)
         if state is None:
@@ -126,12 +132,22 @@ class LocalPlatform:
     def is_running(self) -> bool:
         return any(process.running for process in self.status())
 
-    def up(self, progress: Progress = lambda _step: None, timeout: float = READY_TIMEOUT_S) -> UpResult:
+    # up ---------------------------------------------------------------------------------------
+    def up(
+        self,
+        progress: Progress = lambda _step: None,
+        *,
+        nodes: int = 2,
+        runtime: str = "process",
+        timeout: float = READY_TIMEOUT_S,
+    ) -> UpResult:
         """Start everything and return once it all answers; on failure stop what was started."""
+        if nodes < 1:
+            raise Conflict("a platform needs at least one node")
         if self.is_running():
             raise Conflict(f"a platform already runs from {self.home}; stop it first with `aiot down`")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        state = RunState()
+        state = RunState(runtime=runtime)
         try:
             state.broker = self._start_broker(state, progress)
             write_run_state(self.settings, state)
@@ -139,14 +155,23 @@ class LocalPlatform:
                 generated = self._prepare_database(settings, progress)
                 web_port = settings.web.port or free_port(settings.web.host)
                 state.web_url = f"http://{settings.web.host}:{web_port}"
-                for service in SERVICES:
-                    progress(f"starting {service.service_id}")
-                    state.processes.append(self._start_service(service, state.broker, web_port))
+                write_run_state(self.settings, state)
+                bus = Bus(settings, source="aiot-up")
+                with _HeartbeatWatch(bus) as beats:
+                    for index in range(1, nodes + 1):
+                        progress(f"starting node-{index}")
+                        self._start_agent(state, index)
                     write_run_state(self.settings, state)
-                self._wait_ready(settings, state, progress, timeout)
+                    beats.wait_for([f"agent-{node.node_id}" for node in state.nodes], state, self, timeout)
+                    progress("starting the node manager and the heartbeat monitor on node-1")
+                    self._start_core(bus)
+                    progress("the node manager places the platform's services")
+                    expected = [spec.service_id for spec in CORE_SERVICES] + self._roster_ids(settings)
+                    beats.wait_for(expected, state, self, timeout)
+                self._wait_front_door(state, timeout)
         except BaseException:
             progress("start-up failed; stopping what was started")
-            self._stop_recorded(state)
+            self._stop_everything(state, progress)
             clear_run_state(self.settings)
             raise
         return UpResult(state, generated)
@@ -176,17 +201,40 @@ class LocalPlatform:
         finally:
             database.stop()
 
-    def _start_service(self, service: PlatformService, broker: str, web_port: int) -> ProcessRecord:
+    def _roster_ids(self, settings: Settings) -> list[str]:
+        from node_manager.roster import load_roster
+
+        return [spec.service_id for spec in load_roster(settings)]
+
+    def _start_agent(self, state: RunState, index: int) -> NodeRecord:
+        """One more node: a service agent process with its own HTTP port and port range."""
+        node_id = f"node-{index}"
+        http_port = free_port(self.settings.agent.host)
+        low = FIRST_SERVICE_PORT + (index - 1) * PORTS_PER_NODE
+        node = NodeRecord(
+            node_id=node_id,
+            http_url=f"http://{self.settings.agent.host}:{http_port}",
+            port_range=f"{low}-{low + PORTS_PER_NODE - 1}",
+        )
+        assert state.broker is not None
+        assert state.web_url is not None
         env = {
             **os.environ,
             "AIOT_HOME": str(self.home),
-            "AIOT_SERVICE_ID": service.service_id,
-            "AIOT_KAFKA__BOOTSTRAP_SERVERS": broker,
-            "AIOT_WEB__PORT": str(web_port),
+            "AIOT_SERVICE_ID": f"agent-{node_id}",
+            "AIOT_KAFKA__BOOTSTRAP_SERVERS": state.broker,
+            "AIOT_WEB__PORT": state.web_url.rsplit(":", 1)[1],
+            "AIOT_AGENT__NODE_ID": node_id,
+            "AIOT_AGENT__MAIN": "true" if index == 1 else "false",
+            "AIOT_AGENT__HTTP_PORT": str(http_port),
+            "AIOT_AGENT__PORT_RANGE": node.port_range,
+            "AIOT_AGENT__RUNTIME": state.runtime,
+            # Several agents share this machine: each reports the load of its own services.
+            "AIOT_AGENT__LOAD_SCOPE": "services",
             "PYTHONUNBUFFERED": "1",
         }
-        command = [sys.executable, "-m", service.module]
-        log_file = self.log_dir / f"{service.service_id}.out"
+        command = [sys.executable, "-m", "service_agent"]
+        log_file = self.log_dir / f"agent-{node_id}.out"
         with open(log_file, "ab") as output:
             process = subprocess.Popen(
                 command,
@@ -196,34 +244,25 @@ class LocalPlatform:
                 env=env,
                 start_new_session=True,
             )
-        return _record(service.service_id, process, command, log_file)
+        state.nodes.append(node)
+        state.processes.append(_record(f"agent-{node_id}", process.pid, command, log_file))
+        return node
 
-    def _wait_ready(self, settings: Settings, state: RunState, progress: Progress, timeout: float) -> None:
-        progress("waiting for every service's heartbeat")
-        expected = {service.service_id for service in SERVICES}
-        seen: set[str] = set()
-        bus = Bus(settings, source="aiot-up")
-        watcher = ConsumerLoop(bus, [bus.topics.heartbeats], group=None, name="aiot-up-heartbeats")
-
-        def on_heartbeat(beat: Heartbeat, _envelope: Envelope) -> None:
-            seen.add(beat.service_id)
-
-        watcher.add_handler(Heartbeat, on_heartbeat)
-        watcher.start()
-        deadline = time.monotonic() + timeout
+    def _start_core(self, bus: Bus) -> None:
+        requester = Requester(bus)
+        requester.start()
         try:
-            while not expected <= seen:
-                self._raise_if_exited(state)
-                if time.monotonic() > deadline:
-                    missing = ", ".join(sorted(expected - seen))
-                    raise Timeout(f"no heartbeat from {missing} within {timeout:.0f}s; see {self.log_dir}")
-                time.sleep(0.1)
+            for spec in CORE_SERVICES:
+                requester.request(
+                    agent_topic(bus.topics, "node-1"), StartService(spec=spec), ServiceStateReply, timeout=60
+                )
         finally:
-            watcher.stop()
-        progress("waiting for the front door")
-        assert state.web_url is not None
+            requester.stop()
+
+    def _wait_front_door(self, state: RunState, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while True:
-            self._raise_if_exited(state)
+            self.raise_if_exited(state)
             try:
                 if requests.get(f"{state.web_url}/api/health", timeout=1).ok:
                     return
@@ -233,48 +272,156 @@ class LocalPlatform:
                 raise Timeout(f"the front door at {state.web_url} did not answer within {timeout:.0f}s")
             time.sleep(0.1)
 
-    def _raise_if_exited(self, state: RunState) -> None:
+    def raise_if_exited(self, state: RunState) -> None:
         for record in state.processes:
             if _alive(record) is None:
-                tail = _tail(record.log_file)
-                raise Unavailable(f"{record.name} exited during start-up; last output:\n{tail}")
+                raise Unavailable(
+                    f"{record.name} exited during start-up; last output:\n{_tail(record.log_file)}"
+                )
 
+    # scale-out --------------------------------------------------------------------------------
+    def add_node(self) -> str | None:
+        """Start one more agent for this running platform (the node manager's scale-out); its node id."""
+        state = read_run_state(self.settings)
+        if state is None or state.broker is None:
+            return None
+        node = self._start_agent(state, len(state.nodes) + 1)
+        write_run_state(self.settings, state)
+        return node.node_id
+
+    # down -------------------------------------------------------------------------------------
     def down(self, progress: Progress = lambda _step: None) -> list[str]:
-        """Stop every recorded process of this home; returns the names stopped."""
+        """Stop every process (and container) of this home; returns the names stopped."""
         state = read_run_state(self.settings)
         if state is None:
-            return []
-        stopped = self._stop_recorded(state, progress)
+            return [] if not self._sweep(progress) else ["leftovers"]
+        stopped = self._stop_everything(state, progress)
         clear_run_state(self.settings)
         return stopped
 
-    def _stop_recorded(self, state: RunState, progress: Progress = lambda _step: None) -> list[str]:
-        services = [record for record in state.processes if record.name != BROKER]
+    def _stop_everything(self, state: RunState, progress: Progress) -> list[str]:
         brokers = [record for record in state.processes if record.name == BROKER]
-        stopped = []
-        for group in (list(reversed(services)), brokers):
-            running = [(record, process) for record in group if (process := _alive(record)) is not None]
-            for record, process in running:
-                progress(f"stopping {record.name}")
-                _signal_group(process, signal.SIGTERM)
-            for record, process in running:
-                try:
-                    process.wait(STOP_GRACE_S)
-                except psutil.TimeoutExpired:
-                    progress(f"{record.name} ignored SIGTERM for {STOP_GRACE_S:.0f}s; killing it")
-                    _signal_group(process, signal.SIGKILL)
-                    process.wait(5)
-                stopped.append(record.name)
+        agents = [record for record in state.processes if record.name != BROKER]
+        if state.broker and any(_alive(record) for record in agents):
+            progress("stopping the node manager and the heartbeat monitor")
+            self._stop_core(state.broker)
+        stopped = _terminate(agents, progress)
+        self._sweep(progress)
+        self._remove_containers(progress)
+        stopped += _terminate(brokers, progress)
         return stopped
+
+    def _stop_core(self, broker: str) -> None:
+        with temporary_settings({"kafka.bootstrap_servers": broker}) as settings:
+            bus = Bus(settings, source="aiot-down")
+            requester = Requester(bus)
+            try:
+                requester.start()
+                for spec in reversed(CORE_SERVICES):
+                    with contextlib.suppress(PlatformError):
+                        requester.request(
+                            agent_topic(bus.topics, "node-1"),
+                            StopService(service_id=spec.service_id),
+                            ServiceStateReply,
+                            timeout=20,
+                        )
+            except PlatformError:
+                pass  # the broker is gone: the agents' own stop still stops everything
+            finally:
+                requester.stop()
+
+    def _sweep(self, progress: Progress) -> bool:
+        """Stop any managed process of this home still running (a service whose agent was killed).
+
+        Managed processes carry both AIOT_HOME and AIOT_SERVICE_ID; a user's shell that merely
+        exports AIOT_HOME is left alone.
+        """
+        leftovers = []
+        ourselves = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
+        for process in psutil.process_iter():
+            try:
+                env = process.environ()
+                if (
+                    process.pid not in ourselves
+                    and env.get("AIOT_HOME") == str(self.home)
+                    and env.get("AIOT_SERVICE_ID")
+                ):
+                    leftovers.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        for process in leftovers:
+            progress(f"stopping leftover process {process.pid}")
+            _signal_group(process, signal.SIGTERM)
+        _gone, alive = psutil.wait_procs(leftovers, timeout=5)
+        for process in alive:
+            _signal_group(process, signal.SIGKILL)
+        return bool(leftovers)
+
+    def _remove_containers(self, progress: Progress) -> None:
+        from service_agent.docker_runtime import remove_containers
+
+        with contextlib.suppress(PlatformError):
+            removed = remove_containers(str(self.home))
+            if removed:
+                progress(f"removed {removed} leftover containers")
+
+
+class _HeartbeatWatch:
+    """Collects the service ids that send heartbeats, from before anything starts."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.seen: set[str] = set()
+        self._loop = ConsumerLoop(bus, [bus.topics.heartbeats], group=None, name="aiot-up-heartbeats")
+        self._loop.add_handler(Heartbeat, self._on_heartbeat)
+
+    def _on_heartbeat(self, beat: Heartbeat, _envelope: Envelope) -> None:
+        self.seen.add(beat.service_id)
+
+    def __enter__(self) -> _HeartbeatWatch:
+        self._loop.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.stop()
+
+    def wait_for(
+        self, service_ids: Iterable[str], state: RunState, platform: LocalPlatform, timeout: float
+    ) -> None:
+        expected = set(service_ids)
+        deadline = time.monotonic() + timeout
+        while not expected <= self.seen:
+            platform.raise_if_exited(state)
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(expected - self.seen))
+                raise Timeout(f"no heartbeat from {missing} within {timeout:.0f}s; see {platform.log_dir}")
+            time.sleep(0.1)
+
+
+def _terminate(records: list[ProcessRecord], progress: Progress) -> list[str]:
+    running = [(record, process) for record in records if (process := _alive(record)) is not None]
+    for record, process in running:
+        progress(f"stopping {record.name}")
+        _signal_group(process, signal.SIGTERM)
+    for record, process in running:
+        try:
+            process.wait(STOP_GRACE_S)
+        except psutil.TimeoutExpired:
+            progress(f"{record.name} ignored SIGTERM for {STOP_GRACE_S:.0f}s; killing it")
+            _signal_group(process, signal.SIGKILL)
+            process.wait(5)
+    return [record.name for record, _ in running]
 
 
 def _signal_group(process: psutil.Process, signum: signal.Signals) -> None:
     """Signal the process's whole session group (it started its own), so helpers it spawned go too."""
     try:
-        os.killpg(process.pid, signum)
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signum)
+            return
     except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(signum)
+        pass
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.send_signal(signum)
 
 
 def _tail(log_file: str | None, lines: int = 15) -> str:

@@ -93,7 +93,7 @@ class LoggerService(Service):
         )
         self.batcher.start()
         self.own(self.batcher)
-        bus = self.runtime.bus
+        bus = self.sdk.bus
         self.consumer = ConsumerLoop(
             bus, [bus.topics.logs], group=f"{bus.topics.prefix}.logger", name="logger"
         )

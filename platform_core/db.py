@@ -14,6 +14,7 @@ database raises ``Unavailable``; a unique-constraint clash raises ``Conflict``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ from platform_sdk.errors import BadRequest, Conflict, Unavailable
 from platform_sdk.settings import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Every module that declares tables, by name so this module depends on none of them.
+MODEL_MODULES = ("web.identity", "node_manager.models", "heartbeat.models")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -60,6 +63,13 @@ class Base(DeclarativeBase):
     """Declarative base of every service's tables."""
 
     type_annotation_map = {datetime: UTCDateTime}
+
+
+def load_all_models() -> sa.MetaData:
+    """Import every service's table declarations; ``Base.metadata`` then describes the whole schema."""
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
+    return Base.metadata
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -94,11 +94,39 @@ def create_app(
     resources: Resources,
 ) -> flask.Flask:
     """A Flask app with ``blueprints`` mounted behind the role guard."""
-    max_upload_mb = resources.settings.web.max_upload_mb
+    app = _base_app(name, blueprints, resources.settings.web.max_upload_mb)
+    app.extensions[_RESOURCES_KEY] = resources
+
+    @app.before_request
+    def guard() -> None:
+        view = app.view_functions.get(flask.request.endpoint or "")
+        if view is not None:
+            flask.g.principal = check_access(view, flask.request, authenticate)
+
+    return app
+
+
+def create_internal_app(
+    name: str, blueprints: Iterable[flask.Blueprint], max_upload_mb: int = 16
+) -> flask.Flask:
+    """An app for node-internal HTTP (an agent's /load, a model replica), bound to the node's own address.
+
+    It has no users, so every route must be ``@public``; anything else is refused at build time.
+    """
+    app = _base_app(name, blueprints, max_upload_mb)
+    guarded = sorted(
+        rule.rule for rule in app.url_map.iter_rules() if access_rule(app.view_functions[rule.endpoint])
+    )
+    if guarded:
+        raise RouteWithoutRule(f"an internal app serves public routes only, not {', '.join(guarded)}")
+    return app
+
+
+def _base_app(name: str, blueprints: Iterable[flask.Blueprint], max_upload_mb: int) -> flask.Flask:
+    """Blueprints mounted, every route checked for a role rule, errors as JSON."""
     app = flask.Flask(name, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_mb * 1024 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[_RESOURCES_KEY] = resources
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     unguarded = sorted(
@@ -108,12 +136,6 @@ def create_app(
     )
     if unguarded:
         raise RouteWithoutRule(f"routes without a role rule: {', '.join(unguarded)}")
-
-    @app.before_request
-    def guard() -> None:
-        view = app.view_functions.get(flask.request.endpoint or "")
-        if view is not None:
-            flask.g.principal = check_access(view, flask.request, authenticate)
 
     @app.errorhandler(PlatformError)
     def platform_error(error: PlatformError) -> tuple[flask.Response, int]:

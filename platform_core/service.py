@@ -11,15 +11,18 @@ the SDK runtime (heartbeat, log shipping) and then the service's own parts
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import ClassVar, Protocol
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from platform_sdk.runtime import PlatformRuntime
 from platform_sdk.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Stoppable(Protocol):
@@ -33,10 +36,14 @@ class Service:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.service_id = self.settings.service_id or self.name
-        self.runtime = PlatformRuntime(self.settings, self.service_id)
+        self.service_id = self.settings.service_id or self.default_service_id()
+        self.sdk = PlatformRuntime(self.settings, self.service_id)
         self._parts: list[Stoppable] = []
         self._stopped = threading.Event()
+
+    def default_service_id(self) -> str:
+        """The identity used when AIOT_SERVICE_ID is not set."""
+        return self.name
 
     def own(self, part: Stoppable) -> None:
         """Register a started part; ``stop()`` stops parts last-started first."""
@@ -46,12 +53,14 @@ class Service:
         """Start the service's own parts and ``own()`` them."""
 
     def start(self) -> None:
-        self.runtime.start()
+        self.sdk.start_logging()
         try:
             self.on_start()
         except BaseException:
             self.stop()
             raise
+        # The first heartbeat says "ready": only now do consumers, servers and handlers run.
+        self.sdk.start_heartbeat()
         log.info("%s started", self.service_id)
 
     def stop(self) -> None:
@@ -62,7 +71,7 @@ class Service:
             except Exception:
                 log.exception("%s: stopping %r failed", self.service_id, part)
         log.info("%s stopped", self.service_id)
-        self.runtime.stop()
+        self.sdk.stop()
         self._stopped.set()
 
     def run(self) -> None:
@@ -79,3 +88,61 @@ class Service:
         finally:
             self._stopped.clear()
             self.stop()
+
+
+class PeriodicTask:
+    """Calls ``work()`` every ``interval_s`` on one named thread until ``stop()``; failures are logged."""
+
+    def __init__(self, name: str, interval_s: float, work: Callable[[], None]) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.work = work
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"aiot-{self.name}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.work()
+            except Exception:
+                log.exception("%s failed; trying again in %.1fs", self.name, self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+class QueueWorker(Generic[T]):
+    """Handles queued items one at a time on one named thread; ``stop()`` finishes the one in hand."""
+
+    def __init__(self, name: str, handle: Callable[[T], None]) -> None:
+        self.name = name
+        self.handle = handle
+        self._queue: queue.Queue[T | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"aiot-{self.name}")
+        self._thread.start()
+
+    def put(self, item: T) -> None:
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.handle(item)
+            except Exception:
+                log.exception("%s failed on %r", self.name, item)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -244,6 +244,7 @@ class ConsumerLoop:
         self.group = group
         self.name = name or group or "assigned"
         self.partitions = partitions
+        self.offset_reset = offset_reset
         self.handled = 0
         self.dead_lettered = 0
         self._handlers: dict[str, tuple[type[Message], Handler]] = {}
@@ -302,20 +303,30 @@ class ConsumerLoop:
         self._producer = self.bus.producer()
         consumer = confluent_kafka.Consumer(self._config)
         if self.group is None:
-            metadata = consumer.list_topics(timeout=10)
-            consumer.assign(
-                [
-                    confluent_kafka.TopicPartition(topic, partition)
-                    for topic in self.topics
-                    for partition in metadata.topics[topic].partitions
-                ]
-            )
+            consumer.assign(self._initial_positions(consumer))
             self._assigned.set()
         else:
             consumer.subscribe(self.topics, on_assign=lambda *_: self._assigned.set())
         self._consumer = consumer
         self._thread = threading.Thread(target=self._run, name=f"aiot-consumer-{self.name}")
         self._thread.start()
+
+    def _initial_positions(self, consumer: confluent_kafka.Consumer) -> list[confluent_kafka.TopicPartition]:
+        """Every partition of ``topics``; with "latest", pinned to the current end right now.
+
+        Resolving the end here, not at the first fetch, means a message sent after
+        ``start()`` returned is never skipped: what follows start() is seen.
+        """
+        metadata = consumer.list_topics(timeout=10)
+        positions = []
+        for topic in self.topics:
+            for partition in metadata.topics[topic].partitions:
+                position = confluent_kafka.TopicPartition(topic, partition)
+                if self.offset_reset == "latest":
+                    _low, high = consumer.get_watermark_offsets(position, timeout=10)
+                    position.offset = high
+                positions.append(position)
+        return positions
 
     def wait_assigned(self, timeout: float = 30.0) -> None:
         """Block until the group has given this loop its partitions."""

@@ -1,13 +1,16 @@
 """The heartbeat client: proof of life from every managed process.
 
 A named thread sends a ``Heartbeat`` on the heartbeats topic right away and
-then once per interval until ``stop()``. The heartbeat monitor (``heartbeat/``)
+then once per interval until ``stop()``. A process started by a service agent
+also checks that the agent is still its parent; when the agent is gone (its
+node is lost) the process stops itself, as it would with its node. The heartbeat monitor (``heartbeat/``)
 keeps the last-seen time of each service id and restarts what falls silent.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 
@@ -19,9 +22,10 @@ from platform_sdk.messages import Heartbeat
 class HeartbeatClient:
     """Sends this process's heartbeat every ``interval_s`` seconds on its own thread."""
 
-    def __init__(self, bus: Bus, *, interval_s: float) -> None:
+    def __init__(self, bus: Bus, *, interval_s: float, parent_pid: int | None = None) -> None:
         self.bus = bus
         self.interval_s = interval_s
+        self.parent_pid = parent_pid
         self.sent = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -38,6 +42,10 @@ class HeartbeatClient:
         host, pid = socket.gethostname(), os.getpid()
         seq = 0
         while not self._stop.is_set():
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                # Our agent died (its node is gone): stop like the rest of that node, not beat on alone.
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             beat = Heartbeat(
                 service_id=self.bus.source, seq=seq, pid=pid, host=host, interval_s=self.interval_s
             )

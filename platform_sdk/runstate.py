@@ -29,12 +29,22 @@ class ProcessRecord(BaseModel):
     log_file: str | None = None
 
 
+class NodeRecord(BaseModel):
+    """One node (service agent) the local provider started."""
+
+    node_id: str
+    http_url: str
+    port_range: str
+
+
 class RunState(BaseModel):
     """The running platform of one AIOT_HOME."""
 
     broker: str | None = Field(default=None, description="Kafka bootstrap servers in use.")
     broker_embedded: bool = False
     web_url: str | None = None
+    runtime: str = "process"
+    nodes: list[NodeRecord] = Field(default_factory=list)
     processes: list[ProcessRecord] = Field(default_factory=list)
 
 

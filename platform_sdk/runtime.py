@@ -25,11 +25,20 @@ class PlatformRuntime:
         if not self.service_id:
             raise ValueError("a managed process needs an identity: set AIOT_SERVICE_ID")
         self.bus = Bus(self.settings, source=self.service_id)
-        self.heartbeat = HeartbeatClient(self.bus, interval_s=self.settings.heartbeat.interval_s)
+        self.heartbeat = HeartbeatClient(
+            self.bus, interval_s=self.settings.heartbeat.interval_s, parent_pid=self.settings.agent_pid
+        )
         self.log_handler: KafkaLogHandler | None = None
 
     def start(self) -> None:
+        self.start_logging()
+        self.start_heartbeat()
+
+    def start_logging(self) -> None:
         self.log_handler = install_log_handler(self.settings, self.service_id)
+
+    def start_heartbeat(self) -> None:
+        """Heartbeats double as 'ready': services start them once they take work."""
         self.heartbeat.start()
 
     def stop(self) -> None:

@@ -131,6 +131,59 @@ class LoggingSettings(BaseModel):
     batch_size: int = Field(default=1000, ge=1, description="Records that trigger an early flush.")
 
 
+class AgentSettings(BaseModel):
+    """One node's service agent."""
+
+    node_id: str = Field(default="node-1", description="Name of this node.")
+    main: bool = Field(default=False, description="Whether this is the main node (node manager, monitor).")
+    host: str = Field(default="127.0.0.1", description="Address this node's services and HTTP bind.")
+    http_port: int = Field(default=0, ge=0, le=65535, description="Port of /load and /services; 0 picks one.")
+    capacity: int = Field(default=16, ge=1, description="Most services this node runs at once.")
+    runtime: Literal["process", "docker"] = Field(default="process", description="How services are run.")
+    port_range: str = Field(default="20000-29999", description="Ports handed to services, as FIRST-LAST.")
+    load_scope: Literal["machine", "services"] = Field(
+        default="machine",
+        description="CPU and memory of the whole machine, or of this agent's services only "
+        "(several agents on one machine, as `aiot up --nodes N` runs them).",
+    )
+    announce_interval_s: float = Field(default=2.0, gt=0, description="Seconds between announcements.")
+    stop_timeout_s: float = Field(default=5.0, gt=0, description="Grace before a stopping service is killed.")
+    docker_base_image: str = Field(
+        default="aiot-base:bookworm", description="Base image of generated Dockerfiles (docker runtime)."
+    )
+
+
+class NodeManagerSettings(BaseModel):
+    """Placement and node health."""
+
+    poll_interval_s: float = Field(default=1.0, gt=0, description="Seconds between two /load polls per node.")
+    suspect_after_s: float = Field(default=3.0, gt=0, description="A node silent this long is suspect.")
+    down_after_s: float = Field(default=6.0, gt=0, description="A node silent this long is down; re-placed.")
+    scale_out_load: float = Field(default=0.85, gt=0, le=1, description="Score above which a node is busy.")
+    scale_out_after_s: float = Field(
+        default=30.0, gt=0, description="All nodes busy this long: ask the provider for one more."
+    )
+    max_nodes: int = Field(default=4, ge=1, description="Scale-out stops at this many nodes.")
+    settle_s: float = Field(
+        default=2.5,
+        ge=0,
+        description="After start, time to hear every agent's announcement before placing the roster "
+        "(longer than agent.announce_interval_s), so the first placements see every node.",
+    )
+    roster_file: Path | None = Field(
+        default=None, description="Service roster (TOML). Empty: configs/roster.toml of the platform."
+    )
+
+
+class MonitorSettings(BaseModel):
+    """The heartbeat monitor."""
+
+    missed_beats: int = Field(default=3, ge=1, description="Missed intervals after which a service failed.")
+    start_grace_s: float = Field(default=10.0, gt=0, description="Time a (re)started service has to beat.")
+    crash_loop_uptime_s: float = Field(default=5.0, gt=0, description="An exit sooner than this is a crash.")
+    crash_loop_limit: int = Field(default=3, ge=1, description="Crashes in a row after which it gives up.")
+
+
 class Settings(BaseSettings):
     """The whole settings tree. Read it with ``get_settings()``."""
 
@@ -151,6 +204,11 @@ class Settings(BaseSettings):
     service_id: str = Field(
         default="", description="Identity of this managed process; set by whoever starts it."
     )
+    agent_pid: int | None = Field(
+        default=None,
+        description="Pid of the agent that started this process; when it is gone, so is this node: "
+        "the process stops instead of running on unsupervised.",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     blob: BlobSettings = Field(default_factory=BlobSettings)
@@ -158,6 +216,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    node_manager: NodeManagerSettings = Field(default_factory=NodeManagerSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,43 +14,9 @@ import psutil
 import pytest
 
 from bootstrapper.broker import EmbeddedBroker
+from tests.platform_driver import AIOT, Platform
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka")]
-
-AIOT = [sys.executable, "-m", "aiot"]
-
-
-class Platform:
-    """One platform home driven through the `aiot` command."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_")}
-        self.env.update({"AIOT_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"})
-
-    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*AIOT, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"aiot {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def json(self, *args: str) -> object:
-        return json.loads(self.run(*args, "--json").stdout)
-
-    def processes(self) -> list[psutil.Process]:
-        """Every process whose environment names this home (pids from the run state would miss strays)."""
-        found = []
-        for process in psutil.process_iter():
-            try:
-                if process.environ().get("AIOT_HOME") == str(self.home) and process.pid != os.getpid():
-                    found.append(process)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return found
 
 
 @pytest.fixture
@@ -69,7 +34,8 @@ def test_up_logs_users_and_down(platform: Platform) -> None:
     status = platform.json("status")
     assert isinstance(status, dict)
     assert status["running"] is True
-    assert {p["name"] for p in status["processes"]} == {"broker", "logger", "web"}
+    assert {p["name"] for p in status["processes"]} == {"broker", "agent-node-1", "agent-node-2"}
+    assert {s["service_id"] for s in status["services"]} == {"node-manager", "heartbeat", "logger", "web"}
 
     # A separate process logs through the SDK; the record is queryable within 5 s.
     snippet = 'import platform_sdk; platform_sdk.get_logger("x").warning("marker-7f3a")'
@@ -174,7 +140,7 @@ def test_with_a_kafka_address_given_no_broker_is_started(
     platform.run("up", "--detach")
     status = platform.json("status")
     assert isinstance(status, dict)
-    assert {p["name"] for p in status["processes"]} == {"logger", "web"}
+    assert {p["name"] for p in status["processes"]} == {"agent-node-1", "agent-node-2"}
     assert status["broker"] == kafka_broker.bootstrap_servers
     broker = platform.json("broker")
     assert broker == {

@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 
 import web.identity  # registers the identity tables on Base.metadata
 from platform_core.auth import Role
-from platform_core.db import Base, Database, UTCDateTime
+from platform_core.db import Database, UTCDateTime, load_all_models
 from platform_sdk.errors import Conflict, Unavailable
 from platform_sdk.net import free_port
 from web.identity import ApiToken, User
@@ -52,7 +52,7 @@ def test_migrate_brings_an_empty_database_to_head_matching_the_models(database_u
         assert head is not None
         assert database.current_revision() == head
         with database.engine.connect() as connection:
-            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+            differences = compare_metadata(MigrationContext.configure(connection), load_all_models())
         assert differences == [], f"migrations and models differ: {differences}"
         assert {"users", "api_tokens"} <= set(sa.inspect(database.engine).get_table_names())
     finally:

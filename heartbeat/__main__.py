@@ -1,0 +1,5 @@
+"""``python -m heartbeat``: run the heartbeat monitor until SIGTERM."""
+
+from heartbeat.monitor import main
+
+main()

@@ -1,0 +1,11 @@
+"""Node manager: which nodes exist, how loaded they are, and which service runs where.
+
+- ``node_manager.service``: the service — announcements in, placement requests answered,
+  load polling, node health, roster reconciliation, re-placement, scale-out.
+- ``node_manager.placement``: the least-loaded score and choice (pure functions).
+- ``node_manager.registry`` / ``node_manager.models``: the ``nodes`` and ``placements`` tables.
+- ``node_manager.roster``: the service roster (``configs/roster.toml``).
+
+It talks to Kafka (agents' events in; StartService/StopService out) and to each agent's
+``/load`` over HTTP. It owns the ``nodes`` and ``placements`` tables.
+"""

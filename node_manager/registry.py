@@ -1,0 +1,100 @@
+"""CRUD of the node manager's tables; every function takes the session it works in."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from node_manager.models import NodeRow, PlacementRow
+from node_manager.placement import NodeLoad
+from platform_core.db import utcnow
+from platform_core.nodes import NodeAnnouncement, ServiceSpec, ServiceState
+from platform_sdk.errors import NotFound
+
+
+def upsert_node(session: Session, announcement: NodeAnnouncement) -> NodeRow:
+    node = session.get(NodeRow, announcement.node_id)
+    if node is None:
+        node = NodeRow(node_id=announcement.node_id, capacity=announcement.capacity)
+        session.add(node)
+    node.host = announcement.host
+    node.http_url = announcement.http_url
+    node.runtime = announcement.runtime
+    node.main = announcement.main
+    node.capacity = announcement.capacity
+    node.state = "up"
+    node.last_seen = utcnow()
+    return node
+
+
+def list_nodes(session: Session) -> list[NodeRow]:
+    return list(session.scalars(sa.select(NodeRow).order_by(NodeRow.node_id)))
+
+
+def node_loads(session: Session) -> list[NodeLoad]:
+    return [
+        NodeLoad(
+            node_id=node.node_id,
+            state=node.state,
+            main=node.main,
+            capacity=node.capacity,
+            services=node.services,
+            cpu_percent=node.cpu_percent,
+            memory_used_mb=node.memory_used_mb,
+            memory_total_mb=node.memory_total_mb,
+        )
+        for node in list_nodes(session)
+    ]
+
+
+def read_placement(session: Session, service_id: str) -> PlacementRow:
+    placement = session.get(PlacementRow, service_id)
+    if placement is None:
+        raise NotFound(f"service {service_id!r} is not placed on any node")
+    return placement
+
+
+def list_placements(session: Session, node_id: str | None = None) -> list[PlacementRow]:
+    query = sa.select(PlacementRow).order_by(PlacementRow.service_id)
+    if node_id is not None:
+        query = query.where(PlacementRow.node_id == node_id)
+    return list(session.scalars(query))
+
+
+def save_placement(session: Session, spec: ServiceSpec, state: ServiceState) -> PlacementRow:
+    placement = session.get(PlacementRow, spec.service_id)
+    if placement is None:
+        placement = PlacementRow(service_id=spec.service_id)
+        session.add(placement)
+    placement.node_id = state.node_id
+    placement.spec = spec.model_dump_json()
+    apply_state(placement, state)
+    placement.placed_at = utcnow()
+    return placement
+
+
+def apply_state(placement: PlacementRow, state: ServiceState) -> None:
+    placement.state = state.state
+    placement.pid = state.pid
+    placement.container_id = state.container_id
+    placement.restarts = state.restarts
+    placement.started_at = state.started_at
+
+
+def record_load(
+    session: Session, node_id: str, *, cpu: float, memory_used: float, memory_total: float, services: int
+) -> None:
+    node = session.get(NodeRow, node_id)
+    if node is None:
+        return
+    node.cpu_percent, node.memory_used_mb, node.memory_total_mb = cpu, memory_used, memory_total
+    node.services = services
+    node.last_seen = utcnow()
+    if node.state != "up":
+        node.state = "up"
+
+
+def set_node_state(session: Session, node_id: str, state: str) -> None:
+    node = session.get(NodeRow, node_id)
+    if node is not None:
+        node.state = state

@@ -1,0 +1,166 @@
+"""The node layer's protocol: what agents, the node manager and the heartbeat monitor say to each other.
+
+Every message here is a pydantic ``Message`` sent through ``platform_sdk.bus``:
+
+* to one agent (``topics.commands("agent.<node>")``, request/reply): ``StartService``,
+  ``StopService``, ``RestartService``, ``ListServices`` → ``ServiceState`` / ``ServiceStates``;
+* from every agent (``topics.events("nodes")``): ``NodeAnnouncement`` every few
+  seconds (address, capacity, what runs there) and ``ServiceExited`` the moment
+  a process it started exits;
+* to the node manager (``topics.commands("node-manager")``, request/reply):
+  ``PlaceService`` → ``Placement``, ``LocateService`` → ``Placement``,
+  ``UnplaceService`` → ``Placement``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from platform_sdk.envelope import Message
+from platform_sdk.topics import Topics
+
+ServiceKind = Literal["platform", "model", "app", "simulator"]
+RunState = Literal["starting", "running", "stopping", "exited", "stopped", "failed"]
+RestartPolicy = Literal["monitor", "agent"]
+
+
+class ServiceSpec(BaseModel):
+    """Everything an agent needs to run a service, whichever node it lands on."""
+
+    service_id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Unique id of the running service."
+    )
+    kind: ServiceKind = "platform"
+    module: str | None = Field(default=None, description="Run as `python -m MODULE` (platform services).")
+    command: list[str] | None = Field(default=None, description="Or run this command line.")
+    requirements: list[str] = Field(
+        default_factory=list, description="pip specifiers; one cached venv per set."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of the process.")
+    ports: list[str] = Field(default_factory=list, description="Named ports to allocate: AIOT_PORT_<NAME>.")
+    cpu_limit: float | None = Field(default=None, gt=0, description="CPUs (docker runtime).")
+    memory_mb: int | None = Field(default=None, gt=0, description="Memory limit in MB (docker runtime).")
+    restart: RestartPolicy = Field(
+        default="monitor",
+        description="`monitor`: the heartbeat monitor decides; `agent`: the agent restarts it itself "
+        "(the node manager and the monitor, which cannot watch themselves).",
+    )
+    main_node_only: bool = Field(default=False, description="Runs on the main node only.")
+
+
+class ServiceState(BaseModel):
+    """What an agent knows of one service it runs."""
+
+    service_id: str
+    node_id: str
+    state: RunState
+    runtime: str
+    pid: int | None = None
+    container_id: str | None = None
+    started_at: datetime | None = None
+    exit_code: int | None = None
+    restarts: int = 0
+    ports: dict[str, int] = Field(default_factory=dict)
+
+
+class StartService(Message):
+    """Start ``spec`` here; starting one that already runs answers its state (idempotent)."""
+
+    message_type = "agent.start"
+    spec: ServiceSpec
+
+
+class StopService(Message):
+    message_type = "agent.stop"
+    service_id: str
+
+
+class RestartService(Message):
+    """Stop (killed if it does not stop in time) and start again; ``force`` kills at once (hung process)."""
+
+    message_type = "agent.restart"
+    service_id: str
+    force: bool = False
+
+
+class ListServices(Message):
+    message_type = "agent.list"
+
+
+class ServiceStateReply(Message):
+    message_type = "agent.state"
+    state: ServiceState
+
+
+class ServiceStates(Message):
+    message_type = "agent.states"
+    node_id: str
+    services: list[ServiceState]
+
+
+class NodeAnnouncement(Message):
+    """An agent's periodic 'here I am': where it answers, how much it takes, what it runs."""
+
+    message_type = "node.announcement"
+    node_id: str
+    host: str
+    http_url: str
+    capacity: int
+    runtime: str
+    main: bool
+    services: list[ServiceState]
+
+
+class ServiceExited(Message):
+    """A process or container an agent started has exited (sent at once, not after missed heartbeats)."""
+
+    message_type = "service.exited"
+    node_id: str
+    service_id: str
+    exit_code: int | None
+    uptime_s: float
+    last_output: list[str]
+    will_restart_here: bool
+
+
+class PlaceService(Message):
+    """Run ``spec`` on the least-loaded node (not on any of ``avoid``)."""
+
+    message_type = "nodes.place"
+    spec: ServiceSpec
+    avoid: list[str] = Field(default_factory=list)
+
+
+class LocateService(Message):
+    message_type = "nodes.locate"
+    service_id: str
+
+
+class UnplaceService(Message):
+    """Stop a placed service and forget its placement."""
+
+    message_type = "nodes.unplace"
+    service_id: str
+
+
+class Placement(Message):
+    message_type = "nodes.placement"
+    service_id: str
+    node_id: str
+    spec: ServiceSpec
+    state: ServiceState | None = None
+
+
+def agent_topic(topics: Topics, node_id: str) -> str:
+    return topics.commands(f"agent.{node_id}")
+
+
+def node_manager_topic(topics: Topics) -> str:
+    return topics.commands("node-manager")
+
+
+def node_events_topic(topics: Topics) -> str:
+    return topics.events("nodes")

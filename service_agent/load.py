@@ -1,0 +1,68 @@
+"""A node's load as the node manager sees it (``GET /load``), measured with psutil."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import psutil
+from pydantic import BaseModel
+
+
+class LoadSample(BaseModel):
+    node_id: str
+    cpu_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    services: int
+    processes: int
+    capacity: int
+
+
+class LoadMeter:
+    """CPU and memory of the whole machine, or of the agent's own service processes."""
+
+    def __init__(self, scope: Literal["machine", "services"]) -> None:
+        self.scope = scope
+        self._tracked: dict[int, psutil.Process] = {}
+        psutil.cpu_percent(interval=None)  # primes the counter; the first reading is otherwise 0
+
+    def sample(self, node_id: str, pids: Iterable[int], capacity: int, services: int) -> LoadSample:
+        memory = psutil.virtual_memory()
+        total_mb = memory.total / 2**20
+        processes = self._processes(pids)
+        if self.scope == "machine":
+            cpu = psutil.cpu_percent(interval=None)
+            used_mb = (memory.total - memory.available) / 2**20
+        else:
+            cpu, used_mb = 0.0, 0.0
+            for process in processes:
+                try:
+                    cpu += process.cpu_percent(interval=None)
+                    used_mb += process.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+            cpu /= psutil.cpu_count() or 1
+        return LoadSample(
+            node_id=node_id,
+            cpu_percent=round(min(cpu, 100.0), 1),
+            memory_used_mb=round(used_mb, 1),
+            memory_total_mb=round(total_mb, 1),
+            services=services,
+            processes=len(processes),
+            capacity=capacity,
+        )
+
+    def _processes(self, pids: Iterable[int]) -> list[psutil.Process]:
+        """Each service's process tree; Process objects are kept so cpu_percent measures between calls."""
+        found: dict[int, psutil.Process] = {}
+        for pid in pids:
+            try:
+                root = self._tracked.get(pid) or psutil.Process(pid)
+                found[pid] = root
+                for child in root.children(recursive=True):
+                    found[child.pid] = self._tracked.get(child.pid) or child
+            except psutil.Error:
+                continue
+        self._tracked = found
+        return list(found.values())

@@ -1,0 +1,320 @@
+"""The table of services one agent runs, and the thread that watches them.
+
+``Supervisor.start_service`` allocates ports, builds the environment and asks
+the runtime to start; the supervisor thread notices exits within
+``SUPERVISE_INTERVAL_S`` and reports them at once (``ServiceExited``), restarts
+``restart="agent"`` services itself with growing back-off, and announces the
+node every ``announce_interval_s``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from platform_core.nodes import (
+    NodeAnnouncement,
+    RunState,
+    ServiceExited,
+    ServiceSpec,
+    ServiceState,
+    node_events_topic,
+)
+from platform_sdk.bus import Bus, Producer
+from platform_sdk.errors import NotFound, PlatformError
+from platform_sdk.messages import LogRecord
+from platform_sdk.settings import Settings
+from service_agent.ports import PortAllocator
+from service_agent.runtime import RunningService, Runtime
+
+log = logging.getLogger(__name__)
+SUPERVISE_INTERVAL_S = 0.2
+OUTPUT_LINES_KEPT = 30
+LOCAL_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_AFTER_S = 10.0
+
+
+@dataclass
+class Managed:
+    """One service this agent runs, or ran."""
+
+    spec: ServiceSpec
+    ports: dict[str, int]
+    handle: RunningService | None = None
+    state: RunState = "starting"
+    started_at: datetime | None = None
+    started_mono: float = 0.0
+    exit_code: int | None = None
+    restarts: int = 0
+    quick_exits: int = 0
+    restart_at: float | None = None
+    output: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES_KEPT)
+    )
+
+
+class Supervisor:
+    """Starts, stops and watches this node's services."""
+
+    def __init__(self, settings: Settings, bus: Bus, runtime: Runtime, http_url: Callable[[], str]) -> None:
+        self.settings = settings
+        self.agent = settings.agent
+        self.node_id = settings.agent.node_id
+        self.bus = bus
+        self.runtime = runtime
+        self.http_url = http_url
+        self.ports = PortAllocator(self.agent.port_range, self.agent.host)
+        self._services: dict[str, Managed] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: Producer | None = None
+        self._host = socket.gethostname()
+
+    # life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._producer = self.bus.producer()
+        self.bus.ensure_topics([node_events_topic(self.bus.topics)])
+        self._thread = threading.Thread(target=self._watch, name=f"aiot-supervisor-{self.node_id}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching, then stop every service (a node going away takes its services along)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            managed = list(self._services.values())
+        # All at once: a node going down should take as long as its slowest service, not their sum.
+        stoppers = [
+            threading.Thread(
+                target=self._halt, args=(entry, "stopped"), name=f"aiot-stop-{entry.spec.service_id}"
+            )
+            for entry in managed
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+        if self._producer is not None:
+            self._producer.flush(5)
+
+    # commands -----------------------------------------------------------------------------
+    def start_service(self, spec: ServiceSpec) -> ServiceState:
+        with self._lock:
+            entry = self._services.get(spec.service_id)
+            if entry is not None and entry.state in ("starting", "running"):
+                return self.state_of(entry)  # idempotent: a retried start starts nothing
+            if entry is None:
+                entry = Managed(spec=spec, ports={name: self.ports.allocate() for name in spec.ports})
+                self._services[spec.service_id] = entry
+            entry.spec = spec
+            self._launch(entry)
+            return self.state_of(entry)
+
+    def stop_service(self, service_id: str) -> ServiceState:
+        entry = self._entry(service_id)
+        self._halt(entry, "stopped")
+        with self._lock:
+            self._services.pop(service_id, None)
+            self.ports.release(list(entry.ports.values()))
+        return self.state_of(entry)
+
+    def restart_service(self, service_id: str, *, force: bool = False) -> ServiceState:
+        entry = self._entry(service_id)
+        self._halt(entry, "stopped", timeout=0.0 if force else None)
+        with self._lock:
+            entry.restarts += 1
+            self._launch(entry)
+            return self.state_of(entry)
+
+    def states(self) -> list[ServiceState]:
+        with self._lock:
+            return [self.state_of(entry) for entry in self._services.values()]
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [
+                e.handle.pid
+                for e in self._services.values()
+                if e.handle and e.handle.pid and e.state == "running"
+            ]
+
+    def running_count(self) -> int:
+        with self._lock:
+            return sum(entry.state in ("starting", "running") for entry in self._services.values())
+
+    def state_of(self, entry: Managed) -> ServiceState:
+        return ServiceState(
+            service_id=entry.spec.service_id,
+            node_id=self.node_id,
+            state=entry.state,
+            runtime=self.runtime.name,
+            pid=entry.handle.pid if entry.handle else None,
+            container_id=entry.handle.container_id if entry.handle else None,
+            started_at=entry.started_at,
+            exit_code=entry.exit_code,
+            restarts=entry.restarts,
+            ports=entry.ports,
+        )
+
+    def _entry(self, service_id: str) -> Managed:
+        with self._lock:
+            entry = self._services.get(service_id)
+        if entry is None:
+            raise NotFound(f"service {service_id!r} does not run on node {self.node_id}")
+        return entry
+
+    # running ------------------------------------------------------------------------------
+    def environment(self, entry: Managed) -> dict[str, str]:
+        settings = self.settings
+        env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_AGENT__")}
+        env.update(
+            {
+                "AIOT_HOME": str(settings.home_dir),
+                "AIOT_SERVICE_ID": entry.spec.service_id,
+                "AIOT_KAFKA__BOOTSTRAP_SERVERS": self.bus.bootstrap_servers,
+                "AIOT_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+                "AIOT_NODE_ID": self.node_id,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update({f"AIOT_PORT_{name.upper()}": str(port) for name, port in entry.ports.items()})
+        env.update(entry.spec.env)
+        return env
+
+    def _launch(self, entry: Managed) -> None:
+        service_id = entry.spec.service_id
+
+        def ship(line: str) -> None:
+            entry.output.append(line)
+            self._ship_output(service_id, line)
+
+        entry.state, entry.exit_code, entry.restart_at = "starting", None, None
+        try:
+            entry.handle = self.runtime.start(entry.spec, self.environment(entry), ship)
+        except PlatformError:
+            entry.state = "failed"
+            raise
+        entry.state = "running"
+        entry.started_at = datetime.now(UTC)
+        entry.started_mono = time.monotonic()
+        log.info(
+            "started %s on %s (%s %s)",
+            service_id,
+            self.node_id,
+            self.runtime.name,
+            entry.handle.pid or entry.handle.container_id,
+        )
+
+    def _halt(self, entry: Managed, state: RunState, timeout: float | None = None) -> None:
+        with self._lock:
+            entry.state = "stopping"  # an exit from here on is ours, not a crash to report
+        handle = entry.handle
+        if handle is not None and handle.exit_code() is None:
+            handle.stop(self.agent.stop_timeout_s if timeout is None else timeout)
+        entry.state = state
+        entry.exit_code = handle.exit_code() if handle else None
+
+    def _ship_output(self, service_id: str, line: str) -> None:
+        if self._producer is None or not line.strip():
+            return
+        record = LogRecord(
+            service_id=service_id,
+            time=datetime.now(UTC),
+            level="INFO",
+            logger="stdout",
+            message=line,
+            host=self._host,
+        )
+        # Output is best effort: the agent never waits for, or fails on, shipping it.
+        with contextlib.suppress(PlatformError):
+            self._producer.send(self.bus.topics.logs, record, key=service_id)
+
+    # watching -----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        next_announcement = 0.0
+        while not self._stop.wait(SUPERVISE_INTERVAL_S):
+            now = time.monotonic()
+            with self._lock:
+                entries = list(self._services.values())
+            for entry in entries:
+                self._check(entry, now)
+            if now >= next_announcement:
+                self._announce()
+                next_announcement = now + self.agent.announce_interval_s
+            if self._producer is not None:
+                self._producer.poll(0)
+
+    def _check(self, entry: Managed, now: float) -> None:
+        with self._lock:
+            if entry.state == "running" and entry.handle is not None:
+                code = entry.handle.exit_code()
+                if code is None:
+                    if now - entry.started_mono > STABLE_AFTER_S:
+                        entry.quick_exits = 0
+                    return
+                self._on_exit(entry, code, now)
+            elif entry.state == "exited" and entry.restart_at is not None and now >= entry.restart_at:
+                entry.restarts += 1
+                try:
+                    self._launch(entry)
+                except PlatformError as exc:
+                    log.error("restarting %s failed: %s", entry.spec.service_id, exc)
+
+    def _on_exit(self, entry: Managed, code: int, now: float) -> None:
+        uptime = now - entry.started_mono
+        entry.state, entry.exit_code = "exited", code
+        local = entry.spec.restart == "agent"
+        if local:
+            entry.quick_exits = entry.quick_exits + 1 if uptime < STABLE_AFTER_S else 0
+            delay = LOCAL_BACKOFF_S[min(entry.quick_exits, len(LOCAL_BACKOFF_S) - 1)]
+            entry.restart_at = now + delay
+        log.warning(
+            "%s exited with %s after %.1fs on %s%s",
+            entry.spec.service_id,
+            code,
+            uptime,
+            self.node_id,
+            "; restarting it here" if local else "",
+        )
+        self._publish(
+            ServiceExited(
+                node_id=self.node_id,
+                service_id=entry.spec.service_id,
+                exit_code=code,
+                uptime_s=round(uptime, 3),
+                last_output=list(entry.output),
+                will_restart_here=local,
+            )
+        )
+
+    def _announce(self) -> None:
+        self._publish(
+            NodeAnnouncement(
+                node_id=self.node_id,
+                host=self.agent.host,
+                http_url=self.http_url(),
+                capacity=self.agent.capacity,
+                runtime=self.runtime.name,
+                main=self.agent.main,
+                services=self.states(),
+            )
+        )
+
+    def _publish(self, message: ServiceExited | NodeAnnouncement) -> None:
+        if self._producer is None:
+            return
+        try:
+            self._producer.send(node_events_topic(self.bus.topics), message, key=self.node_id)
+        except PlatformError as exc:
+            log.warning("cannot publish %s: %s", message.message_type, exc)

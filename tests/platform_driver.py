@@ -1,0 +1,67 @@
+"""Drive whole platforms through the `aiot` command, as a user does, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+AIOT = [sys.executable, "-m", "aiot"]
+
+
+class Platform:
+    """One platform home driven through the `aiot` command."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_")}
+        self.env.update({"AIOT_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"})
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*AIOT, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"aiot {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process whose environment names this home (pids from the run state would miss strays)."""
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if process.environ().get("AIOT_HOME") == str(self.home) and process.pid != os.getpid():
+                    found.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+    def status(self) -> dict[str, Any]:
+        document = self.json("status")
+        assert isinstance(document, dict)
+        return document
+
+    def service(self, service_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.status()["services"] if s["service_id"] == service_id), None)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``condition`` held; fails the test after ``timeout``."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.1)
+    return time.monotonic() - began
