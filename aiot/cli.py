@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import click
 import requests
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from bootstrapper.local import LocalPlatform
 
 FOLLOW_POLL_S = 1.0
+LIVE_REFRESH_S = 2.0
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 
 app = typer.Typer(
@@ -138,7 +140,7 @@ def up(
         console.print("stop it with `aiot down`")
         return
     console.print("press Ctrl-C to stop")
-    _wait_until_interrupted_or_dead(platform)
+    _wait_until_interrupted_or_dead(platform, settings, console)
     with console.status("stopping the platform") as status:
         platform.down(progress=status.update)
     console.print("platform stopped")
@@ -160,7 +162,8 @@ def _log_in_first_configurer(settings: Settings, url: str, generated: str | None
         console.print(f"this CLI is logged in as '{auth.admin_username}'")
 
 
-def _wait_until_interrupted_or_dead(platform: LocalPlatform) -> None:
+def _wait_until_interrupted_or_dead(platform: LocalPlatform, settings: Settings, console: Console) -> None:
+    """A live status view (on a terminal) until Ctrl-C, SIGTERM, or a node's agent dies."""
     interrupted = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -168,11 +171,14 @@ def _wait_until_interrupted_or_dead(platform: LocalPlatform) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not interrupted.wait(1.0):
-            dead = [process.name for process in platform.status() if not process.running]
-            if dead:
-                out().print(f"[red]{', '.join(dead)} exited; stopping the platform[/]")
-                return
+        with Live(console=console, refresh_per_second=1, transient=True) as live:
+            while not interrupted.wait(LIVE_REFRESH_S):
+                dead = [process.name for process in platform.status() if not process.running]
+                if dead:
+                    console.print(f"[red]{', '.join(dead)} exited; stopping the platform[/]")
+                    return
+                if console.is_terminal:
+                    live.update(_status_view(_status_document(settings)))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -188,14 +194,11 @@ def down() -> None:
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
-@app.command()
-def status(as_json: JsonOption = False) -> None:
-    """Show what runs for this AIOT_HOME: processes, nodes with their load, services with their state."""
-    settings = _settings()
+def _status_document(settings: Settings) -> dict[str, Any]:
     state = read_run_state(settings)
     processes = _local_platform(settings).status()
     nodes = [_node_view(node.node_id, node.http_url) for node in state.nodes] if state else []
-    document: dict[str, Any] = {
+    return {
         "home": str(settings.home_dir),
         "running": any(process.running for process in processes),
         "web_url": state.web_url if state else None,
@@ -207,14 +210,11 @@ def status(as_json: JsonOption = False) -> None:
         "nodes": [node["node"] for node in nodes],
         "services": [service for node in nodes for service in node["services"]],
     }
-    if as_json:
-        print_json(document)
-        return
-    console = out()
-    if not processes:
-        console.print(f"no platform is running from {settings.home_dir}; start one with `aiot up`")
-        return
-    node_table = Table("node", "state", "cpu %", "memory MB", "services", "address")
+
+
+def _status_view(document: dict[str, Any]) -> Group:
+    """Nodes with their load, then services with where and how they run."""
+    node_table = Table("node", "state", "cpu %", "memory MB", "services", "address", title="nodes")
     for node in document["nodes"]:
         load = node.get("load") or {}
         node_table.add_row(
@@ -225,8 +225,9 @@ def status(as_json: JsonOption = False) -> None:
             f"{load.get('services', '')}/{load.get('capacity', '')}",
             node["http_url"],
         )
-    console.print(node_table)
-    service_table = Table("service", "node", "runtime", "pid / container", "state", "uptime", "restarts")
+    service_table = Table(
+        "service", "node", "runtime", "pid / container", "state", "uptime", "restarts", title="services"
+    )
     for service in document["services"]:
         service_table.add_row(
             service["service_id"],
@@ -237,8 +238,22 @@ def status(as_json: JsonOption = False) -> None:
             _uptime(service["started_at"]) if service["state"] == "running" else "",
             str(service["restarts"]),
         )
-    console.print(service_table)
-    console.print(f"front door {document['web_url']}   kafka {document['broker']}")
+    footer = Text(f"front door {document['web_url']}   kafka {document['broker']}")
+    return Group(node_table, service_table, footer)
+
+
+@app.command()
+def status(as_json: JsonOption = False) -> None:
+    """Show what runs for this AIOT_HOME: processes, nodes with their load, services with their state."""
+    settings = _settings()
+    document = _status_document(settings)
+    if as_json:
+        print_json(document)
+        return
+    if not document["processes"]:
+        out().print(f"no platform is running from {settings.home_dir}; start one with `aiot up`")
+        return
+    out().print(_status_view(document))
 
 
 def _node_view(node_id: str, http_url: str) -> dict[str, Any]:

@@ -26,11 +26,13 @@ import confluent_kafka
 
 from benchmarks import Options, Result, Row
 from benchmarks import bus as bus_benchmark
+from benchmarks import node_layer as node_layer_benchmark
 
 Benchmark = Callable[[Options], Result]
 
 REGISTRY: dict[str, Benchmark] = {
     "bus": bus_benchmark.run,
+    "node_layer": node_layer_benchmark.run,
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"

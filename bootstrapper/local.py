@@ -66,11 +66,23 @@ READY_TIMEOUT_S = 90.0
 PORTS_PER_NODE = 1000
 FIRST_SERVICE_PORT = 20000
 Progress = Callable[[str], None]
+# Environment an agent gives each service; a process started from one must not inherit it.
+_PER_PROCESS = ("AIOT_AGENT_PID", "AIOT_NODE_ID", "AIOT_PORT_", "AIOT_AGENT__")
 
 # What the main node's agent runs itself and restarts when it exits: they cannot watch themselves.
+# They run as host processes whatever the node's runtime: the node manager starts agents and
+# retires lost nodes' processes and containers, which a container could not.
 CORE_SERVICES = (
-    ServiceSpec(service_id="node-manager", module="node_manager", restart="agent", main_node_only=True),
-    ServiceSpec(service_id="heartbeat", module="heartbeat", restart="agent", main_node_only=True),
+    ServiceSpec(
+        service_id="node-manager",
+        module="node_manager",
+        restart="agent",
+        main_node_only=True,
+        runtime="process",
+    ),
+    ServiceSpec(
+        service_id="heartbeat", module="heartbeat", restart="agent", main_node_only=True, runtime="process"
+    ),
 )
 
 
@@ -219,7 +231,8 @@ class LocalPlatform:
         assert state.broker is not None
         assert state.web_url is not None
         env = {
-            **os.environ,
+            # Scale-out runs this inside the node manager: none of its own identity may leak into the agent.
+            **{key: value for key, value in os.environ.items() if not key.startswith(_PER_PROCESS)},
             "AIOT_HOME": str(self.home),
             "AIOT_SERVICE_ID": f"agent-{node_id}",
             "AIOT_KAFKA__BOOTSTRAP_SERVERS": state.broker,
@@ -289,6 +302,16 @@ class LocalPlatform:
         write_run_state(self.settings, state)
         return node.node_id
 
+    def retire_node(self, node_id: str) -> None:
+        """Make a lost node's loss complete: what still runs of it here is stopped.
+
+        A real lost machine takes its services along; on one machine the processes and
+        containers of a node whose agent died would run on, holding ports and beating under
+        the same service ids, so the provider ends them before the node manager re-places them.
+        """
+        self._sweep(lambda _step: None, node_id=node_id, signum=signal.SIGKILL)
+        self._remove_containers(lambda _step: None, node_id=node_id)
+
     # down -------------------------------------------------------------------------------------
     def down(self, progress: Progress = lambda _step: None) -> list[str]:
         """Stop every process (and container) of this home; returns the names stopped."""
@@ -330,7 +353,9 @@ class LocalPlatform:
             finally:
                 requester.stop()
 
-    def _sweep(self, progress: Progress) -> bool:
+    def _sweep(
+        self, progress: Progress, *, node_id: str | None = None, signum: signal.Signals = signal.SIGTERM
+    ) -> bool:
         """Stop any managed process of this home still running (a service whose agent was killed).
 
         Managed processes carry both AIOT_HOME and AIOT_SERVICE_ID; a user's shell that merely
@@ -351,17 +376,17 @@ class LocalPlatform:
                 continue
         for process in leftovers:
             progress(f"stopping leftover process {process.pid}")
-            _signal_group(process, signal.SIGTERM)
+            _signal_group(process, signum)
         _gone, alive = psutil.wait_procs(leftovers, timeout=5)
         for process in alive:
             _signal_group(process, signal.SIGKILL)
         return bool(leftovers)
 
-    def _remove_containers(self, progress: Progress) -> None:
+    def _remove_containers(self, progress: Progress, *, node_id: str | None = None) -> None:
         from service_agent.docker_runtime import remove_containers
 
         with contextlib.suppress(PlatformError):
-            removed = remove_containers(str(self.home))
+            removed = remove_containers(str(self.home), node_id)
             if removed:
                 progress(f"removed {removed} leftover containers")
 

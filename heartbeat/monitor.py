@@ -46,6 +46,8 @@ from platform_sdk.messages import Heartbeat
 log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 0.25
 NODE_MANAGER = "node-manager"
+# A restart is a stop (at most agent.stop_timeout_s) and a start; an agent silent longer is gone.
+AGENT_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Failure:
     reason: str
     uptime_s: float | None = None
     last_output: list[str] = field(default_factory=list)
+    detected_at: float = field(default_factory=time.monotonic)
 
 
 class HeartbeatMonitor(Service):
@@ -169,6 +172,8 @@ class HeartbeatMonitor(Service):
             )
             if watched.given_up:
                 return
+            if failure.uptime_s is None and watched.last_seen > failure.detected_at:
+                return  # it beat again while this report waited in the queue behind a slow one
             crashed = failure.uptime_s is not None and failure.uptime_s < settings.crash_loop_uptime_s
             watched.crashes = watched.crashes + 1 if crashed else 0
             give_up = watched.crashes >= settings.crash_loop_limit
@@ -232,7 +237,7 @@ class HeartbeatMonitor(Service):
                 agent_topic(self.sdk.bus.topics, node_id),
                 RestartService(service_id=service_id, force=force),
                 ServiceStateReply,
-                timeout=30,
+                timeout=AGENT_TIMEOUT_S,
             )
         except (Timeout, NotFound) as exc:
             log.warning("agent of %s could not restart %s: %s", node_id, service_id, exc)

@@ -53,7 +53,9 @@ from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # a first start may build a venv or an image
+SCALE_OUT_JOIN_S = 60.0  # how long a node the provider started has to announce itself
 ScaleOut = Callable[[], str | None]
+RetireNode = Callable[[str], None]
 
 
 class NodeManagerService(Service):
@@ -61,11 +63,20 @@ class NodeManagerService(Service):
 
     name = "node-manager"
 
-    def __init__(self, *args: object, scale_out: ScaleOut | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        *args: object,
+        scale_out: ScaleOut | None = None,
+        retire_node: RetireNode | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._scale_out = scale_out
+        self._retire_node = retire_node
         self._place_lock = threading.Lock()
         self._busy_since: float | None = None
+        self._pending_node: str | None = None
+        self._pending_since = 0.0
 
     def on_start(self) -> None:
         bus = self.sdk.bus
@@ -223,6 +234,8 @@ class NodeManagerService(Service):
                     with self.database.session() as session:
                         registry.set_node_state(session, node_id, new_state)
                     if new_state == "down":
+                        if self._retire_node is not None:
+                            self._retire_node(node_id)
                         self._replace_services_of(node_id)
                 continue
             with self.database.session() as session:
@@ -263,26 +276,36 @@ class NodeManagerService(Service):
     def _consider_scale_out(self) -> None:
         settings = self.settings.node_manager
         with self.database.session() as session:
+            known = {node.node_id: node.state for node in registry.list_nodes(session)}
             loads = [load for load in registry.node_loads(session) if load.state == "up"]
-        if not loads or self._scale_out is None:
+        if self._scale_out is None or not loads:
             return
-        busy = all(load.score > settings.scale_out_load for load in loads)
+        if self._pending_node is not None:
+            waited = time.monotonic() - self._pending_since
+            if self._pending_node not in known and waited < SCALE_OUT_JOIN_S:
+                return  # one new node at a time: wait until the last one has joined
+            self._pending_node = None
         now = time.monotonic()
-        if not busy:
+        if not all(load.score > settings.scale_out_load for load in loads):
             self._busy_since = None
             return
         self._busy_since = self._busy_since or now
-        if now - self._busy_since >= settings.scale_out_after_s and len(loads) < settings.max_nodes:
-            scores = ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads)
-            log.warning(
-                "every node busier than %.2f for %.0fs (%s): adding a node",
-                settings.scale_out_load,
-                now - self._busy_since,
-                scores,
-            )
-            added = self._scale_out()
-            log.warning("scale-out: %s", f"node {added} started" if added else "the provider added no node")
-            self._busy_since = None
+        if now - self._busy_since < settings.scale_out_after_s or len(known) >= settings.max_nodes:
+            return
+        scores = ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads)
+        log.warning(
+            "every node busier than %.2f for %.0fs (%s): adding a node",
+            settings.scale_out_load,
+            now - self._busy_since,
+            scores,
+        )
+        self._pending_node = self._scale_out()
+        self._pending_since = now
+        self._busy_since = None
+        log.warning(
+            "scale-out: %s",
+            f"node {self._pending_node} started" if self._pending_node else "the provider added none",
+        )
 
 
 def main() -> None:
@@ -290,4 +313,5 @@ def main() -> None:
     # Scale-out asks the provider that started this platform; `aiot up` is the local one.
     from bootstrapper.local import LocalPlatform
 
-    NodeManagerService(settings, scale_out=LocalPlatform(settings).add_node).run()
+    provider = LocalPlatform(settings)
+    NodeManagerService(settings, scale_out=provider.add_node, retire_node=provider.retire_node).run()

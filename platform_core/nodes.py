@@ -49,6 +49,10 @@ class ServiceSpec(BaseModel):
         "(the node manager and the monitor, which cannot watch themselves).",
     )
     main_node_only: bool = Field(default=False, description="Runs on the main node only.")
+    runtime: Literal["process", "docker"] | None = Field(
+        default=None,
+        description="Force a runtime (the control plane runs as host processes); empty: the node's.",
+    )
 
 
 class ServiceState(BaseModel):

@@ -133,6 +133,8 @@ class Bus:
         for name, future in futures.items():
             try:
                 future.result(timeout)
+            except TimeoutError as exc:
+                raise Unavailable(f"Kafka did not create topic {name!r} within {timeout:g}s") from exc
             except confluent_kafka.KafkaException as exc:
                 if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
                     raise Unavailable(f"cannot create topic {name!r}: {exc}") from exc
@@ -142,7 +144,7 @@ class Bus:
         for future in futures.values():
             try:
                 future.result(timeout)
-            except confluent_kafka.KafkaException as exc:
+            except (TimeoutError, confluent_kafka.KafkaException) as exc:
                 log.debug("topic deletion failed: %s", exc)
 
     def producer(self, **overrides: Any) -> Producer:
@@ -394,7 +396,11 @@ class ConsumerLoop:
             if reply is not None and envelope.reply_to:
                 self._reply(envelope, reply)
         except Exception as exc:
-            log.exception("consumer %s: handler for %r failed", self.name, envelope.type)
+            if envelope.reply_to and isinstance(exc, PlatformError) and exc.status < 500:
+                # A refused request (unknown id, bad input) is an answer, not a failure of this service.
+                log.info("consumer %s: %r refused: %s", self.name, envelope.type, exc)
+            else:
+                log.exception("consumer %s: handler for %r failed", self.name, envelope.type)
             if envelope.reply_to:
                 self._reply(envelope, _error_reply(exc))
             else:

@@ -36,9 +36,14 @@ RecordHeaders = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | by
 
 
 class Message(BaseModel):
-    """Base of every typed message; subclasses set ``message_type``."""
+    """Base of every typed message; subclasses set ``message_type``.
 
-    model_config = ConfigDict(extra="forbid")
+    Unknown fields are ignored, not refused: a platform upgraded one service at a time
+    has newer senders beside older receivers, and a field added to a message must not
+    make every older receiver drop it.
+    """
+
+    model_config = ConfigDict(extra="ignore")
     message_type: ClassVar[str]
 
 

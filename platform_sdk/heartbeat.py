@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import uuid
 
 from platform_sdk.bus import Bus, Producer
 from platform_sdk.errors import Unavailable
@@ -39,7 +40,7 @@ class HeartbeatClient:
     def _beat(self) -> None:
         producer = self._producer
         assert producer is not None
-        host, pid = socket.gethostname(), os.getpid()
+        host, pid, instance = socket.gethostname(), os.getpid(), uuid.uuid4().hex
         seq = 0
         while not self._stop.is_set():
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -47,7 +48,12 @@ class HeartbeatClient:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             beat = Heartbeat(
-                service_id=self.bus.source, seq=seq, pid=pid, host=host, interval_s=self.interval_s
+                service_id=self.bus.source,
+                seq=seq,
+                instance=instance,
+                pid=pid,
+                host=host,
+                interval_s=self.interval_s,
             )
             try:
                 producer.send(self.bus.topics.heartbeats, beat, key=self.bus.source)

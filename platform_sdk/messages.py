@@ -19,6 +19,7 @@ class Heartbeat(Message):
     message_type = "heartbeat"
     service_id: str = Field(description="Identity of the process (AIOT_SERVICE_ID).")
     seq: int = Field(ge=0, description="Counts up from 0 at each start of the process.")
+    instance: str = Field(description="Random id of this start of the process: a restart shows a new one.")
     pid: int
     host: str
     interval_s: float = Field(gt=0, description="The sender's interval; monitors derive timeouts from it.")

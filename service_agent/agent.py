@@ -49,6 +49,9 @@ class ServiceAgent(Service):
             from service_agent.docker_runtime import DockerRuntime  # needs the docker SDK and engine
 
             return DockerRuntime(self.settings)
+        return self.process_runtime()
+
+    def process_runtime(self) -> ProcessRuntime:
         home = self.settings.home_dir
         return ProcessRuntime(VenvCache(home / "venvs"), home / "work" / self.settings.agent.node_id)
 
@@ -59,7 +62,13 @@ class ServiceAgent(Service):
         self.server = HttpServer(self._http_app(), agent.host, agent.http_port, threads=4)
         self.server.start()
         self.own(self.server)
-        self.supervisor = Supervisor(self.settings, bus, self.make_runtime(), lambda: self.server.url)
+        self.supervisor = Supervisor(
+            self.settings,
+            bus,
+            self.make_runtime(),
+            lambda: self.server.url,
+            host_runtime=self.process_runtime(),
+        )
         self.supervisor.start()
         self.own(self.supervisor)
         commands = ConsumerLoop(

@@ -596,11 +596,12 @@ class DockerService:
             log.warning("cannot remove container %s: %s", self._container_id[:12], exc)
 
 
-def remove_containers(home: str) -> int:
+def remove_containers(home: str, node_id: str | None = None) -> int:
     """Remove every container (running or not) the agents of the platform at ``home`` started.
 
-    ``aiot down`` calls it so that no container outlives its platform. Without a Docker
-    engine there is nothing to remove, and 0 is returned.
+    ``aiot down`` calls it so that no container outlives its platform; with ``node_id``, only
+    that node's (a node the local provider retires). Without a Docker engine there is nothing
+    to remove, and 0 is returned.
     """
     try:
         client = _connect()
@@ -610,7 +611,10 @@ def remove_containers(home: str) -> int:
     removed = 0
     try:
         with translated(f"removing the containers of {home}"):
-            filters = {"label": [f"{LABEL_PLATFORM}=1", f"{LABEL_HOME}={_resolved(home)}"]}
+            labels = [f"{LABEL_PLATFORM}=1", f"{LABEL_HOME}={_resolved(home)}"]
+            if node_id is not None:
+                labels.append(f"{LABEL_NODE}={node_id}")
+            filters = {"label": labels}
             for container in client.containers.list(all=True, filters=filters):
                 with contextlib.suppress(docker.errors.NotFound):
                     container.remove(force=True)

@@ -76,22 +76,25 @@ class VenvCache:
             if python.exists():
                 return str(python)
             staging = venv.with_suffix(".tmp")
-            self._run(
-                ["uv", "venv", "--quiet", "--system-site-packages", "--python", sys.executable, str(staging)]
-            )
-            self._run(
-                [
-                    "uv",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--python",
-                    str(staging / "bin" / "python"),
-                    *requirements,
-                ]
-            )
+            self._run(["uv", "venv", "--quiet", "--python", sys.executable, str(staging)])
+            installer = ["uv", "pip", "install", "--quiet", "--python", str(staging / "bin" / "python")]
+            self._run([*installer, *requirements])
+            self._link_platform(staging)
             os.replace(staging, venv)
         return str(python)
+
+    @staticmethod
+    def _link_platform(venv: Path) -> None:
+        """Let the venv import the platform (the SDK, its dependencies) after its own packages.
+
+        uv builds the venv on the base interpreter, so neither ``--system-site-packages`` nor
+        the platform's editable install would be seen; a ``.pth`` file appends the platform's
+        site-packages and source root to ``sys.path``, behind the service's requirements.
+        """
+        platform_root = str(Path(__file__).resolve().parents[1])
+        paths = [path for path in sys.path if path.endswith("site-packages")] + [platform_root]
+        for site_packages in venv.glob("lib/python*/site-packages"):
+            (site_packages / "aiot-platform.pth").write_text("\n".join(paths) + "\n")
 
     @staticmethod
     def _run(command: list[str]) -> None:

@@ -29,7 +29,7 @@ from platform_core.nodes import (
     node_events_topic,
 )
 from platform_sdk.bus import Bus, Producer
-from platform_sdk.errors import NotFound, PlatformError
+from platform_sdk.errors import BadRequest, NotFound, PlatformError
 from platform_sdk.messages import LogRecord
 from platform_sdk.settings import Settings
 from service_agent.ports import PortAllocator
@@ -56,6 +56,7 @@ class Managed:
     restarts: int = 0
     quick_exits: int = 0
     restart_at: float | None = None
+    runtime: str = ""
     output: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES_KEPT)
     )
@@ -64,12 +65,23 @@ class Managed:
 class Supervisor:
     """Starts, stops and watches this node's services."""
 
-    def __init__(self, settings: Settings, bus: Bus, runtime: Runtime, http_url: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        runtime: Runtime,
+        http_url: Callable[[], str],
+        host_runtime: Runtime | None = None,
+    ) -> None:
         self.settings = settings
         self.agent = settings.agent
         self.node_id = settings.agent.node_id
         self.bus = bus
         self.runtime = runtime
+        # Services that must see the host (the node manager starts agents, removes containers).
+        self.runtimes = {runtime.name: runtime}
+        if host_runtime is not None:
+            self.runtimes.setdefault(host_runtime.name, host_runtime)
         self.http_url = http_url
         self.ports = PortAllocator(self.agent.port_range, self.agent.host)
         self._services: dict[str, Managed] = {}
@@ -158,7 +170,7 @@ class Supervisor:
             service_id=entry.spec.service_id,
             node_id=self.node_id,
             state=entry.state,
-            runtime=self.runtime.name,
+            runtime=entry.runtime or self.runtime.name,
             pid=entry.handle.pid if entry.handle else None,
             container_id=entry.handle.container_id if entry.handle else None,
             started_at=entry.started_at,
@@ -200,8 +212,13 @@ class Supervisor:
             self._ship_output(service_id, line)
 
         entry.state, entry.exit_code, entry.restart_at = "starting", None, None
+        runtime = self.runtimes.get(entry.spec.runtime or self.runtime.name)
+        if runtime is None:
+            entry.state = "failed"
+            raise BadRequest(f"node {self.node_id} has no {entry.spec.runtime} runtime for {service_id!r}")
+        entry.runtime = runtime.name
         try:
-            entry.handle = self.runtime.start(entry.spec, self.environment(entry), ship)
+            entry.handle = runtime.start(entry.spec, self.environment(entry), ship)
         except PlatformError:
             entry.state = "failed"
             raise
@@ -212,7 +229,7 @@ class Supervisor:
             "started %s on %s (%s %s)",
             service_id,
             self.node_id,
-            self.runtime.name,
+            runtime.name,
             entry.handle.pid or entry.handle.container_id,
         )
 

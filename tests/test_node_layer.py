@@ -6,6 +6,7 @@ again with a new pid) in its output and as a junit property.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -16,22 +17,22 @@ from pathlib import Path
 import psutil
 import pytest
 
-from platform_core.nodes import Placement, PlaceService, ServiceSpec, node_manager_topic
+from platform_core.nodes import Placement, PlaceService, ServiceSpec, UnplaceService, node_manager_topic
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.messages import Heartbeat
 from platform_sdk.settings import temporary_settings
 from tests.platform_driver import Platform, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.service("kafka")]
+pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 RecordProperty = Callable[[str, object], None]
 
 
 class Beats:
-    """Heartbeats of a running platform: last pid and time per service id."""
+    """Heartbeats of a running platform: the latest start (instance) of every service id."""
 
     def __init__(self, broker: str) -> None:
-        self.latest: dict[str, tuple[int, float]] = {}
+        self.latest: dict[str, str] = {}
         self._lock = threading.Lock()
         with temporary_settings(
             {"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}
@@ -45,7 +46,7 @@ class Beats:
 
     def _on_beat(self, beat: Heartbeat, _envelope: Envelope) -> None:
         with self._lock:
-            self.latest[beat.service_id] = (beat.pid, time.monotonic())
+            self.latest[beat.service_id] = beat.instance
 
     def start(self) -> None:
         self._loop.start()
@@ -55,16 +56,27 @@ class Beats:
         self.requester.stop()
         self._loop.stop()
 
-    def beating_with_new_pid(self, service_id: str, old_pid: int, since: float) -> bool:
+    def instance(self, service_id: str) -> str:
+        wait_until(lambda: service_id in self.latest, 10, f"{service_id} heartbeating")
         with self._lock:
-            pid, at = self.latest.get(service_id, (0, 0.0))
-        return pid != old_pid and at > since
+            return self.latest[service_id]
+
+    def restarted(self, service_id: str, old_instance: str) -> bool:
+        """Whether a new start of the service has beaten (not the old one, whatever its pid)."""
+        with self._lock:
+            return self.latest.get(service_id, old_instance) != old_instance
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(tmp_path_factory.mktemp("nodes") / "home")
-    running.run("up", "--detach", "--nodes", "2")
+@pytest.fixture(scope="module", params=["process", "docker"])
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """One platform per runtime; every test below runs against both."""
+    runtime: str = request.param
+    if runtime == "docker":
+        request.applymarker(pytest.mark.service("docker"))
+        request.getfixturevalue("docker_engine")
+    running = Platform(tmp_path_factory.mktemp(f"nodes-{runtime}") / "home")
+    # A first docker start builds the platform's image: allow for it.
+    running.run("up", "--detach", "--nodes", "2", "--runtime", runtime, "--timeout", "400", timeout=600)
     yield running
     running.run("down", check=False)
     wait_until(lambda: running.processes() == [], 20, "no process of the platform left after down")
@@ -90,12 +102,14 @@ def recover(
     platform: Platform, beats: Beats, service_id: str, signum: signal.Signals, record_property: RecordProperty
 ) -> float:
     pid = running_pid(platform, service_id)
-    wait_until(lambda: service_id in beats.latest, 10, f"{service_id} heartbeating before the fault")
-    began = time.monotonic()
-    os.kill(pid, signum)
-    elapsed = wait_until(lambda: beats.beating_with_new_pid(service_id, pid, began), 60, f"{service_id} back")
+    old = beats.instance(service_id)
+    # The whole tree: under docker the recorded pid is the container's init, the service its child.
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        with contextlib.suppress(ProcessLookupError):  # killing docker's init takes its child along
+            os.kill(process.pid, signum)
+    elapsed = wait_until(lambda: beats.restarted(service_id, old), 60, f"{service_id} back")
     record_property(f"recovery_s_{signum.name}_{service_id}", round(elapsed, 2))
-    print(f"\n{service_id}: {signum.name} -> heartbeating again with a new pid after {elapsed:.2f}s")
+    print(f"\n{service_id}: {signum.name} -> a new start heartbeating after {elapsed:.2f}s")
     wait_until(
         lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
         20,
@@ -135,10 +149,9 @@ def test_node_manager_and_monitor_come_back(
 
 
 def test_restart_command(platform: Platform, beats: Beats) -> None:
-    pid = running_pid(platform, "logger")
-    began = time.monotonic()
+    old = beats.instance("logger")
     platform.run("restart", "logger")
-    wait_until(lambda: beats.beating_with_new_pid("logger", pid, began), 30, "logger restarted")
+    wait_until(lambda: beats.restarted("logger", old), 30, "logger restarted")
     unknown = platform.run("restart", "nope", check=False)
     assert unknown.returncode == 1
     assert "no service 'nope'" in unknown.stderr
@@ -150,14 +163,23 @@ def test_new_services_avoid_a_cpu_loaded_node(platform: Platform, beats: Beats) 
         node_manager_topic(beats.bus.topics), PlaceService(spec=burner), Placement, timeout=60
     )
     time.sleep(3)  # a few load polls see the burner's CPU
-    for n in range(2):
-        light = ServiceSpec(
-            service_id=f"light-{n}", command=["{python}", "-c", "import time; time.sleep(600)"]
-        )
-        other = beats.requester.request(
-            node_manager_topic(beats.bus.topics), PlaceService(spec=light), Placement, timeout=60
-        )
-        assert other.node_id != placed.node_id
+    try:
+        for n in range(2):
+            light = ServiceSpec(
+                service_id=f"light-{n}", command=["{python}", "-c", "import time; time.sleep(600)"]
+            )
+            other = beats.requester.request(
+                node_manager_topic(beats.bus.topics), PlaceService(spec=light), Placement, timeout=60
+            )
+            assert other.node_id != placed.node_id
+    finally:
+        for service_id in ("burner", "light-0", "light-1"):
+            beats.requester.request(
+                node_manager_topic(beats.bus.topics),
+                UnplaceService(service_id=service_id),
+                Placement,
+                timeout=60,
+            )
 
 
 def test_lost_agent_moves_its_services(
@@ -165,21 +187,22 @@ def test_lost_agent_moves_its_services(
 ) -> None:
     status = platform.status()
     agent = next(p for p in status["processes"] if p["name"] == "agent-node-2")
-    moved = [
-        s["service_id"]
+    moved = {
+        s["service_id"]: beats.instance(s["service_id"])
         for s in status["services"]
-        if s["node_id"] == "node-2" and s["service_id"] != "burner"
-    ]
+        if s["node_id"] == "node-2"
+    }
     assert moved
     os.kill(agent["pid"], signal.SIGKILL)
 
-    def all_on_node_1() -> bool:
+    def all_back_on_node_1() -> bool:
         services = {s["service_id"]: s for s in platform.status()["services"]}
-        return all(services.get(sid, {}).get("node_id") == "node-1" for sid in moved)
+        placed = all(services.get(sid, {}).get("node_id") == "node-1" for sid in moved)
+        return placed and all(beats.restarted(sid, old) for sid, old in moved.items())
 
-    elapsed = wait_until(all_on_node_1, 90, f"{moved} placed on node-1")
+    elapsed = wait_until(all_back_on_node_1, 90, f"{sorted(moved)} running and beating on node-1")
     record_property("recovery_s_lost_agent", round(elapsed, 2))
-    print(f"\nagent of node-2 killed: {moved} running on node-1 after {elapsed:.2f}s")
+    print(f"\nagent of node-2 killed: {sorted(moved)} heartbeating on node-1 after {elapsed:.2f}s")
 
 
 def test_scale_out_adds_a_node_when_every_node_is_busy(tmp_path: Path) -> None:
@@ -206,3 +229,27 @@ def test_scale_out_adds_a_node_when_every_node_is_busy(tmp_path: Path) -> None:
     finally:
         busy.run("down", check=False)
     wait_until(lambda: busy.processes() == [], 20, "no process left after down")
+
+
+def test_a_crash_loop_is_given_up_with_its_last_output(platform: Platform, beats: Beats) -> None:
+    crasher = ServiceSpec(
+        service_id="crasher",
+        command=["{python}", "-c", "import sys; print('missing model file', flush=True); sys.exit(2)"],
+    )
+    beats.requester.request(
+        node_manager_topic(beats.bus.topics), PlaceService(spec=crasher), Placement, timeout=60
+    )
+
+    def given_up() -> bool:
+        return "gave_up" in platform.run("logs", "heartbeat", "--grep", "crasher").stdout
+
+    wait_until(given_up, 60, "the monitor gives up on the crash loop")
+    incident = platform.run("logs", "heartbeat", "--grep", "crasher gave_up").stdout
+    assert "crashed 3 times" in incident, incident
+    assert "missing model file" in incident, incident  # its last output is in the incident
+    before = platform.service("crasher")
+    time.sleep(4)
+    after = platform.service("crasher")
+    assert before is not None
+    assert after is not None
+    assert (after["restarts"], after["state"]) == (before["restarts"], "exited")  # no further restarts

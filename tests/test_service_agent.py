@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,13 +155,15 @@ def test_agent_restarts_its_own_services_with_back_off(
 def test_a_hung_process_is_killed_when_it_ignores_stop(
     agent: tuple[ServiceAgent, Requester, Observed, Bus],
 ) -> None:
-    _service, requester, _observed, bus = agent
+    _service, requester, observed, bus = agent
     stubborn = [
         "{python}",
         "-c",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('deaf', flush=True); time.sleep(120)",
     ]
     start(requester, bus, ServiceSpec(service_id="stubborn", command=stubborn))
+    wait_for(lambda: any(r.message == "deaf" for r in observed.logs), what="SIGTERM ignored from now on")
     stopped = requester.request(
         agent_topic(bus.topics, "t-node"), StopService(service_id="stubborn"), ServiceStateReply, timeout=30
     ).state
@@ -174,4 +177,7 @@ def test_venv_cache_installs_once_per_requirements_set(tmp_path: Path) -> None:
     first = cache.python(["six==1.16.0"])
     assert cache.python([" six==1.16.0 ", ""]) == first  # same set, same venv, nothing installed
     assert VenvCache.key(["a", "b"]) == VenvCache.key(["b", "a"])
-    assert Path(first).exists()
+    # A service with requirements still reaches the platform: its SDK and the SDK's dependencies.
+    probe = "import six, platform_sdk, confluent_kafka; print(six.__version__)"
+    found = subprocess.run([first, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert found.stdout.strip() == "1.16.0"
