@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from platform_sdk.envelope import Message
+from platform_sdk.errors import BadRequest
 from platform_sdk.topics import Topics
 
 ServiceKind = Literal["platform", "model", "app", "simulator"]
@@ -53,6 +54,14 @@ class ServiceSpec(BaseModel):
         default=None,
         description="Force a runtime (the control plane runs as host processes); empty: the node's.",
     )
+
+    def argv(self, python: str) -> list[str]:
+        """The command line to run, with ``python`` as the interpreter (a runtime's own)."""
+        if self.module:
+            return [python, "-m", self.module]
+        if self.command:
+            return [python if part == "{python}" else part for part in self.command]
+        raise BadRequest(f"service {self.service_id!r} names neither a module nor a command")
 
 
 class ServiceState(BaseModel):

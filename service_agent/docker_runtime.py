@@ -427,12 +427,7 @@ class DockerRuntime:
 
     # containers ---------------------------------------------------------------------------------
     def start(self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink) -> RunningService:
-        if spec.module:
-            command = [IMAGE_PYTHON, "-m", spec.module]
-        elif spec.command:
-            command = [IMAGE_PYTHON if part == "{python}" else part for part in spec.command]
-        else:
-            raise BadRequest(f"service {spec.service_id!r} names neither a module nor a command")
+        command = spec.argv(IMAGE_PYTHON)
         image = self.image_for(spec.requirements, on_output)
         node_id = self.settings.agent.node_id
         home = _resolved(env.get("AIOT_HOME") or self.settings.home_dir)

@@ -158,13 +158,7 @@ class ProcessRuntime:
         self.workdir = workdir
 
     def start(self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink) -> RunningService:
-        python = self.venvs.python(spec.requirements)
-        if spec.module:
-            command = [python, "-m", spec.module]
-        elif spec.command:
-            command = [python if part == "{python}" else part for part in spec.command]
-        else:
-            raise BadRequest(f"service {spec.service_id!r} names neither a module nor a command")
+        command = spec.argv(self.venvs.python(spec.requirements))
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The child stops itself when this agent dies, as it would with a lost node (see the heartbeat).
         env = {**env, "AIOT_AGENT_PID": str(os.getpid())}

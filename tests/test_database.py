@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -32,15 +31,6 @@ def usernames(database: Database) -> list[str]:
 def raw_user(username: str, **columns: object) -> User:
     """A user row straight into the table (no validation, no hashing: fast)."""
     return User(username=username, role="end_user", password_hash="not-a-real-hash", **columns)
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    """A migrated, empty database on each backend."""
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.stop()
 
 
 def test_migrate_brings_an_empty_database_to_head_matching_the_models(database_url: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -14,15 +12,6 @@ from platform_sdk.errors import BadRequest, Conflict, NotFound, Unauthorized
 from web import identity
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    """A migrated, empty registry database on each backend."""
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.stop()
 
 
 def add_user(database: Database, username: str, role: Role = Role.AI_DEVELOPER) -> identity.UserView:
