@@ -10,15 +10,11 @@ from platform_sdk.settings import Settings
 def restart_service(settings: Settings, node_id: str, service_id: str) -> ServiceState:
     """Ask ``node_id``'s agent to restart ``service_id``; returns its new state."""
     bus = Bus(settings, source="aiot-cli")
-    requester = Requester(bus)
-    requester.start()
-    try:
+    with Requester(bus) as requester:
         reply = requester.request(
             agent_topic(bus.topics, node_id),
             RestartService(service_id=service_id),
             ServiceStateReply,
             timeout=60,
         )
-    finally:
-        requester.stop()
     return reply.state

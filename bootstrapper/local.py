@@ -262,15 +262,11 @@ class LocalPlatform:
         return node
 
     def _start_core(self, bus: Bus) -> None:
-        requester = Requester(bus)
-        requester.start()
-        try:
+        with Requester(bus) as requester:
             for spec in CORE_SERVICES:
                 requester.request(
                     agent_topic(bus.topics, "node-1"), StartService(spec=spec), ServiceStateReply, timeout=60
                 )
-        finally:
-            requester.stop()
 
     def _wait_front_door(self, state: RunState, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -337,9 +333,8 @@ class LocalPlatform:
     def _stop_core(self, broker: str) -> None:
         with temporary_settings({"kafka.bootstrap_servers": broker}) as settings:
             bus = Bus(settings, source="aiot-down")
-            requester = Requester(bus)
-            try:
-                requester.start()
+            # The broker may be gone: the agents' own stop still stops everything then.
+            with contextlib.suppress(PlatformError), Requester(bus) as requester:
                 for spec in reversed(CORE_SERVICES):
                     with contextlib.suppress(PlatformError):
                         requester.request(
@@ -348,10 +343,6 @@ class LocalPlatform:
                             ServiceStateReply,
                             timeout=20,
                         )
-            except PlatformError:
-                pass  # the broker is gone: the agents' own stop still stops everything
-            finally:
-                requester.stop()
 
     def _sweep(
         self, progress: Progress, *, node_id: str | None = None, signum: signal.Signals = signal.SIGTERM

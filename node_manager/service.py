@@ -131,17 +131,11 @@ class NodeManagerService(Service):
 
     def on_locate(self, command: LocateService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
-            row = registry.read_placement(session, command.service_id)
-            return Placement(
-                service_id=row.service_id, node_id=row.node_id, spec=ServiceSpec.model_validate_json(row.spec)
-            )
+            return _placement(registry.read_placement(session, command.service_id))
 
     def on_unplace(self, command: UnplaceService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
-            row = registry.read_placement(session, command.service_id)
-            placement = Placement(
-                service_id=row.service_id, node_id=row.node_id, spec=ServiceSpec.model_validate_json(row.spec)
-            )
+            placement = _placement(registry.read_placement(session, command.service_id))
         try:
             self.requester.request(
                 agent_topic(self.sdk.bus.topics, placement.node_id),
@@ -306,6 +300,12 @@ class NodeManagerService(Service):
             "scale-out: %s",
             f"node {self._pending_node} started" if self._pending_node else "the provider added none",
         )
+
+
+def _placement(row: PlacementRow) -> Placement:
+    return Placement(
+        service_id=row.service_id, node_id=row.node_id, spec=ServiceSpec.model_validate_json(row.spec)
+    )
 
 
 def main() -> None:

@@ -472,6 +472,17 @@ class Requester:
             self._producer.flush(5)
         self.bus.delete_topics([self.reply_topic])
 
+    def __enter__(self) -> Requester:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a half-started requester still holds a consumer and a reply topic
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def _resolve(self, envelope: Envelope) -> None:
         with self._lock:
             future = self._pending.pop(envelope.correlation_id or "", None)
