@@ -34,6 +34,7 @@ from aiot.client import (
     load_credentials,
     save_credentials,
 )
+from aiot.model_commands import model_app
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
 from platform_sdk.runstate import kafka_address, read_run_state
@@ -54,6 +55,7 @@ app = typer.Typer(
 )
 user_app = typer.Typer(help="Manage users (platform configurers only).", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+app.add_typer(model_app, name="model")
 
 
 @dataclass
@@ -472,11 +474,16 @@ def main() -> None:
         if error.details:
             Console(stderr=True).print_json(data=error.details)
         raise SystemExit(1) from None
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         Console(stderr=True).print("aborted")
         raise SystemExit(130) from None
-    except click.ClickException as error:
-        error.show()
-        raise SystemExit(error.exit_code) from None
+    except (click.ClickException, typer.exceptions.TyperException) as error:
+        # typer >= 0.29 raises its own copy of click's exceptions (usage errors, unknown options).
+        show = getattr(error, "show", None)
+        if callable(show):
+            show()
+        else:
+            Console(stderr=True, highlight=False).print(f"[red]error:[/] {error}")
+        raise SystemExit(getattr(error, "exit_code", 2)) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

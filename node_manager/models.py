@@ -38,5 +38,6 @@ class PlacementRow(Base):
     pid: Mapped[int | None]
     container_id: Mapped[str | None] = mapped_column(sa.String(80))
     restarts: Mapped[int] = mapped_column(default=0)
+    ports: Mapped[str] = mapped_column(sa.Text, default="{}")
     started_at: Mapped[datetime | None]
     placed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import cast
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from node_manager.models import NodeRow, PlacementRow
 from node_manager.placement import NodeLoad
 from platform_core.db import utcnow
-from platform_core.nodes import NodeAnnouncement, ServiceSpec, ServiceState
+from platform_core.nodes import NodeAnnouncement, RunState, ServiceSpec, ServiceState
 from platform_sdk.errors import NotFound
 
 
@@ -75,10 +78,26 @@ def save_placement(session: Session, spec: ServiceSpec, state: ServiceState) -> 
 
 def apply_state(placement: PlacementRow, state: ServiceState) -> None:
     placement.state = state.state
+    placement.ports = json.dumps(state.ports)
     placement.pid = state.pid
     placement.container_id = state.container_id
     placement.restarts = state.restarts
     placement.started_at = state.started_at
+
+
+def recorded_state(placement: PlacementRow) -> ServiceState:
+    """The service's state as last recorded (agents' announcements keep it fresh)."""
+    return ServiceState(
+        service_id=placement.service_id,
+        node_id=placement.node_id,
+        state=cast(RunState, placement.state),
+        runtime="",
+        pid=placement.pid,
+        container_id=placement.container_id,
+        started_at=placement.started_at,
+        restarts=placement.restarts,
+        ports=json.loads(placement.ports or "{}"),
+    )
 
 
 def record_load(

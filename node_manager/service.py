@@ -131,11 +131,13 @@ class NodeManagerService(Service):
 
     def on_locate(self, command: LocateService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
-            return _placement(registry.read_placement(session, command.service_id))
+            row = registry.read_placement(session, command.service_id)
+            return _placement(row, session.get(NodeRow, row.node_id))
 
     def on_unplace(self, command: UnplaceService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
-            placement = _placement(registry.read_placement(session, command.service_id))
+            row = registry.read_placement(session, command.service_id)
+            placement = _placement(row, session.get(NodeRow, row.node_id))
         try:
             self.requester.request(
                 agent_topic(self.sdk.bus.topics, placement.node_id),
@@ -160,7 +162,7 @@ class NodeManagerService(Service):
                 if existing is not None and existing.node_id not in excluded:
                     node = session.get(NodeRow, existing.node_id)
                     if node is not None and node.state == "up" and existing.state in ("starting", "running"):
-                        return Placement(service_id=spec.service_id, node_id=existing.node_id, spec=spec)
+                        return _placement(existing, node)
             while True:
                 with self.database.session() as session:
                     chosen = choose_node(
@@ -191,11 +193,16 @@ class NodeManagerService(Service):
                 with self.database.session() as session:
                     registry.save_placement(session, spec, reply.state)
                     node = session.get(NodeRow, chosen.node_id)
+                    host = node.host if node is not None else ""
                     if node is not None:
                         node.services += 1  # counted now, so the next placement sees it before the next poll
                 log.info("placed %s on %s (score %.2f)", spec.service_id, chosen.node_id, chosen.score)
                 return Placement(
-                    service_id=spec.service_id, node_id=chosen.node_id, spec=spec, state=reply.state
+                    service_id=spec.service_id,
+                    node_id=chosen.node_id,
+                    host=host,
+                    spec=spec,
+                    state=reply.state,
                 )
 
     # control loop ---------------------------------------------------------------------------
@@ -302,9 +309,13 @@ class NodeManagerService(Service):
         )
 
 
-def _placement(row: PlacementRow) -> Placement:
+def _placement(row: PlacementRow, node: NodeRow | None) -> Placement:
     return Placement(
-        service_id=row.service_id, node_id=row.node_id, spec=ServiceSpec.model_validate_json(row.spec)
+        service_id=row.service_id,
+        node_id=row.node_id,
+        host=node.host if node is not None else "",
+        spec=ServiceSpec.model_validate_json(row.spec),
+        state=registry.recorded_state(row),
     )
 
 

@@ -32,7 +32,13 @@ from platform_sdk.settings import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Every module that declares tables, by name so this module depends on none of them.
-MODEL_MODULES = ("web.identity", "node_manager.models", "heartbeat.models")
+MODEL_MODULES = (
+    "web.identity",
+    "node_manager.models",
+    "heartbeat.models",
+    "ai_manager.models",
+    "deployer.models",
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -29,7 +29,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from platform_core.auth import Authenticator, access_rule, check_access
 from platform_core.blobstore import BlobStore
 from platform_core.db import Database
-from platform_sdk.errors import BadRequest, PayloadTooLarge, PlatformError, ValidationFailed
+from platform_sdk.bus import Requester
+from platform_sdk.errors import BadRequest, PayloadTooLarge, PlatformError, Unavailable, ValidationFailed
 from platform_sdk.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,18 @@ B = TypeVar("B", bound=BaseModel)
 
 @dataclass(frozen=True)
 class Resources:
-    """What route handlers may use: settings, the registry database, the blob store."""
+    """What route handlers may use: settings, the registry database, the blob store, the bus."""
 
     settings: Settings
     database: Database
     blobs: BlobStore
+    requester: Requester | None = None
+
+    def bus_requester(self) -> Requester:
+        """The front door's request/reply client; ``Unavailable`` where it runs without a bus."""
+        if self.requester is None:
+            raise Unavailable("this front door has no Kafka connection: start it with `aiot up`")
+        return self.requester
 
 
 _RESOURCES_KEY = "aiot.resources"

@@ -28,6 +28,13 @@ RunState = Literal["starting", "running", "stopping", "exited", "stopped", "fail
 RestartPolicy = Literal["monitor", "agent"]
 
 
+class BundleRef(BaseModel):
+    """A deploy bundle in the blob store: a zip the agent unpacks and runs the service in."""
+
+    key: str = Field(description="Blob store key of the zip.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Its hash; also its cache key on a node.")
+
+
 class ServiceSpec(BaseModel):
     """Everything an agent needs to run a service, whichever node it lands on."""
 
@@ -37,6 +44,11 @@ class ServiceSpec(BaseModel):
     kind: ServiceKind = "platform"
     module: str | None = Field(default=None, description="Run as `python -m MODULE` (platform services).")
     command: list[str] | None = Field(default=None, description="Or run this command line.")
+    bundle: BundleRef | None = Field(
+        default=None,
+        description="Files to run in (models, apps): unpacked once per node, the working directory, "
+        "AIOT_BUNDLE_DIR.",
+    )
     requirements: list[str] = Field(
         default_factory=list, description="pip specifiers; one cached venv per set."
     )
@@ -163,6 +175,7 @@ class Placement(Message):
     message_type = "nodes.placement"
     service_id: str
     node_id: str
+    host: str = Field(default="", description="Address of the node; its services bind it.")
     spec: ServiceSpec
     state: ServiceState | None = None
 

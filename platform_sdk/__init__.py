@@ -4,7 +4,8 @@ Apps, models, simulators and the platform's own services use it to reach the
 platform: settings (``get_settings``), the Kafka bus (``Bus``, ``Producer``,
 the one ``ConsumerLoop``, ``Requester`` for request/reply), the message
 envelope, heartbeats and log shipping (``PlatformRuntime``, ``get_logger``)
-and the error tree rooted at ``PlatformError``.
+the error tree rooted at ``PlatformError``, and ``model_call`` / ``Model`` for
+models (call a deployed model; write one the platform can serve).
 
 It never imports Flask, SQLAlchemy, docker or Azure, so a user's app stays
 light (a test enforces this), and it starts nothing at import: threads exist
@@ -28,6 +29,8 @@ from platform_sdk.errors import (
 from platform_sdk.heartbeat import HeartbeatClient
 from platform_sdk.log import KafkaLogHandler, get_logger
 from platform_sdk.messages import Heartbeat, LogRecord
+from platform_sdk.model import Model
+from platform_sdk.model_client import ModelClient, model_call
 from platform_sdk.runtime import PlatformRuntime
 from platform_sdk.settings import Settings, get_settings, temporary_settings
 from platform_sdk.topics import Topics
@@ -45,6 +48,8 @@ __all__ = [
     "KafkaLogHandler",
     "LogRecord",
     "Message",
+    "Model",
+    "ModelClient",
     "NotFound",
     "PayloadTooLarge",
     "PlatformError",
@@ -59,5 +64,6 @@ __all__ = [
     "ValidationFailed",
     "get_logger",
     "get_settings",
+    "model_call",
     "temporary_settings",
 ]

@@ -489,6 +489,14 @@ class Requester:
         if future is not None:
             future.set_result(envelope)
 
+    def send(self, topic: str, message: Message, key: str | None = None, timeout: float = 10.0) -> None:
+        """Send a command that needs no answer, and wait until the broker has it."""
+        if self._producer is None:
+            raise RuntimeError("start() the requester first")
+        self._producer.send(topic, message, key=key)
+        if self._producer.flush(timeout):
+            raise Unavailable(f"the broker did not take {message.message_type} within {timeout:.0f}s")
+
     def request(self, topic: str, message: Message, reply_cls: type[R], timeout: float | None = None) -> R:
         """Send ``message`` to ``topic`` and wait for a ``reply_cls`` answer."""
         if self._producer is None:

@@ -184,6 +184,27 @@ class MonitorSettings(BaseModel):
     crash_loop_limit: int = Field(default=3, ge=1, description="Crashes in a row after which it gives up.")
 
 
+class ModelSettings(BaseModel):
+    """Models: the REST wrapper of one replica (set by the deployer) and the SDK's calls."""
+
+    dir: Path | None = Field(default=None, description="A replica's unpacked model (holds model.json).")
+    id: str = Field(default="", description="A replica's model id.")
+    version: str = Field(default="", description="A replica's model version.")
+    call_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one model_call.")
+    resolve_ttl_s: float = Field(
+        default=30.0, gt=0, description="How long model_call trusts a resolved replica list."
+    )
+
+
+class DeployerSettings(BaseModel):
+    """The deployer."""
+
+    health_timeout_s: float = Field(
+        default=180.0, gt=0, description="Time a new replica has to answer /health (venv or image build)."
+    )
+    smoke_timeout_s: float = Field(default=60.0, gt=0, description="Time the manifest's example may take.")
+
+
 class Settings(BaseSettings):
     """The whole settings tree. Read it with ``get_settings()``."""
 
@@ -209,6 +230,15 @@ class Settings(BaseSettings):
         description="Pid of the agent that started this process; when it is gone, so is this node: "
         "the process stops instead of running on unsupervised.",
     )
+    service_host: str = Field(
+        default="127.0.0.1", description="Address a managed process's servers bind (its node's)."
+    )
+    bundle_dir: Path | None = Field(
+        default=None, description="A managed process's unpacked deploy bundle (set by its agent)."
+    )
+    port_http: int | None = Field(
+        default=None, ge=0, le=65535, description="Port its agent allocated for a managed process's HTTP."
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     blob: BlobSettings = Field(default_factory=BlobSettings)
@@ -219,6 +249,8 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     node_manager: NodeManagerSettings = Field(default_factory=NodeManagerSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    deployer: DeployerSettings = Field(default_factory=DeployerSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -46,6 +46,16 @@ class Topics:
         """Messages a handler failed on, with the failure in their headers."""
         return f"{self.prefix}.dead-letter"
 
+    @property
+    def deployer(self) -> str:
+        """Deploy and undeploy requests, and model resolution (``model_call``)."""
+        return self.commands("deployer")
+
+    @property
+    def deployments(self) -> str:
+        """Deployments reaching a status (deployed, failed, undeployed)."""
+        return self.events("deployments")
+
     def commands(self, service: str) -> str:
         """Commands addressed to one service (or one service agent)."""
         return f"{self.prefix}.commands.{_safe(service)}"

@@ -16,6 +16,7 @@ import logging
 import flask
 
 from platform_core.auth import public
+from platform_core.blobstore import blob_store_from_settings
 from platform_core.http import HttpServer, create_internal_app
 from platform_core.nodes import (
     ListServices,
@@ -29,6 +30,7 @@ from platform_core.nodes import (
 from platform_core.service import Service
 from platform_sdk.bus import ConsumerLoop
 from platform_sdk.envelope import Envelope
+from service_agent.bundles import BundleCache
 from service_agent.load import LoadMeter
 from service_agent.runtime import ProcessRuntime, Runtime, VenvCache
 from service_agent.supervisor import Supervisor
@@ -68,6 +70,7 @@ class ServiceAgent(Service):
             self.make_runtime(),
             lambda: self.server.url,
             host_runtime=self.process_runtime(),
+            bundles=BundleCache(self.settings.home_dir / "bundles", blob_store_from_settings(self.settings)),
         )
         self.supervisor.start()
         self.own(self.supervisor)

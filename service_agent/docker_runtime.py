@@ -92,6 +92,8 @@ PLATFORM_PACKAGES = (
     "web",
     "aiot",
     "benchmarks",
+    "ai_manager",
+    "deployer",
 )
 PLATFORM_DATA = ("configs",)
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -426,13 +428,15 @@ class DockerRuntime:
         )
 
     # containers ---------------------------------------------------------------------------------
-    def start(self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink) -> RunningService:
+    def start(
+        self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink, workdir: Path | None = None
+    ) -> RunningService:
         command = spec.argv(IMAGE_PYTHON)
         image = self.image_for(spec.requirements, on_output)
         node_id = self.settings.agent.node_id
         home = _resolved(env.get("AIOT_HOME") or self.settings.home_dir)
-        workdir = Path(home) / "work" / node_id
-        workdir.mkdir(parents=True, exist_ok=True)
+        node_workdir = Path(home) / "work" / node_id
+        node_workdir.mkdir(parents=True, exist_ok=True)
         environment = {
             key: value for key, value in env.items() if key in spec.env or key not in HOST_ONLY_VARIABLES
         }
@@ -459,7 +463,7 @@ class DockerRuntime:
                 },
                 network_mode="host",
                 volumes={home: {"bind": home, "mode": "rw"}},
-                working_dir=str(workdir),
+                working_dir=str(workdir or node_workdir),
                 user=f"{os.getuid()}:{os.getgid()}",
                 init=True,
                 log_config=docker.types.LogConfig(

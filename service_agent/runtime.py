@@ -47,7 +47,11 @@ class RunningService(Protocol):
 class Runtime(Protocol):
     name: str
 
-    def start(self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink) -> RunningService: ...
+    def start(
+        self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink, workdir: Path | None = None
+    ) -> RunningService:
+        """Start ``spec`` in ``workdir`` (its unpacked bundle), else in the node's work directory."""
+        ...
 
 
 class VenvCache:
@@ -157,7 +161,9 @@ class ProcessRuntime:
         self.venvs = venvs
         self.workdir = workdir
 
-    def start(self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink) -> RunningService:
+    def start(
+        self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink, workdir: Path | None = None
+    ) -> RunningService:
         command = spec.argv(self.venvs.python(spec.requirements))
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The child stops itself when this agent dies, as it would with a lost node (see the heartbeat).
@@ -169,7 +175,7 @@ class ProcessRuntime:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=self.workdir,
+                cwd=workdir or self.workdir,
                 start_new_session=True,
             )
         except OSError as exc:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from platform_core.nodes import (
     NodeAnnouncement,
@@ -32,6 +33,7 @@ from platform_sdk.bus import Bus, Producer
 from platform_sdk.errors import BadRequest, NotFound, PlatformError
 from platform_sdk.messages import LogRecord
 from platform_sdk.settings import Settings
+from service_agent.bundles import BundleCache
 from service_agent.ports import PortAllocator
 from service_agent.runtime import RunningService, Runtime
 
@@ -72,6 +74,7 @@ class Supervisor:
         runtime: Runtime,
         http_url: Callable[[], str],
         host_runtime: Runtime | None = None,
+        bundles: BundleCache | None = None,
     ) -> None:
         self.settings = settings
         self.agent = settings.agent
@@ -83,6 +86,7 @@ class Supervisor:
         if host_runtime is not None:
             self.runtimes.setdefault(host_runtime.name, host_runtime)
         self.http_url = http_url
+        self.bundles = bundles
         self.ports = PortAllocator(self.agent.port_range, self.agent.host)
         self._services: dict[str, Managed] = {}
         self._lock = threading.RLock()
@@ -197,6 +201,7 @@ class Supervisor:
                 "AIOT_KAFKA__BOOTSTRAP_SERVERS": self.bus.bootstrap_servers,
                 "AIOT_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
                 "AIOT_NODE_ID": self.node_id,
+                "AIOT_SERVICE_HOST": self.agent.host,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -218,7 +223,11 @@ class Supervisor:
             raise BadRequest(f"node {self.node_id} has no {entry.spec.runtime} runtime for {service_id!r}")
         entry.runtime = runtime.name
         try:
-            entry.handle = runtime.start(entry.spec, self.environment(entry), ship)
+            workdir = self._bundle_dir(entry.spec)
+            env = self.environment(entry)
+            if workdir is not None:
+                env["AIOT_BUNDLE_DIR"] = str(workdir)
+            entry.handle = runtime.start(entry.spec, env, ship, workdir)
         except PlatformError:
             entry.state = "failed"
             raise
@@ -232,6 +241,15 @@ class Supervisor:
             runtime.name,
             entry.handle.pid or entry.handle.container_id,
         )
+
+    def _bundle_dir(self, spec: ServiceSpec) -> Path | None:
+        if spec.bundle is None:
+            return None
+        if self.bundles is None:
+            raise BadRequest(
+                f"node {self.node_id} cannot fetch bundles (no blob store) for {spec.service_id!r}"
+            )
+        return self.bundles.path(spec.bundle)
 
     def _halt(self, entry: Managed, state: RunState, timeout: float | None = None) -> None:
         with self._lock:

@@ -36,7 +36,13 @@ def test_up_logs_users_and_down(platform: Platform) -> None:
     assert isinstance(status, dict)
     assert status["running"] is True
     assert {p["name"] for p in status["processes"]} == {"broker", "agent-node-1", "agent-node-2"}
-    assert {s["service_id"] for s in status["services"]} == {"node-manager", "heartbeat", "logger", "web"}
+    assert {s["service_id"] for s in status["services"]} == {
+        "node-manager",
+        "heartbeat",
+        "logger",
+        "web",
+        "deployer",
+    }
 
     # A separate process logs through the SDK; the record is queryable within 5 s.
     snippet = 'import platform_sdk; platform_sdk.get_logger("x").warning("marker-7f3a")'

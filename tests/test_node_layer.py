@@ -122,7 +122,7 @@ def test_up_runs_every_service_spread_over_both_nodes(platform: Platform) -> Non
     status = platform.status()
     assert {node["node_id"] for node in status["nodes"] if node["reachable"]} == {"node-1", "node-2"}
     services = {s["service_id"]: s for s in status["services"]}
-    assert set(services) == {"node-manager", "heartbeat", "logger", "web"}
+    assert set(services) == {"node-manager", "heartbeat", "logger", "web", "deployer"}
     assert all(s["state"] == "running" for s in services.values())
     assert services["node-manager"]["node_id"] == services["heartbeat"]["node_id"] == "node-1"
     assert {s["node_id"] for s in services.values()} == {"node-1", "node-2"}

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import flask
 
+from ai_manager.api import blueprint as models_blueprint
 from logger.api import blueprint as logs_blueprint
 from platform_core.blobstore import blob_store_from_settings
 from platform_core.db import Database
 from platform_core.http import Resources, create_app
+from platform_sdk.bus import Requester
 from platform_sdk.settings import Settings
 from web.identity import database_authenticator
 from web.identity_api import blueprint as identity_blueprint
 
-BLUEPRINTS = (identity_blueprint, logs_blueprint)
+BLUEPRINTS = (identity_blueprint, logs_blueprint, models_blueprint)
 
 
-def build_front_door(settings: Settings, database: Database | None = None) -> flask.Flask:
-    """The front door app for ``settings``; the caller owns ``database`` when it passes one."""
+def build_front_door(
+    settings: Settings, database: Database | None = None, requester: Requester | None = None
+) -> flask.Flask:
+    """The front door app for ``settings``; the caller owns the ``database`` and ``requester`` it passes.
+
+    Without a ``requester`` (no Kafka) the routes that talk to other services answer 503.
+    """
     database = database or Database.from_settings(settings)
-    resources = Resources(settings=settings, database=database, blobs=blob_store_from_settings(settings))
+    resources = Resources(
+        settings=settings, database=database, blobs=blob_store_from_settings(settings), requester=requester
+    )
     return create_app("aiot-front-door", BLUEPRINTS, database_authenticator(database), resources)

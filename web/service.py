@@ -5,6 +5,7 @@ from __future__ import annotations
 from platform_core.db import Database
 from platform_core.http import HttpServer
 from platform_core.service import Service
+from platform_sdk.bus import Requester
 from web.app import build_front_door
 from web.identity import ensure_first_configurer
 
@@ -28,8 +29,11 @@ class FrontDoorService(Service):
                 f"first platform configurer {auth.admin_username!r} created; password: {generated}",
                 flush=True,
             )
+        self.requester = Requester(self.sdk.bus)
+        self.requester.start()
+        self.own(self.requester)
         self.server = HttpServer(
-            build_front_door(settings, self.database),
+            build_front_door(settings, self.database, self.requester),
             settings.web.host,
             settings.web.port,
             threads=settings.web.threads,

@@ -1,0 +1,237 @@
+"""``/api/models``: upload, list, show and delete models (mounted on the front door).
+
+AI developers upload and manage their own models; platform configurers manage any;
+app developers read. Uploading validates the zip in the request (422 naming file,
+field and reason; nothing stored), stores it, registers the version and hands the
+deploy to the deployer over Kafka; ``GET /api/models/<id>`` shows the deploy's stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import flask
+
+from ai_manager import registry
+from ai_manager.artifact import ValidatedModel, validate_model_zip
+from ai_manager.models import ModelRow, ModelVersionRow
+from deployer.messages import DeploymentInfo, Deployments, DeployModel, ListDeployments, UndeployModel
+from platform_core.auth import Principal, Role, allow, current_principal
+from platform_core.http import resources
+from platform_sdk.artifacts import model_id_for
+from platform_sdk.errors import BadRequest, Forbidden, NotFound, PlatformError
+
+blueprint = flask.Blueprint("models", __name__, url_prefix="/api/models")
+WRITERS = (Role.AI_DEVELOPER, Role.PLATFORM_CONFIGURER)
+READERS = (Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
+DEPLOYER_TIMEOUT_S = 30.0
+
+
+def _uploaded_zip() -> tuple[bytes, str]:
+    upload = flask.request.files.get("file")
+    if upload is not None:
+        return upload.read(), upload.filename or "upload.zip"
+    data = flask.request.get_data(cache=False)
+    if not data:
+        raise BadRequest("send the model zip as the request body (Content-Type: application/zip)")
+    return data, flask.request.headers.get("X-Filename", "upload.zip")
+
+
+def _check_owner(model: ModelRow, principal: Principal) -> None:
+    if principal.role != Role.PLATFORM_CONFIGURER and model.owner != principal.username:
+        raise Forbidden(f"model {model.name!r} belongs to {model.owner!r}")
+
+
+def _deployments(model_id: str | None) -> list[DeploymentInfo] | None:
+    """The deployer's records, or None when it does not answer (listing still works)."""
+    try:
+        requester = resources().bus_requester()
+        reply = requester.request(
+            requester.bus.topics.deployer,
+            ListDeployments(model_id=model_id),
+            Deployments,
+            timeout=DEPLOYER_TIMEOUT_S,
+        )
+    except PlatformError:
+        return None
+    return reply.deployments
+
+
+def _model_json(
+    model: ModelRow, versions: list[ModelVersionRow], deployments: list[DeploymentInfo] | None
+) -> dict[str, Any]:
+    by_version = {info.version: info for info in deployments or [] if info.model_id == model.model_id}
+    return {
+        "model_id": model.model_id,
+        "name": model.name,
+        "owner": model.owner,
+        "description": model.description,
+        "created_at": model.created_at.isoformat(),
+        "versions": [
+            {
+                "version": version.version,
+                "uploaded_by": version.uploaded_by,
+                "uploaded_at": version.uploaded_at.isoformat(),
+                "size": version.size,
+                "sha256": version.sha256,
+                "endpoints": [endpoint["name"] for endpoint in json.loads(version.manifest)["endpoints"]],
+                "status": by_version[version.version].status
+                if version.version in by_version
+                else ("unknown" if deployments is None else "not deployed"),
+                "deployment": by_version[version.version].model_dump(mode="json")
+                if version.version in by_version
+                else None,
+            }
+            for version in versions
+        ],
+    }
+
+
+@blueprint.post("")
+@allow(*WRITERS)
+def upload_model() -> tuple[flask.Response, int]:
+    """Validate, store and register a model zip, then ask the deployer to deploy it."""
+    data, filename = _uploaded_zip()
+    accepted = validate_model_zip(data, label=filename)
+    principal = current_principal()
+    stored = _store(accepted, principal)
+    try:
+        requester = resources().bus_requester()
+        requester.send(
+            requester.bus.topics.deployer,
+            DeployModel(
+                model_id=stored.model_id,
+                version=stored.version,
+                artifact_key=stored.artifact_key,
+                artifact_sha256=stored.sha256,
+                manifest=accepted.manifest,
+            ),
+            key=stored.model_id,
+        )
+    except PlatformError:
+        _unstore(stored)  # not deployable now: leave nothing registered
+        raise
+    _describe(stored.model_id, accepted.manifest.description)
+    return (
+        flask.jsonify(
+            model_id=stored.model_id,
+            name=accepted.manifest.name,
+            version=stored.version,
+            status="deploying",
+            files=len(accepted.files),
+        ),
+        201,
+    )
+
+
+def _store(accepted: ValidatedModel, principal: Principal) -> ModelVersionRow:
+    """Rows first (a concurrent upload of one version loses there, before the blob is touched), then the blob.
+
+    A failure writing the blob removes the rows again: either both exist or neither.
+    """
+    manifest = accepted.manifest
+    model_id = model_id_for(manifest.name)
+    key = f"models/{model_id}/{manifest.version}.zip"
+    with resources().database.session() as session:
+        model = registry.find_model_by_name(session, manifest.name)
+        if model is None:
+            model = ModelRow(
+                model_id=model_id,
+                name=manifest.name,
+                owner=principal.username,
+                description=manifest.description,
+            )
+            session.add(model)
+        else:
+            _check_owner(model, principal)
+        version = registry.create_version(session, model, _version_row(accepted, key, principal))
+        session.flush()
+        session.expunge(version)
+    try:
+        resources().blobs.put(key, accepted.data)
+    except BaseException:
+        _unstore(version, delete_blob=False)
+        raise
+    return version
+
+
+def _version_row(accepted: ValidatedModel, key: str, principal: Principal) -> ModelVersionRow:
+    return ModelVersionRow(
+        model_id=model_id_for(accepted.manifest.name),
+        version=accepted.manifest.version,
+        manifest=accepted.manifest.model_dump_json(),
+        artifact_key=key,
+        sha256=accepted.sha256,
+        size=len(accepted.data),
+        uploaded_by=principal.username,
+    )
+
+
+def _unstore(version: ModelVersionRow, *, delete_blob: bool = True) -> None:
+    with resources().database.session() as session:
+        row = session.get(ModelVersionRow, (version.model_id, version.version))
+        if row is not None:
+            session.delete(row)
+            session.flush()
+            model = session.get(ModelRow, version.model_id)
+            if model is not None and not registry.list_versions(session, version.model_id):
+                session.delete(model)
+    if delete_blob:
+        with contextlib.suppress(PlatformError):
+            resources().blobs.delete(version.artifact_key)
+
+
+def _describe(model_id: str, description: str) -> None:
+    """A deployable new version's description becomes the model's."""
+    if description:
+        with resources().database.session() as session:
+            model = session.get(ModelRow, model_id)
+            if model is not None:
+                model.description = description
+
+
+@blueprint.get("")
+@allow(*READERS)
+def list_models() -> flask.Response:
+    """Every model with its versions and their deploy status."""
+    deployments = _deployments(None)
+    with resources().database.session() as session:
+        models = [
+            _model_json(model, registry.list_versions(session, model.model_id), deployments)
+            for model in registry.list_models(session)
+        ]
+    return flask.jsonify(models=models)
+
+
+@blueprint.get("/<model>")
+@allow(*READERS)
+def show_model(model: str) -> flask.Response:
+    """One model (by id or name): versions, manifest endpoints and each deploy's stages."""
+    with resources().database.session() as session:
+        row = registry.read_model(session, model)
+        versions = registry.list_versions(session, row.model_id)
+        session.expunge_all()
+    return flask.jsonify(_model_json(row, versions, _deployments(row.model_id)))
+
+
+@blueprint.delete("/<model>")
+@allow(*WRITERS)
+def delete_model(model: str) -> flask.Response:
+    """Undeploy every version, then remove the model, its versions and its zips."""
+    with resources().database.session() as session:
+        row = registry.read_model(session, model)
+        _check_owner(row, current_principal())
+        model_id, name = row.model_id, row.name
+    requester = resources().bus_requester()
+    with contextlib.suppress(NotFound):  # never deployed
+        requester.request(
+            requester.bus.topics.deployer, UndeployModel(model_id=model_id), Deployments, timeout=120
+        )
+    with resources().database.session() as session:
+        keys = registry.delete_model(session, registry.read_model(session, model_id))
+    for key in keys:
+        with contextlib.suppress(PlatformError):
+            resources().blobs.delete(key)
+    return flask.jsonify(model_id=model_id, name=name, deleted=True)

@@ -1,0 +1,196 @@
+"""``aiot model ...``: pack, upload, list, show, call and delete models.
+
+``pack`` runs on the developer's machine with the AI manager's own validation;
+``upload``, ``list``, ``show`` and ``delete`` talk to the front door as the logged-in
+user; ``call`` goes the way an app's ``model_call`` goes (resolve over Kafka, then the
+replica's REST endpoint).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiot.client import PlatformClient
+from platform_sdk.errors import BadRequest, PlatformError
+from platform_sdk.settings import get_settings
+
+model_app = typer.Typer(help="Models: pack, upload, list, show, call, delete.", no_args_is_help=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+FINAL_STATUSES = ("deployed", "failed", "undeployed")
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _print_json(document: Any) -> None:
+    typer.echo(json.dumps(document, indent=2, default=str))
+
+
+@model_app.command("pack")
+def pack(
+    folder: Annotated[Path, typer.Argument(help="Folder holding model.json and the model's files.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Zip to write.")] = None,
+) -> None:
+    """Validate a model folder as the platform will, and write its zip."""
+    from ai_manager.artifact import pack_model  # lazy: SQLAlchemy-free, but not needed by other commands
+
+    packed = pack_model(folder)
+    manifest = packed.manifest
+    target = output or Path(f"{manifest.name}-{manifest.version}.zip")
+    target.write_bytes(packed.data)
+    _out().print(
+        f"packed {manifest.name} {manifest.version}: {len(packed.files)} files, "
+        f"{len(packed.data) / 1024:.1f} KiB → {target}"
+    )
+
+
+@model_app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of model.json (docs/schemas/model.schema.json is this output)."""
+    from platform_sdk.artifacts import manifest_json_schema
+
+    typer.echo(manifest_json_schema())
+
+
+@model_app.command("upload")
+def upload(
+    zip_file: Annotated[Path, typer.Argument(help="A zip made by `aiot model pack`.")],
+    wait: Annotated[bool, typer.Option(help="Follow the deploy until it is deployed or failed.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to follow the deploy.")] = 600.0,
+) -> None:
+    """Upload a model zip; prints the model id, then follows its deploy."""
+    if not zip_file.is_file():
+        raise BadRequest(f"{zip_file} does not exist")
+    client = PlatformClient.from_settings(get_settings())
+    client.timeout = max(client.timeout, 120.0)
+    reply = client.post(
+        "/api/models",
+        data=zip_file.read_bytes(),
+        headers={"Content-Type": "application/zip", "X-Filename": zip_file.name},
+    )
+    model_id, version = reply["model_id"], reply["version"]
+    typer.echo(model_id)
+    if wait:
+        status = _follow(client, model_id, version, timeout)
+        if status != "deployed":
+            raise PlatformError(
+                f"deploy of {reply['name']} {version} {status}: see `aiot model show {model_id}`"
+            )
+
+
+def _follow(client: PlatformClient, model_id: str, version: str, timeout: float) -> str:
+    seen = 0
+    deadline = time.monotonic() + timeout
+    console = Console(stderr=True, highlight=False)
+    status = "deploying"
+    with console.status(f"deploying {model_id} {version}") as spinner:
+        while time.monotonic() < deadline:
+            found = next(
+                v for v in client.get(f"/api/models/{model_id}")["versions"] if v["version"] == version
+            )
+            deployment = found.get("deployment") or {}
+            stages = deployment.get("stages", [])
+            for stage in stages[seen:]:
+                console.print(f"  {stage['stage']:<11} {stage['detail']}")
+            seen = len(stages)
+            status = found["status"]
+            spinner.update(f"{status} {model_id} {version}")
+            if status in FINAL_STATUSES:
+                return str(status)
+            time.sleep(0.5)
+    return f"still {status} after {timeout:.0f}s"
+
+
+@model_app.command("list")
+def list_models(as_json: JsonOption = False) -> None:
+    """Models with their versions and deploy status."""
+    models = PlatformClient.from_settings(get_settings()).get("/api/models")["models"]
+    if as_json:
+        _print_json(models)
+        return
+    table = Table("model id", "name", "owner", "version", "status", "endpoints")
+    for model in models:
+        for version in model["versions"]:
+            table.add_row(
+                model["model_id"],
+                model["name"],
+                model["owner"],
+                version["version"],
+                version["status"],
+                ", ".join(version["endpoints"]),
+            )
+    _out().print(table)
+
+
+@model_app.command("show")
+def show(
+    model: Annotated[str, typer.Argument(help="Model id or name.")], as_json: JsonOption = False
+) -> None:
+    """A model's versions, replicas and every deploy stage."""
+    document = PlatformClient.from_settings(get_settings()).get(f"/api/models/{model}")
+    if as_json:
+        _print_json(document)
+        return
+    console = _out()
+    console.print(f"[bold]{document['name']}[/] ({document['model_id']}), owner {document['owner']}")
+    if document["description"]:
+        console.print(document["description"])
+    for version in document["versions"]:
+        endpoints = ", ".join(version["endpoints"])
+        console.print(f"\n[bold]{version['version']}[/]: {version['status']}; endpoints {endpoints}")
+        deployment = version.get("deployment")
+        if not deployment:
+            continue
+        for replica in deployment["replicas"]:
+            console.print(f"  replica {replica['service_id']} on {replica['node_id']} at {replica['url']}")
+        for stage in deployment["stages"]:
+            console.print(f"  {stage['at'][11:19]} {stage['stage']:<11} {stage['detail']}")
+        if deployment.get("error"):
+            console.print(f"  [red]error:[/] {deployment['error']}")
+
+
+@model_app.command("call")
+def call(
+    model: Annotated[str, typer.Argument(help="Model id or name.")],
+    endpoint: Annotated[str | None, typer.Argument(help="Endpoint (default: the model's first).")] = None,
+    params: Annotated[str | None, typer.Option("--json", help="Input fields as a JSON object.")] = None,
+    image: Annotated[
+        list[str] | None, typer.Option("--image", help="FIELD=FILE (or FILE for a field named image).")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Pin a version (default: the latest).")] = None,
+) -> None:
+    """Call a deployed model and print its output as JSON."""
+    from platform_sdk.model_client import ModelClient
+
+    fields: dict[str, Any] = {}
+    if params:
+        try:
+            fields = json.loads(params)
+        except json.JSONDecodeError as exc:
+            raise BadRequest(f"--json is not JSON: {exc}") from exc
+        if not isinstance(fields, dict):
+            raise BadRequest("--json must be a JSON object of input fields")
+    for item in image or []:
+        name, _, path = item.rpartition("=")
+        file = Path(path)
+        if not file.is_file():
+            raise BadRequest(f"--image {item}: {file} does not exist")
+        fields[name or "image"] = base64.b64encode(file.read_bytes()).decode()
+    with ModelClient.from_settings(get_settings()) as client:
+        _print_json(client.call(model, endpoint, fields, version=version))
+
+
+@model_app.command("delete")
+def delete(model: Annotated[str, typer.Argument(help="Model id or name.")]) -> None:
+    """Undeploy every version of a model and delete it."""
+    reply = PlatformClient.from_settings(get_settings()).delete(f"/api/models/{model}")
+    _out().print(f"model {reply['name']} ({reply['model_id']}) undeployed and deleted")

@@ -1,0 +1,30 @@
+"""The deployer's table: one row per deployment (a model version), its stages and its replicas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from platform_core.db import Base, utcnow
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+
+    deployment_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16), default="model")
+    model_id: Mapped[str] = mapped_column(sa.String(32), index=True)
+    name: Mapped[str] = mapped_column(sa.String(64), index=True)
+    version: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    stages: Mapped[str] = mapped_column(sa.Text, default="[]")
+    replicas: Mapped[str] = mapped_column(sa.Text, default="[]")
+    endpoints: Mapped[str] = mapped_column(sa.Text, default="[]")
+    request: Mapped[str] = mapped_column(sa.Text, default="{}")
+    bundle_key: Mapped[str | None] = mapped_column(sa.String(255))
+    bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,182 @@
+"""Artifact manifests: the documented formats of what developers upload.
+
+A model zip carries ``model.json`` (``ModelManifest``) beside the model's code
+and files. The manifest is validated by ``aiot model pack`` on the developer's
+machine and again by the AI manager on upload; the REST wrapper reads it to
+build its routes and input validators; the deployer reads requirements,
+resources, replicas and the example. ``docs/models.md`` documents it and
+``docs/schemas/model.schema.json`` is generated from it.
+
+Field types (``FieldSpec.type``): ``int``, ``float``, ``bool``, ``string``,
+``image`` (encoded JPEG/PNG bytes; base64 in JSON), ``list`` (with ``items``)
+and ``object`` (any JSON object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_MANIFEST = "model.json"
+NAME_PATTERN = r"^[a-z][a-z0-9-]{1,47}$"
+VERSION_PATTERN = r"^\d+(\.\d+){0,2}([.-]?[a-z0-9]+)?$"
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+ENDPOINT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+FIELD_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
+BUILTIN_STEPS = ("decode_image", "decode_image_gray")
+
+FieldType = Literal["int", "float", "bool", "string", "image", "list", "object"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldSpec(_Strict):
+    """One input or output field of an endpoint."""
+
+    type: FieldType = Field(description="int, float, bool, string, image, list (see items) or object.")
+    items: FieldSpec | None = Field(default=None, description="Type of the elements of a list.")
+    description: str = Field(default="", max_length=500)
+    unit: str | None = Field(default=None, max_length=32, description="Unit of a number, e.g. °C.")
+    required: bool = Field(default=True, description="Inputs only: whether the caller must send it.")
+
+    @model_validator(mode="after")
+    def _items_only_for_lists(self) -> FieldSpec:
+        if self.type == "list" and self.items is None:
+            raise ValueError("a list field needs `items` (the type of its elements)")
+        if self.type != "list" and self.items is not None:
+            raise ValueError(f"`items` is for lists only, not {self.type}")
+        return self
+
+
+class EndpointSpec(_Strict):
+    """One prediction endpoint: ``POST /predict/<name>``."""
+
+    name: str = Field(pattern=ENDPOINT_PATTERN, description="Lowercase letters, digits and _.")
+    description: str = Field(default="", max_length=500)
+    method: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Method of the entrypoint class that serves it (default: `predict`). "
+        "A function entrypoint serves one endpoint.",
+    )
+    inputs: dict[str, FieldSpec] = Field(min_length=1, description="Input fields by name.")
+    outputs: dict[str, FieldSpec] = Field(min_length=1, description="Output fields by name.")
+    preprocess: list[str] = Field(
+        default_factory=list,
+        description="Steps applied to the inputs before the model: built-in "
+        f"({', '.join(BUILTIN_STEPS)}: image fields to numpy arrays) or `module:function` "
+        "of the model's code taking and returning the input dict.",
+    )
+    postprocess: list[str] = Field(
+        default_factory=list,
+        description="`module:function` steps taking and returning the output dict.",
+    )
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _field_names(cls, fields: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        for name in fields:
+            if not re.match(FIELD_PATTERN, name):
+                raise ValueError(f"field name {name!r} must match {FIELD_PATTERN}")
+        return fields
+
+    @field_validator("preprocess", "postprocess")
+    @classmethod
+    def _steps(cls, steps: list[str]) -> list[str]:
+        for step in steps:
+            if step not in BUILTIN_STEPS and not re.match(ENTRYPOINT_PATTERN, step):
+                raise ValueError(
+                    f"step {step!r} is neither built in ({', '.join(BUILTIN_STEPS)}) nor module:function"
+                )
+        return steps
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1.0, gt=0, le=64, description="CPUs per replica (a limit on docker).")
+    memory_mb: int = Field(default=512, ge=32, le=262144, description="Memory per replica in MB.")
+
+
+class Example(_Strict):
+    """A smoke test run at deploy time: the deploy fails when the output differs."""
+
+    endpoint: str = Field(pattern=ENDPOINT_PATTERN)
+    input: dict[str, Any] = Field(
+        description="Input fields; an image field names a file in the zip (e.g. `examples/face.jpg`)."
+    )
+    output: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Expected output fields (a subset; numbers compared within `tolerance`).",
+    )
+    tolerance: float = Field(default=1e-6, ge=0, description="Relative tolerance of numbers.")
+
+
+class ModelManifest(_Strict):
+    """``model.json``: what a model is and how to serve it."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="a-z, 0-9 and -; 2 to 48 long.")
+    version: str = Field(pattern=VERSION_PATTERN, max_length=32, description="e.g. 1.0.0 or 2.1-rc1.")
+    description: str = Field(default="", max_length=2000)
+    author: str = Field(default="", max_length=200)
+    framework: str = Field(default="python", max_length=64, description="e.g. opencv, scikit-learn, numpy.")
+    entrypoint: str = Field(
+        pattern=ENTRYPOINT_PATTERN,
+        description="`module:Class` (loaded once; one method per endpoint) or `module:function` "
+        "(one endpoint). The module is a .py file or package in the zip.",
+    )
+    endpoints: list[EndpointSpec] = Field(min_length=1, max_length=32)
+    requirements: list[str] = Field(default_factory=list, max_length=100, description="pip specifiers.")
+    resources: Resources = Field(default_factory=Resources)
+    replicas: int = Field(default=1, ge=1, le=16, description="Copies served side by side.")
+    example: Example | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_endpoints(cls, endpoints: list[EndpointSpec]) -> list[EndpointSpec]:
+        names = [endpoint.name for endpoint in endpoints]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"endpoint names repeat: {', '.join(repeated)}")
+        return endpoints
+
+    @model_validator(mode="after")
+    def _example_names_an_endpoint(self) -> ModelManifest:
+        if self.example is not None:
+            endpoint = self.endpoint(self.example.endpoint)
+            if endpoint is None:
+                raise ValueError(f"example.endpoint {self.example.endpoint!r} is not one of the endpoints")
+            unknown = sorted(set(self.example.input) - set(endpoint.inputs))
+            if unknown:
+                raise ValueError(f"example.input has fields the endpoint does not take: {', '.join(unknown)}")
+        return self
+
+    @property
+    def entry_module(self) -> str:
+        return self.entrypoint.split(":", 1)[0]
+
+    @property
+    def entry_attribute(self) -> str:
+        return self.entrypoint.split(":", 1)[1]
+
+    def endpoint(self, name: str) -> EndpointSpec | None:
+        return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
+
+
+def manifest_json_schema() -> str:
+    """The JSON Schema of ``model.json`` as published in ``docs/schemas/model.schema.json``."""
+    document = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://aiot.example/schemas/model.schema.json",
+        **ModelManifest.model_json_schema(),
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def model_id_for(name: str) -> str:
+    """The stable id of a model: a hash of its name, the same for every version."""
+    return "m" + hashlib.sha256(name.encode()).hexdigest()[:11]

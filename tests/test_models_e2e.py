@@ -1,0 +1,172 @@
+"""Models end to end on a running platform, on both runtimes: pack → upload → deployed → ``model_call``.
+
+The sample models from ``examples/models`` are packed and uploaded with the ``aiot``
+command as an AI developer would; calls go through the SDK's ``ModelClient`` the way
+an app's ``model_call`` does (resolve over Kafka, then the replica's REST endpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from platform_sdk.errors import NotFound, PlatformError
+from platform_sdk.model_client import ModelClient
+from platform_sdk.settings import temporary_settings
+from tests.platform_driver import Platform, wait_until
+from tests.sample_images import sample_png
+
+pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
+
+
+@pytest.fixture(scope="module", params=["process", "docker"])
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    runtime: str = request.param
+    if runtime == "docker":
+        request.applymarker(pytest.mark.service("docker"))
+        request.getfixturevalue("docker_engine")
+    running = Platform(tmp_path_factory.mktemp(f"models-{runtime}") / "home")
+    running.run("up", "--detach", "--nodes", "2", "--runtime", runtime, "--timeout", "400", timeout=600)
+    yield running
+    running.run("down", check=False)
+    wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
+
+
+@pytest.fixture
+def client(platform: Platform) -> Iterator[ModelClient]:
+    broker = platform.status()["broker"]
+    with (
+        temporary_settings({"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}) as settings,
+        ModelClient.from_settings(settings) as model_client,
+    ):
+        yield model_client
+
+
+def upload(platform: Platform, folder: Path, tmp_path: Path) -> str:
+    """Pack and upload ``folder``; the model id once the deploy finished."""
+    zip_file = tmp_path / f"{folder.name}.zip"
+    platform.run("model", "pack", str(folder), "-o", str(zip_file))
+    began = time.monotonic()
+    result = platform.run("model", "upload", str(zip_file), timeout=600)
+    print(f"\n{folder.name}: uploaded and deployed in {time.monotonic() - began:.1f}s")
+    model_id = result.stdout.strip().splitlines()[-1]
+    assert model_id.startswith("m")
+    return model_id
+
+
+def variant(tmp_path: Path, version: str, replicas: int) -> Path:
+    """The comfort example at another version and replica count."""
+    folder = tmp_path / f"comfort-{version}"
+    shutil.copytree(EXAMPLES / "comfort", folder)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest.update(version=version, replicas=replicas)
+    (folder / "model.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def replica_processes(service_id: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get("AIOT_SERVICE_ID") == service_id:
+                found.append(process)
+    return found
+
+
+def test_face_detector_finds_one_face_in_astronaut_and_none_in_coffee(
+    platform: Platform, client: ModelClient, tmp_path: Path
+) -> None:
+    model_id = upload(platform, EXAMPLES / "face-detector", tmp_path)
+    shown = platform.json("model", "show", model_id)
+    assert isinstance(shown, dict)
+    stages = [stage["stage"] for stage in shown["versions"][0]["deployment"]["stages"]]
+    assert stages[-3:] == ["health", "smoke-test", "deployed"]
+
+    astronaut = client.call(model_id, "detect", {"image": sample_png("astronaut")})
+    coffee = client.call("face-detector", params={"image": sample_png("coffee")})
+    assert astronaut["count"] == 1
+    assert len(astronaut["boxes"]) == 1
+    assert coffee == {"count": 0, "boxes": []}
+
+
+def test_a_replica_killed_mid_traffic_does_not_fail_calls_and_versions_run_side_by_side(
+    platform: Platform, client: ModelClient, tmp_path: Path
+) -> None:
+    upload(platform, variant(tmp_path, "1.0.0", replicas=1), tmp_path)
+    model_id = upload(platform, variant(tmp_path, "1.1.0", replicas=2), tmp_path)
+    listed = platform.json("model", "list")
+    assert isinstance(listed, list)
+    comfort = next(model for model in listed if model["model_id"] == model_id)
+    assert {v["version"]: v["status"] for v in comfort["versions"]} == {
+        "1.0.0": "deployed",
+        "1.1.0": "deployed",
+    }
+
+    latest = client.resolver.resolve("comfort", None)
+    assert latest.version == "1.1.0"
+    assert len(latest.urls) == 2
+    pinned = client.call("comfort", "predict", [30.0, 55.0], version="1.0.0")
+    assert pinned == {"fan_speed": 4, "ac_on": True, "ac_setpoint": pytest.approx(22.9, abs=0.05)}
+
+    calls, failures = 0, []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal calls
+        while not stop.is_set():
+            try:
+                assert client.call("comfort", "predict", {"temperature": 30.0, "humidity": 55.0})["ac_on"]
+                calls += 1
+            except (PlatformError, AssertionError) as exc:
+                failures.append(repr(exc))
+            time.sleep(0.002)
+
+    caller = threading.Thread(target=traffic, name="test-traffic")
+    caller.start()
+    try:
+        time.sleep(1.0)
+        victim = f"{model_id}-v1.1.0-r0"
+        processes = replica_processes(victim)
+        assert processes, f"no process of {victim}"
+        before = calls
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+        began = time.monotonic()
+        wait_until(lambda: bool(replica_processes(victim)), 60, f"{victim} restarted")
+        print(f"\nreplica {victim} killed; a new copy ran after {time.monotonic() - began:.1f}s")
+        time.sleep(1.0)
+        assert calls > before + 50, "calls stalled while a replica was down"
+    finally:
+        stop.set()
+        caller.join(30)
+    assert failures == []
+    print(f"{calls} calls, none failed, while a replica was killed and restarted")
+
+
+def test_deleting_a_model_stops_its_replicas(platform: Platform, client: ModelClient, tmp_path: Path) -> None:
+    folder = variant(tmp_path, "2.0.0", replicas=1)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["name"] = "comfort-doomed"
+    (folder / "model.json").write_text(json.dumps(manifest))
+    model_id = upload(platform, folder, tmp_path)
+    assert client.call("comfort-doomed", params=[20.0, 40.0])["ac_on"] is False
+    replica = f"{model_id}-v2.0.0-r0"
+    assert replica_processes(replica)
+
+    platform.run("model", "delete", model_id)
+    wait_until(lambda: not replica_processes(replica), 30, "the replica stopped")
+    with pytest.raises(NotFound):
+        client.resolver.resolve("comfort-doomed", None)
+    assert "comfort-doomed" not in platform.run("model", "list").stdout
