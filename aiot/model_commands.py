@@ -58,7 +58,7 @@ def schema() -> None:
     """Print the JSON Schema of model.json (docs/schemas/model.schema.json is this output)."""
     from platform_sdk.artifacts import manifest_json_schema
 
-    typer.echo(manifest_json_schema())
+    typer.echo(manifest_json_schema(), nl=False)
 
 
 @model_app.command("upload")

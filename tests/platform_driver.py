@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 AIOT = [sys.executable, "-m", "aiot"]
 
@@ -55,6 +57,25 @@ class Platform:
 
     def service(self, service_id: str) -> dict[str, Any] | None:
         return next((s for s in self.status()["services"] if s["service_id"] == service_id), None)
+
+
+@contextlib.contextmanager
+def platform_per_runtime(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[Platform]:
+    """`aiot up --nodes 2` on the runtime of a `params=["process", "docker"]` fixture; `aiot down` after."""
+    runtime: str = request.param
+    if runtime == "docker":
+        request.applymarker(pytest.mark.service("docker"))
+        request.getfixturevalue("docker_engine")
+    running = Platform(tmp_path_factory.mktemp(f"{name}-{runtime}") / "home")
+    # A first docker start builds the platform's image: allow for it.
+    running.run("up", "--detach", "--nodes", "2", "--runtime", runtime, "--timeout", "400", timeout=600)
+    try:
+        yield running
+    finally:
+        running.run("down", check=False)
+        wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -108,15 +108,20 @@ def json_of(response: TestResponse, status: int = 200) -> dict[str, Any]:
 def shared_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated SQLite registry with one user of each role (password ``PASSWORD``)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('front-door') / 'registry.db'}"
+    seed_registry(url, USERS)
+    return url
+
+
+def seed_registry(url: str, users: Mapping[str, Role]) -> None:
+    """Migrate the database at ``url`` and create ``users`` (password ``PASSWORD``)."""
     database = Database(url)
     try:
         database.migrate()
         with database.session() as session:
-            for username, role in USERS.items():
+            for username, role in users.items():
                 identity.create_user(session, username, PASSWORD, role)
     finally:
         database.stop()
-    return url
 
 
 @pytest.fixture

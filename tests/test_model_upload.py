@@ -35,13 +35,11 @@ from ai_manager.artifact import validate_model_zip
 from ai_manager.models import ModelRow, ModelVersionRow
 from platform_core.auth import Role
 from platform_core.blobstore import LocalBlobStore
-from platform_core.db import Database
 from platform_core.http import resources
 from platform_sdk.artifacts import model_id_for
 from platform_sdk.errors import ValidationFailed
 from platform_sdk.settings import Settings
-from tests.test_front_door import PASSWORD, FrontDoor, error_of, front_door, json_of
-from web import identity
+from tests.test_front_door import FrontDoor, error_of, front_door, json_of, seed_registry
 
 COMFORT = Path(__file__).resolve().parents[1] / "examples" / "models" / "comfort"
 COMFORT_ID = model_id_for("comfort")
@@ -154,14 +152,7 @@ class Site:
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite registry with the users of ``USERS``; tests work on copies of it."""
     path = tmp_path_factory.mktemp("model-upload") / "registry.db"
-    database = Database(f"sqlite:///{path}")
-    try:
-        database.migrate()
-        with database.session() as session:
-            for username, role in USERS.items():
-                identity.create_user(session, username, PASSWORD, role)
-    finally:
-        database.stop()
+    seed_registry(f"sqlite:///{path}", USERS)
     return path
 
 

@@ -23,7 +23,7 @@ import pytest
 from platform_sdk.errors import NotFound, PlatformError
 from platform_sdk.model_client import ModelClient
 from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, wait_until
+from tests.platform_driver import Platform, platform_per_runtime, wait_until
 from tests.sample_images import sample_png
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
@@ -32,15 +32,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
 
 @pytest.fixture(scope="module", params=["process", "docker"])
 def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    runtime: str = request.param
-    if runtime == "docker":
-        request.applymarker(pytest.mark.service("docker"))
-        request.getfixturevalue("docker_engine")
-    running = Platform(tmp_path_factory.mktemp(f"models-{runtime}") / "home")
-    running.run("up", "--detach", "--nodes", "2", "--runtime", runtime, "--timeout", "400", timeout=600)
-    yield running
-    running.run("down", check=False)
-    wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
+    """One platform per runtime; every test below runs against both."""
+    with platform_per_runtime(request, tmp_path_factory, "models") as running:
+        yield running
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.messages import Heartbeat
 from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, wait_until
+from tests.platform_driver import Platform, platform_per_runtime, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 RecordProperty = Callable[[str, object], None]
@@ -70,16 +70,8 @@ class Beats:
 @pytest.fixture(scope="module", params=["process", "docker"])
 def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """One platform per runtime; every test below runs against both."""
-    runtime: str = request.param
-    if runtime == "docker":
-        request.applymarker(pytest.mark.service("docker"))
-        request.getfixturevalue("docker_engine")
-    running = Platform(tmp_path_factory.mktemp(f"nodes-{runtime}") / "home")
-    # A first docker start builds the platform's image: allow for it.
-    running.run("up", "--detach", "--nodes", "2", "--runtime", runtime, "--timeout", "400", timeout=600)
-    yield running
-    running.run("down", check=False)
-    wait_until(lambda: running.processes() == [], 20, "no process of the platform left after down")
+    with platform_per_runtime(request, tmp_path_factory, "nodes") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
