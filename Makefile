@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 .PHONY: up test check lint typecheck pytest install install-dev node-deps bench clean
 
 up: install  ## install and run the platform on embedded defaults (Ctrl-C stops it)
-	$(BIN)/aiot up
+	$(BIN)/aiot up --demo
 
 test: install-dev node-deps check pytest  ## install everything and run the whole test suite
 

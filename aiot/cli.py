@@ -34,7 +34,7 @@ from aiot.client import (
     load_credentials,
     save_credentials,
 )
-from aiot.model_commands import model_app
+from aiot.model_commands import deploy_examples, model_app
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
 from platform_sdk.runstate import kafka_address, read_run_state
@@ -126,6 +126,7 @@ def up(
     nodes: Annotated[int, typer.Option(min=1, max=16, help="Service agents (nodes) to start.")] = 2,
     runtime: Annotated[RuntimeName, typer.Option(help="How agents run services.")] = RuntimeName.process,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to answer.")] = 90.0,
+    demo: Annotated[bool, typer.Option(help="Also upload and deploy the sample models.")] = False,
 ) -> None:
     """Start the platform here: broker (if none configured), N agents, and every service on them."""
     settings = _settings()
@@ -138,6 +139,9 @@ def up(
     console.print(f"  front door  {state.web_url}")
     console.print(f"  kafka       {state.broker}{' (embedded)' if state.broker_embedded else ''}")
     _log_in_first_configurer(settings, state.web_url or "", result.generated_password, console)
+    if demo:
+        console.print("demo: sample models")
+        deploy_examples(PlatformClient.from_settings(settings), console)
     if detach:
         console.print("stop it with `aiot down`")
         return

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aiot.client import PlatformClient
-from platform_sdk.errors import BadRequest, PlatformError
+from platform_sdk.errors import BadRequest, NotFound, PlatformError
 from platform_sdk.settings import get_settings
 
 model_app = typer.Typer(help="Models: pack, upload, list, show, call, delete.", no_args_is_help=True)
@@ -87,7 +87,9 @@ def upload(
             )
 
 
-def _follow(client: PlatformClient, model_id: str, version: str, timeout: float) -> str:
+def _follow(
+    client: PlatformClient, model_id: str, version: str, timeout: float, *, quiet: bool = False
+) -> str:
     seen = 0
     deadline = time.monotonic() + timeout
     console = Console(stderr=True, highlight=False)
@@ -99,7 +101,7 @@ def _follow(client: PlatformClient, model_id: str, version: str, timeout: float)
             )
             deployment = found.get("deployment") or {}
             stages = deployment.get("stages", [])
-            for stage in stages[seen:]:
+            for stage in [] if quiet else stages[seen:]:
                 console.print(f"  {stage['stage']:<11} {stage['detail']}")
             seen = len(stages)
             status = found["status"]
@@ -108,6 +110,38 @@ def _follow(client: PlatformClient, model_id: str, version: str, timeout: float)
                 return str(status)
             time.sleep(0.5)
     return f"still {status} after {timeout:.0f}s"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
+
+
+def deploy_examples(client: PlatformClient, console: Console, timeout: float = 600.0) -> None:
+    """Pack, upload and deploy the sample models (``aiot up --demo``); ones already uploaded are kept."""
+    from ai_manager.artifact import pack_model
+
+    if not EXAMPLES.is_dir():
+        raise NotFound(f"no sample models at {EXAMPLES}: --demo runs from a source checkout of the platform")
+    known = {
+        (model["name"], v["version"])
+        for model in client.get("/api/models")["models"]
+        for v in model["versions"]
+    }
+    for folder in sorted(path for path in EXAMPLES.iterdir() if (path / "model.json").is_file()):
+        packed = pack_model(folder)
+        manifest = packed.manifest
+        if (manifest.name, manifest.version) in known:
+            console.print(f"  model {manifest.name} {manifest.version} is already uploaded")
+            continue
+        reply = client.post(
+            "/api/models",
+            data=packed.data,
+            headers={"Content-Type": "application/zip", "X-Filename": f"{manifest.name}.zip"},
+        )
+        status = _follow(client, reply["model_id"], manifest.version, timeout, quiet=True)
+        colour = "green" if status == "deployed" else "red"
+        console.print(
+            f"  model {manifest.name} {manifest.version} ({reply['model_id']}): [{colour}]{status}[/]"
+        )
 
 
 @model_app.command("list")

@@ -30,6 +30,15 @@ def upsert_node(session: Session, announcement: NodeAnnouncement) -> NodeRow:
     return node
 
 
+def restart_silence_clocks(session: Session) -> None:
+    """A (re)started node manager has heard nobody yet: every node's silence counts from now.
+
+    Without this a node recorded in an earlier life (a previous `aiot up`) looks silent for hours
+    at the first poll and is declared down, and its provider retires the agent just started for it.
+    """
+    session.execute(sa.update(NodeRow).values(last_seen=utcnow()))
+
+
 def list_nodes(session: Session) -> list[NodeRow]:
     return list(session.scalars(sa.select(NodeRow).order_by(NodeRow.node_id)))
 

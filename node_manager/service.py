@@ -9,6 +9,7 @@
         GET <agent>/load for every node ──▶ record; silent nodes become suspect, then down
         a node going down ──▶ its services are placed again on the others
         the roster ──▶ every roster service without a placement is placed
+        placements a node's announcement lacks (the node restarted) ──▶ "missing" ──▶ placed again
         every node busier than scale_out_load for scale_out_after_s ──▶ ask the provider for a node
 
 Placements live in the registry database, so a restarted node manager knows
@@ -21,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import requests
 
@@ -29,7 +30,7 @@ from node_manager import registry
 from node_manager.models import NodeRow, PlacementRow
 from node_manager.placement import choose_node
 from node_manager.roster import load_roster
-from platform_core.db import Database
+from platform_core.db import Database, utcnow
 from platform_core.nodes import (
     LocateService,
     NodeAnnouncement,
@@ -83,6 +84,8 @@ class NodeManagerService(Service):
         self.database = Database.from_settings(self.settings)
         self.own(self.database)
         self.database.migrate()
+        with self.database.session() as session:
+            registry.restart_silence_clocks(session)
         self.roster = load_roster(self.settings)
         self.requester = Requester(bus)
         self.requester.start()
@@ -118,6 +121,18 @@ class NodeManagerService(Service):
                 placement = session.get(PlacementRow, state.service_id)
                 if placement is not None and placement.node_id == announcement.node_id:
                     registry.apply_state(placement, state)
+            running_here = {state.service_id for state in announcement.services}
+            # A start in flight is not announced yet: only placements older than two announcements count.
+            settled = utcnow() - timedelta(seconds=2 * self.settings.agent.announce_interval_s + 1)
+            for placement in registry.list_placements(session, announcement.node_id):
+                if placement.service_id not in running_here and placement.placed_at < settled:
+                    if placement.state != "missing":
+                        log.warning(
+                            "%s is placed on %s but does not run there; placing it again",
+                            placement.service_id,
+                            announcement.node_id,
+                        )
+                    placement.state = "missing"
 
     def on_exit(self, exited: ServiceExited, _envelope: Envelope) -> None:
         with self.database.session() as session:
@@ -209,7 +224,22 @@ class NodeManagerService(Service):
     def _control(self) -> None:
         self._poll_loads()
         self._reconcile_roster()
+        self._restore_missing()
         self._consider_scale_out()
+
+    def _restore_missing(self) -> None:
+        """Start again what a node lost without an exit to report (it restarted): models, apps, the roster."""
+        with self.database.session() as session:
+            specs = [
+                ServiceSpec.model_validate_json(row.spec)
+                for row in registry.list_placements(session)
+                if row.state == "missing"
+            ]
+        for spec in specs:
+            try:
+                self.place(spec)
+            except PlatformError as exc:
+                log.error("cannot place missing %s again: %s", spec.service_id, exc)
 
     def _poll_loads(self) -> None:
         settings = self.settings.node_manager

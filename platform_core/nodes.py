@@ -24,7 +24,8 @@ from platform_sdk.errors import BadRequest
 from platform_sdk.topics import Topics
 
 ServiceKind = Literal["platform", "model", "app", "simulator"]
-RunState = Literal["starting", "running", "stopping", "exited", "stopped", "failed"]
+# "missing": placed, but its node announces it does not run it (the node restarted, e.g. a new `aiot up`).
+RunState = Literal["starting", "running", "stopping", "exited", "stopped", "failed", "missing"]
 RestartPolicy = Literal["monitor", "agent"]
 
 

@@ -25,6 +25,7 @@ class Platform:
         self.home = home
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_")}
         self.env.update({"AIOT_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"})
+        self.up_args: tuple[str, ...] = ()
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -35,6 +36,17 @@ class Platform:
                 f"aiot {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
             )
         return result
+
+    def up(self, *args: str) -> None:
+        """`aiot up --detach` with ``args``; remembered for ``restart``."""
+        self.up_args = args
+        # A first docker start builds the platform's image: allow for it.
+        self.run("up", "--detach", *args, "--timeout", "400", timeout=600)
+
+    def restart(self) -> None:
+        """`aiot down`, then `aiot up` as before on the same home."""
+        self.run("down")
+        self.up(*self.up_args)
 
     def json(self, *args: str) -> object:
         return json.loads(self.run(*args, "--json").stdout)
@@ -69,8 +81,7 @@ def platform_per_runtime(
         request.applymarker(pytest.mark.service("docker"))
         request.getfixturevalue("docker_engine")
     running = Platform(tmp_path_factory.mktemp(f"{name}-{runtime}") / "home")
-    # A first docker start builds the platform's image: allow for it.
-    running.run("up", "--detach", "--nodes", "2", "--runtime", runtime, "--timeout", "400", timeout=600)
+    running.up("--nodes", "2", "--runtime", runtime)
     try:
         yield running
     finally:

@@ -164,3 +164,33 @@ def test_deleting_a_model_stops_its_replicas(platform: Platform, client: ModelCl
     with pytest.raises(NotFound):
         client.resolver.resolve("comfort-doomed", None)
     assert "comfort-doomed" not in platform.run("model", "list").stdout
+
+
+def test_deployed_models_come_back_after_the_platform_restarts(platform: Platform, tmp_path: Path) -> None:
+    broker_before = platform.status()["broker"]
+    platform.restart()
+    status = platform.status()
+    with (
+        temporary_settings(
+            {"kafka.bootstrap_servers": status["broker"], "kafka.topic_prefix": "aiot"}
+        ) as settings,
+        ModelClient.from_settings(settings) as client,
+    ):
+        began = time.monotonic()
+        wait_until(
+            lambda: _answers(client, "face-detector"), 120, "face-detector answering after the restart"
+        )
+        print(
+            f"\nplatform restarted (broker {broker_before} -> {status['broker']}); face-detector answered "
+            f"{time.monotonic() - began:.1f}s after `aiot up` returned"
+        )
+        assert client.call("face-detector", params={"image": sample_png("astronaut")})["count"] == 1
+        assert client.call("comfort", "predict", [30.0, 55.0], version="1.0.0")["fan_speed"] == 4
+
+
+def _answers(client: ModelClient, model: str) -> bool:
+    try:
+        client.resolver.resolve(model, None)
+    except PlatformError:
+        return False
+    return True
