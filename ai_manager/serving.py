@@ -47,7 +47,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Step = Callable[[dict[str, Any]], dict[str, Any]]
-JSON_HEADERS = [(b"content-type", b"application/json")]
+CONTENT_TYPE_JSON = (b"content-type", b"application/json")
 
 
 def python_type(field: FieldSpec) -> Any:
@@ -255,7 +255,8 @@ class PredictionApp:
         if scope["type"] != "http":
             return
         status, body = await self._respond(scope, receive)
-        await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+        headers = [CONTENT_TYPE_JSON, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _respond(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:

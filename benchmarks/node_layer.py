@@ -44,7 +44,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -69,7 +68,6 @@ from platform_sdk.settings import AgentSettings, KafkaSettings, MonitorSettings,
 T = TypeVar("T")
 
 AIOT = [sys.executable, "-m", "aiot"]
-PLATFORM_ROOT = Path(__file__).resolve().parents[1]
 NODES = 2
 SERVICE = "logger"
 MAIN_NODE = "node-1"
@@ -640,17 +638,8 @@ class Starter:
 
 
 def probe_spec(service_id: str, requirements: list[str] | None = None) -> ServiceSpec:
-    env: dict[str, str] = {}
-    if requirements:
-        # A venv of VenvCache sees the base interpreter's site-packages, not the platform's venv:
-        # without this the probe could not import platform_sdk (see docs/benchmarks.md).
-        env["PYTHONPATH"] = os.pathsep.join([str(PLATFORM_ROOT), sysconfig.get_paths()["purelib"]])
     return ServiceSpec(
-        service_id=service_id,
-        kind="app",
-        command=["{python}", "-c", PROBE],
-        requirements=requirements or [],
-        env=env,
+        service_id=service_id, kind="app", command=["{python}", "-c", PROBE], requirements=requirements or []
     )
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ai_manager.artifact import pack_model
+from deployer.messages import DeployModel
+from platform_sdk.bus import Bus, Requester
 from platform_sdk.errors import NotFound, PlatformError
 from platform_sdk.model_client import ModelClient
 from platform_sdk.settings import temporary_settings
@@ -69,6 +72,24 @@ def variant(tmp_path: Path, version: str, replicas: int) -> Path:
     return folder
 
 
+def redeliver_deploy(platform: Platform, model_id: str, sha256: str) -> None:
+    """The upload's DeployModel once more, as Kafka redelivers after a consumer restart."""
+    manifest = pack_model(EXAMPLES / "face-detector").manifest
+    request = DeployModel(
+        model_id=model_id,
+        version=manifest.version,
+        artifact_key=f"models/{model_id}/{manifest.version}.zip",
+        artifact_sha256=sha256,
+        manifest=manifest,
+    )
+    broker = platform.status()["broker"]
+    with temporary_settings({"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}) as settings:
+        bus = Bus(settings, source="test-redeliver")
+        with Requester(bus) as requester:
+            requester.send(bus.topics.deployer, request, key=model_id)
+    time.sleep(3)  # the deployer's consumer takes it within milliseconds; a deploy would take seconds
+
+
 def replica_processes(service_id: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():
@@ -86,6 +107,12 @@ def test_face_detector_finds_one_face_in_astronaut_and_none_in_coffee(
     assert isinstance(shown, dict)
     stages = [stage["stage"] for stage in shown["versions"][0]["deployment"]["stages"]]
     assert stages[-3:] == ["health", "smoke-test", "deployed"]
+
+    redeliver_deploy(platform, model_id, shown["versions"][0]["sha256"])
+    again = platform.json("model", "show", model_id)
+    assert isinstance(again, dict)
+    assert again["versions"][0]["deployment"]["stages"] == shown["versions"][0]["deployment"]["stages"]
+    assert len(replica_processes(f"{model_id}-v1.0.0-r0")) == 1
 
     astronaut = client.call(model_id, "detect", {"image": sample_png("astronaut")})
     coffee = client.call("face-detector", params={"image": sample_png("coffee")})
