@@ -34,6 +34,7 @@ from aiot.client import (
     load_credentials,
     save_credentials,
 )
+from aiot.device_commands import device_app, location_app
 from aiot.model_commands import deploy_examples, model_app
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
@@ -56,6 +57,8 @@ app = typer.Typer(
 user_app = typer.Typer(help="Manage users (platform configurers only).", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(model_app, name="model")
+app.add_typer(device_app, name="device")
+app.add_typer(location_app, name="location")
 
 
 @dataclass

@@ -26,6 +26,7 @@ import confluent_kafka
 
 from benchmarks import Options, Result, Row
 from benchmarks import bus as bus_benchmark
+from benchmarks import devices as devices_benchmark
 from benchmarks import model_serving as model_serving_benchmark
 from benchmarks import node_layer as node_layer_benchmark
 
@@ -35,6 +36,7 @@ REGISTRY: dict[str, Benchmark] = {
     "bus": bus_benchmark.run,
     "node_layer": node_layer_benchmark.run,
     "model_serving": model_serving_benchmark.run,
+    "devices": devices_benchmark.run,
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"

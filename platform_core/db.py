@@ -38,6 +38,7 @@ MODEL_MODULES = (
     "heartbeat.models",
     "ai_manager.models",
     "deployer.models",
+    "device_manager.models",
 )
 
 

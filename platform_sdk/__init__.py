@@ -5,7 +5,8 @@ platform: settings (``get_settings``), the Kafka bus (``Bus``, ``Producer``,
 the one ``ConsumerLoop``, ``Requester`` for request/reply), the message
 envelope, heartbeats and log shipping (``PlatformRuntime``, ``get_logger``)
 the error tree rooted at ``PlatformError``, and ``model_call`` / ``Model`` for
-models (call a deployed model; write one the platform can serve).
+models (call a deployed model; write one the platform can serve), and
+``DeviceClient`` for an app's sensors and controllers.
 
 It never imports Flask, SQLAlchemy, docker or Azure, so a user's app stays
 light (a test enforces this), and it starts nothing at import: threads exist
@@ -13,6 +14,7 @@ only after an explicit ``start()`` or ``get_logger()``.
 """
 
 from platform_sdk.bus import Bus, ConsumerLoop, ErrorReply, Producer, Requester
+from platform_sdk.devices import Binding, DeviceClient, SensorData
 from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import (
     BadRequest,
@@ -37,9 +39,11 @@ from platform_sdk.topics import Topics
 
 __all__ = [
     "BadRequest",
+    "Binding",
     "Bus",
     "Conflict",
     "ConsumerLoop",
+    "DeviceClient",
     "Envelope",
     "ErrorReply",
     "Forbidden",
@@ -56,6 +60,7 @@ __all__ = [
     "PlatformRuntime",
     "Producer",
     "Requester",
+    "SensorData",
     "Settings",
     "Timeout",
     "Topics",

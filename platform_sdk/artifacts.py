@@ -167,14 +167,19 @@ class ModelManifest(_Strict):
         return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
 
 
-def manifest_json_schema() -> str:
-    """The JSON Schema of ``model.json`` as published in ``docs/schemas/model.schema.json``."""
+def json_schema_document(model: type[BaseModel], name: str) -> str:
+    """The JSON Schema of a document format as published in ``docs/schemas/<name>.schema.json``."""
     document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://aiot.example/schemas/model.schema.json",
-        **ModelManifest.model_json_schema(),
+        "$id": f"https://aiot.example/schemas/{name}.schema.json",
+        **model.model_json_schema(),
     }
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def manifest_json_schema() -> str:
+    """The JSON Schema of ``model.json``."""
+    return json_schema_document(ModelManifest, "model")
 
 
 def model_id_for(name: str) -> str:

@@ -150,6 +150,40 @@ class Bus:
     def producer(self, **overrides: Any) -> Producer:
         return Producer(self, **overrides)
 
+    def latest(self, topic: str, timeout: float = 10.0) -> Envelope | None:
+        """The newest envelope on ``topic`` (by time, over its partitions), or None when it is empty.
+
+        A one-shot read, no group and no loop: it seeks every partition to its last record.
+        With ``timeout`` > 0 and an empty topic it waits that long for a first record.
+        """
+        self.ensure_topics([topic])
+        consumer = confluent_kafka.Consumer(
+            self.config(
+                **{"group.id": f"{self.topics.prefix}.latest.{uuid.uuid4().hex}", "enable.auto.commit": False}
+            )
+        )
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+            positions = []
+            for partition in metadata.topics[topic].partitions:
+                position = confluent_kafka.TopicPartition(topic, partition)
+                _low, high = consumer.get_watermark_offsets(position, timeout=10)
+                position.offset = max(high - 1, 0)
+                positions.append(position)
+            consumer.assign(positions)
+            found: list[Envelope] = []
+            deadline = time.monotonic() + max(timeout, 0.5)
+            while not found and time.monotonic() < deadline:
+                for record in consumer.consume(num_messages=len(positions) or 1, timeout=POLL_INTERVAL_S):
+                    if record.error() is None:
+                        try:
+                            found.append(Envelope.from_kafka(record.value(), record.headers()))
+                        except BadRequest:
+                            continue
+        finally:
+            consumer.close()
+        return max(found, key=lambda envelope: envelope.time) if found else None
+
 
 class Producer:
     """A confluent-kafka producer that sends envelopes and counts delivery reports."""
@@ -308,7 +342,7 @@ class ConsumerLoop:
             consumer.assign(self._initial_positions(consumer))
             self._assigned.set()
         else:
-            consumer.subscribe(self.topics, on_assign=lambda *_: self._assigned.set())
+            consumer.subscribe(self.topics, on_assign=self._on_assign)
         self._consumer = consumer
         self._thread = threading.Thread(target=self._run, name=f"aiot-consumer-{self.name}")
         self._thread.start()
@@ -329,6 +363,26 @@ class ConsumerLoop:
                     position.offset = high
                 positions.append(position)
         return positions
+
+    def _on_assign(
+        self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
+    ) -> None:
+        """With "latest", a partition the group never committed starts at its end as of now.
+
+        Left to ``auto.offset.reset``, the end is resolved at the first fetch, after
+        ``wait_assigned()`` returned: a message sent in between would be skipped.
+        """
+        if self.offset_reset == "latest":
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+                for partition, stored in zip(partitions, committed, strict=True):
+                    if stored.offset < 0:
+                        _low, high = consumer.get_watermark_offsets(partition, timeout=10)
+                        partition.offset = high
+                consumer.assign(partitions)
+            except confluent_kafka.KafkaException as exc:
+                log.warning("consumer %s: cannot pin new partitions to their end: %s", self.name, exc)
+        self._assigned.set()
 
     def wait_assigned(self, timeout: float = 30.0) -> None:
         """Block until the group has given this loop its partitions."""

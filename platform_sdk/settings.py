@@ -28,6 +28,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from platform_sdk.device_documents import DeviceType
+
 
 class KafkaSettings(BaseModel):
     """How every process reaches the message bus."""
@@ -205,6 +207,21 @@ class DeployerSettings(BaseModel):
     smoke_timeout_s: float = Field(default=60.0, gt=0, description="Time the manifest's example may take.")
 
 
+class DeviceSettings(BaseModel):
+    """A simulated device (its process is configured by the device manager) and the MQTT gateway."""
+
+    id: str = Field(default="", description="A simulator's device id (its instance name).")
+    type: DeviceType | None = Field(default=None, description="A simulator's device type, as JSON.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="A simulator's instance parameters.")
+    time_scale: float = Field(
+        default=1.0, gt=0, description="Simulated seconds per real second (day curves of light, temperature)."
+    )
+    mqtt_url: str | None = Field(
+        default=None, description="MQTT broker of real devices, mqtt://HOST:PORT; empty: no gateway."
+    )
+    mqtt_topic_prefix: str = Field(default="aiot", description="First level of the gateway's MQTT topics.")
+
+
 class Settings(BaseSettings):
     """The whole settings tree. Read it with ``get_settings()``."""
 
@@ -251,6 +268,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     deployer: DeployerSettings = Field(default_factory=DeployerSettings)
+    device: DeviceSettings = Field(default_factory=DeviceSettings)
 
     @classmethod
     def settings_customise_sources(

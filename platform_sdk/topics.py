@@ -56,6 +56,18 @@ class Topics:
         """Deployments reaching a status (deployed, failed, undeployed)."""
         return self.events("deployments")
 
+    def device_data(self, device_id: str) -> str:
+        """Readings (or camera frames) of one sensor instance."""
+        return f"{self.prefix}.devices.{_safe(device_id)}.data"
+
+    def device_commands(self, device_id: str) -> str:
+        """Commands to one controller instance (request/reply: the answer is its new state)."""
+        return f"{self.prefix}.devices.{_safe(device_id)}.commands"
+
+    def device_state(self, device_id: str) -> str:
+        """State of one controller instance, published after every change."""
+        return f"{self.prefix}.devices.{_safe(device_id)}.state"
+
     def commands(self, service: str) -> str:
         """Commands addressed to one service (or one service agent)."""
         return f"{self.prefix}.commands.{_safe(service)}"

@@ -94,6 +94,8 @@ PLATFORM_PACKAGES = (
     "benchmarks",
     "ai_manager",
     "deployer",
+    "device_manager",
+    "simulators",
 )
 PLATFORM_DATA = ("configs",)
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

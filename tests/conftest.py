@@ -22,7 +22,12 @@ import pytest
 
 from platform_sdk.settings import Settings, temporary_settings
 
-pytest_plugins = ["tests.fixtures.components", "tests.fixtures.azurite", "tests.fixtures.docker"]
+pytest_plugins = [
+    "tests.fixtures.components",
+    "tests.fixtures.azurite",
+    "tests.fixtures.docker",
+    "tests.fixtures.mqtt",
+]
 
 # Threads that libraries start once per process and keep (not ours to stop).
 _FOREIGN_THREAD_PREFIXES = ("waitress-", "ThreadPoolExecutor", "pydevd", "asyncio_")

@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+
+from node_manager.roster import DEFAULT_ROSTER
 
 AIOT = [sys.executable, "-m", "aiot"]
 
@@ -87,6 +90,12 @@ def platform_per_runtime(
     finally:
         running.run("down", check=False)
         wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
+
+
+def platform_services() -> set[str]:
+    """Every service `aiot up` runs: the roster's, the node manager and the heartbeat monitor."""
+    roster = tomllib.loads(DEFAULT_ROSTER.read_text())
+    return {service["service_id"] for service in roster["service"]} | {"node-manager", "heartbeat"}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:

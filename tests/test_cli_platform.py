@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from bootstrapper.broker import EmbeddedBroker
-from tests.platform_driver import AIOT, Platform
+from tests.platform_driver import AIOT, Platform, platform_services
 
 # Whole platforms start and stop here: more than the default per-test timeout on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(400)]
@@ -36,13 +36,7 @@ def test_up_logs_users_and_down(platform: Platform) -> None:
     assert isinstance(status, dict)
     assert status["running"] is True
     assert {p["name"] for p in status["processes"]} == {"broker", "agent-node-1", "agent-node-2"}
-    assert {s["service_id"] for s in status["services"]} == {
-        "node-manager",
-        "heartbeat",
-        "logger",
-        "web",
-        "deployer",
-    }
+    assert {s["service_id"] for s in status["services"]} == platform_services()
 
     # A separate process logs through the SDK; the record is queryable within 5 s.
     snippet = 'import platform_sdk; platform_sdk.get_logger("x").warning("marker-7f3a")'

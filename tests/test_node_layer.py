@@ -22,7 +22,7 @@ from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.messages import Heartbeat
 from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, platform_per_runtime, wait_until
+from tests.platform_driver import Platform, platform_per_runtime, platform_services, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 RecordProperty = Callable[[str, object], None]
@@ -114,7 +114,7 @@ def test_up_runs_every_service_spread_over_both_nodes(platform: Platform) -> Non
     status = platform.status()
     assert {node["node_id"] for node in status["nodes"] if node["reachable"]} == {"node-1", "node-2"}
     services = {s["service_id"]: s for s in status["services"]}
-    assert set(services) == {"node-manager", "heartbeat", "logger", "web", "deployer"}
+    assert set(services) == platform_services()
     assert all(s["state"] == "running" for s in services.values())
     assert services["node-manager"]["node_id"] == services["heartbeat"]["node_id"] == "node-1"
     assert {s["node_id"] for s in services.values()} == {"node-1", "node-2"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flask
 
 from ai_manager.api import blueprint as models_blueprint
+from device_manager.api import blueprint as devices_blueprint
 from logger.api import blueprint as logs_blueprint
 from platform_core.blobstore import blob_store_from_settings
 from platform_core.db import Database
@@ -14,7 +15,7 @@ from platform_sdk.settings import Settings
 from web.identity import database_authenticator
 from web.identity_api import blueprint as identity_blueprint
 
-BLUEPRINTS = (identity_blueprint, logs_blueprint, models_blueprint)
+BLUEPRINTS = (identity_blueprint, logs_blueprint, models_blueprint, devices_blueprint)
 
 
 def build_front_door(

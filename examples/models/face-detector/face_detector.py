@@ -13,7 +13,7 @@ from platform_sdk.model import Model
 
 CASCADE = "haarcascade_frontalface_default.xml"
 # Tuned on scikit-image's samples: one face in astronaut(), none in coffee(), camera() or rocket().
-SCALE_FACTOR = 1.1
+SCALE_FACTOR = 1.2
 MIN_NEIGHBORS = 5
 MIN_SIZE = (30, 30)
 

@@ -1,0 +1,231 @@
+"""``aiot device ...`` and ``aiot location ...``: register, list, watch and command devices.
+
+Registrations go to the front door (platform configurers); ``watch`` and ``command``
+go the way an app goes, through the SDK's ``DeviceClient`` over Kafka, with the device
+bound under its own name as alias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiot.client import PlatformClient
+from platform_sdk.errors import BadRequest
+from platform_sdk.settings import get_settings
+
+device_app = typer.Typer(help="Devices: register, list, watch, command.", no_args_is_help=True)
+type_app = typer.Typer(help="Device types (sensors and controllers).", no_args_is_help=True)
+location_app = typer.Typer(help="Locations where devices are.", no_args_is_help=True)
+device_app.add_typer(type_app, name="type")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _read_document(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError as exc:
+        raise BadRequest(f"{file} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"{file}: not JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from exc
+
+
+def _register(file: Path, part: str, single_path: str) -> None:
+    """One document → its route; a list or a bundle → the all-or-nothing bulk route."""
+    document = _read_document(file)
+    client = PlatformClient.from_settings(get_settings())
+    if isinstance(document, dict) and not ({"device_types", "locations", "devices"} & document.keys()):
+        client.post(single_path, json=document)
+        _out().print(f"registered {document.get('name', '?')}")
+        return
+    bundle = document if isinstance(document, dict) else {part: document}
+    reply = client.post("/api/devices/bulk", json=bundle)
+    counts = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in reply["counts"].items())
+    _out().print(f"registered {counts or 'nothing'} from {file}")
+
+
+@type_app.command("add")
+def type_add(
+    file: Annotated[Path, typer.Argument(help="A device type, a list of them, or a bundle.")],
+) -> None:
+    """Register device types from a JSON file."""
+    _register(file, "device_types", "/api/devices/types")
+
+
+@type_app.command("list")
+def type_list(as_json: JsonOption = False) -> None:
+    """Device types."""
+    types = PlatformClient.from_settings(get_settings()).get("/api/devices/types")["device_types"]
+    if as_json:
+        typer.echo(json.dumps(types, indent=2))
+        return
+    table = Table("name", "kind", "simulator", "outputs / commands")
+    for item in types:
+        fields = item.get("outputs") or item.get("commands") or {}
+        table.add_row(item["name"], item["kind"], item.get("simulator") or "-", ", ".join(fields))
+    _out().print(table)
+
+
+@location_app.command("add")
+def location_add(
+    file: Annotated[Path, typer.Argument(help="A location, a list of them, or a bundle.")],
+) -> None:
+    """Register locations from a JSON file."""
+    _register(file, "locations", "/api/devices/locations")
+
+
+@location_app.command("list")
+def location_list(as_json: JsonOption = False) -> None:
+    """Locations."""
+    locations = PlatformClient.from_settings(get_settings()).get("/api/devices/locations")["locations"]
+    if as_json:
+        typer.echo(json.dumps(locations, indent=2))
+        return
+    table = Table("name", "kind", "time zone", "address")
+    for item in locations:
+        table.add_row(item["name"], item["kind"], item["timezone"], item.get("address") or "")
+    _out().print(table)
+
+
+@device_app.command("add")
+def device_add(
+    file: Annotated[
+        Path, typer.Argument(help="A device, a list of devices, or a bundle of types, locations, devices.")
+    ],
+) -> None:
+    """Register devices (a bundle registers types, locations and devices all or nothing)."""
+    _register(file, "devices", "/api/devices")
+
+
+@device_app.command("list")
+def device_list(
+    location: Annotated[str | None, typer.Option(help="Only devices at this location.")] = None,
+    device_type: Annotated[str | None, typer.Option("--type", help="Only devices of this type.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Devices, with their type, location and latest reading or state."""
+    query = {key: value for key, value in (("location", location), ("type", device_type)) if value}
+    devices = PlatformClient.from_settings(get_settings()).get("/api/devices", params=query)["devices"]
+    if as_json:
+        typer.echo(json.dumps(devices, indent=2))
+        return
+    table = Table("name", "type", "location", "simulated")
+    for item in devices:
+        table.add_row(item["name"], item["type"], item["location"], "yes" if item.get("simulated") else "no")
+    _out().print(table)
+
+
+SCHEMAS = ("device-type", "location", "device", "device-bundle")
+
+
+@device_app.command("schema")
+def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS)}.")]) -> None:
+    """Print the JSON Schema of a device document (docs/schemas/<kind>.schema.json is this output)."""
+    from pydantic import BaseModel
+
+    from platform_sdk.artifacts import json_schema_document
+    from platform_sdk.device_documents import DeviceBundle, DeviceInstance, DeviceType, Location
+
+    models: dict[str, type[BaseModel]] = dict(
+        zip(SCHEMAS, (DeviceType, Location, DeviceInstance, DeviceBundle), strict=True)
+    )
+    if kind not in models:
+        raise BadRequest(f"no document kind {kind!r}; one of: {', '.join(SCHEMAS)}")
+    typer.echo(json_schema_document(models[kind], kind), nl=False)
+
+
+@device_app.command("show")
+def show(name: str, as_json: JsonOption = False) -> None:
+    """A device: its document, type, effective parameters, latest reading or state, bindings."""
+    shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
+    if as_json:
+        typer.echo(json.dumps(shown, indent=2))
+        return
+    console = _out()
+    console.print(
+        f"[bold]{shown['name']}[/]: {shown['device_type']['kind']} {shown['type']} at {shown['location']}"
+    )
+    console.print(f"  parameters {json.dumps(shown.get('effective_parameters', {}))}")
+    state = shown.get("state")
+    if state:
+        console.print(f"  latest {state['kind']} at {state['time']}: {json.dumps(state['values'])}")
+    if shown.get("bound_to"):
+        console.print(f"  bound to {', '.join(shown['bound_to'])}")
+
+
+@device_app.command("delete")
+def device_delete(name: str) -> None:
+    """Deregister a device (its simulator stops)."""
+    PlatformClient.from_settings(get_settings()).delete(f"/api/devices/{name}")
+    _out().print(f"device {name} deregistered")
+
+
+def _device_client(name: str) -> Any:
+    from platform_sdk.bus import Bus
+    from platform_sdk.devices import Binding, DeviceClient
+
+    shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
+    binding = Binding(device_id=name, type=shown["device_type"])
+    return DeviceClient(Bus(get_settings(), source="aiot-cli"), {name: binding}, group=f"aiot-cli.{name}")
+
+
+@device_app.command("watch")
+def watch(
+    name: str,
+    count: Annotated[int | None, typer.Option(min=1, help="Exit after this many readings.")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up when nothing arrives for this long (s).")] = 30.0,
+) -> None:
+    """Print a device's live readings (a controller's states) as they arrive."""
+    from platform_sdk.devices import SensorStream
+
+    client = _device_client(name)
+    with client:
+        binding = client.bindings[name]
+        topics = client.bus.topics
+        topic = topics.device_data(name) if binding.type.kind == "sensor" else topics.device_state(name)
+        with SensorStream(client.bus, topic, name, f"aiot-cli-watch.{name}").start() as stream:
+            seen = 0
+            with contextlib.suppress(KeyboardInterrupt):
+                while count is None or seen < count:
+                    data = stream.next(timeout)
+                    extra = (
+                        f" [{data.content_type}, {len(data.image)} bytes]" if data.image is not None else ""
+                    )
+                    typer.echo(f"{data.device_id} #{data.seq} {json.dumps(data.values)}{extra}")
+                    seen += 1
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@device_app.command("command")
+def command(
+    name: str,
+    action: Annotated[str, typer.Argument(metavar="COMMAND", help="One of the controller type's commands.")],
+    params: Annotated[
+        list[str] | None, typer.Argument(help="key=value pairs (values as JSON where they parse).")
+    ] = None,
+) -> None:
+    """Send a command to a controller and print its new state."""
+    parsed: dict[str, Any] = {}
+    for item in params or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"{item!r} is not key=value")
+        parsed[key] = _parse_value(value)
+    with _device_client(name) as client:
+        typer.echo(json.dumps(client.send_controller(name, action, **parsed), indent=2))

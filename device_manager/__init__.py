@@ -1,0 +1,28 @@
+"""The device manager: the registry of device types, locations and devices, their app bindings and states.
+
+It owns the ``device_types``, ``locations``, ``devices``, ``device_bindings`` and
+``device_states`` tables. The documents it stores are those of
+``platform_sdk.device_documents`` (``DeviceType``, ``Location``, ``DeviceInstance``,
+``DeviceBundle``); each row keeps its document as JSON beside the columns it is
+looked up by. Its parts:
+
+* ``models`` — the tables; ``registry`` — CRUD taking the session: create, read, list
+  and delete types, locations and devices; ``register_bundle`` (a ``DeviceBundle``, all
+  or nothing); ``effective_parameters`` (an instance's parameters, defaults filled);
+  ``bind`` (pick devices of the types an app instance needs at its location; one device
+  may serve many app instances); ``record_state`` / ``read_state`` (each device's latest
+  reading or state);
+* ``api`` — ``/api/devices``, the routes the front door mounts: platform configurers
+  register and delete, every other role reads (end users need locations and devices to
+  schedule apps). After a device is added or removed it tells the device-manager service
+  with a ``messages.DeviceChanged`` on ``<prefix>.commands.device-manager``;
+* ``python -m device_manager`` — the service: starts the simulators of simulated
+  devices, follows ``DeviceChanged``, records every device's latest reading and state,
+  and runs the MQTT gateway that brings real devices onto the bus.
+
+Life of a registration: ``POST /api/devices`` (or ``/bulk``) ──▶ document validation
+(422 naming each field) ──▶ names free (409 naming them), types and locations known,
+parameters fit the type, a simulated device's type has a simulator (422 naming device,
+field and reason) ──▶ rows committed ──▶ ``DeviceChanged("added")`` ──▶ 201. When the bus
+cannot take the notice the rows are removed again and the answer is 503.
+"""

@@ -1,0 +1,5 @@
+"""``python -m device_manager``."""
+
+from device_manager.service import main
+
+main()

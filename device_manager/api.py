@@ -1,0 +1,260 @@
+"""``/api/devices``: register, list, show and delete device types, locations and devices (front door).
+
+Platform configurers write; every other role reads (end users pick locations and devices
+when they schedule apps). Bodies are the documents of ``platform_sdk.device_documents``:
+a malformed one is a 422 naming each field; a name taken is a 409 naming it; an unknown
+type or location, parameters that do not fit the type, or a simulated device whose type
+has no simulator is a 422 naming the device, the field and the reason; nothing is stored
+then. ``POST /api/devices/bulk`` registers a ``DeviceBundle`` all or nothing.
+
+After a device is registered or deleted the device-manager service is told with
+``notify_device_change`` (a ``DeviceChanged`` on ``<prefix>.commands.device-manager``).
+The rows are committed first, then the notice is sent; when it cannot be sent (no bus:
+``Unavailable``, 503) the change is undone (what was registered is removed again, a
+deleted device is registered again) and the error is raised, so the registry never holds
+a device the service was not told about.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import flask
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
+
+from device_manager import registry
+from device_manager.messages import DeviceChanged
+from device_manager.models import DeviceRow, DeviceTypeRow, LocationRow
+from platform_core.auth import Role, allow
+from platform_core.http import body_as, query_as, resources
+from platform_sdk.device_documents import DeviceBundle, DeviceInstance, DeviceType, Location
+
+log = logging.getLogger(__name__)
+blueprint = flask.Blueprint("devices", __name__, url_prefix="/api/devices")
+WRITERS = (Role.PLATFORM_CONFIGURER,)
+READERS = (Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.END_USER)
+SERVICE = "device-manager"
+
+
+def notify_device_change(action: Literal["added", "removed"], device_name: str) -> None:
+    """Tell the device-manager service a device was added or removed; ``Unavailable`` without a bus."""
+    requester = resources().bus_requester()
+    requester.send(
+        requester.bus.topics.commands(SERVICE),
+        DeviceChanged(action=action, device=device_name),
+        key=device_name,
+    )
+
+
+class DeviceFilter(BaseModel):
+    """``GET /api/devices`` query: only devices at ``location`` and of ``type``."""
+
+    model_config = ConfigDict(extra="forbid")
+    location: str | None = None
+    type: str | None = None
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+
+def _document(row: DeviceTypeRow | LocationRow | DeviceRow) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(row.document)
+    return document | {"created_at": row.created_at.isoformat()}
+
+
+def _device_json(row: DeviceRow, device_type: DeviceType) -> dict[str, Any]:
+    return _document(row) | {
+        "kind": device_type.kind,
+        "effective_parameters": registry.effective_parameters(device_type, registry.device_document(row)),
+    }
+
+
+def _devices_json(rows: list[DeviceRow], types: dict[str, DeviceType]) -> list[dict[str, Any]]:
+    return [_device_json(row, types[row.type]) for row in rows]
+
+
+def _all_types(session: Session) -> dict[str, DeviceType]:
+    return {row.name: registry.type_document(row) for row in registry.list_types(session)}
+
+
+# --- device types -------------------------------------------------------------------------------
+
+
+@blueprint.post("/types")
+@allow(*WRITERS)
+def create_type() -> tuple[flask.Response, int]:
+    """Register one ``DeviceType``."""
+    document = body_as(DeviceType)
+    with resources().database.session() as session:
+        body = _document(registry.create_type(session, document))
+    return flask.jsonify(body), 201
+
+
+@blueprint.get("/types")
+@allow(*READERS)
+def list_types() -> flask.Response:
+    with resources().database.session() as session:
+        return flask.jsonify(device_types=[_document(row) for row in registry.list_types(session)])
+
+
+@blueprint.get("/types/<name>")
+@allow(*READERS)
+def show_type(name: str) -> flask.Response:
+    """One type and the names of its devices."""
+    with resources().database.session() as session:
+        row = registry.read_type(session, name)
+        devices = [device.name for device in registry.list_devices(session, type=name)]
+        return flask.jsonify(_document(row) | {"devices": devices})
+
+
+@blueprint.delete("/types/<name>")
+@allow(*WRITERS)
+def delete_type(name: str) -> flask.Response:
+    """Delete a type no device uses (409 naming the devices otherwise)."""
+    with resources().database.session() as session:
+        registry.delete_type(session, name)
+    return flask.jsonify(name=name, deleted=True)
+
+
+# --- locations ----------------------------------------------------------------------------------
+
+
+@blueprint.post("/locations")
+@allow(*WRITERS)
+def create_location() -> tuple[flask.Response, int]:
+    """Register one ``Location``."""
+    document = body_as(Location)
+    with resources().database.session() as session:
+        body = _document(registry.create_location(session, document))
+    return flask.jsonify(body), 201
+
+
+@blueprint.get("/locations")
+@allow(*READERS)
+def list_locations() -> flask.Response:
+    with resources().database.session() as session:
+        return flask.jsonify(locations=[_document(row) for row in registry.list_locations(session)])
+
+
+@blueprint.get("/locations/<name>")
+@allow(*READERS)
+def show_location(name: str) -> flask.Response:
+    """One location with its devices."""
+    with resources().database.session() as session:
+        row = registry.read_location(session, name)
+        devices = _devices_json(registry.list_devices(session, location=name), _all_types(session))
+        return flask.jsonify(_document(row) | {"devices": devices})
+
+
+@blueprint.delete("/locations/<name>")
+@allow(*WRITERS)
+def delete_location(name: str) -> flask.Response:
+    """Delete a location without devices (409 naming them otherwise)."""
+    with resources().database.session() as session:
+        registry.delete_location(session, name)
+    return flask.jsonify(name=name, deleted=True)
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+
+def _undo(what: str, undo: Callable[[Session], object]) -> None:
+    """Run the compensation ``undo(session)``; its own failure is logged, never raised over the first."""
+    try:
+        with resources().database.session() as session:
+            undo(session)
+    except Exception:
+        log.exception("could not undo %s after the device manager was not told", what)
+
+
+@blueprint.post("")
+@allow(*WRITERS)
+def create_device() -> tuple[flask.Response, int]:
+    """Register one ``DeviceInstance`` and tell the device-manager service."""
+    document = body_as(DeviceInstance)
+    with resources().database.session() as session:
+        row = registry.create_device(session, document)
+        body = _device_json(row, registry.type_document(registry.read_type(session, row.type)))
+    try:
+        notify_device_change("added", document.name)
+    except BaseException:
+        _undo(f"device {document.name!r}", lambda session: registry.delete_device(session, document.name))
+        raise
+    return flask.jsonify(body), 201
+
+
+@blueprint.post("/bulk")
+@allow(*WRITERS)
+def register_bundle() -> tuple[flask.Response, int]:
+    """Register a ``DeviceBundle`` all or nothing, then tell the service about each device."""
+    bundle = body_as(DeviceBundle)
+    with resources().database.session() as session:
+        registered = registry.register_bundle(session, bundle)
+    told: list[str] = []
+    try:
+        for name in registered.devices:
+            notify_device_change("added", name)
+            told.append(name)
+    except BaseException:
+        for name in told:  # best effort: the service may already have started them
+            try:
+                notify_device_change("removed", name)
+            except Exception:
+                log.warning("could not tell the device manager that %s is removed again", name)
+        _undo("the bundle", lambda session: registry.unregister(session, registered))
+        raise
+    names = {
+        "device_types": registered.device_types,
+        "locations": registered.locations,
+        "devices": registered.devices,
+    }
+    return flask.jsonify(counts=registered.counts(), names=names), 201
+
+
+@blueprint.get("")
+@allow(*READERS)
+def list_devices() -> flask.Response:
+    """Devices, by name; ``?location=`` and ``?type=`` narrow the list (404 for an unknown one)."""
+    wanted = query_as(DeviceFilter)
+    with resources().database.session() as session:
+        if wanted.location is not None:
+            registry.read_location(session, wanted.location)
+        if wanted.type is not None:
+            registry.read_type(session, wanted.type)
+        rows = registry.list_devices(session, location=wanted.location, type=wanted.type)
+        return flask.jsonify(devices=_devices_json(rows, _all_types(session)))
+
+
+@blueprint.get("/<name>")
+@allow(*READERS)
+def show_device(name: str) -> flask.Response:
+    """One device: its document, effective parameters, its type's document, latest state, bindings."""
+    with resources().database.session() as session:
+        row = registry.read_device(session, name)
+        device_type = registry.type_document(registry.read_type(session, row.type))
+        state = registry.read_state(session, name)
+        body = _device_json(row, device_type) | {
+            "device_type": device_type.model_dump(mode="json", exclude_none=True),
+            "state": None if state is None else state.to_json(),
+            "bound_to": registry.bound_instances(session, name),
+        }
+    return flask.jsonify(body)
+
+
+@blueprint.delete("/<name>")
+@allow(*WRITERS)
+def delete_device(name: str) -> flask.Response:
+    """Delete a device no app instance is bound to (409 naming them otherwise) and tell the service."""
+    with resources().database.session() as session:
+        row = registry.delete_device(session, name)
+    document, created_at = registry.device_document(row), row.created_at
+    try:
+        notify_device_change("removed", name)
+    except BaseException:
+        _undo(f"deleting {name!r}", lambda session: registry.create_device(session, document, created_at))
+        raise
+    return flask.jsonify(name=name, deleted=True)

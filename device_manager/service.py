@@ -1,0 +1,208 @@
+"""The device manager as a platform service: simulators placed and stopped, device state kept.
+
+    <prefix>.commands.device-manager (group "device-manager")
+        DeviceChanged(added)   ──▶ a simulated device: PlaceService(sim-<device>) on the least-loaded node
+        DeviceChanged(removed) ──▶ UnplaceService(sim-<device>)
+    on start ──▶ every registered simulated device is placed (placing a running one changes nothing)
+    every device's data and state topics (group "device-manager.state")
+        ──▶ the latest reading / state per device in memory ──▶ device_states, once a second
+    with device.mqtt_url set: the MQTT gateway (``device_manager.gateway``) bridges real devices
+
+A simulator is a managed service like any other (heartbeats, logs, restarts), started
+with its device's id, type and parameters in ``AIOT_DEVICE__*``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from device_manager import registry
+from device_manager.messages import DeviceChanged
+from device_manager.models import DeviceRow, DeviceTypeRow
+from platform_core.db import Database
+from platform_core.nodes import Placement, PlaceService, ServiceSpec, UnplaceService, node_manager_topic
+from platform_core.service import PeriodicTask, Service
+from platform_sdk.bus import ConsumerLoop, Requester
+from platform_sdk.device_documents import DeviceInstance, DeviceType
+from platform_sdk.device_messages import DeviceState, Frame, Reading
+from platform_sdk.envelope import Envelope
+from platform_sdk.errors import NotFound, PlatformError
+from platform_sdk.settings import get_settings
+
+log = logging.getLogger(__name__)
+PLACE_TIMEOUT_S = 120.0
+FLUSH_INTERVAL_S = 1.0
+
+
+def simulator_service_id(device: str) -> str:
+    return f"sim-{device}"
+
+
+def simulator_spec(
+    device_type: DeviceType, instance: DeviceInstance, parameters: dict[str, Any]
+) -> ServiceSpec:
+    return ServiceSpec(
+        service_id=simulator_service_id(instance.name),
+        kind="simulator",
+        module="simulators",
+        env={
+            "AIOT_DEVICE__ID": instance.name,
+            "AIOT_DEVICE__TYPE": device_type.model_dump_json(),
+            "AIOT_DEVICE__PARAMETERS": json.dumps(parameters),
+        },
+    )
+
+
+class DeviceManagerService(Service):
+    name = "device-manager"
+
+    def on_start(self) -> None:
+        bus = self.sdk.bus
+        self.database = Database.from_settings(self.settings)
+        self.own(self.database)
+        self.database.migrate()
+        self.requester = Requester(bus)
+        self.requester.start()
+        self.own(self.requester)
+        self._latest: dict[str, tuple[str, dict[str, Any], datetime]] = {}
+        self._latest_lock = threading.Lock()
+        self._state_loop: ConsumerLoop | None = None
+        self._state_lock = threading.Lock()
+        for device in self._simulated_devices():
+            self._place(device)
+        self._watch_states()
+        flusher = PeriodicTask("device-states", FLUSH_INTERVAL_S, self._flush_states)
+        flusher.start()
+        self.own(flusher)
+        commands = ConsumerLoop(
+            bus, [bus.topics.commands("device-manager")], group="device-manager", name=self.service_id
+        )
+        commands.add_handler(DeviceChanged, self.on_change)
+        commands.start()
+        self.own(commands)
+        if self.settings.device.mqtt_url:
+            from device_manager.gateway import MqttGateway  # paho-mqtt only where a gateway runs
+
+            gateway = MqttGateway(self.settings, bus, self.database)
+            gateway.start()
+            self.own(gateway)
+
+    def stop(self) -> None:
+        with self._state_lock:
+            loop, self._state_loop = self._state_loop, None
+        if loop is not None:
+            loop.stop()
+        super().stop()
+
+    # commands -----------------------------------------------------------------------------
+    def on_change(self, change: DeviceChanged, _envelope: Envelope) -> None:
+        if change.action == "added":
+            with self.database.session() as session:
+                row = session.get(DeviceRow, change.device)
+                simulated = row is not None and row.simulated
+            if simulated:
+                self._place(change.device)
+        else:
+            try:
+                self.requester.request(
+                    node_manager_topic(self.sdk.bus.topics),
+                    UnplaceService(service_id=simulator_service_id(change.device)),
+                    Placement,
+                    timeout=60,
+                )
+                log.info("stopped the simulator of %s", change.device)
+            except NotFound:
+                pass  # a real device, or one whose simulator never started
+        self._watch_states()
+
+    def _simulated_devices(self) -> list[str]:
+        with self.database.session() as session:
+            return [device.name for device in registry.list_devices(session) if device.simulated]
+
+    def _place(self, device: str) -> None:
+        with self.database.session() as session:
+            row = session.get(DeviceRow, device)
+            type_row = session.get(DeviceTypeRow, row.type) if row is not None else None
+            if row is None or type_row is None:
+                log.warning("device %s is gone; not starting its simulator", device)
+                return
+            instance = DeviceInstance.model_validate_json(row.document)
+            device_type = DeviceType.model_validate_json(type_row.document)
+        spec = simulator_spec(device_type, instance, registry.effective_parameters(device_type, instance))
+        try:
+            placement = self.requester.request(
+                node_manager_topic(self.sdk.bus.topics), PlaceService(spec=spec), Placement, PLACE_TIMEOUT_S
+            )
+            log.info("simulator of %s runs on %s", device, placement.node_id)
+        except PlatformError as exc:
+            log.error("cannot start the simulator of %s: %s", device, exc)
+
+    # state --------------------------------------------------------------------------------
+    def _watch_states(self) -> None:
+        """(Re)subscribe to the data and state topics of every registered device."""
+        topics = self.sdk.bus.topics
+        with self.database.session() as session:
+            wanted = []
+            for device in registry.list_devices(session):
+                type_row = session.get(DeviceTypeRow, device.type)
+                kind = type_row.kind if type_row is not None else "sensor"
+                wanted.append(
+                    topics.device_data(device.name) if kind == "sensor" else topics.device_state(device.name)
+                )
+        with self._state_lock:
+            old, self._state_loop = self._state_loop, None
+            if old is not None:
+                old.stop()
+            if not wanted:
+                return
+            loop = ConsumerLoop(
+                self.sdk.bus,
+                wanted,
+                group="device-manager.state",
+                name="device-states",
+                offset_reset="latest",
+            )
+            loop.add_handler(Reading, self._on_reading)
+            loop.add_handler(Frame, self._on_frame)
+            loop.add_handler(DeviceState, self._on_state)
+            loop.start()
+            self._state_loop = loop
+
+    def _remember(self, device: str, kind: str, values: dict[str, Any], time: datetime) -> None:
+        with self._latest_lock:
+            self._latest[device] = (kind, values, time)
+
+    def _on_reading(self, reading: Reading, _envelope: Envelope) -> None:
+        self._remember(reading.device_id, "reading", {"seq": reading.seq, **reading.values}, reading.time)
+
+    def _on_frame(self, frame: Frame, envelope: Envelope) -> None:
+        values = {
+            "seq": frame.seq,
+            "width": frame.width,
+            "height": frame.height,
+            "content_type": frame.content_type,
+            "bytes": len(envelope.data or b""),
+        }
+        self._remember(frame.device_id, "frame", values, frame.time)
+
+    def _on_state(self, state: DeviceState, _envelope: Envelope) -> None:
+        if state.accepted:
+            self._remember(state.device_id, "state", state.state, state.time)
+
+    def _flush_states(self) -> None:
+        with self._latest_lock:
+            latest, self._latest = self._latest, {}
+        if not latest:
+            return
+        with self.database.session() as session:
+            for device, (kind, values, time) in latest.items():
+                if session.get(DeviceRow, device) is not None:
+                    registry.record_state(session, device, kind, values, time.astimezone(UTC))
+
+
+def main() -> None:
+    DeviceManagerService(get_settings()).run()

@@ -1,0 +1,354 @@
+"""Devices from both sides of the wire: what a device runs, and what an app calls.
+
+Device side (a simulator, or a real device that uses the SDK):
+
+* ``SensorPublisher(bus, device_id).publish({...})`` / ``.publish_frame(jpeg, w, h)``
+  puts ``Reading`` / ``Frame`` messages on ``topics.device_data(device_id)``;
+* ``ControllerEndpoint(bus, device_id, handle, initial_state)`` answers every
+  ``DeviceCommand`` on ``topics.device_commands(device_id)`` with the new ``DeviceState``
+  (``handle`` raising a ``PlatformError`` is a rejection: ``accepted=False`` and the
+  reason) and publishes every state on ``topics.device_state(device_id)``.
+
+App side: ``DeviceClient(bindings, group=...)`` knows the app's devices by alias only
+(``bindings``: alias → device id and its ``DeviceType``, from the app instance's binding
+config), so app code never sees an instance id or a topic:
+
+* ``get_sensor_data(alias)`` — the latest reading (or frame);
+* ``sensor_stream(alias)`` — every reading from now on, as an iterator or to a callback;
+  each ``DeviceClient`` reads in its own consumer group (``<group>.<alias>``), so two
+  app instances bound to one camera both get every frame;
+* ``send_controller(alias, command, **params)`` — validated against the controller's
+  type before it is sent; returns the new state, or raises ``ValidationFailed`` when
+  the type or the device rejects it;
+* ``controller_state(alias)`` — the controller's latest published state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from platform_sdk.bus import Bus, ConsumerLoop, Producer, Requester
+from platform_sdk.device_documents import DeviceType
+from platform_sdk.device_messages import DeviceCommand, DeviceState, Frame, Reading, ReadingValue
+from platform_sdk.envelope import Envelope
+from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, ValidationFailed
+
+CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
+COMMAND_TIMEOUT_S = 10.0
+
+
+# device side ---------------------------------------------------------------------------------
+class SensorPublisher:
+    """Publishes one sensor's readings (keyed by its id, so they stay in order)."""
+
+    def __init__(self, bus: Bus, device_id: str) -> None:
+        self.bus = bus
+        self.device_id = device_id
+        self.topic = bus.topics.device_data(device_id)
+        self._seq = itertools.count()
+        self._producer: Producer | None = None
+
+    def start(self) -> None:
+        self.bus.ensure_topics([self.topic])
+        self._producer = self.bus.producer()
+
+    def stop(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
+
+    def _send(self, message: Reading | Frame, data: bytes | None = None) -> None:
+        if self._producer is None:
+            raise RuntimeError("start() the publisher first")
+        self._producer.send(self.topic, message, key=self.device_id, data=data)
+        self._producer.poll(0)
+
+    def publish(self, values: Mapping[str, ReadingValue]) -> Reading:
+        reading = Reading(device_id=self.device_id, seq=next(self._seq), values=dict(values))
+        self._send(reading)
+        return reading
+
+    def publish_frame(self, image: bytes, width: int, height: int, content_type: str = "image/jpeg") -> Frame:
+        frame = Frame(
+            device_id=self.device_id,
+            seq=next(self._seq),
+            content_type=content_type,
+            width=width,
+            height=height,
+        )
+        self._send(frame, image)
+        return frame
+
+
+class ControllerEndpoint:
+    """Serves one controller's commands and publishes its state."""
+
+    def __init__(
+        self, bus: Bus, device_id: str, handle: CommandHandler, initial_state: dict[str, Any]
+    ) -> None:
+        self.bus = bus
+        self.device_id = device_id
+        self.handle = handle
+        self.state = dict(initial_state)
+        self._lock = threading.Lock()
+        self._producer: Producer | None = None
+        self._loop = ConsumerLoop(
+            bus,
+            [bus.topics.device_commands(device_id)],
+            group=f"{bus.topics.prefix}.device.{device_id}",
+            name=f"device-{device_id}",
+            offset_reset="latest",
+        )
+        self._loop.add_handler(DeviceCommand, self._on_command)
+
+    def start(self) -> None:
+        self.bus.ensure_topics([self.bus.topics.device_state(self.device_id)])
+        self._producer = self.bus.producer()
+        self.publish_state()
+        self._loop.start()
+        self._loop.wait_assigned()  # commands sent once start() returned are all seen
+
+    def stop(self) -> None:
+        self._loop.stop()
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
+
+    def publish_state(self, answer: DeviceState | None = None) -> DeviceState:
+        with self._lock:
+            state = answer or DeviceState(device_id=self.device_id, state=dict(self.state))
+        if self._producer is not None:
+            self._producer.send(self.bus.topics.device_state(self.device_id), state, key=self.device_id)
+            self._producer.poll(0)
+        return state
+
+    def _on_command(self, command: DeviceCommand, _envelope: Envelope) -> DeviceState:
+        try:
+            with self._lock:
+                self.state = dict(self.handle(command.command, dict(command.params)))
+                state = dict(self.state)
+        except PlatformError as exc:
+            with self._lock:
+                current = dict(self.state)
+            rejected = DeviceState(
+                device_id=self.device_id,
+                state=current,
+                command=command.command,
+                accepted=False,
+                error=exc.message + (f": {_details_text(exc.details)}" if exc.details else ""),
+            )
+            self.publish_state(rejected)
+            return rejected
+        return self.publish_state(DeviceState(device_id=self.device_id, state=state, command=command.command))
+
+
+def _details_text(details: Any) -> str:
+    if isinstance(details, list):
+        return "; ".join(
+            f"{item.get('field')}: {item.get('reason')}" if isinstance(item, dict) else str(item)
+            for item in details
+        )
+    return str(details)
+
+
+# app side ------------------------------------------------------------------------------------
+class Binding(BaseModel):
+    """One alias of an app: the concrete device behind it and its type."""
+
+    device_id: str
+    type: DeviceType
+
+
+@dataclass(frozen=True)
+class SensorData:
+    """One reading or frame as an app receives it."""
+
+    device_id: str
+    seq: int
+    values: dict[str, ReadingValue]
+    image: bytes | None = None
+    content_type: str | None = None
+
+    def array(self, *, gray: bool = False) -> Any:
+        """The frame decoded to a numpy array (BGR, or grayscale); needs OpenCV."""
+        if self.image is None:
+            raise BadRequest(f"{self.device_id} sent a reading, not a frame")
+        from platform_sdk.codec import decode_image
+
+        return decode_image(self.image, gray=gray)
+
+
+def _sensor_data(envelope: Envelope) -> SensorData | None:
+    if envelope.type == Reading.message_type:
+        reading = envelope.open(Reading)
+        return SensorData(reading.device_id, reading.seq, reading.values)
+    if envelope.type == Frame.message_type:
+        frame = envelope.open(Frame)
+        return SensorData(
+            frame.device_id,
+            frame.seq,
+            {"width": frame.width, "height": frame.height},
+            image=envelope.data,
+            content_type=frame.content_type,
+        )
+    if envelope.type == DeviceState.message_type:
+        state = envelope.open(DeviceState)
+        return SensorData(state.device_id, 0, state.state) if state.accepted else None
+    return None
+
+
+class SensorStream:
+    """Every reading of one sensor (or state of one controller) from the moment it starts.
+
+    Iterate it, or pass a callback. ``topic`` is the device's data topic, or a controller's
+    state topic (each accepted state is then one ``SensorData``).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        topic: str,
+        device_id: str,
+        group: str,
+        callback: Callable[[SensorData], None] | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self._queue: queue.Queue[SensorData] = queue.Queue(maxsize=1000)
+        self._callback = callback
+        self._loop = ConsumerLoop(
+            bus, [topic], group=group, name=f"stream-{device_id}", offset_reset="latest"
+        )
+        self._loop.on_any(self._on_envelope)
+
+    def start(self) -> SensorStream:
+        self._loop.start()
+        self._loop.wait_assigned()
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def __enter__(self) -> SensorStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _on_envelope(self, envelope: Envelope) -> None:
+        data = _sensor_data(envelope)
+        if data is None:
+            return
+        if self._callback is not None:
+            self._callback(data)
+            return
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:  # a slow reader loses the oldest, not the newest
+            self._queue.get_nowait()
+            self._queue.put_nowait(data)
+
+    def next(self, timeout: float | None = None) -> SensorData:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty as exc:
+            raise Timeout(f"no reading from {self.device_id} within {timeout:g}s") from exc
+
+    def __iter__(self) -> Iterator[SensorData]:
+        while True:
+            yield self._queue.get()
+
+
+class DeviceClient:
+    """An app's devices, by alias. ``close()`` (or ``with``) stops what it started."""
+
+    def __init__(self, bus: Bus, bindings: Mapping[str, Binding], group: str) -> None:
+        self.bus = bus
+        self.bindings = dict(bindings)
+        self.group = group
+        self._requester: Requester | None = None
+        self._streams: list[SensorStream] = []
+        self._lock = threading.Lock()
+
+    def _binding(self, alias: str, kind: str) -> Binding:
+        binding = self.bindings.get(alias)
+        if binding is None:
+            known = ", ".join(sorted(self.bindings)) or "none"
+            raise NotFound(f"no device bound to alias {alias!r} (bound: {known})")
+        if binding.type.kind != kind:
+            raise BadRequest(f"{alias!r} is a {binding.type.kind} ({binding.type.name}), not a {kind}")
+        return binding
+
+    def get_sensor_data(self, alias: str, timeout: float = 10.0) -> SensorData:
+        """The sensor's latest reading (waiting up to ``timeout`` for a first one)."""
+        binding = self._binding(alias, "sensor")
+        envelope = self.bus.latest(self.bus.topics.device_data(binding.device_id), timeout)
+        data = _sensor_data(envelope) if envelope is not None else None
+        if data is None:
+            raise Timeout(f"{alias!r} ({binding.device_id}) has sent nothing within {timeout:g}s")
+        return data
+
+    def sensor_stream(self, alias: str, callback: Callable[[SensorData], None] | None = None) -> SensorStream:
+        """Every reading from now on, in this client's own consumer group for the alias."""
+        binding = self._binding(alias, "sensor")
+        topic = self.bus.topics.device_data(binding.device_id)
+        stream = SensorStream(self.bus, topic, binding.device_id, f"{self.group}.{alias}", callback).start()
+        with self._lock:
+            self._streams.append(stream)
+        return stream
+
+    def send_controller(self, alias: str, command: str, **params: Any) -> dict[str, Any]:
+        """Send ``command`` and return the controller's new state; ``ValidationFailed`` if rejected."""
+        binding = self._binding(alias, "controller")
+        problems = binding.type.command_problems(command, params)
+        if problems:
+            raise ValidationFailed(
+                f"{alias!r} ({binding.type.name}) cannot {command}: "
+                + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
+                details=problems,
+            )
+        reply = self._requester_started().request(
+            self.bus.topics.device_commands(binding.device_id),
+            DeviceCommand(device_id=binding.device_id, command=command, params=params),
+            DeviceState,
+            timeout=COMMAND_TIMEOUT_S,
+        )
+        if not reply.accepted:
+            raise ValidationFailed(f"{binding.device_id} rejected {command}: {reply.error}")
+        return reply.state
+
+    def controller_state(self, alias: str, timeout: float = 10.0) -> dict[str, Any]:
+        binding = self._binding(alias, "controller")
+        envelope = self.bus.latest(self.bus.topics.device_state(binding.device_id), timeout)
+        if envelope is None:
+            raise Timeout(f"{alias!r} ({binding.device_id}) has published no state within {timeout:g}s")
+        return envelope.open(DeviceState).state
+
+    def _requester_started(self) -> Requester:
+        with self._lock:
+            if self._requester is None:
+                requester = Requester(self.bus)
+                requester.start()
+                self._requester = requester
+            return self._requester
+
+    def close(self) -> None:
+        with self._lock:
+            streams, self._streams = self._streams, []
+            requester, self._requester = self._requester, None
+        for stream in streams:
+            stream.stop()
+        if requester is not None:
+            requester.stop()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
