@@ -193,7 +193,10 @@ def _load_photo(name: str) -> Image:
     import cv2
     from skimage import data
 
-    rgb = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    # skimage is untyped: its loaders are looked up by name (the motorcycle is a stereo pair).
+    loader = "stereo_motorcycle" if name == "motorcycle" else name
+    loaded = getattr(data, loader)()
+    rgb = loaded[0] if name == "motorcycle" else loaded
     bgr: Image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     return bgr
 
