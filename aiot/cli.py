@@ -34,7 +34,7 @@ from aiot.client import (
     load_credentials,
     save_credentials,
 )
-from aiot.device_commands import device_app, location_app
+from aiot.device_commands import device_app, location_app, register_sample_devices
 from aiot.model_commands import deploy_examples, model_app
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
@@ -129,7 +129,10 @@ def up(
     nodes: Annotated[int, typer.Option(min=1, max=16, help="Service agents (nodes) to start.")] = 2,
     runtime: Annotated[RuntimeName, typer.Option(help="How agents run services.")] = RuntimeName.process,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to answer.")] = 90.0,
-    demo: Annotated[bool, typer.Option(help="Also upload and deploy the sample models.")] = False,
+    demo: Annotated[
+        bool,
+        typer.Option(help="Also deploy the sample models and register the sample locations and devices."),
+    ] = False,
 ) -> None:
     """Start the platform here: broker (if none configured), N agents, and every service on them."""
     settings = _settings()
@@ -145,6 +148,8 @@ def up(
     if demo:
         console.print("demo: sample models")
         deploy_examples(PlatformClient.from_settings(settings), console)
+        console.print("demo: sample locations and devices")
+        register_sample_devices(PlatformClient.from_settings(settings), console)
     if detach:
         console.print("stop it with `aiot down`")
         return

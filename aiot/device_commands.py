@@ -126,6 +126,29 @@ def device_list(
 
 
 SCHEMAS = ("device-type", "location", "device", "device-bundle")
+SAMPLE_DEVICES = Path(__file__).resolve().parents[1] / "configs" / "devices" / "sample.json"
+
+
+def register_sample_devices(client: PlatformClient, console: Console) -> None:
+    """Register the sample bank, school and home with their devices (``aiot up --demo``).
+
+    What is registered already (by an earlier demo, or by hand) is left out of the bundle.
+    """
+    bundle = _read_document(SAMPLE_DEVICES)
+    known = {
+        "device_types": {item["name"] for item in client.get("/api/devices/types")["device_types"]},
+        "locations": {item["name"] for item in client.get("/api/devices/locations")["locations"]},
+        "devices": {item["name"] for item in client.get("/api/devices")["devices"]},
+    }
+    fresh = {part: [item for item in bundle[part] if item["name"] not in known[part]] for part in known}
+    if not any(fresh.values()):
+        console.print("  the sample locations and devices are already registered")
+        return
+    counts = client.post("/api/devices/bulk", json=fresh)["counts"]
+    console.print(
+        f"  {counts['locations']} locations and {counts['devices']} simulated devices registered; "
+        "`aiot device list` shows them, `aiot device watch NAME` their readings"
+    )
 
 
 @device_app.command("schema")
