@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from platform_sdk.codec import decode_image, encode_image
 
 from platform_sdk.bus import Bus
+from platform_sdk.codec import decode_image, encode_image
 from platform_sdk.device_documents import DeviceType
 from platform_sdk.devices import Binding, ControllerEndpoint, DeviceClient, SensorData, SensorPublisher
 from platform_sdk.errors import NotFound, ValidationFailed
