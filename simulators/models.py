@@ -172,33 +172,50 @@ class TemperatureSim:
         return values
 
 
-def _fill(image: Image, width: int, height: int) -> Image:
-    """``image`` scaled to cover ``width``x``height`` without distortion, centred, the overflow cut off.
+# Where each photo's subject is (fractions of its width and height): frames are cropped around it.
+PHOTO_FOCUS: dict[str, tuple[float, float]] = {PERSON_PHOTO: (0.45, 0.3)}
+# The astronaut's background shuttle model, softened: OpenCV's Haar cascade takes it for a second face.
+_ASTRONAUT_SOFTEN = (280, 100, 430, 270)  # x0, y0, x1, y1 in the 512x512 photo
 
-    (Letterboxing the astronaut instead makes OpenCV's Haar cascade see a second face at 640x480.)
-    """
+
+def _fill(image: Image, width: int, height: int, focus: tuple[float, float] = (0.5, 0.5)) -> Image:
+    """``image`` scaled to cover ``width``x``height`` without distortion, cropped around ``focus``."""
     import cv2
 
     rows, cols = image.shape[:2]
     scale = max(width / cols, height / rows)
     size = (max(width, round(cols * scale)), max(height, round(rows * scale)))
     resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    top, left = (size[1] - height) // 2, (size[0] - width) // 2
+    left = min(max(round(focus[0] * size[0] - width / 2), 0), size[0] - width)
+    top = min(max(round(focus[1] * size[1] - height / 2), 0), size[1] - height)
     filled: Image = np.ascontiguousarray(resized[top : top + height, left : left + width])
     return filled
 
 
+def _soften(image: Image, box: tuple[int, int, int, int], sigma: float = 3.0) -> Image:
+    """``image`` blurred inside ``box``, blending smoothly into the rest."""
+    import cv2
+
+    x0, y0, x1, y1 = box
+    mask = np.zeros(image.shape[:2], np.float32)
+    mask[y0:y1, x0:x1] = 1.0
+    weight = cv2.GaussianBlur(mask, (0, 0), 8)[..., None]
+    blurred = cv2.GaussianBlur(image, (0, 0), sigma)
+    softened: Image = np.rint(image * (1 - weight) + blurred * weight).astype(np.uint8)
+    return softened
+
+
 def _load_photo(name: str) -> Image:
-    """A bundled scikit-image photo as BGR (no download)."""
+    """A scene photo bundled with scikit-image (no download), as BGR."""
     import cv2
     from skimage import data
 
-    # skimage is untyped: its loaders are looked up by name (the motorcycle is a stereo pair).
+    # the motorcycle is the left view of a stereo pair: a workshop with nobody in it
     loader = "stereo_motorcycle" if name == "motorcycle" else name
-    loaded = getattr(data, loader)()
-    rgb = loaded[0] if name == "motorcycle" else loaded
+    rgb = getattr(data, loader)()
+    rgb = rgb[0] if name == "motorcycle" else rgb
     bgr: Image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    return bgr
+    return _soften(bgr, _ASTRONAUT_SOFTEN) if name == PERSON_PHOTO else bgr
 
 
 class CameraSim:
@@ -229,7 +246,9 @@ class CameraSim:
     def photo(self, name: str) -> Image:
         """One of the scene photos, BGR, filling the camera's size (cached)."""
         if name not in self._photos:
-            self._photos[name] = _fill(_load_photo(name), self.width, self.height)
+            self._photos[name] = _fill(
+                _load_photo(name), self.width, self.height, PHOTO_FOCUS.get(name, (0.5, 0.5))
+            )
         return self._photos[name]
 
     def shot(self, t: datetime | float) -> tuple[str, bool]:
