@@ -23,12 +23,21 @@ from typing import Any
 from platform_core.service import Service
 from platform_sdk.device_documents import DeviceType
 from platform_sdk.devices import ControllerEndpoint, SensorPublisher
-from platform_sdk.errors import BadRequest
+from platform_sdk.errors import BadRequest, PlatformError
 from platform_sdk.settings import DeviceSettings
-from simulators.models import CONTROLLER_MODELS, SENSOR_MODELS, CameraSim, simulated_clock
+from simulators.models import (
+    CONTROLLER_MODELS,
+    SENSOR_MODELS,
+    CameraSim,
+    ControllerSim,
+    LightSim,
+    TemperatureSim,
+    simulated_clock,
+)
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 85
+SensorModel = LightSim | TemperatureSim | CameraSim
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,13 @@ def device_config(device: DeviceSettings) -> DeviceConfig:
     return DeviceConfig(device.id, device_type, simulator, parameters, device.time_scale)
 
 
+def build_model(config: DeviceConfig) -> SensorModel | ControllerSim:
+    """The simulator's model for the device; sensors seeded by the device id, so a restart repeats."""
+    if config.simulator in CONTROLLER_MODELS:
+        return CONTROLLER_MODELS[config.simulator](config.type)
+    return SENSOR_MODELS[config.simulator](config.parameters, zlib.crc32(config.device_id.encode()))
+
+
 class Ticker:
     """Calls ``work()`` at a fixed rate (no drift; the first call at once) on one thread until ``stop()``.
 
@@ -145,16 +161,16 @@ class SimulatorService(Service):
     def on_start(self) -> None:
         try:
             config = device_config(self.settings.device)
-        except BadRequest as exc:
-            log.error("%s cannot start: %s", self.service_id, exc.message)  # shipped to the platform's logs
+            model = build_model(config)
+        except PlatformError as exc:
+            log.error("%s cannot start: %s", self.service_id, exc)  # shipped to the platform's logs
             raise
-        if config.simulator in CONTROLLER_MODELS:
-            self._start_controller(config)
+        if isinstance(model, ControllerSim):
+            self._start_controller(config, model)
         else:
-            self._start_sensor(config)
+            self._start_sensor(config, model)
 
-    def _start_controller(self, config: DeviceConfig) -> None:
-        model = CONTROLLER_MODELS[config.simulator](config.type)
+    def _start_controller(self, config: DeviceConfig, model: ControllerSim) -> None:
         endpoint = ControllerEndpoint(self.sdk.bus, config.device_id, model.apply, model.state)
         endpoint.start()
         self.own(endpoint)
@@ -162,13 +178,11 @@ class SimulatorService(Service):
             "%s: %s simulator serving commands (state %s)", config.device_id, config.simulator, model.state
         )
 
-    def _start_sensor(self, config: DeviceConfig) -> None:
-        seed = zlib.crc32(config.device_id.encode())
+    def _start_sensor(self, config: DeviceConfig, model: SensorModel) -> None:
         clock = simulated_clock(config.time_scale)
         publisher = SensorPublisher(self.sdk.bus, config.device_id)
         publisher.start()
         self.own(publisher)
-        model = SENSOR_MODELS[config.simulator](config.parameters, seed)
         if isinstance(model, CameraSim):
             rate_hz = model.fps
             work = self._camera_work(model, publisher, clock)

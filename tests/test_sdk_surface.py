@@ -15,6 +15,7 @@ def test_public_surface_is_what_all_exports() -> None:
     exported = set(platform_sdk.__all__)
     assert exported == {name for name in dir(platform_sdk) if not name.startswith("_")} - {
         "bus",
+        "codec",
         "device_documents",
         "device_messages",
         "devices",

@@ -30,7 +30,7 @@ from simulators.models import (
     daily_shape,
     simulated_clock,
 )
-from simulators.service import SimulatorService, Ticker, device_config
+from simulators.service import SimulatorService, Ticker, build_model, device_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "devices" / "sample.json"
 DAY = datetime(2024, 6, 21, tzinfo=UTC)
@@ -148,7 +148,9 @@ def test_person_frames_show_a_face_and_empty_ones_do_not() -> None:
         assert not has_person
         assert faces(frame) == 0
         assert faces(decode_image(encode_image(frame))) == 0
-    assert {empty.shot(float(second))[0] for second in range(0, 15, 5)} == set(EMPTY_PHOTOS)
+    assert {empty.shot(float(second))[0] for second in range(0, 5 * len(EMPTY_PHOTOS), 5)} == set(
+        EMPTY_PHOTOS
+    )
 
 
 def test_cycle_alternates_person_and_empty_in_simulated_time() -> None:
@@ -379,9 +381,18 @@ def test_device_config_fills_defaults_and_checks_parameters() -> None:
 
 
 def test_every_sample_type_builds_its_model() -> None:
+    expected = {
+        "camera": CameraSim,
+        "light": LightSim,
+        "temperature": TemperatureSim,
+        "fan": FanSim,
+        "display": DisplaySim,
+        "ac": AcSim,
+    }
     for name, device_type in sample_types().items():
         config = device_config(DeviceSettings(id=f"sample-{name}", type=device_type))
         assert config.simulator == name
+        assert isinstance(build_model(config), expected[name])
 
 
 def test_service_identity_and_a_clear_start_failure(settings: Settings) -> None:
@@ -392,3 +403,7 @@ def test_service_identity_and_a_clear_start_failure(settings: Settings) -> None:
     assert service.service_id == "simulator"
     with pytest.raises(BadRequest, match="AIOT_DEVICE__ID"):
         service.on_start()  # fails before it touches the bus
+    camera = sample_types()["camera"]
+    odd = {"device.id": "odd-cam", "device.type": camera.model_dump(), "device.parameters": {"noise": 99.0}}
+    with temporary_settings(odd) as current, pytest.raises(ValidationFailed, match="noise"):
+        SimulatorService(current).on_start()
