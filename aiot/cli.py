@@ -36,6 +36,7 @@ from aiot.client import (
 )
 from aiot.device_commands import device_app, location_app, register_sample_devices
 from aiot.model_commands import deploy_examples, model_app
+from aiot.output import JsonOption, out, print_json
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
 from platform_sdk.runstate import kafka_address, read_run_state
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 FOLLOW_POLL_S = 1.0
 LIVE_REFRESH_S = 2.0
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 
 app = typer.Typer(
     help="AIoT platform: run it, and manage users, models, devices and apps.",
@@ -64,14 +64,6 @@ app.add_typer(location_app, name="location")
 @dataclass
 class CliState:
     debug: bool = False
-
-
-def out() -> Console:
-    return Console(highlight=False)
-
-
-def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
 @app.callback()

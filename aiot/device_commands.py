@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aiot.client import PlatformClient
+from aiot.output import JsonOption, out, print_json
 from platform_sdk.errors import BadRequest
 from platform_sdk.settings import get_settings
 
@@ -24,11 +25,6 @@ device_app = typer.Typer(help="Devices: register, list, watch, command.", no_arg
 type_app = typer.Typer(help="Device types (sensors and controllers).", no_args_is_help=True)
 location_app = typer.Typer(help="Locations where devices are.", no_args_is_help=True)
 device_app.add_typer(type_app, name="type")
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
-
-
-def _out() -> Console:
-    return Console(highlight=False)
 
 
 def _read_document(file: Path) -> Any:
@@ -46,12 +42,12 @@ def _register(file: Path, part: str, single_path: str) -> None:
     client = PlatformClient.from_settings(get_settings())
     if isinstance(document, dict) and not ({"device_types", "locations", "devices"} & document.keys()):
         client.post(single_path, json=document)
-        _out().print(f"registered {document.get('name', '?')}")
+        out().print(f"registered {document.get('name', '?')}")
         return
     bundle = document if isinstance(document, dict) else {part: document}
     reply = client.post("/api/devices/bulk", json=bundle)
     counts = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in reply["counts"].items())
-    _out().print(f"registered {counts or 'nothing'} from {file}")
+    out().print(f"registered {counts or 'nothing'} from {file}")
 
 
 @type_app.command("add")
@@ -67,13 +63,13 @@ def type_list(as_json: JsonOption = False) -> None:
     """Device types."""
     types = PlatformClient.from_settings(get_settings()).get("/api/devices/types")["device_types"]
     if as_json:
-        typer.echo(json.dumps(types, indent=2))
+        print_json(types)
         return
     table = Table("name", "kind", "simulator", "outputs / commands")
     for item in types:
         fields = item.get("outputs") or item.get("commands") or {}
         table.add_row(item["name"], item["kind"], item.get("simulator") or "-", ", ".join(fields))
-    _out().print(table)
+    out().print(table)
 
 
 @location_app.command("add")
@@ -89,12 +85,12 @@ def location_list(as_json: JsonOption = False) -> None:
     """Locations."""
     locations = PlatformClient.from_settings(get_settings()).get("/api/devices/locations")["locations"]
     if as_json:
-        typer.echo(json.dumps(locations, indent=2))
+        print_json(locations)
         return
     table = Table("name", "kind", "time zone", "address")
     for item in locations:
         table.add_row(item["name"], item["kind"], item["timezone"], item.get("address") or "")
-    _out().print(table)
+    out().print(table)
 
 
 @device_app.command("add")
@@ -117,12 +113,12 @@ def device_list(
     query = {key: value for key, value in (("location", location), ("type", device_type)) if value}
     devices = PlatformClient.from_settings(get_settings()).get("/api/devices", params=query)["devices"]
     if as_json:
-        typer.echo(json.dumps(devices, indent=2))
+        print_json(devices)
         return
     table = Table("name", "type", "location", "simulated")
     for item in devices:
         table.add_row(item["name"], item["type"], item["location"], "yes" if item.get("simulated") else "no")
-    _out().print(table)
+    out().print(table)
 
 
 SCHEMAS = ("device-type", "location", "device", "device-bundle")
@@ -172,9 +168,9 @@ def show(name: str, as_json: JsonOption = False) -> None:
     """A device: its document, type, effective parameters, latest reading or state, bindings."""
     shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
     if as_json:
-        typer.echo(json.dumps(shown, indent=2))
+        print_json(shown)
         return
-    console = _out()
+    console = out()
     console.print(
         f"[bold]{shown['name']}[/]: {shown['device_type']['kind']} {shown['type']} at {shown['location']}"
     )
@@ -190,7 +186,7 @@ def show(name: str, as_json: JsonOption = False) -> None:
 def device_delete(name: str) -> None:
     """Deregister a device (its simulator stops)."""
     PlatformClient.from_settings(get_settings()).delete(f"/api/devices/{name}")
-    _out().print(f"device {name} deregistered")
+    out().print(f"device {name} deregistered")
 
 
 def _device_client(name: str) -> Any:
@@ -251,4 +247,4 @@ def command(
             raise BadRequest(f"{item!r} is not key=value")
         parsed[key] = _parse_value(value)
     with _device_client(name) as client:
-        typer.echo(json.dumps(client.send_controller(name, action, **parsed), indent=2))
+        print_json(client.send_controller(name, action, **parsed))

@@ -19,20 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from aiot.client import PlatformClient
+from aiot.output import JsonOption, out, print_json
 from platform_sdk.errors import BadRequest, NotFound, PlatformError
 from platform_sdk.settings import get_settings
 
 model_app = typer.Typer(help="Models: pack, upload, list, show, call, delete.", no_args_is_help=True)
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 FINAL_STATUSES = ("deployed", "failed", "undeployed")
-
-
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _print_json(document: Any) -> None:
-    typer.echo(json.dumps(document, indent=2, default=str))
 
 
 @model_app.command("pack")
@@ -47,7 +39,7 @@ def pack(
     manifest = packed.manifest
     target = output or Path(f"{manifest.name}-{manifest.version}.zip")
     target.write_bytes(packed.data)
-    _out().print(
+    out().print(
         f"packed {manifest.name} {manifest.version}: {len(packed.files)} files, "
         f"{len(packed.data) / 1024:.1f} KiB → {target}"
     )
@@ -149,7 +141,7 @@ def list_models(as_json: JsonOption = False) -> None:
     """Models with their versions and deploy status."""
     models = PlatformClient.from_settings(get_settings()).get("/api/models")["models"]
     if as_json:
-        _print_json(models)
+        print_json(models)
         return
     table = Table("model id", "name", "owner", "version", "status", "endpoints")
     for model in models:
@@ -162,7 +154,7 @@ def list_models(as_json: JsonOption = False) -> None:
                 version["status"],
                 ", ".join(version["endpoints"]),
             )
-    _out().print(table)
+    out().print(table)
 
 
 @model_app.command("show")
@@ -172,9 +164,9 @@ def show(
     """A model's versions, replicas and every deploy stage."""
     document = PlatformClient.from_settings(get_settings()).get(f"/api/models/{model}")
     if as_json:
-        _print_json(document)
+        print_json(document)
         return
-    console = _out()
+    console = out()
     console.print(f"[bold]{document['name']}[/] ({document['model_id']}), owner {document['owner']}")
     if document["description"]:
         console.print(document["description"])
@@ -220,11 +212,11 @@ def call(
             raise BadRequest(f"--image {item}: {file} does not exist")
         fields[name or "image"] = base64.b64encode(file.read_bytes()).decode()
     with ModelClient.from_settings(get_settings()) as client:
-        _print_json(client.call(model, endpoint, fields, version=version))
+        print_json(client.call(model, endpoint, fields, version=version))
 
 
 @model_app.command("delete")
 def delete(model: Annotated[str, typer.Argument(help="Model id or name.")]) -> None:
     """Undeploy every version of a model and delete it."""
     reply = PlatformClient.from_settings(get_settings()).delete(f"/api/models/{model}")
-    _out().print(f"model {reply['name']} ({reply['model_id']}) undeployed and deleted")
+    out().print(f"model {reply['name']} ({reply['model_id']}) undeployed and deleted")
