@@ -191,7 +191,8 @@ def device_delete(name: str) -> None:
 
 def _device_client(name: str) -> Any:
     from platform_sdk.bus import Bus
-    from platform_sdk.devices import Binding, DeviceClient
+    from platform_sdk.device_documents import Binding
+    from platform_sdk.devices import DeviceClient
 
     shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
     binding = Binding(device_id=name, type=shown["device_type"])

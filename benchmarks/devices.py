@@ -72,9 +72,9 @@ from benchmarks import Options, Result, Row
 from benchmarks.bus import percentile
 from bootstrapper.broker import EmbeddedBroker
 from platform_sdk.bus import Bus
-from platform_sdk.device_documents import DeviceType, ParamSpec
+from platform_sdk.device_documents import Binding, DeviceType, ParamSpec
 from platform_sdk.device_messages import Frame, Reading
-from platform_sdk.devices import Binding, DeviceClient, SensorData, SensorPublisher, SensorStream
+from platform_sdk.devices import DeviceClient, SensorData, SensorPublisher, SensorStream
 from platform_sdk.envelope import ENCODING_HEADER, ENVELOPE_HEADER, Envelope
 from platform_sdk.errors import Unavailable
 from platform_sdk.settings import get_settings, temporary_settings

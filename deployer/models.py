@@ -28,3 +28,27 @@ class DeploymentRow(Base):
     bundle_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AppInstanceRow(Base):
+    """One app instance: bound, placed and started for a schedule (or by hand), then stopped."""
+
+    __tablename__ = "app_instances"
+
+    instance_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    app_id: Mapped[str] = mapped_column(sa.String(32), index=True)
+    app_name: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[str] = mapped_column(sa.String(32))
+    location: Mapped[str] = mapped_column(sa.String(48))
+    schedule_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    stages: Mapped[str] = mapped_column(sa.Text, default="[]")
+    node_id: Mapped[str] = mapped_column(sa.String(64), default="")
+    url: Mapped[str] = mapped_column(sa.String(255), default="")
+    request: Mapped[str] = mapped_column(sa.Text, default="{}")
+    config: Mapped[str] = mapped_column(sa.Text, default="{}")
+    stop_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -39,6 +39,8 @@ MODEL_MODULES = (
     "ai_manager.models",
     "deployer.models",
     "device_manager.models",
+    "app_manager.models",
+    "scheduler.models",
 )
 
 

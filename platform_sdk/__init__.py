@@ -6,15 +6,18 @@ the one ``ConsumerLoop``, ``Requester`` for request/reply), the message
 envelope, heartbeats and log shipping (``PlatformRuntime``, ``get_logger``)
 the error tree rooted at ``PlatformError``, and ``model_call`` / ``Model`` for
 models (call a deployed model; write one the platform can serve), and
-``DeviceClient`` for an app's sensors and controllers.
+``DeviceClient`` for an app's sensors and controllers, and ``App``: what a
+smart app's entrypoint is called with (its devices and models by alias).
 
 It never imports Flask, SQLAlchemy, docker or Azure, so a user's app stays
 light (a test enforces this), and it starts nothing at import: threads exist
 only after an explicit ``start()`` or ``get_logger()``.
 """
 
+from platform_sdk.app import App
 from platform_sdk.bus import Bus, ConsumerLoop, ErrorReply, Producer, Requester
-from platform_sdk.devices import Binding, DeviceClient, SensorData
+from platform_sdk.device_documents import Binding
+from platform_sdk.devices import DeviceClient, SensorData
 from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import (
     BadRequest,
@@ -38,6 +41,7 @@ from platform_sdk.settings import Settings, get_settings, temporary_settings
 from platform_sdk.topics import Topics
 
 __all__ = [
+    "App",
     "BadRequest",
     "Binding",
     "Bus",

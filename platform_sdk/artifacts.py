@@ -7,6 +7,12 @@ build its routes and input validators; the deployer reads requirements,
 resources, replicas and the example. ``docs/models.md`` documents it and
 ``docs/schemas/model.schema.json`` is generated from it.
 
+An app zip carries ``app.json`` (``AppManifest``): its entrypoint, whether it
+serves web pages, and the models and devices it uses under aliases
+(``docs/apps.md``, ``docs/schemas/app.schema.json``). Each running instance gets
+an ``AppInstanceConfig`` from the deployer: those aliases bound to concrete
+devices at its location and to models.
+
 Field types (``FieldSpec.type``): ``int``, ``float``, ``bool``, ``string``,
 ``image`` (encoded JPEG/PNG bytes; base64 in JSON), ``list`` (with ``items``)
 and ``object`` (any JSON object).
@@ -21,11 +27,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from platform_sdk.device_documents import Binding
+
 MODEL_MANIFEST = "model.json"
+APP_MANIFEST = "app.json"
 NAME_PATTERN = r"^[a-z][a-z0-9-]{1,47}$"
 VERSION_PATTERN = r"^\d+(\.\d+){0,2}([.-]?[a-z0-9]+)?$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+ALIAS_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+HEALTH_PATH_PATTERN = r"^/[A-Za-z0-9._~/-]{0,200}$"
 FIELD_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
 BUILTIN_STEPS = ("decode_image", "decode_image_gray")
 
@@ -167,6 +178,131 @@ class ModelManifest(_Strict):
         return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
 
 
+class ModelUse(_Strict):
+    """A model an app calls, under an alias: ``app.model_call(alias, endpoint, ...)``."""
+
+    model: str = Field(pattern=NAME_PATTERN, description="The model's name (as in its model.json).")
+    version: str | None = Field(
+        default=None, pattern=VERSION_PATTERN, description="A pinned version; empty: the latest deployed."
+    )
+    endpoints: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Endpoints the app calls; checked against the model on upload.",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_names(cls, endpoints: list[str]) -> list[str]:
+        for name in endpoints:
+            if not re.match(ENDPOINT_PATTERN, name):
+                raise ValueError(f"endpoint name {name!r} must match {ENDPOINT_PATTERN}")
+        return endpoints
+
+
+class DeviceNeed(_Strict):
+    """Devices an app needs at its location, under an alias, bound when an instance starts."""
+
+    type: str = Field(
+        pattern=r"^[a-z][a-z0-9-]{0,47}$", description="A registered device type (e.g. `camera`, `fan`)."
+    )
+    count: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="How many; with more than one the app sees aliases `<alias>.1` … `<alias>.<count>`.",
+    )
+
+
+class WebSpec(_Strict):
+    """A web app serves its own pages on the port the platform gives it (``app.port``)."""
+
+    health_path: str = Field(
+        default="/health",
+        pattern=HEALTH_PATH_PATTERN,
+        description="Answers 200 once the app is up; the deployer waits for it.",
+    )
+    title: str = Field(default="", max_length=200, description="Title of its link in the portal.")
+
+
+class AppManifest(_Strict):
+    """``app.json``: what an app is, what it runs and what it uses."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="a-z, 0-9 and -; 2 to 48 long.")
+    version: str = Field(pattern=VERSION_PATTERN, max_length=32, description="e.g. 1.0.0 or 2.1-rc1.")
+    description: str = Field(default="", max_length=2000)
+    author: str = Field(default="", max_length=200)
+    entrypoint: str = Field(
+        pattern=ENTRYPOINT_PATTERN,
+        description="`module:function` called with the running `platform_sdk.App`; the instance stops "
+        "when it returns. The module is a .py file or package in the zip.",
+    )
+    kind: Literal["web", "backend"] = Field(
+        default="web", description="`web`: serves pages and a health path over HTTP; `backend`: no HTTP."
+    )
+    web: WebSpec | None = Field(default=None, description="A web app's HTTP (defaults apply when empty).")
+    requirements: list[str] = Field(default_factory=list, max_length=100, description="pip specifiers.")
+    resources: Resources = Field(default_factory=Resources)
+    models: dict[str, ModelUse] = Field(
+        default_factory=dict, max_length=32, description="Models by alias (like a Spring context file)."
+    )
+    devices: dict[str, DeviceNeed] = Field(
+        default_factory=dict, max_length=32, description="Devices needed at the location, by alias."
+    )
+
+    @field_validator("models", "devices")
+    @classmethod
+    def _aliases(cls, uses: dict[str, Any]) -> dict[str, Any]:
+        for alias in uses:
+            if not re.match(ALIAS_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} must match {ALIAS_PATTERN}")
+        return uses
+
+    @model_validator(mode="after")
+    def _web_spec(self) -> AppManifest:
+        if self.kind == "web" and self.web is None:
+            self.web = WebSpec()
+        if self.kind == "backend" and self.web is not None:
+            raise ValueError("`web` is for web apps; a backend app has no HTTP")
+        return self
+
+    @property
+    def entry_module(self) -> str:
+        return self.entrypoint.split(":", 1)[0]
+
+    @property
+    def entry_attribute(self) -> str:
+        return self.entrypoint.split(":", 1)[1]
+
+    def device_aliases(self) -> list[str]:
+        """The aliases app code uses: one per device (``cam``, or ``cam.1`` … for a count > 1)."""
+        return [
+            alias if need.count == 1 else f"{alias}.{index}"
+            for alias, need in self.devices.items()
+            for index in range(1, need.count + 1)
+        ]
+
+
+class ModelBinding(BaseModel):
+    """The model behind one model alias of an app instance."""
+
+    model: str
+    version: str | None = None
+
+
+class AppInstanceConfig(BaseModel):
+    """What the deployer generates for one app instance (``AIOT_APP__INSTANCE``), read by the SDK."""
+
+    instance_id: str
+    app: str
+    version: str
+    location: str
+    timezone: str = "UTC"
+    owner: str = Field(default="", description="The end user who scheduled the instance.")
+    devices: dict[str, Binding] = Field(default_factory=dict, description="Device alias → bound device.")
+    models: dict[str, ModelBinding] = Field(default_factory=dict, description="Model alias → model.")
+
+
 def json_schema_document(model: type[BaseModel], name: str) -> str:
     """The JSON Schema of a document format as published in ``docs/schemas/<name>.schema.json``."""
     document = {
@@ -185,3 +321,8 @@ def manifest_json_schema() -> str:
 def model_id_for(name: str) -> str:
     """The stable id of a model: a hash of its name, the same for every version."""
     return "m" + hashlib.sha256(name.encode()).hexdigest()[:11]
+
+
+def app_id_for(name: str) -> str:
+    """The stable id of an app: a hash of its name, the same for every version."""
+    return "a" + hashlib.sha256(name.encode()).hexdigest()[:11]

@@ -551,8 +551,16 @@ class Requester:
         if self._producer.flush(timeout):
             raise Unavailable(f"the broker did not take {message.message_type} within {timeout:.0f}s")
 
-    def request(self, topic: str, message: Message, reply_cls: type[R], timeout: float | None = None) -> R:
-        """Send ``message`` to ``topic`` and wait for a ``reply_cls`` answer."""
+    def request(
+        self,
+        topic: str,
+        message: Message,
+        reply_cls: type[R],
+        timeout: float | None = None,
+        *,
+        key: str | None = None,
+    ) -> R:
+        """Send ``message`` to ``topic`` (keyed by ``key``) and wait for a ``reply_cls`` answer."""
         if self._producer is None:
             raise RuntimeError("start() the requester first")
         wait = timeout if timeout is not None else self.bus.settings.kafka.request_timeout_s
@@ -568,6 +576,7 @@ class Requester:
                 correlation_id=correlation_id,
                 reply_to=self.reply_topic,
             ),
+            key=key,
         )
         try:
             reply = future.result(wait)

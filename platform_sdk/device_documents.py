@@ -187,3 +187,10 @@ class DeviceBundle(_Strict):
     device_types: list[DeviceType] = Field(default_factory=list)
     locations: list[Location] = Field(default_factory=list)
     devices: list[DeviceInstance] = Field(default_factory=list)
+
+
+class Binding(BaseModel):
+    """One device alias of an app instance: the concrete device behind it and its type."""
+
+    device_id: str
+    type: DeviceType

@@ -70,3 +70,8 @@ class DeviceState(Message):
     command: str | None = Field(default=None, description="The command this answers, if any.")
     accepted: bool = True
     error: str | None = Field(default=None, description="Why the command was rejected.")
+    by: str | None = Field(
+        default=None,
+        description="Who sent the command this answers (an app instance's service id): controllers "
+        "shared by several apps apply commands in arrival order and say who set what.",
+    )

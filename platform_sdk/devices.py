@@ -32,10 +32,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from platform_sdk.bus import Bus, ConsumerLoop, Producer, Requester
-from platform_sdk.device_documents import DeviceType
+from platform_sdk.device_documents import Binding
 from platform_sdk.device_messages import DeviceCommand, DeviceState, Frame, Reading, ReadingValue
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, ValidationFailed
@@ -129,7 +127,7 @@ class ControllerEndpoint:
             self._producer.poll(0)
         return state
 
-    def _on_command(self, command: DeviceCommand, _envelope: Envelope) -> DeviceState:
+    def _on_command(self, command: DeviceCommand, envelope: Envelope) -> DeviceState:
         try:
             with self._lock:
                 self.state = dict(self.handle(command.command, dict(command.params)))
@@ -143,10 +141,15 @@ class ControllerEndpoint:
                 command=command.command,
                 accepted=False,
                 error=exc.message + (f": {_details_text(exc.details)}" if exc.details else ""),
+                by=envelope.source or None,
             )
             self.publish_state(rejected)
             return rejected
-        return self.publish_state(DeviceState(device_id=self.device_id, state=state, command=command.command))
+        return self.publish_state(
+            DeviceState(
+                device_id=self.device_id, state=state, command=command.command, by=envelope.source or None
+            )
+        )
 
 
 def _details_text(details: Any) -> str:
@@ -159,13 +162,6 @@ def _details_text(details: Any) -> str:
 
 
 # app side ------------------------------------------------------------------------------------
-class Binding(BaseModel):
-    """One alias of an app: the concrete device behind it and its type."""
-
-    device_id: str
-    type: DeviceType
-
-
 @dataclass(frozen=True)
 class SensorData:
     """One reading or frame as an app receives it."""
@@ -318,6 +314,7 @@ class DeviceClient:
             DeviceCommand(device_id=binding.device_id, command=command, params=params),
             DeviceState,
             timeout=COMMAND_TIMEOUT_S,
+            key=binding.device_id,  # one partition: commands of every app are applied in order
         )
         if not reply.accepted:
             raise ValidationFailed(f"{binding.device_id} rejected {command}: {reply.error}")

@@ -28,6 +28,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from platform_sdk.artifacts import AppInstanceConfig
 from platform_sdk.device_documents import DeviceType
 
 
@@ -222,6 +223,39 @@ class DeviceSettings(BaseModel):
     mqtt_topic_prefix: str = Field(default="aiot", description="First level of the gateway's MQTT topics.")
 
 
+class AppSettings(BaseModel):
+    """A running app instance (its process is configured by the deployer)."""
+
+    instance: AppInstanceConfig | None = Field(
+        default=None,
+        description="An app instance's generated config, as JSON: its id, location, the devices "
+        "bound to its aliases and the models behind them.",
+    )
+
+
+class SchedulerSettings(BaseModel):
+    """The scheduler: end users' schedules as persistent cron jobs."""
+
+    misfire_grace_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How late a start that fell in the scheduler's downtime may still fire; "
+        "empty: as long as its window has not ended.",
+    )
+
+
+class MailSettings(BaseModel):
+    """Mail to end users: SMTP when a host is set, else the outbox in the database."""
+
+    smtp_host: str | None = Field(default=None, description="SMTP server; empty: mails stay in the outbox.")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="SMTP port (587 with STARTTLS).")
+    smtp_username: str | None = Field(default=None, description="SMTP login, if the server wants one.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS.")
+    sender: str = Field(default="aiot@localhost", description="From address of the platform's mails.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one SMTP conversation.")
+
+
 class Settings(BaseSettings):
     """The whole settings tree. Read it with ``get_settings()``."""
 
@@ -269,6 +303,9 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     deployer: DeployerSettings = Field(default_factory=DeployerSettings)
     device: DeviceSettings = Field(default_factory=DeviceSettings)
+    app: AppSettings = Field(default_factory=AppSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    mail: MailSettings = Field(default_factory=MailSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -16,8 +16,8 @@ import pytest
 
 from platform_sdk.bus import Bus
 from platform_sdk.codec import decode_image, encode_image
-from platform_sdk.device_documents import DeviceType
-from platform_sdk.devices import Binding, ControllerEndpoint, DeviceClient, SensorData, SensorPublisher
+from platform_sdk.device_documents import Binding, DeviceType
+from platform_sdk.devices import ControllerEndpoint, DeviceClient, SensorData, SensorPublisher
 from platform_sdk.errors import NotFound, ValidationFailed
 from platform_sdk.settings import Settings
 from tests.platform_driver import wait_until

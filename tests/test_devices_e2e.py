@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from platform_sdk.bus import Bus
-from platform_sdk.devices import Binding, DeviceClient
+from platform_sdk.device_documents import Binding
+from platform_sdk.devices import DeviceClient
 from platform_sdk.errors import ValidationFailed
 from platform_sdk.settings import temporary_settings
 from tests.platform_driver import Platform, wait_until

@@ -25,8 +25,8 @@ from device_manager import registry
 from device_manager.gateway import MqttGateway, image_size
 from platform_core.db import Database
 from platform_sdk.bus import Bus, ConsumerLoop
-from platform_sdk.device_documents import DeviceInstance, DeviceType, Location
-from platform_sdk.devices import Binding, DeviceClient
+from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType, Location
+from platform_sdk.devices import DeviceClient
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import Timeout, ValidationFailed
 from platform_sdk.net import free_port

@@ -1,0 +1,207 @@
+"""An app instance from the inside: ``App`` is what an app's entrypoint is called with.
+
+The deployer starts an app instance as ``python -m platform_sdk.app`` in its unpacked bundle:
+
+    app.json (the developer's manifest, in the bundle every instance of the version shares)
+    + AIOT_APP__INSTANCE (``AppInstanceConfig``, generated per instance: the devices bound to
+      each alias at the chosen location, the model behind each alias)
+        ──▶ ``PlatformRuntime`` (heartbeats, logs to the platform logger)
+        ──▶ ``entrypoint(app)``: the app reads sensors, calls models and drives controllers by
+            alias only — ``app.sensor_stream("camera")``, ``app.model_call("faces", "detect",
+            image=...)``, ``app.send_controller("display", "show", text=...)``
+        ──▶ a web app calls ``app.serve(wsgi_app)``: its pages on the port the platform gave it,
+            the manifest's health path answered by the SDK
+    SIGTERM (the window's end, ``aiot instance stop``) ──▶ ``app.stopping`` is set, ``serve``
+        returns, the entrypoint returns, the process exits.
+
+The instance's devices are read in its own consumer groups (``<prefix>.app.<instance>``), so
+two instances bound to one camera both get every frame. Commands a controller applies carry
+the sending instance's id (``DeviceState.by``), so shared controllers say who set what.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from pydantic import ValidationError
+
+from platform_sdk.artifacts import APP_MANIFEST, AppInstanceConfig, AppManifest
+from platform_sdk.devices import DeviceClient, SensorData, SensorStream
+from platform_sdk.errors import BadRequest, NotFound
+from platform_sdk.model_client import ModelClient
+from platform_sdk.runtime import PlatformRuntime
+from platform_sdk.settings import Settings, get_settings
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+log = logging.getLogger(__name__)
+
+
+class App:
+    """One running app instance: its devices and models by alias, its port, its stop signal."""
+
+    def __init__(
+        self,
+        manifest: AppManifest,
+        config: AppInstanceConfig,
+        runtime: PlatformRuntime,
+        models: ModelClient,
+    ) -> None:
+        self.manifest = manifest
+        self.config = config
+        self.settings: Settings = runtime.settings
+        group = f"{runtime.bus.topics.prefix}.app.{config.instance_id}"
+        self.devices = DeviceClient(runtime.bus, config.devices, group=group)
+        self.models = models
+        self.log = logging.getLogger(f"app.{manifest.name}")
+        self.stopping = threading.Event()
+
+    # identity -----------------------------------------------------------------------------
+    @property
+    def instance_id(self) -> str:
+        return self.config.instance_id
+
+    @property
+    def location(self) -> str:
+        return self.config.location
+
+    @property
+    def host(self) -> str:
+        return self.settings.service_host
+
+    @property
+    def port(self) -> int:
+        if not self.settings.port_http:
+            raise BadRequest("this app instance has no HTTP port: is it a backend app?")
+        return self.settings.port_http
+
+    # devices and models -------------------------------------------------------------------
+    def get_sensor_data(self, alias: str, timeout: float = 10.0) -> SensorData:
+        return self.devices.get_sensor_data(alias, timeout)
+
+    def sensor_stream(self, alias: str, callback: Callable[[SensorData], None] | None = None) -> SensorStream:
+        return self.devices.sensor_stream(alias, callback)
+
+    def send_controller(self, alias: str, command: str, **params: Any) -> dict[str, Any]:
+        return self.devices.send_controller(alias, command, **params)
+
+    def controller_state(self, alias: str, timeout: float = 10.0) -> dict[str, Any]:
+        return self.devices.controller_state(alias, timeout)
+
+    def model_call(self, alias: str, endpoint: str | None = None, **inputs: Any) -> dict[str, Any]:
+        """Call the model bound to ``alias`` (``models`` in app.json) with ``inputs``."""
+        binding = self.config.models.get(alias)
+        if binding is None:
+            known = ", ".join(sorted(self.config.models)) or "none"
+            raise NotFound(f"no model under alias {alias!r} (declared: {known})")
+        return self.models.call(binding.model, endpoint, inputs, version=binding.version)
+
+    # running ------------------------------------------------------------------------------
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when the instance is stopping (leave your loop then)."""
+        return self.stopping.wait(seconds)
+
+    def serve(self, wsgi_app: WsgiApp) -> None:
+        """Serve ``wsgi_app`` on the instance's port until it stops; the health path is the SDK's."""
+        health_path = self.manifest.web.health_path if self.manifest.web else "/health"
+        instance_id = self.instance_id
+
+        def with_health(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == health_path:
+                body = json.dumps({"status": "ok", "instance": instance_id}).encode()
+                start_response("200 OK", [("Content-Type", "application/json")])
+                return [body]
+            return wsgi_app(environ, start_response)
+
+        server = make_server(
+            self.host, self.port, with_health, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+
+        def stop_when_told() -> None:
+            self.stopping.wait()
+            server.shutdown()
+
+        stopper = threading.Thread(target=stop_when_told, name="aiot-app-http-stop", daemon=True)
+        stopper.start()
+        self.log.info("serving on http://%s:%d", self.host, self.port)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.server_close()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.devices.close()
+        self.models.close()
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def load_manifest(bundle: Path) -> AppManifest:
+    """The manifest of the app in ``bundle``; ``BadRequest`` naming the file and the field."""
+    path = bundle / APP_MANIFEST
+    try:
+        return AppManifest.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise BadRequest(f"{path}: cannot read it: {exc.strerror}") from exc
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(document)"
+        raise BadRequest(f"{path}: {where}: {error['msg']}") from exc
+
+
+def _entrypoint(bundle: Path, manifest: AppManifest) -> Callable[[App], Any]:
+    sys.path.insert(0, str(bundle))
+    module = importlib.import_module(manifest.entry_module)
+    function = getattr(module, manifest.entry_attribute, None)
+    if not callable(function):
+        raise BadRequest(f"{manifest.entrypoint}: the module has no function {manifest.entry_attribute!r}")
+    return function  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    settings = get_settings()
+    bundle = (settings.bundle_dir or Path.cwd()).resolve()
+    manifest, config = load_manifest(bundle), settings.app.instance
+    if config is None:
+        raise SystemExit("an app instance needs its config: AIOT_APP__INSTANCE is set by the deployer")
+    runtime = PlatformRuntime(settings)
+    runtime.start()
+    app = App(manifest, config, runtime, ModelClient.from_settings(settings))
+    signal.signal(signal.SIGTERM, lambda *_: app.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: app.stopping.set())
+    try:
+        log.info(
+            "app %s %s: instance %s at %s",
+            manifest.name,
+            manifest.version,
+            config.instance_id,
+            config.location,
+        )
+        _entrypoint(bundle, manifest)(app)
+    except Exception:
+        log.exception("app %s instance %s failed", manifest.name, config.instance_id)
+        raise SystemExit(1) from None
+    finally:
+        app.close()
+        runtime.stop()
+
+
+if __name__ == "__main__":
+    main()
