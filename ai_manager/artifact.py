@@ -11,116 +11,49 @@ A model zip is accepted when, in order:
 5. every image file the example names is in the zip.
 
 Every failure is a ``ValidationFailed`` whose message names the zip, the file and the
-field, and whose ``details`` list every problem as ``{"file", "field", "reason"}``.
+field, and whose ``details`` list every problem as ``{"file", "field", "reason"}``. The steps
+model and app zips share (safe archive, manifest, entrypoint, requirements) are
+``platform_core.manifests``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import ValidationError
-
-from platform_core.archive import Archive, ArchiveLimits, pack_directory
+from platform_core.archive import ArchiveLimits
+from platform_core.manifests import (
+    Problem,
+    Validated,
+    entrypoint_problems,
+    module_present,
+    pack_folder,
+    problem,
+    requirement_problems,
+    validate_artifact,
+)
 from platform_sdk.artifacts import BUILTIN_STEPS, MODEL_MANIFEST, ModelManifest
-from platform_sdk.errors import ValidationFailed
+
+ValidatedModel = Validated[ModelManifest]
 
 
-@dataclass(frozen=True)
-class ValidatedModel:
-    manifest: ModelManifest
-    data: bytes
-    sha256: str
-    files: list[str]
-
-
-def _problem(file: str, field: str | None, reason: str) -> dict[str, Any]:
-    return {"file": file, "field": field, "reason": reason}
-
-
-def _fail(label: str, problems: list[dict[str, Any]]) -> ValidationFailed:
-    first = problems[0]
-    where = first["file"] + (f" field {first['field']}" if first["field"] else "")
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return ValidationFailed(f"{label}: {where}: {first['reason']}{more}", details=problems)
-
-
-def _module_present(module: str, names: set[str]) -> bool:
-    path = module.replace(".", "/")
-    return f"{path}.py" in names or f"{path}/__init__.py" in names
-
-
-def read_manifest(archive: Archive, label: str) -> ModelManifest:
-    names = archive.names()
-    if MODEL_MANIFEST not in names:
-        nested = sorted(name for name in names if name.endswith("/" + MODEL_MANIFEST))
-        hint = (
-            f"; found {nested[0]}: zip the folder's contents, not the folder (`aiot model pack DIR`)"
-            if nested
-            else ""
-        )
-        raise _fail(label, [_problem(MODEL_MANIFEST, None, f"missing at the top level of the zip{hint}")])
-    raw = archive.read(MODEL_MANIFEST)
-    try:
-        document = json.loads(raw.decode("utf-8-sig"))  # a BOM is how some editors save UTF-8
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = (
-            f"line {exc.lineno} column {exc.colno}: {exc.msg}"
-            if isinstance(exc, json.JSONDecodeError)
-            else str(exc)
-        )
-        raise _fail(label, [_problem(MODEL_MANIFEST, None, f"is not valid JSON ({where})")]) from exc
-    try:
-        return ModelManifest.model_validate(document)
-    except ValidationError as exc:
-        problems = [
-            _problem(
-                MODEL_MANIFEST,
-                ".".join(str(part) for part in error["loc"]) or "(document)",
-                error["msg"],
-            )
-            for error in exc.errors(include_url=False, include_input=False)
-        ]
-        raise _fail(label, problems) from exc
-
-
-def check_contents(manifest: ModelManifest, names: set[str]) -> list[dict[str, Any]]:
+def check_contents(manifest: ModelManifest, names: set[str]) -> list[Problem]:
     """What the manifest names but the zip lacks, and requirements pip would refuse."""
-    problems: list[dict[str, Any]] = []
-    if not _module_present(manifest.entry_module, names):
-        problems.append(
-            _problem(
-                MODEL_MANIFEST,
-                "entrypoint",
-                f"module {manifest.entry_module!r} is not in the zip "
-                f"(expected {manifest.entry_module.replace('.', '/')}.py)",
-            )
-        )
+    problems = entrypoint_problems(MODEL_MANIFEST, manifest.entry_module, names)
     for index, endpoint in enumerate(manifest.endpoints):
         for kind in ("preprocess", "postprocess"):
             for step in getattr(endpoint, kind):
                 if step in BUILTIN_STEPS:
                     continue
                 module = step.split(":", 1)[0]
-                if not _module_present(module, names):
+                if not module_present(module, names):
                     problems.append(
-                        _problem(
+                        problem(
                             MODEL_MANIFEST,
                             f"endpoints.{index}.{kind}",
                             f"module {module!r} is not in the zip",
                         )
                     )
-    for index, line in enumerate(manifest.requirements):
-        try:
-            Requirement(line)
-        except InvalidRequirement as exc:
-            problems.append(
-                _problem(MODEL_MANIFEST, f"requirements.{index}", f"{line!r} is not a pip requirement: {exc}")
-            )
+    problems += requirement_problems(MODEL_MANIFEST, manifest.requirements)
     example = manifest.example
     if example is not None:
         example_endpoint = manifest.endpoint(example.endpoint)
@@ -130,7 +63,7 @@ def check_contents(manifest: ModelManifest, names: set[str]) -> list[dict[str, A
                 not isinstance(value, str) or value not in names
             ):
                 problems.append(
-                    _problem(
+                    problem(
                         MODEL_MANIFEST, f"example.input.{name}", f"image file {value!r} is not in the zip"
                     )
                 )
@@ -139,20 +72,17 @@ def check_contents(manifest: ModelManifest, names: set[str]) -> list[dict[str, A
 
 def validate_model_zip(data: bytes, *, label: str, limits: ArchiveLimits | None = None) -> ValidatedModel:
     """``data`` as an accepted model artifact, or ``ValidationFailed`` naming file, field and reason."""
-    with Archive.open(data, label=label, limits=limits) as archive:
-        manifest = read_manifest(archive, label)
-        names = archive.names()
-        problems = check_contents(manifest, names)
-        if problems:
-            raise _fail(label, problems)
-        return ValidatedModel(manifest, data, hashlib.sha256(data).hexdigest(), sorted(names))
+    return validate_artifact(
+        data,
+        label=label,
+        limits=limits,
+        file=MODEL_MANIFEST,
+        manifest_type=ModelManifest,
+        pack_command="aiot model pack DIR",
+        check=check_contents,
+    )
 
 
 def pack_model(folder: Path) -> ValidatedModel:
     """Zip a model folder and validate the result as the AI manager will."""
-    if not (folder / MODEL_MANIFEST).is_file():
-        raise ValidationFailed(
-            f"{folder}: no {MODEL_MANIFEST} in it; a model folder holds model.json beside its code",
-            details=[_problem(MODEL_MANIFEST, None, "missing")],
-        )
-    return validate_model_zip(pack_directory(folder), label=str(folder))
+    return validate_model_zip(pack_folder(folder, MODEL_MANIFEST, "model"), label=str(folder))

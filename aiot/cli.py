@@ -27,6 +27,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from aiot.app_commands import app_app
 from aiot.client import (
     Credentials,
     PlatformClient,
@@ -37,6 +38,7 @@ from aiot.client import (
 from aiot.device_commands import device_app, location_app, register_sample_devices
 from aiot.model_commands import deploy_examples, model_app
 from aiot.output import JsonOption, out, print_json
+from aiot.schedule_commands import instance_app, mail_app, schedule_app
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
 from platform_sdk.runstate import kafka_address, read_run_state
@@ -59,6 +61,10 @@ app.add_typer(user_app, name="user")
 app.add_typer(model_app, name="model")
 app.add_typer(device_app, name="device")
 app.add_typer(location_app, name="location")
+app.add_typer(app_app, name="app")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(instance_app, name="instance")
+app.add_typer(mail_app, name="mail")
 
 
 @dataclass

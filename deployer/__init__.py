@@ -11,4 +11,10 @@ requirements, resources and an ``http`` port) placed by the node manager on the
 least-loaded node, a different one per replica where possible ──▶ ``/health`` ──▶ the
 manifest's example as a smoke test ──▶ ``deployed`` on ``<prefix>.events.deployments``.
 See ``deployer/service.py``.
+
+Apps (``deployer/apps.py``, table ``app_instances``): ``DeployApp`` from the scheduler ──▶
+the device manager binds the app's device aliases at the location ──▶ model aliases checked
+deployed ──▶ ``python -m platform_sdk.app`` in the app's zip, placed on the least-loaded node
+──▶ its health path ──▶ ``running`` with its address on ``<prefix>.events.app-instances``
+(the scheduler mails the end user); ``StopInstance`` at the window's end.
 """

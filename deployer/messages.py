@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from platform_sdk.artifacts import ModelManifest
+from platform_sdk.artifacts import AppManifest, ModelManifest
 from platform_sdk.envelope import Message
 
 DeploymentStatus = Literal["queued", "deploying", "deployed", "failed", "undeploying", "undeployed"]
@@ -76,4 +76,81 @@ class DeploymentEvent(Message):
     model_id: str
     version: str
     status: DeploymentStatus
+    detail: str = ""
+
+
+# apps ----------------------------------------------------------------------------------------
+InstanceStatus = Literal["queued", "starting", "running", "failed", "stopping", "stopped"]
+
+
+class DeployApp(Message):
+    """Start one app instance at a location. Redelivery (same ``instance_id``) starts nothing twice."""
+
+    message_type = "deployer.deploy-app"
+    instance_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,55}$")
+    app_id: str
+    version: str
+    artifact_key: str
+    artifact_sha256: str
+    manifest: AppManifest
+    location: str
+    owner: str
+    email: str | None = None
+    schedule_id: str | None = None
+    stop_at: datetime | None = Field(default=None, description="When the scheduler will stop it.")
+
+
+class StopInstance(Message):
+    """Stop an app instance (its window ended, or on request) and release its device binding."""
+
+    message_type = "deployer.stop-instance"
+    instance_id: str
+    reason: str = "stopped on request"
+
+
+class ListInstances(Message):
+    message_type = "deployer.list-instances"
+    owner: str | None = None
+    schedule_id: str | None = None
+    instance_id: str | None = None
+
+
+class InstanceInfo(BaseModel):
+    instance_id: str
+    app_id: str
+    app: str
+    version: str
+    location: str
+    schedule_id: str | None = None
+    owner: str
+    status: InstanceStatus
+    error: str | None = None
+    node_id: str = ""
+    url: str = ""
+    devices: dict[str, str] = Field(default_factory=dict, description="Alias → bound device.")
+    stages: list[Stage] = Field(default_factory=list)
+    stop_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Instances(Message):
+    message_type = "deployer.instances"
+    instances: list[InstanceInfo]
+
+
+class InstanceEvent(Message):
+    """An app instance reached a status (published on ``events.app-instances``); mails follow from it."""
+
+    message_type = "deployer.instance"
+    instance_id: str
+    app: str
+    version: str
+    location: str
+    owner: str
+    email: str | None = None
+    status: InstanceStatus
+    url: str = ""
+    node_id: str = ""
+    stop_at: datetime | None = None
     detail: str = ""

@@ -1,8 +1,9 @@
-"""The deployer's table: one row per deployment (a model version), its stages and its replicas."""
+"""The deployer's tables: deployments of model versions, and app instances; each records its stages."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -52,3 +53,11 @@ class AppInstanceRow(Base):
     stop_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def add_stage(row: DeploymentRow | AppInstanceRow, stage: str, detail: str = "") -> None:
+    now = datetime.now(UTC)
+    stages = json.loads(row.stages or "[]")
+    stages.append({"stage": stage, "at": now.isoformat(), "detail": detail})
+    row.stages = json.dumps(stages)
+    row.updated_at = now

@@ -1,6 +1,7 @@
 """The deployer as a platform service: deploy requests in, running and checked replicas out.
 
     <prefix>.commands.deployer (group "deployer")
+        DeployApp, StopInstance, ListInstances ──▶ app instances (``deployer.apps``)
         DeployModel    ──▶ record "queued" (a redelivered request finds its row: nothing twice)
                        ──▶ deploy worker: fetch the artifact ──▶ build the bundle ──▶ for each replica
                            PlaceService to the node manager (a different node where there is one)
@@ -10,7 +11,7 @@
         ListDeployments ──▶ deployments with their stages                     (request/reply)
     <prefix>.events.deployments ◀── DeploymentEvent when a deployment is deployed, failed or undeployed
 
-It owns the ``deployments`` table and the ``bundles/`` prefix of the blob store. Every
+It owns the ``deployments`` and ``app_instances`` tables and the ``bundles/`` prefix of the blob store. Every
 stage is recorded as it starts, so ``aiot model show`` follows a deploy; a deployer that
 restarts resumes the deployments it had queued or begun.
 """
@@ -24,22 +25,25 @@ import json
 import logging
 import time
 import zipfile
-from datetime import UTC, datetime
 from typing import Any
 
 import requests
 import sqlalchemy as sa
 
+from deployer.apps import AppInstances
 from deployer.messages import (
+    DeployApp,
     DeploymentEvent,
     DeploymentInfo,
     Deployments,
     DeployModel,
     ListDeployments,
+    ListInstances,
     Replica,
+    StopInstance,
     UndeployModel,
 )
-from deployer.models import DeploymentRow
+from deployer.models import DeploymentRow, add_stage
 from platform_core.archive import Archive
 from platform_core.blobstore import BlobStore, blob_store_from_settings
 from platform_core.db import Database
@@ -87,21 +91,27 @@ class DeployerService(Service):
         self.own(self.database)
         self.database.migrate()
         self.blobs: BlobStore = blob_store_from_settings(self.settings)
-        bus.ensure_topics([bus.topics.deployer, bus.topics.deployments])
+        bus.ensure_topics([bus.topics.deployer, bus.topics.deployments, bus.topics.app_instances])
         self.producer: Producer = bus.producer()
         self.requester = Requester(bus)
         self.requester.start()
         self.own(self.requester)
-        self.worker: QueueWorker[DeployModel] = QueueWorker("deploy", self.deploy)
+        self.apps = AppInstances(self)
+        self.worker: QueueWorker[DeployModel | DeployApp] = QueueWorker("deploy", self.deploy)
         self.worker.start()
         self.own(self.worker)
-        for request in self._unfinished():
-            self.worker.put(request)
+        for model_request in self._unfinished():
+            self.worker.put(model_request)
+        for app_request in self.apps.unfinished():
+            self.worker.put(app_request)
         commands = ConsumerLoop(bus, [bus.topics.deployer], group="deployer", name=self.service_id)
         commands.add_handler(DeployModel, self.on_deploy)
         commands.add_handler(UndeployModel, self.on_undeploy)
         commands.add_handler(ResolveModel, self.on_resolve)
         commands.add_handler(ListDeployments, self.on_list)
+        commands.add_handler(DeployApp, self.apps.on_deploy)
+        commands.add_handler(StopInstance, self.apps.on_stop)
+        commands.add_handler(ListInstances, self.apps.on_list)
         commands.start()
         self.own(commands)
 
@@ -119,7 +129,7 @@ class DeployerService(Service):
             row.name, row.version = request.manifest.name, request.version
             row.status, row.error, row.stages, row.replicas = "queued", None, "[]", "[]"
             row.request = request.model_dump_json()
-            _add_stage(row, "queued")
+            add_stage(row, "queued")
         self.worker.put(request)
 
     def on_undeploy(self, request: UndeployModel, _envelope: Envelope) -> Deployments:
@@ -144,6 +154,10 @@ class DeployerService(Service):
             return Deployments(deployments=[_info(row) for row in session.scalars(query)])
 
     def on_resolve(self, request: ResolveModel, _envelope: Envelope) -> ModelReplicas:
+        return self.resolve(request)
+
+    def resolve(self, request: ResolveModel) -> ModelReplicas:
+        """The live replicas of the model version asked for (the latest deployed when none is)."""
         with self.database.session() as session:
             query = sa.select(DeploymentRow).where(
                 DeploymentRow.status == "deployed",
@@ -173,7 +187,10 @@ class DeployerService(Service):
         )
 
     # deploying ----------------------------------------------------------------------------
-    def deploy(self, request: DeployModel) -> None:
+    def deploy(self, request: DeployModel | DeployApp) -> None:
+        if isinstance(request, DeployApp):
+            self.apps.deploy(request)
+            return
         deployment_id = deployment_id_for(request.model_id, request.version)
         try:
             self._deploy(deployment_id, request)
@@ -208,14 +225,14 @@ class DeployerService(Service):
                 env={"AIOT_MODEL__ID": request.model_id, "AIOT_MODEL__VERSION": request.version},
             )
             self._stage(deployment_id, "placing", f"replica {index}")
-            placement = self._place(spec, avoid=[replica.node_id for replica in replicas])
-            replica = Replica(service_id=spec.service_id, node_id=placement.node_id, url=_url(placement))
+            placement = self.place(spec, avoid=[replica.node_id for replica in replicas])
+            replica = Replica(service_id=spec.service_id, node_id=placement.node_id, url=placement.http_url)
             replicas.append(replica)
             self._record_replicas(deployment_id, replicas)
             self._stage(
                 deployment_id, "health", f"{replica.service_id} on {replica.node_id} at {replica.url}"
             )
-            self._wait_healthy(replica)
+            self.wait_healthy(replica.service_id, f"{replica.url}/health")
         if manifest.example is not None:
             self._stage(deployment_id, "smoke-test", f"example on {manifest.example.endpoint}")
             self._smoke_test(replicas[0].url, manifest, Archive.open(artifact, label=request.artifact_key))
@@ -254,7 +271,7 @@ class DeployerService(Service):
                 row.bundle_key, row.bundle_sha256 = key, sha256
         return BundleRef(key=key, sha256=sha256)
 
-    def _place(self, spec: ServiceSpec, avoid: list[str]) -> Placement:
+    def place(self, spec: ServiceSpec, avoid: list[str]) -> Placement:
         topic = node_manager_topic(self.sdk.bus.topics)
         try:
             return self.requester.request(
@@ -266,31 +283,40 @@ class DeployerService(Service):
             # Fewer nodes than replicas: share a node rather than not serve.
             return self.requester.request(topic, PlaceService(spec=spec), Placement, PLACE_TIMEOUT_S)
 
-    def _wait_healthy(self, replica: Replica) -> None:
+    def wait_healthy(self, service_id: str, health_url: str | None) -> None:
+        """Until ``health_url`` answers 200 (or, without one, the service runs); fails on a crash loop."""
         deadline = time.monotonic() + self.settings.deployer.health_timeout_s
         next_check = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{replica.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() >= next_check:
+            if health_url is not None:
+                try:
+                    if requests.get(health_url, timeout=2).status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+            if time.monotonic() >= next_check or health_url is None:
                 next_check = time.monotonic() + 2.0
-                placement = self._locate(replica.service_id)
+                placement = self.locate(service_id)
+                running = (
+                    placement is not None
+                    and placement.state is not None
+                    and placement.state.state == "running"
+                )
+                if health_url is None and running:
+                    return
                 if (
                     placement is not None
                     and placement.state is not None
                     and _crash_looping(placement.state, self.settings.monitor.crash_loop_limit)
                 ):
                     raise PlatformError(
-                        f"replica {replica.service_id} crashed {placement.state.restarts + 1} times while "
-                        f"starting; see `aiot logs {replica.service_id}`"
+                        f"{service_id} crashed {placement.state.restarts + 1} times while "
+                        f"starting; see `aiot logs {service_id}`"
                     )
             time.sleep(0.2)
         raise PlatformError(
-            f"replica {replica.service_id} did not answer /health within "
-            f"{self.settings.deployer.health_timeout_s:.0f}s; see `aiot logs {replica.service_id}`"
+            f"{service_id} did not answer {health_url or 'as running'} within "
+            f"{self.settings.deployer.health_timeout_s:.0f}s; see `aiot logs {service_id}`"
         )
 
     def _smoke_test(self, url: str, manifest: ModelManifest, archive: Archive) -> None:
@@ -322,7 +348,7 @@ class DeployerService(Service):
             raise PlatformError(f"smoke test: the example's output differs: {'; '.join(mismatches)}")
 
     # records ------------------------------------------------------------------------------
-    def _locate(self, service_id: str) -> Placement | None:
+    def locate(self, service_id: str) -> Placement | None:
         try:
             return self.requester.request(
                 node_manager_topic(self.sdk.bus.topics), LocateService(service_id=service_id), Placement, 10
@@ -331,31 +357,32 @@ class DeployerService(Service):
             return None
 
     def _replica_url(self, service_id: str) -> str | None:
-        placement = self._locate(service_id)
+        placement = self.locate(service_id)
         if (
             placement is None
             or placement.state is None
             or placement.state.state not in ("starting", "running")
         ):
             return None
-        return _url(placement) or None
+        return placement.http_url or None
 
     def _stop_replicas(self, deployment_id: str) -> None:
         with self.database.session() as session:
             row = session.get(DeploymentRow, deployment_id)
             replicas = [Replica.model_validate(item) for item in json.loads(row.replicas)] if row else []
         for replica in replicas:
-            try:
-                self.requester.request(
-                    node_manager_topic(self.sdk.bus.topics),
-                    UnplaceService(service_id=replica.service_id),
-                    Placement,
-                    60,
-                )
-            except NotFound:
-                pass
-            except PlatformError as exc:
-                log.warning("stopping %s: %s", replica.service_id, exc)
+            self.unplace(replica.service_id)
+
+    def unplace(self, service_id: str) -> None:
+        """Stop a placed service wherever it runs; one that is not placed is already stopped."""
+        try:
+            self.requester.request(
+                node_manager_topic(self.sdk.bus.topics), UnplaceService(service_id=service_id), Placement, 60
+            )
+        except NotFound:
+            pass
+        except PlatformError as exc:
+            log.warning("stopping %s: %s", service_id, exc)
 
     def _record_replicas(self, deployment_id: str, replicas: list[Replica]) -> None:
         with self.database.session() as session:
@@ -368,7 +395,7 @@ class DeployerService(Service):
         with self.database.session() as session:
             row = session.get(DeploymentRow, deployment_id)
             if row is not None:
-                _add_stage(row, stage, detail)
+                add_stage(row, stage, detail)
                 if status:
                     row.status = status
 
@@ -379,7 +406,7 @@ class DeployerService(Service):
                 return
             row.status = status
             row.error = detail if status == "failed" else None
-            _add_stage(row, status, detail)
+            add_stage(row, status, detail)
             event = DeploymentEvent(
                 deployment_id=deployment_id,
                 model_id=row.model_id,
@@ -400,14 +427,6 @@ class DeployerService(Service):
                 sa.select(DeploymentRow).where(DeploymentRow.status.in_(("queued", "deploying")))
             )
             return [DeployModel.model_validate_json(row.request) for row in rows]
-
-
-def _add_stage(row: DeploymentRow, stage: str, detail: str = "") -> None:
-    now = datetime.now(UTC)
-    stages = json.loads(row.stages or "[]")
-    stages.append({"stage": stage, "at": now.isoformat(), "detail": detail})
-    row.stages = json.dumps(stages)
-    row.updated_at = now
 
 
 def _info(row: DeploymentRow) -> DeploymentInfo:
@@ -431,11 +450,6 @@ def _info(row: DeploymentRow) -> DeploymentInfo:
 def _crash_looping(state: ServiceState, limit: int) -> bool:
     """The heartbeat monitor gave up on it (it restarts a crash ``limit - 1`` times), or it failed."""
     return state.state == "failed" or (state.state in ("exited", "stopped") and state.restarts >= limit - 1)
-
-
-def _url(placement: Placement) -> str:
-    port = placement.state.ports.get("http") if placement.state else None
-    return f"http://{placement.host or '127.0.0.1'}:{port}" if port else ""
 
 
 def _mismatches(expected: dict[str, Any], actual: dict[str, Any], tolerance: float) -> list[str]:

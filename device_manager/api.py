@@ -37,14 +37,13 @@ log = logging.getLogger(__name__)
 blueprint = flask.Blueprint("devices", __name__, url_prefix="/api/devices")
 WRITERS = (Role.PLATFORM_CONFIGURER,)
 READERS = (Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.END_USER)
-SERVICE = "device-manager"
 
 
 def notify_device_change(action: Literal["added", "removed"], device_name: str) -> None:
     """Tell the device-manager service a device was added or removed; ``Unavailable`` without a bus."""
     requester = resources().bus_requester()
     requester.send(
-        requester.bus.topics.commands(SERVICE),
+        requester.bus.topics.device_manager,
         DeviceChanged(action=action, device=device_name),
         key=device_name,
     )

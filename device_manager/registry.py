@@ -393,21 +393,12 @@ def _delete_names(session: Session, table: type[Base], column: Any, names: Itera
 # --- bindings -----------------------------------------------------------------------------------
 
 
-def bind(
-    session: Session, app_instance_id: str, needs: Mapping[str, tuple[str, int]], location: str
-) -> dict[str, list[str]]:
-    """Bind, for each alias, ``count`` devices of its type at ``location`` to the app instance.
-
-    ``needs`` maps an alias to (device type, count). Devices are picked by name, the same
-    ones for every app instance (a device serves any number of them). The app instance's
-    earlier bindings are replaced. ``ValidationFailed`` naming the type and the location
-    when the location lacks enough devices of a type (or is unknown); nothing is bound then.
-    """
-    subject = f"app instance {app_instance_id!r}"
+def _choose(
+    session: Session, subject: str, needs: Mapping[str, tuple[str, int]], location: str
+) -> tuple[dict[str, list[str]], list[tuple[str, Problem]]]:
+    """The devices each alias would get at ``location``, and what the location lacks."""
     if session.get(LocationRow, location) is None:
-        _refuse(
-            ValidationFailed, [(subject, {"field": "location", "reason": f"unknown location {location!r}"})]
-        )
+        return {}, [(subject, {"field": "location", "reason": f"unknown location {location!r}"})]
     chosen: dict[str, list[str]] = {}
     problems: list[tuple[str, Problem]] = []
     for alias, (type_name, count) in needs.items():
@@ -426,6 +417,25 @@ def bind(
             )
             problems.append((subject, {"field": field, "reason": reason}))
         chosen[alias] = found[:count]
+    return chosen, problems
+
+
+def need_problems(session: Session, needs: Mapping[str, tuple[str, int]], location: str) -> list[Problem]:
+    """What ``location`` lacks for ``needs`` (alias → (device type, count)); empty when it has it all."""
+    return [problem for _, problem in _choose(session, "app", needs, location)[1]]
+
+
+def bind(
+    session: Session, app_instance_id: str, needs: Mapping[str, tuple[str, int]], location: str
+) -> dict[str, list[str]]:
+    """Bind, for each alias, ``count`` devices of its type at ``location`` to the app instance.
+
+    ``needs`` maps an alias to (device type, count). Devices are picked by name, the same
+    ones for every app instance (a device serves any number of them). The app instance's
+    earlier bindings are replaced. ``ValidationFailed`` naming the type and the location
+    when the location lacks enough devices of a type (or is unknown); nothing is bound then.
+    """
+    chosen, problems = _choose(session, f"app instance {app_instance_id!r}", needs, location)
     _refuse(ValidationFailed, problems)
     unbind(session, app_instance_id)
     session.add_all(

@@ -3,6 +3,9 @@
     <prefix>.commands.device-manager (group "device-manager")
         DeviceChanged(added)   ──▶ a simulated device: PlaceService(sim-<device>) on the least-loaded node
         DeviceChanged(removed) ──▶ UnplaceService(sim-<device>)
+        BindDevices            ──▶ the app instance's aliases bound to devices at its location
+                                   ──▶ DeviceBindings (request/reply; the deployer asks)
+        UnbindDevices          ──▶ its bindings released ──▶ Unbound
     on start ──▶ every registered simulated device is placed (placing a running one changes nothing)
     every device's data and state topics (group "device-manager.state")
         ──▶ the latest reading / state per device in memory ──▶ device_states, once a second
@@ -21,13 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from device_manager import registry
-from device_manager.messages import DeviceChanged
+from device_manager.messages import BindDevices, DeviceBindings, DeviceChanged, UnbindDevices, Unbound
 from device_manager.models import DeviceRow, DeviceTypeRow
 from platform_core.db import Database
 from platform_core.nodes import Placement, PlaceService, ServiceSpec, UnplaceService, node_manager_topic
 from platform_core.service import PeriodicTask, Service
 from platform_sdk.bus import ConsumerLoop, Requester
-from platform_sdk.device_documents import DeviceInstance, DeviceType
+from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType
 from platform_sdk.device_messages import DeviceState, Frame, Reading
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError
@@ -79,9 +82,11 @@ class DeviceManagerService(Service):
         flusher.start()
         self.own(flusher)
         commands = ConsumerLoop(
-            bus, [bus.topics.commands("device-manager")], group="device-manager", name=self.service_id
+            bus, [bus.topics.device_manager], group="device-manager", name=self.service_id
         )
         commands.add_handler(DeviceChanged, self.on_change)
+        commands.add_handler(BindDevices, self.on_bind)
+        commands.add_handler(UnbindDevices, self.on_unbind)
         commands.start()
         self.own(commands)
         if self.settings.device.mqtt_url:
@@ -118,6 +123,30 @@ class DeviceManagerService(Service):
             except NotFound:
                 pass  # a real device, or one whose simulator never started
         self._watch_states()
+
+    def on_bind(self, request: BindDevices, _envelope: Envelope) -> DeviceBindings:
+        needs = {alias: (need.type, need.count) for alias, need in request.needs.items()}
+        with self.database.session() as session:
+            chosen = registry.bind(session, request.app_instance_id, needs, request.location)
+            timezone = registry.read_location(session, request.location).timezone
+            types = {
+                name: DeviceType.model_validate_json(registry.read_type(session, name).document)
+                for name in {need.type for need in request.needs.values()}
+            }
+        log.info("bound %s at %s: %s", request.app_instance_id, request.location, chosen)
+        return DeviceBindings(
+            app_instance_id=request.app_instance_id,
+            timezone=timezone,
+            bindings={
+                alias: [Binding(device_id=name, type=types[request.needs[alias].type]) for name in names]
+                for alias, names in chosen.items()
+            },
+        )
+
+    def on_unbind(self, request: UnbindDevices, _envelope: Envelope) -> Unbound:
+        with self.database.session() as session:
+            released = registry.unbind(session, request.app_instance_id)
+        return Unbound(app_instance_id=request.app_instance_id, released=released)
 
     def _simulated_devices(self) -> list[str]:
         with self.database.session() as session:

@@ -180,6 +180,12 @@ class Placement(Message):
     spec: ServiceSpec
     state: ServiceState | None = None
 
+    @property
+    def http_url(self) -> str:
+        """``http://host:port`` of the service's ``http`` port; empty when it has none (yet)."""
+        port = self.state.ports.get("http") if self.state else None
+        return f"http://{self.host or '127.0.0.1'}:{port}" if port else ""
+
 
 def agent_topic(topics: Topics, node_id: str) -> str:
     return topics.commands(f"agent.{node_id}")

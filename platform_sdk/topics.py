@@ -56,6 +56,21 @@ class Topics:
         """Deployments reaching a status (deployed, failed, undeployed)."""
         return self.events("deployments")
 
+    @property
+    def app_instances(self) -> str:
+        """App instances reaching a status (running, failed, stopped); the scheduler mails from them."""
+        return self.events("app-instances")
+
+    @property
+    def scheduler(self) -> str:
+        """Schedule changes for the scheduler service (created, paused, resumed, cancelled)."""
+        return self.commands("scheduler")
+
+    @property
+    def device_manager(self) -> str:
+        """Device changes and binding requests for the device manager."""
+        return self.commands("device-manager")
+
     def device_data(self, device_id: str) -> str:
         """Readings (or camera frames) of one sensor instance."""
         return f"{self.prefix}.devices.{_safe(device_id)}.data"

@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.fixtures.azurite",
     "tests.fixtures.docker",
     "tests.fixtures.mqtt",
+    "tests.fixtures.smtp",
 ]
 
 # Threads that libraries start once per process and keep (not ours to stop).

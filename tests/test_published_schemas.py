@@ -7,16 +7,19 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from platform_sdk.artifacts import ModelManifest, json_schema_document
+from platform_sdk.artifacts import AppManifest, ModelManifest, json_schema_document
 from platform_sdk.device_documents import DeviceBundle, DeviceInstance, DeviceType, Location
+from scheduler.timetable import ScheduleSpec
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 PUBLISHED: dict[str, tuple[type[BaseModel], str]] = {
     "model": (ModelManifest, "aiot model schema"),
+    "app": (AppManifest, "aiot app schema"),
     "device-type": (DeviceType, "aiot device schema device-type"),
     "location": (Location, "aiot device schema location"),
     "device": (DeviceInstance, "aiot device schema device"),
     "device-bundle": (DeviceBundle, "aiot device schema device-bundle"),
+    "schedule": (ScheduleSpec, "aiot schedule schema"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flask
 
 from ai_manager.api import blueprint as models_blueprint
+from app_manager.api import blueprint as apps_blueprint
 from device_manager.api import blueprint as devices_blueprint
 from logger.api import blueprint as logs_blueprint
 from platform_core.blobstore import blob_store_from_settings
@@ -12,10 +13,18 @@ from platform_core.db import Database
 from platform_core.http import Resources, create_app
 from platform_sdk.bus import Requester
 from platform_sdk.settings import Settings
+from scheduler.api import blueprint as schedules_blueprint
 from web.identity import database_authenticator
 from web.identity_api import blueprint as identity_blueprint
 
-BLUEPRINTS = (identity_blueprint, logs_blueprint, models_blueprint, devices_blueprint)
+BLUEPRINTS = (
+    identity_blueprint,
+    logs_blueprint,
+    models_blueprint,
+    devices_blueprint,
+    apps_blueprint,
+    schedules_blueprint,
+)
 
 
 def build_front_door(

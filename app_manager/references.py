@@ -1,0 +1,69 @@
+"""What an uploaded ``app.json`` names, checked against the registry (upload only).
+
+``validate_app_zip`` (``app_manager.artifact``) needs nothing but the zip; these checks
+need the database, so they run in the upload's session, before anything is written:
+
+* every model alias names a registered model (``models.<alias>.model``), its pinned version
+  exists (``models.<alias>.version``), and that version — or, unpinned, the model's latest —
+  has each endpoint the app calls (``models.<alias>.endpoints.<i>``);
+* every device alias names a registered device type (``devices.<alias>.type``).
+
+Problems are ``{"file": "app.json", "field", "reason"}`` like the zip's own.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from ai_manager import registry as models
+from deployer.service import version_key
+from device_manager.models import DeviceTypeRow
+from platform_core.manifests import Problem, fail, problem
+from platform_sdk.artifacts import APP_MANIFEST, AppManifest, ModelManifest, ModelUse
+
+
+def model_problems(session: Session, alias: str, use: ModelUse) -> list[Problem]:
+    """What the registry lacks of the model behind ``models.<alias>``: the model, the version, endpoints."""
+    field = f"models.{alias}"
+    row = models.find_model_by_name(session, use.model)
+    if row is None:
+        reason = f"unknown model {use.model!r}; see `aiot model list`"
+        return [problem(APP_MANIFEST, f"{field}.model", reason)]
+    versions = {version.version: version for version in models.list_versions(session, row.model_id)}
+    if use.version is not None and use.version not in versions:
+        known = ", ".join(versions) or "none"
+        reason = f"model {use.model!r} has no version {use.version!r} (it has: {known})"
+        return [problem(APP_MANIFEST, f"{field}.version", reason)]
+    if not versions:  # a model is registered with its first version; be safe anyway
+        return []
+    chosen = versions[use.version or max(versions, key=version_key)]
+    endpoints = [endpoint.name for endpoint in ModelManifest.model_validate_json(chosen.manifest).endpoints]
+    subject = f"model {use.model!r}" + (f" version {use.version}" if use.version is not None else "")
+    return [
+        problem(
+            APP_MANIFEST,
+            f"{field}.endpoints.{index}",
+            f"{subject} has no endpoint {endpoint!r} (it has: {', '.join(endpoints)})",
+        )
+        for index, endpoint in enumerate(use.endpoints)
+        if endpoint not in endpoints
+    ]
+
+
+def reference_problems(session: Session, manifest: AppManifest) -> list[Problem]:
+    """What ``app.json`` names that the registry lacks: models, their versions and endpoints, device types."""
+    problems: list[Problem] = []
+    for alias, use in manifest.models.items():
+        problems += model_problems(session, alias, use)
+    for alias, need in manifest.devices.items():
+        if session.get(DeviceTypeRow, need.type) is None:
+            reason = f"unknown device type {need.type!r}; see `aiot device type list`"
+            problems.append(problem(APP_MANIFEST, f"devices.{alias}.type", reason))
+    return problems
+
+
+def check_references(session: Session, manifest: AppManifest, *, label: str) -> None:
+    """``ValidationFailed`` naming every model, version, endpoint and device type the registry lacks."""
+    problems = reference_problems(session, manifest)
+    if problems:
+        raise fail(label, problems)

@@ -1,0 +1,5 @@
+"""``python -m scheduler``."""
+
+from scheduler.service import main
+
+main()

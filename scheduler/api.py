@@ -1,0 +1,292 @@
+"""``/api/schedules``, ``/api/instances`` and ``/api/mails`` (mounted on the front door).
+
+End users schedule apps at locations and see their own schedules, instances and mails;
+platform configurers see and manage everyone's. Creating a schedule is checked in the
+request — the app and its version exist, the location exists and has the device types
+the app needs, the times are valid and not all past — then stored and handed to the
+scheduler service over Kafka; a schedule the scheduler cannot be told about is not kept.
+Instances belong to the deployer: these routes ask it over Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import flask
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from app_manager import registry as apps
+from deployer.messages import InstanceInfo, Instances, ListInstances, StopInstance
+from device_manager import registry as devices
+from platform_core.auth import Principal, Role, allow, current_principal
+from platform_core.http import resources
+from platform_sdk.artifacts import AppManifest
+from platform_sdk.errors import BadRequest, Forbidden, NotFound, PlatformError, ValidationFailed
+from scheduler import timetable
+from scheduler.mail import MailView, list_mails, local_mailbox
+from scheduler.messages import ScheduleChanged
+from scheduler.models import ScheduleRow
+from web.identity import User
+
+blueprint = flask.Blueprint("schedules", __name__, url_prefix="/api")
+SCHEDULERS = (Role.END_USER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
+DEPLOYER_TIMEOUT_S = 30.0
+
+
+def _sees_all(principal: Principal) -> bool:
+    return principal.role == Role.PLATFORM_CONFIGURER
+
+
+def _own_schedule(schedule_id: str) -> ScheduleRow:
+    principal = current_principal()
+    with resources().database.session() as session:
+        row = session.get(ScheduleRow, schedule_id)
+        if row is None:
+            raise NotFound(f"no schedule {schedule_id!r}; see `aiot schedule list`")
+        if not _sees_all(principal) and row.owner != principal.username:
+            raise Forbidden(f"schedule {schedule_id!r} belongs to {row.owner!r}")
+        session.expunge(row)
+    return row
+
+
+def _schedule_json(row: ScheduleRow) -> dict[str, Any]:
+    return {
+        "schedule_id": row.schedule_id,
+        "app": row.app_name,
+        "app_id": row.app_id,
+        "version": row.version,
+        "location": row.location,
+        "timezone": row.timezone,
+        "owner": row.owner,
+        "status": row.status,
+        "spec": json.loads(row.spec),
+        "history": json.loads(row.history),
+        "next_runs": [
+            {"start": run.start.isoformat(), "end": run.end.isoformat()} for run in _upcoming(row, 3)
+        ]
+        if row.status == "active"
+        else [],
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def _upcoming(row: ScheduleRow, count: int) -> list[timetable.Run]:
+    spec = timetable.ScheduleSpec.model_validate_json(row.spec)
+    return timetable.upcoming_runs(spec, row.timezone, row.created_at, datetime.now(UTC), count)
+
+
+def _tell_scheduler(schedule_id: str, action: Literal["created", "paused", "resumed", "cancelled"]) -> None:
+    requester = resources().bus_requester()
+    requester.send(
+        requester.bus.topics.scheduler,
+        ScheduleChanged(schedule_id=schedule_id, action=action),
+        key=schedule_id,
+    )
+
+
+# schedules ---------------------------------------------------------------------------------
+def _schedule_document() -> timetable.ScheduleSpec:
+    body = flask.request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON schedule document (see docs/scheduling.md)")
+    try:
+        return timetable.ScheduleSpec.model_validate(body)
+    except ValidationError as exc:
+        problems = timetable.validation_problems(exc)
+        raise ValidationFailed(
+            "invalid schedule: "
+            + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
+            details=problems,
+        ) from exc
+
+
+@blueprint.post("/schedules")
+@allow(*SCHEDULERS)
+def create_schedule() -> tuple[flask.Response, int]:
+    """Check and store a schedule, then hand it to the scheduler service."""
+    spec = _schedule_document()
+    principal = current_principal()
+    now = datetime.now(UTC)
+    with resources().database.session() as session:
+        app = apps.read_app(session, spec.app)
+        version = apps.pick_version(session, app.app_id, spec.version)
+        manifest = AppManifest.model_validate_json(version.manifest)
+        location = devices.read_location(session, spec.location)
+        needs = {alias: (need.type, need.count) for alias, need in manifest.devices.items()}
+        problems = [
+            {"field": "location", "reason": problem["reason"]}
+            for problem in devices.need_problems(session, needs, location.name)
+        ]
+        problems += timetable.spec_problems(spec, location.timezone, now)
+        if problems:
+            raise ValidationFailed(
+                f"cannot schedule {app.name!r} at {location.name!r}: "
+                + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
+                details=problems,
+            )
+        user = session.scalar(sa.select(User).where(User.username == principal.username))
+        row = ScheduleRow(
+            schedule_id="s" + uuid.uuid4().hex[:11],
+            app_id=app.app_id,
+            app_name=app.name,
+            version=spec.version,
+            location=location.name,
+            timezone=location.timezone,
+            owner=principal.username,
+            email=user.email if user is not None else None,
+            spec=spec.model_dump_json(exclude_none=True),
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        session.expunge(row)
+    try:
+        _tell_scheduler(row.schedule_id, "created")
+    except PlatformError:
+        with resources().database.session() as session:
+            session.execute(sa.delete(ScheduleRow).where(ScheduleRow.schedule_id == row.schedule_id))
+        raise
+    return flask.jsonify(_schedule_json(row)), 201
+
+
+@blueprint.get("/schedules")
+@allow(*SCHEDULERS)
+def list_schedules() -> flask.Response:
+    principal = current_principal()
+    with resources().database.session() as session:
+        query = sa.select(ScheduleRow).order_by(ScheduleRow.created_at)
+        if not _sees_all(principal):
+            query = query.where(ScheduleRow.owner == principal.username)
+        schedules = [_schedule_json(row) for row in session.scalars(query)]
+    return flask.jsonify(schedules=schedules)
+
+
+@blueprint.get("/schedules/<schedule_id>")
+@allow(*SCHEDULERS)
+def show_schedule(schedule_id: str) -> flask.Response:
+    row = _own_schedule(schedule_id)
+    return flask.jsonify({**_schedule_json(row), "instances": _instance_dicts(schedule_id=schedule_id)})
+
+
+def _set_status(schedule_id: str, status: str, allowed_from: tuple[str, ...]) -> ScheduleRow:
+    row = _own_schedule(schedule_id)
+    if row.status not in allowed_from:
+        raise ValidationFailed(f"schedule {schedule_id!r} is {row.status}; it cannot be made {status}")
+    with resources().database.session() as session:
+        stored = session.get(ScheduleRow, schedule_id)
+        assert stored is not None
+        stored.status, stored.updated_at = status, datetime.now(UTC)
+        session.flush()
+        session.expunge(stored)
+    return stored
+
+
+@blueprint.post("/schedules/<schedule_id>/pause")
+@allow(*SCHEDULERS)
+def pause_schedule(schedule_id: str) -> flask.Response:
+    """No new instances start until it is resumed; running ones keep their window."""
+    row = _set_status(schedule_id, "paused", ("active",))
+    _tell_scheduler(schedule_id, "paused")
+    return flask.jsonify(_schedule_json(row))
+
+
+@blueprint.post("/schedules/<schedule_id>/resume")
+@allow(*SCHEDULERS)
+def resume_schedule(schedule_id: str) -> flask.Response:
+    row = _set_status(schedule_id, "active", ("paused",))
+    _tell_scheduler(schedule_id, "resumed")
+    return flask.jsonify(_schedule_json(row))
+
+
+@blueprint.delete("/schedules/<schedule_id>")
+@allow(*SCHEDULERS)
+def cancel_schedule(schedule_id: str) -> flask.Response:
+    """No more starts, and its running instances are stopped."""
+    row = _set_status(schedule_id, "cancelled", ("active", "paused", "finished"))
+    _tell_scheduler(schedule_id, "cancelled")
+    stopped = [
+        _stop(info.instance_id, "its schedule was cancelled")
+        for info in _instances(schedule_id=schedule_id)
+        if info.status in ("queued", "starting", "running")
+    ]
+    return flask.jsonify({**_schedule_json(row), "stopped": [info.instance_id for info in stopped]})
+
+
+# instances ---------------------------------------------------------------------------------
+def _instances(**query: str | None) -> list[InstanceInfo]:
+    requester = resources().bus_requester()
+    reply = requester.request(
+        requester.bus.topics.deployer, ListInstances(**query), Instances, timeout=DEPLOYER_TIMEOUT_S
+    )
+    return reply.instances
+
+
+def _instance_dicts(**query: str | None) -> list[dict[str, Any]]:
+    return [info.model_dump(mode="json") for info in _instances(**query)]
+
+
+def _stop(instance_id: str, reason: str) -> InstanceInfo:
+    requester = resources().bus_requester()
+    reply = requester.request(
+        requester.bus.topics.deployer,
+        StopInstance(instance_id=instance_id, reason=reason),
+        Instances,
+        timeout=120,
+    )
+    return reply.instances[0]
+
+
+@blueprint.get("/instances")
+@allow(*SCHEDULERS)
+def list_instances() -> flask.Response:
+    principal = current_principal()
+    owner = None if _sees_all(principal) else principal.username
+    return flask.jsonify(instances=_instance_dicts(owner=owner))
+
+
+def _own_instance(instance_id: str) -> InstanceInfo:
+    principal = current_principal()
+    found = _instances(instance_id=instance_id)
+    if not found:
+        raise NotFound(f"no app instance {instance_id!r}; see `aiot instance list`")
+    if not _sees_all(principal) and found[0].owner != principal.username:
+        raise Forbidden(f"app instance {instance_id!r} belongs to {found[0].owner!r}")
+    return found[0]
+
+
+@blueprint.get("/instances/<instance_id>")
+@allow(*SCHEDULERS)
+def show_instance(instance_id: str) -> flask.Response:
+    return flask.jsonify(_own_instance(instance_id).model_dump(mode="json"))
+
+
+@blueprint.post("/instances/<instance_id>/stop")
+@allow(*SCHEDULERS)
+def stop_instance(instance_id: str) -> flask.Response:
+    _own_instance(instance_id)
+    return flask.jsonify(_stop(instance_id, "stopped on request").model_dump(mode="json"))
+
+
+# mail --------------------------------------------------------------------------------------
+@blueprint.get("/mails")
+@allow(*SCHEDULERS, Role.AI_DEVELOPER)
+def list_outbox() -> flask.Response:
+    """The caller's mails (a configurer: everyone's), newest first."""
+    principal = current_principal()
+    with resources().database.session() as session:
+        recipients = None
+        if not _sees_all(principal):
+            user = session.scalar(sa.select(User).where(User.username == principal.username))
+            recipients = [local_mailbox(principal.username)] + (
+                [user.email] if user is not None and user.email else []
+            )
+        mails = [
+            MailView.model_validate(row, from_attributes=True).model_dump(mode="json")
+            for row in list_mails(session, recipients=recipients)
+        ]
+    return flask.jsonify(mails=mails)

@@ -1,0 +1,276 @@
+"""The scheduler as a platform service: end users' schedules become persistent cron jobs.
+
+    /api/schedules (front door) ──▶ ``schedules`` row ──▶ ScheduleChanged on <prefix>.commands.scheduler
+    ScheduleChanged ──▶ the schedule's start job in APScheduler (job store: table ``scheduler_jobs``
+                        of the platform database, so jobs survive a restart), paused, resumed or removed
+    start job fires ──▶ the run it starts (``timetable.run_for_fire_time``): not ended yet?
+                        ──▶ DeployApp(instance ``<schedule>-<run start>``) to the deployer
+                        ──▶ a one-off stop job at the run's end
+                    ──▶ ended already (the scheduler was down through it) ──▶ recorded as missed
+    stop job fires  ──▶ StopInstance to the deployer
+    <prefix>.events.app-instances ──▶ InstanceEvent running / failed ──▶ a mail to its end user
+                                      (``scheduler.mail``: SMTP, or the outbox when none is set)
+
+Exactly once: APScheduler may fire a start again after a crash between firing and recording
+it; the instance id is derived from the schedule and the run's start, and the deployer starts
+an instance id once, so a start fired twice deploys once. Misfires: jobs have no grace limit
+of their own and hand every missed fire time to ``fire_start``; the policy is ours — the one
+run that has not ended yet starts late, once; runs that are over are recorded as missed
+(``docs/scheduling.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+
+from app_manager import registry as apps
+from deployer.messages import DeployApp, InstanceEvent, StopInstance
+from platform_core.db import Database
+from platform_core.service import PeriodicTask, Service
+from platform_sdk.artifacts import AppManifest
+from platform_sdk.bus import ConsumerLoop, Producer
+from platform_sdk.envelope import Envelope
+from platform_sdk.errors import PlatformError
+from platform_sdk.settings import get_settings
+from scheduler import timetable
+from scheduler.mail import Mailer, instance_failed_mail, instance_started_mail, local_mailbox
+from scheduler.messages import ScheduleChanged
+from scheduler.models import ScheduleRow
+
+log = logging.getLogger(__name__)
+JOB_TABLE = "scheduler_jobs"
+MAIL_RETRY_INTERVAL_S = 30.0
+
+
+def start_job_id(schedule_id: str) -> str:
+    return f"start-{schedule_id}"
+
+
+def stop_job_id(instance_id: str) -> str:
+    return f"stop-{instance_id}"
+
+
+def instance_id_for(schedule_id: str, run_start: datetime) -> str:
+    """The same run of a schedule always gets the same instance id: the deployer starts it once."""
+    return f"{schedule_id}-{run_start.astimezone(UTC):%Y%m%d%H%M%S}"
+
+
+class _ServiceExecutor(BaseExecutor):  # type: ignore[misc]
+    """Runs a stored job as a method of the running service.
+
+    A job in the store names ``SchedulerService.<method>`` and its arguments; this executor
+    supplies the service, so nothing global is needed to reach it.
+    """
+
+    def __init__(self, service: SchedulerService) -> None:
+        super().__init__()
+        self._service = service
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aiot-scheduler-job")
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        def run() -> None:
+            try:
+                job.func(self._service, *job.args, run_times)
+            except BaseException as exc:
+                self._run_job_error(job.id, exc, exc.__traceback__)
+            else:
+                self._run_job_success(job.id, [])
+
+        self._pool.submit(run)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait)
+
+
+class SchedulerService(Service):
+    name = "scheduler"
+
+    def on_start(self) -> None:
+        bus = self.sdk.bus
+        self.database = Database.from_settings(self.settings)
+        self.own(self.database)
+        self.database.migrate()
+        bus.ensure_topics([bus.topics.scheduler, bus.topics.deployer, bus.topics.app_instances])
+        self.producer: Producer = bus.producer()
+        self.mailer = Mailer(self.settings.mail)
+        self.jobs = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=self.database.engine, tablename=JOB_TABLE)},
+            executors={"default": _ServiceExecutor(self)},
+            # Our misfire policy needs every missed fire time (fire_start records the ones it skips).
+            job_defaults={"coalesce": False, "misfire_grace_time": None, "max_instances": 1},
+            timezone=UTC,
+        )
+        self.jobs.start(paused=True)
+        self._reconcile()
+        self.jobs.resume()
+        commands = ConsumerLoop(bus, [bus.topics.scheduler], group="scheduler", name=self.service_id)
+        commands.add_handler(ScheduleChanged, self.on_change)
+        commands.start()
+        self.own(commands)
+        events = ConsumerLoop(bus, [bus.topics.app_instances], group="scheduler.mail", name="instance-mail")
+        events.add_handler(InstanceEvent, self.on_instance)
+        events.start()
+        self.own(events)
+        if self.settings.mail.smtp_host:
+            retry = PeriodicTask("mail-retry", MAIL_RETRY_INTERVAL_S, self._deliver_pending)
+            retry.start()
+            self.own(retry)
+
+    def stop(self) -> None:
+        jobs = getattr(self, "jobs", None)
+        if jobs is not None and jobs.running:
+            jobs.shutdown(wait=True)
+        super().stop()
+
+    # planning -----------------------------------------------------------------------------
+    def on_change(self, change: ScheduleChanged, _envelope: Envelope) -> None:
+        with self.database.session() as session:
+            row = session.get(ScheduleRow, change.schedule_id)
+            if row is None:
+                log.warning("schedule %s is gone; nothing to plan", change.schedule_id)
+                return
+            self._plan(row)
+
+    def _reconcile(self) -> None:
+        """Jobs for every schedule the table says is live (a change sent while we were down included)."""
+        with self.database.session() as session:
+            for row in session.query(ScheduleRow).filter(ScheduleRow.status.in_(("active", "paused"))):
+                self._plan(row)
+
+    def _plan(self, row: ScheduleRow) -> None:
+        job_id = start_job_id(row.schedule_id)
+        if row.status not in ("active", "paused"):
+            try:
+                self.jobs.remove_job(job_id)
+                log.info("schedule %s %s: its job is removed", row.schedule_id, row.status)
+            except JobLookupError:
+                pass
+            return
+        if self.jobs.get_job(job_id) is None:
+            trigger = timetable.ScheduleTrigger(row.spec, row.timezone, row.created_at)
+            self.jobs.add_job(
+                "scheduler.service:SchedulerService.fire_start",
+                trigger=trigger,
+                args=[row.schedule_id],
+                id=job_id,
+                name=f"{row.app_name} at {row.location}",
+            )
+            log.info("schedule %s planned: next start %s", row.schedule_id, self._next_start(job_id))
+        if row.status == "paused":
+            self.jobs.pause_job(job_id)
+        else:
+            self.jobs.resume_job(job_id)
+
+    def _next_start(self, job_id: str) -> datetime | None:
+        job = self.jobs.get_job(job_id)
+        return job.next_run_time if job is not None else None
+
+    # firing -------------------------------------------------------------------------------
+    def fire_start(self, schedule_id: str, fire_times: list[datetime]) -> None:
+        """A start came (with any missed while down): deploy the run still open, plan its stop."""
+        with self.database.session() as session:
+            row = session.get(ScheduleRow, schedule_id)
+            if row is None or row.status != "active":
+                return
+            spec = timetable.ScheduleSpec.model_validate_json(row.spec)
+            now = datetime.now(UTC)
+            open_run: timetable.Run | None = None
+            for fire_time in fire_times:
+                run = timetable.run_for_fire_time(spec, row.timezone, fire_time, row.created_at)
+                if timetable.still_worth_starting(run, now):
+                    open_run = run
+                else:
+                    _note(
+                        row,
+                        "missed",
+                        f"the run of {run.start:%Y-%m-%d %H:%M} UTC ended while the scheduler was down",
+                    )
+                    log.warning(
+                        "schedule %s: missed the run of %s (it ended at %s)", schedule_id, run.start, run.end
+                    )
+            if self._next_start(start_job_id(schedule_id)) is None:
+                row.status = "finished"
+            if open_run is None:
+                return
+            run = open_run
+            instance_id = instance_id_for(schedule_id, run.start)
+            version = apps.pick_version(session, row.app_id, row.version)
+            request = DeployApp(
+                instance_id=instance_id,
+                app_id=row.app_id,
+                version=version.version,
+                artifact_key=version.artifact_key,
+                artifact_sha256=version.sha256,
+                manifest=AppManifest.model_validate_json(version.manifest),
+                location=row.location,
+                owner=row.owner,
+                email=row.email,
+                schedule_id=schedule_id,
+                stop_at=run.end,
+            )
+            late = (now - run.start).total_seconds()
+            _note(row, "started", instance_id + (f" ({late:.0f} s late)" if late > 5 else ""))
+        self.producer.send(self.sdk.bus.topics.deployer, request, key=instance_id)
+        self.producer.flush(5)
+        self.jobs.add_job(
+            "scheduler.service:SchedulerService.fire_stop",
+            trigger=DateTrigger(run.end),
+            args=[instance_id],
+            id=stop_job_id(instance_id),
+            replace_existing=True,
+            name=f"stop {instance_id}",
+        )
+        log.info("schedule %s: started %s until %s", schedule_id, instance_id, run.end)
+
+    def fire_stop(self, instance_id: str, _fire_times: list[datetime]) -> None:
+        """A run's window ended: stop its instance (stopping a stopped one changes nothing)."""
+        self.producer.send(
+            self.sdk.bus.topics.deployer,
+            StopInstance(instance_id=instance_id, reason="its scheduled window ended"),
+            key=instance_id,
+        )
+        self.producer.flush(5)
+        log.info("window of %s ended: stopping it", instance_id)
+
+    # mail ---------------------------------------------------------------------------------
+    def on_instance(self, event: InstanceEvent, _envelope: Envelope) -> None:
+        if event.status == "running":
+            subject, body = instance_started_mail(
+                event.app, event.version, event.location, event.instance_id, event.url, event.stop_at
+            )
+        elif event.status == "failed":
+            subject, body = instance_failed_mail(
+                event.app, event.version, event.location, event.instance_id, event.detail
+            )
+        else:
+            return
+        recipient = event.email or local_mailbox(event.owner)
+        try:
+            self.mailer.send_once(self.database, recipient, subject, body, instance_id=event.instance_id)
+        except PlatformError as exc:
+            log.error("cannot mail %s about %s: %s", recipient, event.instance_id, exc)
+
+    def _deliver_pending(self) -> None:
+        self.mailer.deliver_pending(self.database)
+
+
+def _note(row: ScheduleRow, what: str, detail: str) -> None:
+    history: list[dict[str, Any]] = json.loads(row.history or "[]")
+    history.append({"at": datetime.now(UTC).isoformat(), "event": what, "detail": detail})
+    row.history = json.dumps(history[-50:])
+    row.updated_at = datetime.now(UTC)
+
+
+def main() -> None:
+    SchedulerService(get_settings()).run()
