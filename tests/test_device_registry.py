@@ -193,13 +193,13 @@ def test_the_sample_bundle_registers_cleanly_and_every_device_is_announced(site:
     DeviceBundle.model_validate(bundle)
     body = json_of(site.post("/api/devices/bulk", bundle), 201)
 
-    assert body["counts"] == {"device_types": 6, "locations": 3, "devices": 10}
+    assert body["counts"] == {"device_types": 6, "locations": 3, "devices": 12}
     assert body["names"]["devices"] == [device["name"] for device in bundle["devices"]]
     assert site.notices == [("added", device["name"]) for device in bundle["devices"]]
     stored = site.stored()
     assert stored["device_types"] == ["ac", "camera", "display", "fan", "light", "temperature"]
     assert stored["locations"] == ["city-bank", "green-school", "lake-home"]
-    assert len(stored["devices"]) == 10
+    assert len(stored["devices"]) == 12
 
     home = json_of(site.get("/api/devices?location=lake-home", "enduser"))["devices"]
     assert [device["name"] for device in home] == ["home-ac", "home-fan", "home-light", "home-temp"]
@@ -507,7 +507,7 @@ def test_a_bundle_whose_last_device_is_bad_stores_nothing(site: Site) -> None:
         bundle,
         status=422,
         subject="device 'home-light'",
-        field="devices.9.parameters.noise",
+        field="devices.11.parameters.noise",
         reason="5 is above the maximum 1",
     )
     assert len(error["details"]) == 1
@@ -560,7 +560,7 @@ def test_only_a_configurer_writes_and_every_role_reads(site: Site) -> None:
 
     site.register_sample()
     for username in READER_NAMES:
-        assert len(json_of(site.get("/api/devices", username))["devices"]) == 10
+        assert len(json_of(site.get("/api/devices", username))["devices"]) == 12
         assert len(json_of(site.get("/api/devices/types", username))["device_types"]) == 6
         assert len(json_of(site.get("/api/devices/locations", username))["locations"]) == 3
         json_of(site.get("/api/devices/locations/city-bank", username))
@@ -573,7 +573,7 @@ def test_only_a_configurer_writes_and_every_role_reads(site: Site) -> None:
         assert "missing credentials" in error_of(site.get(path, None), 401)["message"]
     error_of(site.post("/api/devices/bulk", sample(), None), 401)
     error_of(site.delete("/api/devices/bank-cam", None), 401)
-    assert len(site.stored()["devices"]) == 10
+    assert len(site.stored()["devices"]) == 12
     assert site.notices == []
 
 
