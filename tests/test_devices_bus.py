@@ -8,6 +8,7 @@ process (what a simulator or a real device using the SDK runs); the app is a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,3 +150,77 @@ def test_invalid_commands_are_rejected_with_the_reason(bus: Bus, fan: Controller
         assert app.controller_state("fan") == {"on": False, "speed": 0}
         with pytest.raises(NotFound, match="no device bound to alias 'heater'"):
             app.send_controller("heater", "on")
+
+
+def test_one_client_reads_all_its_streams_with_one_consumer_and_each_gets_every_reading(bus: Bus) -> None:
+    """Streams added together and one added after the others ran: each gets every reading, in order.
+
+    A client's streams share one consumer (so one consumer thread), and a second client in
+    its own group still gets every reading.
+    """
+    names = ["lab-a", "lab-b", "lab-c"]
+    devices = {name: SensorPublisher(bus, name) for name in names}
+    for device in devices.values():
+        device.start()
+    binding = {name.replace("-", "_"): Binding(device_id=name, type=THERMOMETER) for name in names}
+    received: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def collect(key: str) -> Any:
+        def on_data(data: SensorData) -> None:
+            with lock:
+                received.setdefault(key, []).append(data.seq)
+
+        return on_data
+
+    def publish(name: str, count: int) -> list[int]:
+        return [devices[name].publish({"temperature": 20.0}).seq for _ in range(count)]
+
+    def consumer_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("aiot-consumer-devices-")]
+
+    try:
+        with client(bus, "app-one", **binding) as app, client(bus, "app-two", **binding) as other:
+            threads = [
+                threading.Thread(target=app.sensor_stream, args=(alias, collect(f"one.{alias}")))
+                for alias in ("lab_a", "lab_b")
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            iterated = app.sensor_stream("lab_a")  # a second stream on a topic already read
+            other.sensor_stream("lab_a", collect("two.lab_a"))
+            early = {"lab-a": publish("lab-a", 20)}
+            # lab_c added while the consumer runs: a rebalance, in which the other topics lose
+            # nothing. lab-b has sent nothing yet (no committed offset) and sends during it.
+            adding = threading.Thread(target=app.sensor_stream, args=("lab_c", collect("one.lab_c")))
+            adding.start()
+            time.sleep(0.3)
+            early["lab-b"] = []
+            while adding.is_alive():
+                early["lab-b"] += publish("lab-b", 1)
+                time.sleep(0.01)
+            adding.join()
+            late = {name: publish(name, 20) for name in names}
+            sent_a = early["lab-a"] + late["lab-a"]
+            expected = {
+                "one.lab_a": sent_a,
+                "one.lab_b": early["lab-b"] + late["lab-b"],
+                "one.lab_c": late["lab-c"],
+                "two.lab_a": sent_a,
+            }
+            wait_until(
+                lambda: all(len(received.get(k, [])) >= len(v) for k, v in expected.items()), 30, "all"
+            )
+            assert [iterated.next(10).seq for _ in sent_a] == sent_a
+            assert len(consumer_threads()) == 2  # one per client, however many streams
+            iterated.stop()  # the other streams go on
+            more = publish("lab-b", 5)
+            expected["one.lab_b"] += more
+            wait_until(lambda: len(received["one.lab_b"]) >= len(expected["one.lab_b"]), 20, "lab-b after")
+            assert received == expected  # every reading once, in order, nothing from before
+    finally:
+        for device in devices.values():
+            device.stop()
+    assert consumer_threads() == []
