@@ -145,3 +145,39 @@ def delete(app: Annotated[str, typer.Argument(help="App id or name.")]) -> None:
     """Delete an app, every version and their zips."""
     reply = PlatformClient.from_settings(get_settings()).delete(f"/api/apps/{app}")
     out().print(f"app {reply['name']} ({reply['app_id']}) deleted")
+
+
+APP_EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "apps"
+DEMO_DURATION = "8h"
+
+
+def run_sample_apps(client: PlatformClient, console: Console) -> None:
+    """Upload the sample apps and run each now at a location that has its devices (``aiot up --demo``).
+
+    Apps already uploaded are kept; an app that already has an active schedule is left running.
+    """
+    from aiot.schedule_commands import schedule_document, wait_running
+
+    if not APP_EXAMPLES.is_dir():
+        raise BadRequest(f"no sample apps at {APP_EXAMPLES}: --demo runs from a source checkout")
+    known = {(app["name"], version) for app in client.get("/api/apps")["apps"] for version in app["versions"]}
+    for folder in sorted(path for path in APP_EXAMPLES.iterdir() if (path / "app.json").is_file()):
+        packed = _pack(folder)
+        manifest = packed.manifest
+        if (manifest.name, manifest.version) not in known:
+            client.post(
+                "/api/apps",
+                data=packed.data,
+                headers={"Content-Type": "application/zip", "X-Filename": f"{manifest.name}.zip"},
+            )
+    active = {item["app"] for item in client.get("/api/schedules")["schedules"] if item["status"] == "active"}
+    for app in client.get("/api/apps")["apps"]:
+        if app["name"] in active or not app["locations"]:
+            continue
+        location = app["locations"][0]
+        document = schedule_document(app["name"], location, now=True, duration=DEMO_DURATION)
+        schedule = wait_running(client, client.post("/api/schedules", json=document)["schedule_id"])
+        url = next(
+            (item["url"] for item in schedule["instances"] if item["status"] == "running"), "(no address)"
+        )
+        console.print(f"  app {app['name']} at {location} for {DEMO_DURATION}: {url}")

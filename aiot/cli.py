@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from aiot.app_commands import app_app
+from aiot.app_commands import app_app, run_sample_apps
 from aiot.client import (
     Credentials,
     PlatformClient,
@@ -129,7 +129,10 @@ def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to answer.")] = 90.0,
     demo: Annotated[
         bool,
-        typer.Option(help="Also deploy the sample models and register the sample locations and devices."),
+        typer.Option(
+            help="Also deploy the sample models, register the sample locations and devices, "
+            "and run the sample apps there."
+        ),
     ] = False,
 ) -> None:
     """Start the platform here: broker (if none configured), N agents, and every service on them."""
@@ -148,6 +151,8 @@ def up(
         deploy_examples(PlatformClient.from_settings(settings), console)
         console.print("demo: sample locations and devices")
         register_sample_devices(PlatformClient.from_settings(settings), console)
+        console.print("demo: sample apps, each run now at a location that has its devices")
+        run_sample_apps(PlatformClient.from_settings(settings), console)
     if detach:
         console.print("stop it with `aiot down`")
         return

@@ -110,7 +110,7 @@ def schedule_create(
     client = _client()
     schedule = client.post("/api/schedules", json=document)
     if wait and now:
-        schedule = _wait_running(client, schedule["schedule_id"])
+        schedule = wait_running(client, schedule["schedule_id"])
     if as_json:
         print_json(schedule)
         return
@@ -121,7 +121,7 @@ def schedule_create(
         out().print(f"  instance {instance['instance_id']} {instance['status']} {instance['url']}")
 
 
-def _wait_running(client: PlatformClient, schedule_id: str) -> dict[str, Any]:
+def wait_running(client: PlatformClient, schedule_id: str) -> dict[str, Any]:
     console = out()
     deadline = time.monotonic() + WAIT_TIMEOUT_S
     last_stage = ""

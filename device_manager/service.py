@@ -1,7 +1,7 @@
 """The device manager as a platform service: simulators placed and stopped, device state kept.
 
     <prefix>.commands.device-manager (group "device-manager")
-        DeviceChanged(added)   ──▶ a simulated device: PlaceService(sim-<device>) on the least-loaded node
+        DeviceChanged(added)   ──▶ (a worker) simulated: PlaceService(sim-<device>) on the least-loaded node
         DeviceChanged(removed) ──▶ UnplaceService(sim-<device>)
         BindDevices            ──▶ the app instance's aliases bound to devices at its location
                                    ──▶ DeviceBindings (request/reply; the deployer asks)
@@ -28,7 +28,7 @@ from device_manager.messages import BindDevices, DeviceBindings, DeviceChanged, 
 from device_manager.models import DeviceRow, DeviceTypeRow
 from platform_core.db import Database
 from platform_core.nodes import Placement, PlaceService, ServiceSpec, UnplaceService, node_manager_topic
-from platform_core.service import PeriodicTask, Service
+from platform_core.service import PeriodicTask, QueueWorker, Service
 from platform_sdk.bus import ConsumerLoop, Requester
 from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType
 from platform_sdk.device_messages import DeviceState, Frame, Reading
@@ -81,10 +81,14 @@ class DeviceManagerService(Service):
         flusher = PeriodicTask("device-states", FLUSH_INTERVAL_S, self._flush_states)
         flusher.start()
         self.own(flusher)
+        # Placing simulators waits on the node manager: off the command loop, so binds answer at once.
+        self.changes: QueueWorker[DeviceChanged] = QueueWorker("device-changes", self.on_change)
+        self.changes.start()
+        self.own(self.changes)
         commands = ConsumerLoop(
             bus, [bus.topics.device_manager], group="device-manager", name=self.service_id
         )
-        commands.add_handler(DeviceChanged, self.on_change)
+        commands.add_handler(DeviceChanged, lambda change, _envelope: self.changes.put(change))
         commands.add_handler(BindDevices, self.on_bind)
         commands.add_handler(UnbindDevices, self.on_unbind)
         commands.start()
@@ -104,7 +108,7 @@ class DeviceManagerService(Service):
         super().stop()
 
     # commands -----------------------------------------------------------------------------
-    def on_change(self, change: DeviceChanged, _envelope: Envelope) -> None:
+    def on_change(self, change: DeviceChanged) -> None:
         if change.action == "added":
             with self.database.session() as session:
                 row = session.get(DeviceRow, change.device)

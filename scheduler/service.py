@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,11 +67,33 @@ def instance_id_for(schedule_id: str, run_start: datetime) -> str:
     return f"{schedule_id}-{run_start.astimezone(UTC):%Y%m%d%H%M%S}"
 
 
-class _ServiceExecutor(BaseExecutor):  # type: ignore[misc]
-    """Runs a stored job as a method of the running service.
+@dataclass(frozen=True)
+class JobContext:
+    """What the executor hands a job besides its stored arguments."""
 
-    A job in the store names ``SchedulerService.<method>`` and its arguments; this executor
-    supplies the service, so nothing global is needed to reach it.
+    service: SchedulerService
+    fire_times: list[datetime]
+
+
+def start_job(schedule_id: str, context: JobContext | None = None) -> None:
+    """A schedule's start job (its stored form: this function and the schedule id)."""
+    if context is None:
+        raise RuntimeError("scheduler jobs run through the scheduler service's executor")
+    context.service.fire_start(schedule_id, context.fire_times)
+
+
+def stop_job(instance_id: str, context: JobContext | None = None) -> None:
+    """The one-off job that stops an instance at the end of its run."""
+    if context is None:
+        raise RuntimeError("scheduler jobs run through the scheduler service's executor")
+    context.service.fire_stop(instance_id)
+
+
+class _ServiceExecutor(BaseExecutor):  # type: ignore[misc]
+    """Runs stored jobs with the running service and every fire time they are due for.
+
+    The job store keeps only a function and plain arguments; the executor adds the
+    service, so nothing global is needed to reach it.
     """
 
     def __init__(self, service: SchedulerService) -> None:
@@ -81,7 +104,7 @@ class _ServiceExecutor(BaseExecutor):  # type: ignore[misc]
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         def run() -> None:
             try:
-                job.func(self._service, *job.args, run_times)
+                job.func(*job.args, context=JobContext(self._service, list(run_times)))
             except BaseException as exc:
                 self._run_job_error(job.id, exc, exc.__traceback__)
             else:
@@ -160,13 +183,20 @@ class SchedulerService(Service):
         if self.jobs.get_job(job_id) is None:
             trigger = timetable.ScheduleTrigger(row.spec, row.timezone, row.created_at)
             self.jobs.add_job(
-                "scheduler.service:SchedulerService.fire_start",
+                start_job,
                 trigger=trigger,
                 args=[row.schedule_id],
                 id=job_id,
                 name=f"{row.app_name} at {row.location}",
             )
-            log.info("schedule %s planned: next start %s", row.schedule_id, self._next_start(job_id))
+            next_start = self._next_start(job_id)
+            if next_start is None:
+                self.jobs.remove_job(job_id)
+                row.status = "finished"
+                _note(row, "missed", "its runs ended before the scheduler could plan them")
+                log.warning("schedule %s: nothing left to run", row.schedule_id)
+                return
+            log.info("schedule %s planned: next start %s", row.schedule_id, next_start)
         if row.status == "paused":
             self.jobs.pause_job(job_id)
         else:
@@ -199,8 +229,9 @@ class SchedulerService(Service):
                     log.warning(
                         "schedule %s: missed the run of %s (it ended at %s)", schedule_id, run.start, run.end
                     )
-            if self._next_start(start_job_id(schedule_id)) is None:
-                row.status = "finished"
+            last = timetable.run_for_fire_time(spec, row.timezone, fire_times[-1], row.created_at)
+            if timetable.next_run(spec, row.timezone, last.start, row.created_at) is None:
+                row.status = "finished"  # no more starts; the last instance runs to its end
             if open_run is None:
                 return
             run = open_run
@@ -224,7 +255,7 @@ class SchedulerService(Service):
         self.producer.send(self.sdk.bus.topics.deployer, request, key=instance_id)
         self.producer.flush(5)
         self.jobs.add_job(
-            "scheduler.service:SchedulerService.fire_stop",
+            stop_job,
             trigger=DateTrigger(run.end),
             args=[instance_id],
             id=stop_job_id(instance_id),
@@ -233,7 +264,7 @@ class SchedulerService(Service):
         )
         log.info("schedule %s: started %s until %s", schedule_id, instance_id, run.end)
 
-    def fire_stop(self, instance_id: str, _fire_times: list[datetime]) -> None:
+    def fire_stop(self, instance_id: str) -> None:
         """A run's window ended: stop its instance (stopping a stopped one changes nothing)."""
         self.producer.send(
             self.sdk.bus.topics.deployer,
