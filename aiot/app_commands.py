@@ -16,7 +16,7 @@ from rich.table import Table
 
 from aiot.client import PlatformClient
 from aiot.output import JsonOption, out, print_json
-from platform_sdk.errors import BadRequest
+from platform_sdk.errors import BadRequest, PlatformError
 from platform_sdk.settings import get_settings
 
 if TYPE_CHECKING:
@@ -176,7 +176,11 @@ def run_sample_apps(client: PlatformClient, console: Console) -> None:
             continue
         location = app["locations"][0]
         document = schedule_document(app["name"], location, now=True, duration=DEMO_DURATION)
-        schedule = wait_running(client, client.post("/api/schedules", json=document)["schedule_id"])
+        try:
+            schedule = wait_running(client, client.post("/api/schedules", json=document)["schedule_id"])
+        except PlatformError as exc:  # one sample failing leaves the others to run
+            console.print(f"  app {app['name']} at {location}: [red]{exc.message}[/]")
+            continue
         url = next(
             (item["url"] for item in schedule["instances"] if item["status"] == "running"), "(no address)"
         )

@@ -55,19 +55,26 @@ def schema() -> None:
 
 @model_app.command("upload")
 def upload(
-    zip_file: Annotated[Path, typer.Argument(help="A zip made by `aiot model pack`.")],
+    source: Annotated[
+        Path, typer.Argument(help="A zip made by `aiot model pack`, or a model folder (packed first).")
+    ],
     wait: Annotated[bool, typer.Option(help="Follow the deploy until it is deployed or failed.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to follow the deploy.")] = 600.0,
 ) -> None:
-    """Upload a model zip; prints the model id, then follows its deploy."""
-    if not zip_file.is_file():
-        raise BadRequest(f"{zip_file} does not exist")
+    """Upload a model; prints the model id, then follows its deploy."""
+    if source.is_dir():
+        from ai_manager.artifact import pack_model
+
+        packed = pack_model(source)
+        data, filename = packed.data, f"{packed.manifest.name}-{packed.manifest.version}.zip"
+    elif source.is_file():
+        data, filename = source.read_bytes(), source.name
+    else:
+        raise BadRequest(f"{source} does not exist")
     client = PlatformClient.from_settings(get_settings())
     client.timeout = max(client.timeout, 120.0)
     reply = client.post(
-        "/api/models",
-        data=zip_file.read_bytes(),
-        headers={"Content-Type": "application/zip", "X-Filename": zip_file.name},
+        "/api/models", data=data, headers={"Content-Type": "application/zip", "X-Filename": filename}
     )
     model_id, version = reply["model_id"], reply["version"]
     typer.echo(model_id)

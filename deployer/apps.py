@@ -179,6 +179,12 @@ class AppInstances:
             instance_id, "health", f"{spec.service_id} on {placement.node_id} at {url or '(no HTTP)'}"
         )
         self.service.wait_healthy(spec.service_id, health)
+        with self.database.session() as session:
+            row = session.get(AppInstanceRow, instance_id)
+            stopped_meanwhile = row is None or row.status not in ACTIVE
+        if stopped_meanwhile:  # a StopInstance came while it started: it must not outlive that
+            self.service.unplace(spec.service_id)
+            return
         self._finish(instance_id, "running", f"on {placement.node_id}" + (f" at {url}" if url else ""))
 
     def _bind(self, request: DeployApp) -> DeviceBindings:

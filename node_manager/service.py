@@ -180,9 +180,8 @@ class NodeManagerService(Service):
                         return _placement(existing, node)
             while True:
                 with self.database.session() as session:
-                    chosen = choose_node(
-                        registry.node_loads(session), avoid=excluded, main_only=spec.main_node_only
-                    )
+                    loads = registry.node_loads(session)
+                    chosen = choose_node(loads, avoid=excluded, main_only=spec.main_node_only)
                 if chosen is None:
                     raise Unavailable(
                         f"no node can take {spec.service_id!r}: every node is down, full or excluded "
@@ -211,7 +210,13 @@ class NodeManagerService(Service):
                     host = node.host if node is not None else ""
                     if node is not None:
                         node.services += 1  # counted now, so the next placement sees it before the next poll
-                log.info("placed %s on %s (score %.2f)", spec.service_id, chosen.node_id, chosen.score)
+                log.info(
+                    "placed %s on %s (score %.2f; scores: %s)",
+                    spec.service_id,
+                    chosen.node_id,
+                    chosen.score,
+                    ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads),
+                )
                 return Placement(
                     service_id=spec.service_id,
                     node_id=chosen.node_id,

@@ -16,7 +16,8 @@ The deployer starts an app instance as ``python -m platform_sdk.app`` in its unp
 
 The instance's devices are read in its own consumer groups (``<prefix>.app.<instance>``), so
 two instances bound to one camera both get every frame. Commands a controller applies carry
-the sending instance's id (``DeviceState.by``), so shared controllers say who set what.
+the sending instance's service id, ``app-<instance id>`` (``DeviceState.by``), so shared
+controllers say who set what.
 """
 
 from __future__ import annotations

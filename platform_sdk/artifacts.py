@@ -234,8 +234,9 @@ class AppManifest(_Strict):
     author: str = Field(default="", max_length=200)
     entrypoint: str = Field(
         pattern=ENTRYPOINT_PATTERN,
-        description="`module:function` called with the running `platform_sdk.App`; the instance stops "
-        "when it returns. The module is a .py file or package in the zip.",
+        description="`module:function` called with the running `platform_sdk.App`; it runs until "
+        "`app.stopping` is set (a function that returns or raises earlier is restarted like any "
+        "managed service). The module is a .py file or package in the zip.",
     )
     kind: Literal["web", "backend"] = Field(
         default="web", description="`web`: serves pages and a health path over HTTP; `backend`: no HTTP."

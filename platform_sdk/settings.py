@@ -233,17 +233,6 @@ class AppSettings(BaseModel):
     )
 
 
-class SchedulerSettings(BaseModel):
-    """The scheduler: end users' schedules as persistent cron jobs."""
-
-    misfire_grace_s: float | None = Field(
-        default=None,
-        gt=0,
-        description="How late a start that fell in the scheduler's downtime may still fire; "
-        "empty: as long as its window has not ended.",
-    )
-
-
 class MailSettings(BaseModel):
     """Mail to end users: SMTP when a host is set, else the outbox in the database."""
 
@@ -304,7 +293,6 @@ class Settings(BaseSettings):
     deployer: DeployerSettings = Field(default_factory=DeployerSettings)
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     app: AppSettings = Field(default_factory=AppSettings)
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
 
     @classmethod

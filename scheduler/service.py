@@ -197,9 +197,14 @@ class SchedulerService(Service):
                 log.warning("schedule %s: nothing left to run", row.schedule_id)
                 return
             log.info("schedule %s planned: next start %s", row.schedule_id, next_start)
-        if row.status == "paused":
+        job = self.jobs.get_job(job_id)
+        if job is None:
+            return
+        if row.status == "paused" and job.next_run_time is not None:
             self.jobs.pause_job(job_id)
-        else:
+        elif row.status == "active" and job.next_run_time is None:
+            # Only a paused job is resumed: resuming recomputes the next run from now, which
+            # would drop the fire times a restarted scheduler still owes (fire_start records them).
             self.jobs.resume_job(job_id)
 
     def _next_start(self, job_id: str) -> datetime | None:

@@ -76,14 +76,21 @@ class Platform:
 
 @contextlib.contextmanager
 def platform_per_runtime(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Platform]:
-    """`aiot up --nodes 2` on the runtime of a `params=["process", "docker"]` fixture; `aiot down` after."""
+    """`aiot up --nodes 2` on the runtime of a `params=["process", "docker"]` fixture; `aiot down` after.
+
+    ``env`` is added to the platform's environment (every service it starts inherits it).
+    """
     runtime: str = request.param
     if runtime == "docker":
         request.applymarker(pytest.mark.service("docker"))
         request.getfixturevalue("docker_engine")
     running = Platform(tmp_path_factory.mktemp(f"{name}-{runtime}") / "home")
+    running.env.update(env or {})
     running.up("--nodes", "2", "--runtime", runtime)
     try:
         yield running

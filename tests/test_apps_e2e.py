@@ -1,0 +1,290 @@
+"""Apps end to end on a running platform, on both runtimes, as the four roles do it.
+
+An AI developer's three sample models and an app developer's three sample apps are uploaded
+with the ``aiot`` command; the sample locations and devices are registered; an end user with
+an email address schedules each app "now" at its location through the HTTP API. Then: each
+instance runs on the node the node manager scored least loaded; a mail with its address is in
+the outbox; the intruder app alerts on the bank display; Smart Home sets the AC when the home's
+temperature (a simulated day in 24 s) crosses its threshold; two instances share the bank camera
+and drive its display, each command attributed; a short window ends and its instance stops.
+The scheduler's restart between a schedule's creation and its start is tested on one runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import requests
+
+from aiot.client import PlatformClient
+from platform_sdk.bus import Bus, ConsumerLoop
+from platform_sdk.device_documents import Binding
+from platform_sdk.device_messages import DeviceState
+from platform_sdk.devices import DeviceClient
+from platform_sdk.envelope import Envelope
+from platform_sdk.settings import temporary_settings
+from tests.platform_driver import Platform, platform_per_runtime, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DEVICES = ROOT / "configs" / "devices" / "sample.json"
+APPS = ROOT / "examples" / "apps"
+MODELS = ROOT / "examples" / "models"
+END_USER = ("eve", "eve-password-1", "eve@example.com")
+LOCATION_OF = {
+    "intruder-prevention": "city-bank",
+    "smart-classroom": "green-school",
+    "smart-home": "lake-home",
+}
+
+
+@pytest.fixture(scope="module", params=["process", "docker"])
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform per runtime whose simulators live a day in 24 s, with the samples uploaded."""
+    with platform_per_runtime(
+        request, tmp_path_factory, "apps", env={"AIOT_DEVICE__TIME_SCALE": "3600"}
+    ) as running:
+        for folder in sorted(MODELS.iterdir()):
+            if (folder / "model.json").is_file():
+                running.run("model", "upload", str(folder), timeout=600)
+        running.run("device", "add", str(SAMPLE_DEVICES))
+        for folder in sorted(APPS.iterdir()):
+            if (folder / "app.json").is_file():
+                running.run("app", "upload", str(folder))
+        name, password, email = END_USER
+        running.run("user", "add", name, "--role", "end_user", "--password", password, "--email", email)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def end_user(platform: Platform) -> PlatformClient:
+    url = platform.status()["web_url"]
+    name, password, _ = END_USER
+    token = PlatformClient(url).post("/api/auth/login", json={"username": name, "password": password})[
+        "token"
+    ]
+    return PlatformClient(url, token)
+
+
+@pytest.fixture(scope="module")
+def running_apps(platform: Platform, end_user: PlatformClient) -> dict[str, dict[str, Any]]:
+    """Each sample app scheduled now at its location by the end user; its running instance by app."""
+    instances = {}
+    for app, location in LOCATION_OF.items():
+        schedule = end_user.post(
+            "/api/schedules", json={"app": app, "location": location, "now": True, "duration": "15m"}
+        )
+        instances[app] = wait_running(end_user, schedule["schedule_id"])
+    return instances
+
+
+def wait_running(client: PlatformClient, schedule_id: str, timeout: float = 240) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def running() -> bool:
+        for instance in client.get(f"/api/schedules/{schedule_id}")["instances"]:
+            assert instance["status"] != "failed", f"{instance['instance_id']} failed: {instance['error']}"
+            if instance["status"] == "running":
+                found.update(instance)
+                return True
+        return False
+
+    wait_until(running, timeout, f"an instance of schedule {schedule_id} running")
+    return found
+
+
+@pytest.fixture
+def devices(platform: Platform) -> Iterator[DeviceClient]:
+    """The bank's and the home's controllers, as a bystander reads them."""
+    bindings = {}
+    for device in ("bank-display", "bank-siren", "home-ac"):
+        shown = platform.json("device", "show", device)
+        assert isinstance(shown, dict)
+        bindings[device] = Binding(device_id=device, type=shown["device_type"])
+    with (
+        temporary_settings(
+            {"kafka.bootstrap_servers": platform.status()["broker"], "kafka.topic_prefix": "aiot"}
+        ) as settings,
+        DeviceClient(Bus(settings, source="test-observer"), bindings, group="test-observer") as client,
+    ):
+        yield client
+
+
+def test_each_instance_runs_on_the_least_loaded_node_and_its_mail_has_a_reachable_address(
+    platform: Platform, end_user: PlatformClient, running_apps: dict[str, dict[str, Any]]
+) -> None:
+    placements = platform.run("logs", "node-manager", "--grep", "placed app-", "--limit", "1000").stdout
+    mails = end_user.get("/api/mails")["mails"]
+    for app, instance in running_apps.items():
+        assert instance["location"] == LOCATION_OF[app]
+        line = re.search(
+            rf"placed app-{instance['instance_id']} on (\S+) \(score ([\d.]+); scores: ([^)]*)\)", placements
+        )
+        assert line is not None, f"the node manager logged no placement of {instance['instance_id']}"
+        node, score = line.group(1), float(line.group(2))
+        others = {name: float(value) for name, value in (part.split() for part in line.group(3).split(", "))}
+        assert instance["node_id"] == node
+        assert score <= min(others.values()), (
+            f"{app} went to {node} ({score}) though the scores were {others}"
+        )
+
+        mail = next(m for m in mails if m["instance_id"] == instance["instance_id"])
+        assert mail["recipient"] == END_USER[2]
+        assert mail["status"] == "outbox"
+        assert instance["url"] in mail["body"]
+        page = requests.get(instance["url"] + "/", timeout=10)
+        assert page.status_code == 200
+        assert "<html" in page.text.lower()
+
+
+def test_the_intruder_app_alerts_on_the_bank_display_within_seconds(
+    running_apps: dict[str, dict[str, Any]], devices: DeviceClient
+) -> None:
+    instance = running_apps["intruder-prevention"]
+    seconds = wait_until(
+        lambda: "INTRUDER" in str(devices.controller_state("bank-display").get("text", "")), 30, "an alert"
+    )
+    print(f"\nalert on the display {seconds:.1f}s after the check began")
+    assert devices.controller_state("bank-display")["colour"] == "red"
+    assert devices.controller_state("bank-siren")["on"] is True
+    status = requests.get(instance["url"] + "/status.json", timeout=10).json()
+    assert status["alert"] is True
+    assert status["faces"] >= 1
+
+
+def test_smart_home_sets_the_ac_when_the_temperature_crosses_its_threshold(
+    running_apps: dict[str, dict[str, Any]], devices: DeviceClient
+) -> None:
+    instance = running_apps["smart-home"]
+    seen: list[tuple[float, bool]] = []
+
+    def crossed_both_ways() -> bool:
+        status = requests.get(instance["url"] + "/status.json", timeout=10).json()
+        seen.append((status["temperature"], status["ac_on"]))
+        return any(on for _, on in seen) and any(not on for _, on in seen)
+
+    # A simulated day takes 24 s: the home's temperature rises above 22 °C and falls below 21.5 °C.
+    wait_until(crossed_both_ways, 90, "Smart Home turning the AC on and off over a day")
+    assert all(temperature > 21.5 for temperature, on in seen if on)
+    wait_until(lambda: devices.controller_state("home-ac")["on"] is True, 60, "the AC on again")
+    state = devices.controller_state("home-ac")
+    assert state["setpoint"] == 23.5
+    assert state["mode"] == "cool"
+
+
+def test_two_instances_share_the_bank_camera_and_display_each_command_attributed(
+    platform: Platform,
+    end_user: PlatformClient,
+    running_apps: dict[str, dict[str, Any]],
+    devices: DeviceClient,
+) -> None:
+    first = running_apps["intruder-prevention"]
+    schedule = end_user.post(
+        "/api/schedules",
+        json={"app": "intruder-prevention", "location": "city-bank", "now": True, "duration": "5m"},
+    )
+    second = wait_running(end_user, schedule["schedule_id"])
+    assert first["devices"]["camera"] == second["devices"]["camera"] == "bank-cam"
+
+    def frames(instance: dict[str, Any]) -> int:
+        status = requests.get(instance["url"] + "/status.json", timeout=10).json()
+        return int(dict(status["facts"])["Frames received / analysed"].split(" / ")[0])
+
+    before = (frames(first), frames(second))
+    wait_until(
+        lambda: frames(first) > before[0] + 4 and frames(second) > before[1] + 4, 30, "both read frames"
+    )
+
+    # Both drive the display: the controller applies their commands in turn, each state naming its sender.
+    expected = {f"app-{first['instance_id']}", f"app-{second['instance_id']}"}
+    wait_until(
+        lambda: expected <= command_senders(platform, "bank-display"), 30, "commands of both instances"
+    )
+
+
+def command_senders(platform: Platform, device: str) -> set[str]:
+    """Who sent the commands a controller applied: every state it published, read from the start."""
+    senders: set[str] = set()
+    broker = platform.status()["broker"]
+    with temporary_settings({"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}) as settings:
+        bus = Bus(settings, source="test-history")
+        loop = ConsumerLoop(bus, [bus.topics.device_state(device)], group=None, name="history")
+
+        def collect(state: DeviceState, _envelope: Envelope) -> None:
+            senders.add(state.by or "")
+
+        loop.add_handler(DeviceState, collect)
+        loop.start()
+        time.sleep(3)
+        loop.stop()
+    return senders - {""}
+
+
+def test_a_window_ends_and_its_instance_stops(platform: Platform, end_user: PlatformClient) -> None:
+    schedule = end_user.post(
+        "/api/schedules", json={"app": "smart-home", "location": "lake-home", "now": True, "duration": "20s"}
+    )
+    instance = wait_running(end_user, schedule["schedule_id"])
+    service = f"app-{instance['instance_id']}"
+    assert platform.service(service) is not None
+
+    def stopped() -> bool:
+        shown = end_user.get(f"/api/instances/{instance['instance_id']}")
+        return bool(shown["status"] == "stopped")
+
+    wait_until(stopped, 60, f"{instance['instance_id']} stopped at its window's end")
+    wait_until(lambda: platform.service(service) is None, 30, f"{service} gone from its node")
+    with pytest.raises(requests.RequestException):
+        requests.get(instance["url"] + "/health", timeout=3)
+
+
+def test_a_scheduler_down_at_a_start_still_starts_it_exactly_once(
+    request: pytest.FixtureRequest, platform: Platform, end_user: PlatformClient
+) -> None:
+    if request.node.callspec.params["platform"] != "process":
+        pytest.skip("the scheduler is a host process on both runtimes: once is enough")
+    zone = ZoneInfo("America/New_York")  # lake-home's
+    start = (datetime.now(zone) + timedelta(seconds=75)).replace(second=0, microsecond=0)
+    document = {
+        "app": "smart-home",
+        "location": "lake-home",
+        "start_date": start.date().isoformat(),
+        "end_date": start.date().isoformat(),
+        "times": [start.strftime("%H:%M")],
+        "duration": "1m",
+    }
+    if start.date() != (start + timedelta(minutes=1)).date():
+        pytest.skip("the run would cross local midnight; the check runs at other times")
+    schedule = end_user.post("/api/schedules", json=document)
+    scheduler = platform.service("scheduler")
+    assert scheduler is not None
+    # Hang the scheduler just before the start: the heartbeat monitor replaces it, and the
+    # start falls in its downtime.
+    wait_until(lambda: datetime.now(zone) >= start - timedelta(seconds=2), 120, "the start coming")
+    os.kill(scheduler["pid"], signal.SIGSTOP)
+    try:
+
+        def replaced() -> bool:
+            now = platform.service("scheduler") or {}
+            return now.get("pid") not in (None, scheduler["pid"]) and now.get("state") == "running"
+
+        wait_until(replaced, 60, "a new scheduler")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(scheduler["pid"], signal.SIGCONT)  # if it was not killed, let it go
+    instance = wait_running(end_user, schedule["schedule_id"], timeout=120)
+    time.sleep(5)  # a second start, if any, would come within this
+    shown = end_user.get(f"/api/schedules/{schedule['schedule_id']}")
+    assert [item["instance_id"] for item in shown["instances"]] == [instance["instance_id"]]
+    assert [entry["event"] for entry in shown["history"]] == ["started"]
+    print(f"\nstarted {shown['history'][0]['detail']}")
