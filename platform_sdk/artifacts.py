@@ -222,7 +222,7 @@ class WebSpec(_Strict):
         pattern=HEALTH_PATH_PATTERN,
         description="Answers 200 once the app is up; the deployer waits for it.",
     )
-    title: str = Field(default="", max_length=200, description="Title of its link in the portal.")
+    title: str = Field(default="", max_length=200, description="Title of its pages (shown with its address).")
 
 
 class AppManifest(_Strict):

@@ -3,7 +3,7 @@
 This module owns the ``mails`` table (``MailRow``) and the text of the mails the platform
 sends. It talks to the registry database (``Database``) and, when ``mail.smtp_host`` is set,
 to that SMTP server through ``smtplib``; with no SMTP host, mails stay in the outbox, where the
-API, the CLI and the portal show them (``list_mails``, ``MailView``).
+API and the CLI show them (``list_mails``, ``MailView``).
 
 How a mail flows: ``Mailer.record`` checks the address and adds the mail with status
 ``outbox`` to the caller's session, so the mail exists exactly when the caller's change (an
@@ -302,7 +302,7 @@ def instance_started_mail(
         f"{label} is running at {location}.\n\n"
         f"{address}\n\n"
         f"{stop}\n\n"
-        f"Instance {instance_id}; `aiot instance list` and the portal show it.\n\n"
+        f"Instance {instance_id}; `aiot instance list` (or GET /api/instances) shows it.\n\n"
         f"-- the AIoT platform\n"
     )
     return f"{label} is running at {location}", body
@@ -318,7 +318,7 @@ def instance_failed_mail(
         f"{label} failed at {location}.\n\n"
         f"Reason: {reason}\n\n"
         f"What to do next:\n"
-        f"- see instance {instance_id} with `aiot instance list` or in the portal;\n"
+        f"- see instance {instance_id} with `aiot instance list` (or GET /api/instances);\n"
         f"- once the cause is fixed, reschedule the app with `aiot schedule create`.\n\n"
         f"-- the AIoT platform\n"
     )

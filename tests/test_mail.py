@@ -273,6 +273,6 @@ def test_instance_failed_mail_says_why_and_what_to_do_next() -> None:
     assert subject == "Smart Home 1.2.0 failed at lake-home"
     assert "Reason: no node has 2 GB free" in body
     assert "`aiot instance list`" in body
-    assert "portal" in body
+    assert "/api/instances" in body
     assert "`aiot schedule create`" in body
     assert "inst-3" in body
