@@ -25,6 +25,7 @@ from typing import Any
 import confluent_kafka
 
 from benchmarks import Options, Result, Row
+from benchmarks import apps as apps_benchmark
 from benchmarks import bus as bus_benchmark
 from benchmarks import devices as devices_benchmark
 from benchmarks import model_serving as model_serving_benchmark
@@ -37,6 +38,7 @@ REGISTRY: dict[str, Benchmark] = {
     "node_layer": node_layer_benchmark.run,
     "model_serving": model_serving_benchmark.run,
     "devices": devices_benchmark.run,
+    "apps": apps_benchmark.run,
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"

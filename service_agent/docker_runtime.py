@@ -96,6 +96,8 @@ PLATFORM_PACKAGES = (
     "deployer",
     "device_manager",
     "simulators",
+    "app_manager",
+    "scheduler",
 )
 PLATFORM_DATA = ("configs",)
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -26,6 +26,7 @@ def test_public_surface_is_what_all_exports() -> None:
         "artifacts",
         "messages",
         "model",
+        "app",
         "model_client",
         "net",
         "roles",
