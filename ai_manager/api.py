@@ -19,24 +19,14 @@ from ai_manager.artifact import ValidatedModel, validate_model_zip
 from ai_manager.models import ModelRow, ModelVersionRow
 from deployer.messages import DeploymentInfo, Deployments, DeployModel, ListDeployments, UndeployModel
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import resources
+from platform_core.http import resources, uploaded_file
 from platform_sdk.artifacts import model_id_for
-from platform_sdk.errors import BadRequest, Forbidden, NotFound, PlatformError
+from platform_sdk.errors import Forbidden, NotFound, PlatformError
 
 blueprint = flask.Blueprint("models", __name__, url_prefix="/api/models")
 WRITERS = (Role.AI_DEVELOPER, Role.PLATFORM_CONFIGURER)
 READERS = (Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
 DEPLOYER_TIMEOUT_S = 30.0
-
-
-def _uploaded_zip() -> tuple[bytes, str]:
-    upload = flask.request.files.get("file")
-    if upload is not None:
-        return upload.read(), upload.filename or "upload.zip"
-    data = flask.request.get_data(cache=False)
-    if not data:
-        raise BadRequest("send the model zip as the request body (Content-Type: application/zip)")
-    return data, flask.request.headers.get("X-Filename", "upload.zip")
 
 
 def _check_owner(model: ModelRow, principal: Principal) -> None:
@@ -93,7 +83,7 @@ def _model_json(
 @allow(*WRITERS)
 def upload_model() -> tuple[flask.Response, int]:
     """Validate, store and register a model zip, then ask the deployer to deploy it."""
-    data, filename = _uploaded_zip()
+    data, filename = uploaded_file("model zip")
     accepted = validate_model_zip(data, label=filename)
     principal = current_principal()
     stored = _store(accepted, principal)

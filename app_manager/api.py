@@ -22,24 +22,13 @@ from app_manager.models import AppRow, AppVersionRow
 from app_manager.references import check_references
 from device_manager import registry as devices
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import resources
+from platform_core.http import resources, uploaded_file
 from platform_sdk.artifacts import AppManifest, app_id_for
-from platform_sdk.errors import BadRequest, Forbidden, PlatformError
+from platform_sdk.errors import Forbidden, PlatformError
 
 blueprint = flask.Blueprint("apps", __name__, url_prefix="/api/apps")
 WRITERS = (Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
 READERS = (Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.END_USER)
-
-
-def _uploaded_zip() -> tuple[bytes, str]:
-    """The app zip of the request: a multipart ``file`` or the raw body (named by ``X-Filename``)."""
-    upload = flask.request.files.get("file")
-    if upload is not None:
-        return upload.read(), upload.filename or "upload.zip"
-    data = flask.request.get_data(cache=False)
-    if not data:
-        raise BadRequest("send the app zip as the request body (Content-Type: application/zip)")
-    return data, flask.request.headers.get("X-Filename", "upload.zip")
 
 
 def _check_owner(app: AppRow, principal: Principal) -> None:
@@ -114,7 +103,7 @@ def _app_json(session: Session, app: AppRow, locations: list[str], *, detailed: 
 @allow(*WRITERS)
 def upload_app() -> tuple[flask.Response, int]:
     """Validate an app zip against itself and the registry, then register the version and store it."""
-    data, filename = _uploaded_zip()
+    data, filename = uploaded_file("app zip")
     accepted = validate_app_zip(data, label=filename)
     stored = _store(accepted, filename, current_principal())
     _describe(stored)

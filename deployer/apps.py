@@ -35,7 +35,7 @@ from deployer.messages import (
     ListInstances,
     StopInstance,
 )
-from deployer.models import AppInstanceRow, add_stage
+from deployer.models import AppInstanceRow, add_stage, record_stage
 from device_manager.messages import BindDevices, DeviceBindings, UnbindDevices, Unbound
 from platform_core.nodes import BundleRef, ServiceSpec
 from platform_sdk.artifacts import AppInstanceConfig, ModelBinding
@@ -218,12 +218,7 @@ class AppInstances:
     # records ------------------------------------------------------------------------------
     def _stage(self, instance_id: str, stage: str, detail: str = "", status: str | None = None) -> None:
         log.info("%s: %s %s", instance_id, stage, detail)
-        with self.database.session() as session:
-            row = session.get(AppInstanceRow, instance_id)
-            if row is not None:
-                add_stage(row, stage, detail)
-                if status:
-                    row.status = status
+        record_stage(self.database, AppInstanceRow, instance_id, stage, detail, status)
 
     def _finish(self, instance_id: str, status: str, detail: str) -> None:
         with self.database.session() as session:

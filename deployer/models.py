@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from platform_core.db import Base, utcnow
+from platform_core.db import Base, Database, utcnow
 
 
 class DeploymentRow(Base):
@@ -53,6 +53,23 @@ class AppInstanceRow(Base):
     stop_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def record_stage(
+    database: Database,
+    table: type[DeploymentRow | AppInstanceRow],
+    key: str,
+    stage: str,
+    detail: str = "",
+    status: str | None = None,
+) -> None:
+    """Add a stage (and set the status) of the deployment or instance ``key``, if it still exists."""
+    with database.session() as session:
+        row: DeploymentRow | AppInstanceRow | None = session.get(table, key)
+        if row is not None:
+            add_stage(row, stage, detail)
+            if status:
+                row.status = status
 
 
 def add_stage(row: DeploymentRow | AppInstanceRow, stage: str, detail: str = "") -> None:

@@ -43,7 +43,7 @@ from deployer.messages import (
     StopInstance,
     UndeployModel,
 )
-from deployer.models import DeploymentRow, add_stage
+from deployer.models import DeploymentRow, add_stage, record_stage
 from platform_core.archive import Archive
 from platform_core.blobstore import BlobStore, blob_store_from_settings
 from platform_core.db import Database
@@ -392,12 +392,7 @@ class DeployerService(Service):
 
     def _stage(self, deployment_id: str, stage: str, detail: str = "", status: str | None = None) -> None:
         log.info("%s: %s %s", deployment_id, stage, detail)
-        with self.database.session() as session:
-            row = session.get(DeploymentRow, deployment_id)
-            if row is not None:
-                add_stage(row, stage, detail)
-                if status:
-                    row.status = status
+        record_stage(self.database, DeploymentRow, deployment_id, stage, detail, status)
 
     def _finish(self, deployment_id: str, status: str, detail: str) -> None:
         with self.database.session() as session:

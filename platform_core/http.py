@@ -87,6 +87,17 @@ def query_as(model: type[B]) -> B:
     return validate_as(model, flask.request.args.to_dict())
 
 
+def uploaded_file(what: str) -> tuple[bytes, str]:
+    """The file of an upload request: a multipart ``file`` field or the raw body (``X-Filename``)."""
+    upload = flask.request.files.get("file")
+    if upload is not None:
+        return upload.read(), upload.filename or "upload.zip"
+    data = flask.request.get_data(cache=False)
+    if not data:
+        raise BadRequest(f"send the {what} as the request body (Content-Type: application/zip)")
+    return data, flask.request.headers.get("X-Filename", "upload.zip")
+
+
 class RouteWithoutRule(RuntimeError):
     """A route was mounted without a role rule; every route must declare one."""
 
