@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -55,9 +56,12 @@ class AppInstanceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+StagedRow = TypeVar("StagedRow", DeploymentRow, AppInstanceRow)
+
+
 def record_stage(
     database: Database,
-    table: type[DeploymentRow | AppInstanceRow],
+    table: type[StagedRow],
     key: str,
     stage: str,
     detail: str = "",
@@ -65,7 +69,7 @@ def record_stage(
 ) -> None:
     """Add a stage (and set the status) of the deployment or instance ``key``, if it still exists."""
     with database.session() as session:
-        row: DeploymentRow | AppInstanceRow | None = session.get(table, key)
+        row = session.get(table, key)
         if row is not None:
             add_stage(row, stage, detail)
             if status:
