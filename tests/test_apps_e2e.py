@@ -288,3 +288,54 @@ def test_a_scheduler_down_at_a_start_still_starts_it_exactly_once(
     assert [item["instance_id"] for item in shown["instances"]] == [instance["instance_id"]]
     assert [entry["event"] for entry in shown["history"]] == ["started"]
     print(f"\nstarted {shown['history'][0]['detail']}")
+
+
+def test_the_cli_schedules_lists_stops_and_shows_mail(platform: Platform) -> None:
+    created = platform.json(
+        "schedule", "create", "smart-home", "--location", "lake-home", "--now", "--duration", "10m", "--wait"
+    )
+    assert isinstance(created, dict)
+    instance = next(item for item in created["instances"] if item["status"] == "running")
+    listed = platform.json("instance", "list")
+    assert isinstance(listed, list)
+    row = next(item for item in listed if item["instance_id"] == instance["instance_id"])
+    assert row["node_id"] in {"node-1", "node-2"}
+    assert row["url"].startswith("http://127.0.0.1:")
+
+    stopped = platform.run("instance", "stop", instance["instance_id"])
+    assert f"{instance['instance_id']}: stopped" in stopped.stdout
+    mails = platform.json("mail", "list")
+    assert isinstance(mails, list)
+    assert any(mail["instance_id"] == instance["instance_id"] for mail in mails)
+    assert all(mail["recipient"] == "admin@localhost" for mail in mails)  # admin has no address
+
+    later = platform.json(
+        "schedule",
+        "create",
+        "smart-home",
+        "-l",
+        "lake-home",
+        "--start",
+        "2031-01-06",
+        "--end",
+        "2031-01-31",
+        "--window",
+        "09:00-17:00",
+        "--days",
+        "mon,wed,fri",
+    )
+    assert isinstance(later, dict)
+    assert later["next_runs"][0]["start"] == "2031-01-06T14:00:00+00:00"  # 09:00 in New York, winter
+    schedule_id = later["schedule_id"]
+    platform.run("schedule", "pause", schedule_id)
+    assert _status_of(platform, schedule_id) == "paused"
+    platform.run("schedule", "resume", schedule_id)
+    assert _status_of(platform, schedule_id) == "active"
+    platform.run("schedule", "cancel", schedule_id)
+    assert _status_of(platform, schedule_id) == "cancelled"
+
+
+def _status_of(platform: Platform, schedule_id: str) -> str:
+    schedules = platform.json("schedule", "list")
+    assert isinstance(schedules, list)
+    return str(next(item["status"] for item in schedules if item["schedule_id"] == schedule_id))
