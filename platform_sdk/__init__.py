@@ -6,8 +6,9 @@ the one ``ConsumerLoop``, ``Requester`` for request/reply), the message
 envelope, heartbeats and log shipping (``PlatformRuntime``, ``get_logger``)
 the error tree rooted at ``PlatformError``, and ``model_call`` / ``Model`` for
 models (call a deployed model; write one the platform can serve), and
-``DeviceClient`` for an app's sensors and controllers, and ``App``: what a
-smart app's entrypoint is called with (its devices and models by alias).
+``DeviceClient`` for an app's sensors and controllers, ``App``: what a
+smart app's entrypoint is called with (its devices and models by alias), and
+``StatusPage``: a web app's status page (``app.serve(page.wsgi)``).
 
 It never imports Flask, SQLAlchemy, docker or Azure, so a user's app stays
 light (a test enforces this), and it starts nothing at import: threads exist
@@ -38,6 +39,7 @@ from platform_sdk.model import Model
 from platform_sdk.model_client import ModelClient, model_call
 from platform_sdk.runtime import PlatformRuntime
 from platform_sdk.settings import Settings, get_settings, temporary_settings
+from platform_sdk.status_page import StatusPage
 from platform_sdk.topics import Topics
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "Requester",
     "SensorData",
     "Settings",
+    "StatusPage",
     "Timeout",
     "Topics",
     "Unauthorized",

@@ -9,8 +9,9 @@ The deployer starts an app instance as ``python -m platform_sdk.app`` in its unp
         ──▶ ``entrypoint(app)``: the app reads sensors, calls models and drives controllers by
             alias only — ``app.sensor_stream("camera")``, ``app.model_call("faces", "detect",
             image=...)``, ``app.send_controller("display", "show", text=...)``
-        ──▶ a web app calls ``app.serve(wsgi_app)``: its pages on the port the platform gave it,
-            the manifest's health path answered by the SDK
+        ──▶ a web app calls ``app.serve(wsgi_app, worker=loop)``: its pages on the port the
+            platform gave it (``StatusPage`` is a ready-made one), the manifest's health path
+            answered by the SDK, the app's loop in a thread meanwhile
     SIGTERM (the window's end, ``aiot instance stop``) ──▶ ``app.stopping`` is set, ``serve``
         returns, the entrypoint returns, the process exits.
 
@@ -111,8 +112,24 @@ class App:
         """Sleep up to ``seconds``; True when the instance is stopping (leave your loop then)."""
         return self.stopping.wait(seconds)
 
-    def serve(self, wsgi_app: WsgiApp) -> None:
-        """Serve ``wsgi_app`` on the instance's port until it stops; the health path is the SDK's."""
+    def serve(self, wsgi_app: WsgiApp, *, worker: Callable[[], object] | None = None) -> None:
+        """Serve ``wsgi_app`` on the instance's port until it stops; the health path is the SDK's.
+
+        ``worker`` (the app's own loop, e.g. ``while not app.wait(1): ...``) runs meanwhile in a
+        thread of its own; when serving ends, ``stopping`` is set and the worker joined (30 s at most).
+        """
+        thread = None
+        if worker is not None:
+            thread = threading.Thread(target=worker, name=f"app-{self.manifest.name}-worker", daemon=True)
+            thread.start()
+        try:
+            self._serve_http(wsgi_app)
+        finally:
+            if thread is not None:
+                self.stopping.set()
+                thread.join(timeout=30)
+
+    def _serve_http(self, wsgi_app: WsgiApp) -> None:
         health_path = self.manifest.web.health_path if self.manifest.web else "/health"
         instance_id = self.instance_id
 

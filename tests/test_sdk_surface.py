@@ -33,6 +33,7 @@ def test_public_surface_is_what_all_exports() -> None:
         "runstate",
         "runtime",
         "settings",
+        "status_page",
         "topics",
     }
     for name in exported:

@@ -15,23 +15,20 @@ a person alerts within seconds (the platform's end-to-end test counts on it). A 
 e.g. ``((8, 18),)``: faces between 8:00 and 18:00 at the location (its time zone) are staff.
 
 The decisions are pure (``in_allowed_hours``, ``alert_text``, ``RateLimiter``, ``IntruderWatch``);
-``run(app)`` wires them to the devices, the model and a status page (``/``, ``/status.json``,
-``/frame.jpg``).
+``run(app)`` wires them to the devices, the model and the SDK's ``StatusPage`` (``/``,
+``/status.json``, ``/frame.jpg``).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from platform_sdk.errors import PlatformError
+from platform_sdk.status_page import StatusPage
 
 if TYPE_CHECKING:
     from platform_sdk.app import App
@@ -46,10 +43,8 @@ MAX_DETECTIONS_PER_S = 2.0  # face-detector calls per second at most
 CLEAR_AFTER_S = 10.0  # seconds without an intruder before the display clears and the alarm stops
 ALARM_SPEED = 5  # the siren's "volume": the fan's top speed
 ALERT_COLOUR = "red"
-PROBLEM_REPEAT_S = 60.0  # the same problem is logged once a minute at most
 RETRY_S = 2.0  # a command a device did not take is tried again after this long
 LOOP_S = 0.05
-EVENTS_KEPT = 20
 
 
 # decisions (pure) -----------------------------------------------------------------------------
@@ -138,35 +133,23 @@ class IntruderWatch:
 
 
 # the running app ------------------------------------------------------------------------------
-@dataclass
-class Detection:
-    seq: int
-    image: bytes
-    content_type: str
-    faces: int
-    boxes: list[list[int]]
-    at: float
-
-
 class IntruderPrevention:
     """The app's state, shared by its watch loop, the camera's stream and its status page."""
 
     def __init__(self, app: App, allowed_hours: Sequence[Hours] = ALLOWED_HOURS) -> None:
         self.app = app
-        self.zone = ZoneInfo(app.config.timezone)
         self.watch = IntruderWatch(allowed_hours, CLEAR_AFTER_S)
         self.limiter = RateLimiter(MAX_DETECTIONS_PER_S)
+        self.page = StatusPage.for_app(app, fields=self.fields)
+        self.page.set_headline("All clear", "green")
         self.lock = threading.Lock()
         self.newest: SensorData | None = None  # the camera's newest frame, not yet analysed
         self.frames = 0
         self.analysed = 0
-        self.detection: Detection | None = None
+        self.faces: int | None = None  # in the last analysed frame
         self.alert = ""
         self.shown: bool | None = None  # what the display and the alarm were last set to
         self.retry_at = 0.0
-        self.error: str | None = None
-        self.logged: dict[str, float] = {}  # problem → when it was last logged
-        self.events: deque[dict[str, str]] = deque(maxlen=EVENTS_KEPT)
 
     # inputs -----------------------------------------------------------------------------------
     def on_frame(self, data: SensorData) -> None:
@@ -193,39 +176,43 @@ class IntruderPrevention:
         """One turn: maybe a face check of the newest frame, then the devices brought in line."""
         action: str | None = None
         frame = self.take_frame(now)
-        found = None if frame is None else self.detect(frame, now)
+        found = None if frame is None else self.detect(frame)
         if frame is not None and found is not None:
-            moment = datetime.now(self.zone)
+            moment = self.page.now()
             action = self.watch.observe(found, now, hour_of_day(moment))
             if action == "alert":
                 self.alert = alert_text(found, moment)
                 self.app.log.warning(
                     "intruder alert at %s: %s (camera %s)", self.app.location, self.alert, frame.device_id
                 )
-                self.event(self.alert)
+                self.page.set_headline(self.alert, ALERT_COLOUR)
+                self.page.add_event(self.alert)
         else:
             action = self.watch.tick(now)
         if action == "clear":
             quiet = self.watch.clear_after_s
             self.app.log.info("all clear at %s: no intruder for %gs", self.app.location, quiet)
-            self.event("all clear")
+            self.page.set_headline("All clear", "green")
+            self.page.add_event("all clear")
         self.drive(now)
+        self.show_facts(now)
 
-    def detect(self, frame: SensorData, now: float) -> int | None:
+    def detect(self, frame: SensorData) -> int | None:
         assert frame.image is not None
         try:
             result = self.app.model_call("faces", "detect", image=frame.image)
         except PlatformError as exc:
-            self.problem(f"face-detector: {exc}")
+            self.page.report_problem(f"face-detector: {exc}")
             return None
         boxes = [[int(v) for v in box] for box in result.get("boxes", [])]
         faces = int(result.get("count", len(boxes)))
+        self.page.set_frame(
+            frame.image, boxes=boxes, seq=frame.seq, content_type=frame.content_type or "image/jpeg"
+        )
+        self.page.clear_problem()
         with self.lock:
             self.analysed += 1
-            self.detection = Detection(
-                frame.seq, frame.image, frame.content_type or "image/jpeg", faces, boxes, now
-            )
-            self.error = None
+            self.faces = faces
         return faces
 
     def drive(self, now: float) -> None:
@@ -242,98 +229,53 @@ class IntruderPrevention:
                 self.app.send_controller("alarm", "off")
         except PlatformError as exc:
             self.retry_at = now + RETRY_S
-            self.problem(f"devices: {exc}")
+            self.page.report_problem(f"devices: {exc}")
             return
         with self.lock:
             self.shown = wanted
 
-    def problem(self, text: str) -> None:
-        """Something went wrong: shown on the page; logged (and listed) once a minute at most."""
-        now = time.monotonic()
-        with self.lock:
-            self.error = text
-            last = self.logged.get(text)
-            if last is not None and now - last < PROBLEM_REPEAT_S:
-                return
-            self.logged[text] = now
-        self.app.log.warning("%s", text)
-        self.event(text)
-
-    def event(self, text: str) -> None:
-        with self.lock:
-            self.events.appendleft({"time": datetime.now(self.zone).strftime("%H:%M:%S"), "text": text})
-
     # the status page ---------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        moment = datetime.now(self.zone)
+    def allowed_now(self) -> bool:
+        return in_allowed_hours(hour_of_day(self.page.now()), self.watch.allowed_hours)
+
+    def devices_shown(self) -> tuple[str, str]:
+        """What the display and the alarm were last set to, in words."""
         with self.lock:
-            detection, shown = self.detection, self.shown
-            alerting, last = self.watch.alerting, self.watch.last_intruder_at
-            allowed = in_allowed_hours(hour_of_day(moment), self.watch.allowed_hours)
-            hours = ", ".join(f"{clock(a)}-{clock(b)}" for a, b in self.watch.allowed_hours) or "none"
-            display = "not set yet" if shown is None else ("alert" if shown else "clear")
-            alarm = "not set yet" if shown is None else ("sounding" if shown else "silent")
-            headline = (
-                {"text": self.alert, "colour": "red"}
-                if alerting
-                else {"text": "All clear", "colour": "green"}
-            )
-            return {
-                "app": self.app.manifest.name,
-                "instance": self.app.instance_id,
-                "location": self.app.location,
-                "local_time": moment.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "headline": headline,
-                "alert": alerting,
-                "faces": detection.faces if detection else None,
-                "allowed_now": allowed,
-                "display": display,
-                "alarm": alarm,
-                "facts": [
-                    ["Faces in the last analysed frame", "-" if detection is None else str(detection.faces)],
-                    ["Frames received / analysed", f"{self.frames} / {self.analysed}"],
-                    ["Face checks", f"at most {MAX_DETECTIONS_PER_S:g} a second"],
-                    ["Allowed hours", f"{hours} (now {'allowed' if allowed else 'not allowed'})"],
-                    ["Last intruder", "-" if last is None else f"{now - last:.0f} s ago"],
-                    ["Clears after", f"{self.watch.clear_after_s:g} s without an intruder"],
-                    ["Display / alarm", f"{display} / {alarm}"],
-                    ["Problem", self.error or "none"],
-                ],
-                "frame": None
-                if detection is None
-                else {"seq": detection.seq, "boxes": detection.boxes, "age_s": round(now - detection.at, 1)},
-                "events": list(self.events),
-            }
+            shown = self.shown
+        if shown is None:
+            return "not set yet", "not set yet"
+        return ("alert", "sounding") if shown else ("clear", "silent")
 
-    def frame(self) -> tuple[bytes, str] | None:
+    def show_facts(self, now: float) -> None:
+        allowed, (display, alarm) = self.allowed_now(), self.devices_shown()
+        last = self.watch.last_intruder_at
+        hours = ", ".join(f"{clock(a)}-{clock(b)}" for a, b in self.watch.allowed_hours) or "none"
         with self.lock:
-            return None if self.detection is None else (self.detection.image, self.detection.content_type)
-
-
-def wsgi_app(state: IntruderPrevention) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    """The status page: ``/`` (HTML), ``/status.json`` and ``/frame.jpg`` (the last analysed frame)."""
-    page = PAGE.replace("%TITLE%", "Intruder Prevention").encode()
-
-    def respond(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
-        body: bytes
-        if path in ("/", "/index.html"):
-            body, kind = page, "text/html; charset=utf-8"
-        elif path == "/status.json":
-            body, kind = json.dumps(state.status()).encode(), "application/json"
-        elif path == "/frame.jpg" and (frame := state.frame()) is not None:
-            body, kind = frame
-        else:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found\n"]
-        start_response(
-            "200 OK",
-            [("Content-Type", kind), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")],
+            faces, frames, analysed = self.faces, self.frames, self.analysed
+        self.page.set_facts(
+            [
+                ("Faces in the last analysed frame", "-" if faces is None else str(faces)),
+                ("Frames received / analysed", f"{frames} / {analysed}"),
+                ("Face checks", f"at most {MAX_DETECTIONS_PER_S:g} a second"),
+                ("Allowed hours", f"{hours} (now {'allowed' if allowed else 'not allowed'})"),
+                ("Last intruder", "-" if last is None else f"{now - last:.0f} s ago"),
+                ("Clears after", f"{self.watch.clear_after_s:g} s without an intruder"),
+                ("Display / alarm", f"{display} / {alarm}"),
+            ]
         )
-        return [body]
 
-    return respond
+    def fields(self) -> dict[str, Any]:
+        """The app's own fields of ``status.json``."""
+        display, alarm = self.devices_shown()
+        with self.lock:
+            faces = self.faces
+        return {
+            "alert": self.watch.alerting,
+            "faces": faces,
+            "allowed_now": self.allowed_now(),
+            "display": display,
+            "alarm": alarm,
+        }
 
 
 def run(app: App) -> None:
@@ -345,64 +287,4 @@ def run(app: App) -> None:
         app.location,
         list(state.watch.allowed_hours) or "none",
     )
-    watcher = threading.Thread(target=state.loop, name="intruder-watch", daemon=True)
-    watcher.start()
-    try:
-        app.serve(wsgi_app(state))
-    finally:
-        app.stopping.set()
-        watcher.join(timeout=30)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>%TITLE%</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5rem;background:#f4f5f7;color:#222}
-h1{font-size:1.3rem;margin:0}h2{font-size:1rem;margin:1.2rem 0 .3rem}#sub{color:#666;margin:.2rem 0 1rem}
-#headline{font-size:1.6rem;font-weight:600;padding:.8rem 1rem;border-radius:.4rem;
-  margin-bottom:1rem;background:#fff}
-.red{background:#c62828!important;color:#fff}.green{background:#2e7d32!important;color:#fff}
-.yellow{background:#f9a825!important}.blue{background:#1565c0!important;color:#fff}
-.row{display:flex;gap:1.5rem;flex-wrap:wrap;align-items:flex-start}
-table{border-collapse:collapse;background:#fff}td{padding:.3rem .7rem;border-bottom:1px solid #eee}
-td:first-child{color:#666}canvas{max-width:480px;width:100%;border-radius:.3rem}
-ol{background:#fff;padding:.5rem 2.2rem;max-height:16rem;overflow:auto;font-size:.9rem}
-</style></head><body>
-<h1>%TITLE%</h1><div id="sub">connecting...</div>
-<div id="headline">...</div>
-<div class="row"><canvas id="frame" hidden></canvas><table id="facts"></table></div>
-<h2>Events</h2><ol id="events"></ol>
-<script>
-const $ = (id) => document.getElementById(id);
-let shownFrame = null;
-function row(cells) {
-  const tr = document.createElement('tr');
-  for (const text of cells) { const td = document.createElement('td'); td.textContent = text; tr.append(td); }
-  return tr;
-}
-function draw(frame) {
-  const img = new Image();
-  img.onload = () => {
-    const canvas = $('frame'), g = canvas.getContext('2d');
-    canvas.width = img.width; canvas.height = img.height; canvas.hidden = false;
-    g.drawImage(img, 0, 0); g.strokeStyle = '#ff1744'; g.lineWidth = 3;
-    for (const [x, y, w, h] of frame.boxes) g.strokeRect(x, y, w, h);
-  };
-  img.src = 'frame.jpg?seq=' + frame.seq;
-}
-async function refresh() {
-  try {
-    const s = await (await fetch('status.json', {cache: 'no-store'})).json();
-    $('sub').textContent = s.location + ' \\u00b7 ' + s.local_time + ' \\u00b7 instance ' + s.instance;
-    $('headline').textContent = s.headline.text; $('headline').className = s.headline.colour;
-    $('facts').replaceChildren(...s.facts.map(row));
-    $('events').replaceChildren(...s.events.map((e) => {
-      const li = document.createElement('li'); li.textContent = e.time + '  ' + e.text; return li;
-    }));
-    if (s.frame && s.frame.seq !== shownFrame) { shownFrame = s.frame.seq; draw(s.frame); }
-  } catch (error) { $('sub').textContent = 'status unavailable: ' + error; }
-}
-refresh(); setInterval(refresh, 1000);
-</script></body></html>
-"""
+    app.serve(state.page.wsgi, worker=state.loop)

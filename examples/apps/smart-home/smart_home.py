@@ -16,7 +16,7 @@ crosses 22.0 °C on the way up at about 11:05 and falls below 21.5 °C at about 
 time; ``settings.device.time_scale`` makes the day pass faster).
 
 The decisions are pure (``ac_should_run``, ``ac_setpoint``, ``plan``, ``FanHold``); ``run(app)``
-wires them to the devices, the model and a status page (``/``, ``/status.json``).
+wires them to the devices, the model and the SDK's ``StatusPage`` (``/``, ``/status.json``).
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from platform_sdk.errors import PlatformError
+from platform_sdk.status_page import StatusPage
 
 if TYPE_CHECKING:
     from platform_sdk.app import App
@@ -44,10 +42,8 @@ SETPOINT_STEP_C = 0.5  # the model's set-point is rounded to this
 SETPOINT_RANGE = (16.0, 30.0)  # what the AC accepts
 AC_MODE = "cool"
 FAN_HOLD_S = 10.0  # the fan's speed changes at most this often
-PROBLEM_REPEAT_S = 60.0  # the same problem is logged once a minute at most
-RETRY_S = 2.0
+RETRY_S = 2.0  # a command a device did not take is tried again after this long
 LOOP_S = 0.1
-EVENTS_KEPT = 20
 
 
 # decisions (pure) -----------------------------------------------------------------------------
@@ -114,7 +110,8 @@ class SmartHome:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.zone = ZoneInfo(app.config.timezone)
+        self.page = StatusPage.for_app(app, fields=self.fields)
+        self.page.set_headline("Waiting for the temperature and the model...", "white")
         self.lock = threading.Lock()
         self.newest: SensorData | None = None  # the newest reading, not yet acted on
         self.readings = 0
@@ -126,9 +123,6 @@ class SmartHome:
         self.fan: int | None = None  # the speed the fan was last set to
         self.fan_hold = FanHold(FAN_HOLD_S)
         self.retry_at = 0.0
-        self.error: str | None = None
-        self.logged: dict[str, float] = {}  # problem → when it was last logged
-        self.events: deque[dict[str, str]] = deque(maxlen=EVENTS_KEPT)
 
     def on_reading(self, data: SensorData) -> None:
         if isinstance(data.values.get("temperature"), int | float):
@@ -146,6 +140,7 @@ class SmartHome:
         if reading is not None:
             self.decide(reading)
         self.drive(now)
+        self.show_facts()
 
     def decide(self, reading: SensorData) -> None:
         temperature = float(reading.values["temperature"])
@@ -153,17 +148,21 @@ class SmartHome:
         try:
             comfort = self.app.model_call("comfort", "predict", temperature=temperature, humidity=humidity)
         except PlatformError as exc:
-            self.problem(f"comfort: {exc}")
+            self.page.report_problem(f"comfort: {exc}")
             return
         running = self.plan.ac_on if self.plan is not None else False
         new = plan(temperature, comfort, running)
         with self.lock:
             self.temperature, self.humidity, self.comfort = temperature, humidity, dict(comfort)
             before, self.plan = self.plan, new
-            self.error = None
+        self.page.clear_problem()
+        if new.ac_on:
+            self.page.set_headline(f"AC cooling to {new.setpoint:g} °C", "blue")
+        else:
+            self.page.set_headline("AC off", "green")
         if before is None or before.ac_on != new.ac_on:
             what = f"on, cooling to {new.setpoint:g} °C" if new.ac_on else "off"
-            self.event(f"AC {what}: room {temperature:g} °C")
+            self.page.add_event(f"AC {what}: room {temperature:g} °C")
 
     def drive(self, now: float) -> None:
         """Bring the AC and the fan to the plan (again later if a device fails)."""
@@ -183,91 +182,48 @@ class SmartHome:
                 else:
                     self.app.send_controller("ac", "off")
                     self.app.log.info("AC off (room %s °C)", self.temperature)
-                self.ac = wanted_ac
+                with self.lock:
+                    self.ac = wanted_ac
             if wanted.fan_speed != self.fan and self.fan_hold.may_change(now):
                 self.app.send_controller("fan", "set_speed", speed=wanted.fan_speed)
                 self.fan_hold.changed(now)
                 if self.fan is not None:
-                    self.event(f"fan to speed {wanted.fan_speed}")
-                self.fan = wanted.fan_speed
+                    self.page.add_event(f"fan to speed {wanted.fan_speed}")
+                with self.lock:
+                    self.fan = wanted.fan_speed
         except PlatformError as exc:
             self.retry_at = now + RETRY_S
-            self.problem(f"devices: {exc}")
+            self.page.report_problem(f"devices: {exc}")
 
-    def problem(self, text: str) -> None:
-        """Something went wrong: shown on the page; logged (and listed) once a minute at most."""
-        now = time.monotonic()
+    # the status page ---------------------------------------------------------------------------
+    def show_facts(self) -> None:
         with self.lock:
-            self.error = text
-            last = self.logged.get(text)
-            if last is not None and now - last < PROBLEM_REPEAT_S:
-                return
-            self.logged[text] = now
-        self.app.log.warning("%s", text)
-        self.event(text)
+            temperature, humidity, comfort = self.temperature, self.humidity, self.comfort
+            ac, fan, readings = self.ac, self.fan, self.readings
+        self.page.set_facts(
+            [
+                ("Temperature", "-" if temperature is None else f"{temperature:g} °C"),
+                ("Humidity", "-" if humidity is None else f"{humidity:g} %"),
+                ("Readings", str(readings)),
+                ("AC rule", f"on above {AC_ON_ABOVE_C:g} °C, off below {AC_OFF_BELOW_C:g} °C"),
+                ("Comfort model", "-" if comfort is None else json.dumps(comfort)),
+                ("AC", "not set yet" if ac is None else (f"on, cool to {ac[1]:g} °C" if ac[0] else "off")),
+                ("Fan", "not set yet" if fan is None else ("off" if fan == 0 else f"speed {fan}")),
+            ]
+        )
 
-    def event(self, text: str) -> None:
+    def fields(self) -> dict[str, Any]:
+        """The app's own fields of ``status.json``."""
         with self.lock:
-            self.events.appendleft({"time": datetime.now(self.zone).strftime("%H:%M:%S"), "text": text})
-
-    def status(self) -> dict[str, Any]:
-        moment = datetime.now(self.zone)
-        with self.lock:
-            wanted, ac, fan, comfort = self.plan, self.ac, self.fan, self.comfort
-            if wanted is None:
-                headline = {"text": "Waiting for the temperature and the model...", "colour": "white"}
-            elif wanted.ac_on:
-                headline = {"text": f"AC cooling to {wanted.setpoint:g} °C", "colour": "blue"}
-            else:
-                headline = {"text": "AC off", "colour": "green"}
-            ac_text = "not set yet" if ac is None else (f"on, cool to {ac[1]:g} °C" if ac[0] else "off")
+            ac = self.ac
             return {
-                "app": self.app.manifest.name,
-                "instance": self.app.instance_id,
-                "location": self.app.location,
-                "local_time": moment.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "headline": headline,
                 "temperature": self.temperature,
                 "humidity": self.humidity,
-                "comfort": comfort,
+                "comfort": self.comfort,
                 "ac_on": None if ac is None else ac[0],
                 "ac_setpoint": None if ac is None else ac[1],
-                "fan_speed": fan,
-                "facts": [
-                    ["Temperature", "-" if self.temperature is None else f"{self.temperature:g} °C"],
-                    ["Humidity", "-" if self.humidity is None else f"{self.humidity:g} %"],
-                    ["Readings", str(self.readings)],
-                    ["AC rule", f"on above {AC_ON_ABOVE_C:g} °C, off below {AC_OFF_BELOW_C:g} °C"],
-                    ["Comfort model", "-" if comfort is None else json.dumps(comfort)],
-                    ["AC", ac_text],
-                    ["Fan", "not set yet" if fan is None else ("off" if fan == 0 else f"speed {fan}")],
-                    ["Problem", self.error or "none"],
-                ],
-                "frame": None,
-                "events": list(self.events),
+                "fan_speed": self.fan,
             }
-
-
-def wsgi_app(state: SmartHome) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    """The status page: ``/`` (HTML) and ``/status.json``."""
-    page = PAGE.replace("%TITLE%", "Smart Home").encode()
-
-    def respond(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
-        if path in ("/", "/index.html"):
-            body, kind = page, "text/html; charset=utf-8"
-        elif path == "/status.json":
-            body, kind = json.dumps(state.status()).encode(), "application/json"
-        else:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found\n"]
-        start_response(
-            "200 OK",
-            [("Content-Type", kind), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")],
-        )
-        return [body]
-
-    return respond
 
 
 def run(app: App) -> None:
@@ -277,51 +233,4 @@ def run(app: App) -> None:
     app.log.info(
         "smart home at %s: AC on above %g °C, off below %g °C", app.location, AC_ON_ABOVE_C, AC_OFF_BELOW_C
     )
-    worker = threading.Thread(target=state.loop, name="home-loop", daemon=True)
-    worker.start()
-    try:
-        app.serve(wsgi_app(state))
-    finally:
-        app.stopping.set()
-        worker.join(timeout=30)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>%TITLE%</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5rem;background:#f4f5f7;color:#222}
-h1{font-size:1.3rem;margin:0}h2{font-size:1rem;margin:1.2rem 0 .3rem}#sub{color:#666;margin:.2rem 0 1rem}
-#headline{font-size:1.6rem;font-weight:600;padding:.8rem 1rem;border-radius:.4rem;
-  margin-bottom:1rem;background:#fff}
-.red{background:#c62828!important;color:#fff}.green{background:#2e7d32!important;color:#fff}
-.yellow{background:#f9a825!important}.blue{background:#1565c0!important;color:#fff}
-table{border-collapse:collapse;background:#fff}td{padding:.3rem .7rem;border-bottom:1px solid #eee}
-td:first-child{color:#666}
-ol{background:#fff;padding:.5rem 2.2rem;max-height:16rem;overflow:auto;font-size:.9rem}
-</style></head><body>
-<h1>%TITLE%</h1><div id="sub">connecting...</div>
-<div id="headline">...</div>
-<table id="facts"></table>
-<h2>Events</h2><ol id="events"></ol>
-<script>
-const $ = (id) => document.getElementById(id);
-function row(cells) {
-  const tr = document.createElement('tr');
-  for (const text of cells) { const td = document.createElement('td'); td.textContent = text; tr.append(td); }
-  return tr;
-}
-async function refresh() {
-  try {
-    const s = await (await fetch('status.json', {cache: 'no-store'})).json();
-    $('sub').textContent = s.location + ' \\u00b7 ' + s.local_time + ' \\u00b7 instance ' + s.instance;
-    $('headline').textContent = s.headline.text; $('headline').className = s.headline.colour;
-    $('facts').replaceChildren(...s.facts.map(row));
-    $('events').replaceChildren(...s.events.map((e) => {
-      const li = document.createElement('li'); li.textContent = e.time + '  ' + e.text; return li;
-    }));
-  } catch (error) { $('sub').textContent = 'status unavailable: ' + error; }
-}
-refresh(); setInterval(refresh, 1000);
-</script></body></html>
-"""
+    app.serve(state.page.wsgi, worker=state.loop)
