@@ -35,6 +35,7 @@ from web.identity import User
 blueprint = flask.Blueprint("schedules", __name__, url_prefix="/api")
 SCHEDULERS = (Role.END_USER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
 DEPLOYER_TIMEOUT_S = 30.0
+ScheduleAction = Literal["created", "paused", "resumed", "cancelled"]
 
 
 def _sees_all(principal: Principal) -> bool:
@@ -79,7 +80,7 @@ def _upcoming(row: ScheduleRow, count: int) -> list[timetable.Run]:
     return timetable.upcoming_runs(spec, row.timezone, row.created_at, datetime.now(UTC), count)
 
 
-def _tell_scheduler(schedule_id: str, action: Literal["created", "paused", "resumed", "cancelled"]) -> None:
+def _tell_scheduler(schedule_id: str, action: ScheduleAction) -> None:
     requester = resources().bus_requester()
     requester.send(
         requester.bus.topics.scheduler,
@@ -173,42 +174,49 @@ def show_schedule(schedule_id: str) -> flask.Response:
     return flask.jsonify({**_schedule_json(row), "instances": _instance_dicts(schedule_id=schedule_id)})
 
 
-def _set_status(schedule_id: str, status: str, allowed_from: tuple[str, ...]) -> ScheduleRow:
+def _change_status(
+    schedule_id: str, status: str, allowed_from: tuple[str, ...], action: ScheduleAction
+) -> ScheduleRow:
+    """Store the new status and tell the scheduler; when it cannot be told, the old status stays."""
     row = _own_schedule(schedule_id)
     if row.status not in allowed_from:
         raise ValidationFailed(f"schedule {schedule_id!r} is {row.status}; it cannot be made {status}")
+    _store_status(schedule_id, status)
+    try:
+        _tell_scheduler(schedule_id, action)
+    except PlatformError:
+        _store_status(schedule_id, row.status)  # so the same request can be sent again
+        raise
+    row.status = status
+    return row
+
+
+def _store_status(schedule_id: str, status: str) -> None:
     with resources().database.session() as session:
         stored = session.get(ScheduleRow, schedule_id)
-        assert stored is not None
-        stored.status, stored.updated_at = status, datetime.now(UTC)
-        session.flush()
-        session.expunge(stored)
-    return stored
+        if stored is not None:
+            stored.status, stored.updated_at = status, datetime.now(UTC)
 
 
 @blueprint.post("/schedules/<schedule_id>/pause")
 @allow(*SCHEDULERS)
 def pause_schedule(schedule_id: str) -> flask.Response:
     """No new instances start until it is resumed; running ones keep their window."""
-    row = _set_status(schedule_id, "paused", ("active",))
-    _tell_scheduler(schedule_id, "paused")
-    return flask.jsonify(_schedule_json(row))
+    return flask.jsonify(_schedule_json(_change_status(schedule_id, "paused", ("active",), "paused")))
 
 
 @blueprint.post("/schedules/<schedule_id>/resume")
 @allow(*SCHEDULERS)
 def resume_schedule(schedule_id: str) -> flask.Response:
-    row = _set_status(schedule_id, "active", ("paused",))
-    _tell_scheduler(schedule_id, "resumed")
-    return flask.jsonify(_schedule_json(row))
+    return flask.jsonify(_schedule_json(_change_status(schedule_id, "active", ("paused",), "resumed")))
 
 
 @blueprint.delete("/schedules/<schedule_id>")
 @allow(*SCHEDULERS)
 def cancel_schedule(schedule_id: str) -> flask.Response:
-    """No more starts, and its running instances are stopped."""
-    row = _set_status(schedule_id, "cancelled", ("active", "paused", "finished"))
-    _tell_scheduler(schedule_id, "cancelled")
+    """No more starts, and its running instances are stopped (cancelling again retries the stops)."""
+    allowed = ("active", "paused", "finished", "cancelled")
+    row = _change_status(schedule_id, "cancelled", allowed, "cancelled")
     stopped = [
         _stop(info.instance_id, "its schedule was cancelled")
         for info in _instances(schedule_id=schedule_id)
