@@ -6,7 +6,9 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test check lint typecheck pytest install install-dev node-deps bench clean
+.PHONY: up test check lint typecheck pytest install install-dev bytecode node-deps bench clean
+PACKAGES := platform_sdk platform_core bootstrapper service_agent node_manager heartbeat logger web aiot \
+	benchmarks ai_manager deployer device_manager simulators app_manager scheduler
 
 up: install  ## install and run the platform on embedded defaults (Ctrl-C stops it)
 	$(BIN)/aiot up --demo
@@ -16,10 +18,17 @@ test: install-dev node-deps check pytest  ## install everything and run the whol
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --python $(PYTHON) --extra embedded
+	$(MAKE) --no-print-directory bytecode
 
 install-dev:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --python $(PYTHON) --extra embedded --extra dev
+	$(MAKE) --no-print-directory bytecode
+
+# Every service start imports the platform; where PYTHONDONTWRITEBYTECODE is set imports cache
+# nothing, so compile once here: a service then starts in about half the time.
+bytecode:
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib $(PACKAGES) examples >/dev/null
 
 node-deps:  ## Azurite (Azure Blob emulator) for the blob store tests
 	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error; \

@@ -38,12 +38,15 @@ sample, on one clock (the server's timestamps and this process's are of one mach
 
 Reported per runtime and app: p50, p95 and max of trigger → health, trigger → running and
 trigger → mail; the targets are trigger → health under 3 s on the process runtime and under
-10 s on the docker runtime. ``bare`` is the same app process started by hand: the command,
-working directory (the unpacked bundle) and ``AIOT_*`` variables the agent gave the warm-up
-instance (another instance id, service id and a free port; on the docker runtime the host's
-interpreter instead of the container's), spawn → ``/health`` answering, median over one spawn
-per round; and a bare ``python -c "import platform_sdk.app"``. The JSON keeps every sample with
-its stages, and the median of each step (trigger → queued → binding → … → running → mail).
+10 s on the docker runtime. ``bare`` is the same app started by hand, as the agent started the
+warm-up instance (another instance id, service id and a free port): on the process runtime its
+command, interpreter, working directory (the unpacked bundle) and ``AIOT_*`` variables, spawned
+directly; on the docker runtime a ``docker run`` (create + start) of its container's image,
+command, variables, user and limits. Start → ``/health`` answering, median of one bare start per
+round, each right after the platform's sample of that app. Also a bare
+``python -c "import platform_sdk.app"`` (the host's interpreter), the floor of any start. The
+JSON keeps every sample with its stages, and the median of each step (create → trigger → queued
+→ binding → … → running → mail).
 
 Before each runtime the benchmark waits (up to 10 minutes) for a 1-minute load average of at
 most 2.0, and records the load then and at each sample. ``aiot down`` always runs at the end of
@@ -80,7 +83,7 @@ import psutil
 from aiot.client import Credentials, PlatformClient
 from benchmarks import Options, Result, Row
 from benchmarks.bus import percentile
-from benchmarks.node_layer import BenchPlatform, clean_environment, docker_unavailable
+from benchmarks.node_layer import BenchPlatform, aiot_image_tags, clean_environment, docker_unavailable
 from platform_sdk.errors import PlatformError
 from platform_sdk.settings import AgentSettings
 
@@ -210,8 +213,13 @@ def health_answer(url: str, instance_id: str) -> bool:
         connection.close()
 
 
-def poll_health(url: str, instance_id: str, timeout: float) -> tuple[float, int]:
-    """(epoch seconds of the first 200, polls made), polling every ``HEALTH_POLL_S``."""
+def poll_health(
+    url: str, instance_id: str, timeout: float, gone: Callable[[], str | None] | None = None
+) -> tuple[float, int]:
+    """(epoch seconds of the first 200, polls made), polling every ``HEALTH_POLL_S``.
+
+    ``gone`` (checked every 20 polls) says why there is nothing left to wait for, or None.
+    """
     deadline = time.monotonic() + timeout
     polls = 0
     while True:
@@ -221,6 +229,8 @@ def poll_health(url: str, instance_id: str, timeout: float) -> tuple[float, int]
             return time.time(), polls
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url}/health did not answer 200 within {timeout:.0f}s")
+        if gone is not None and polls % 20 == 0 and (reason := gone()) is not None:
+            raise TimeoutError(f"{url}/health will not answer: {reason}")
         time.sleep(max(0.0, due - time.monotonic()))
 
 
@@ -472,16 +482,22 @@ class Sampler:
 # the same app process by hand -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BareCommand:
-    """How the agent started an app's process, to start it again by hand."""
+    """How the agent started an app, to start it again by hand: a process, or a container."""
 
-    argv: list[str]
+    how: str  # what the bare start is, for the notes
+    argv: list[str]  # the command (inside the container on the docker runtime)
     cwd: str
-    variables: dict[str, str]  # the AIOT_* ones, per-process ones left out
-    interpreter: str  # "the agent's" or why another one is used
+    variables: dict[str, str]  # the AIOT_* ones (all of the container's), per-process ones left out
+    container: dict[str, Any] | None = None  # image, user and limits of the agent's container
+
+
+PER_PROCESS = ("AIOT_AGENT_PID", "AIOT_SERVICE_ID", "AIOT_NODE_ID")
 
 
 def capture_command(platform: AppsPlatform, instance_id: str) -> BareCommand:
-    """The command line, folder and variables of the running instance's process."""
+    """The command line, folder and variables of the running instance (its container's, on docker)."""
+    if platform.runtime == "docker":
+        return capture_container(platform, instance_id)
     service_id = f"app-{instance_id}"
 
     def found() -> psutil.Process | None:
@@ -489,57 +505,133 @@ def capture_command(platform: AppsPlatform, instance_id: str) -> BareCommand:
             with contextlib.suppress(psutil.Error):
                 env = process.environ()
                 ours = env.get("AIOT_SERVICE_ID") == service_id and env.get("AIOT_HOME") == str(platform.home)
-                if ours and process.cmdline()[1:3] == ["-m", "platform_sdk.app"]:  # not a container's init
+                if ours and process.cmdline()[1:3] == ["-m", "platform_sdk.app"]:
                     return process
         return None
 
     process = wait_for(found, 30, f"the process of {service_id}", 0.2)
-    argv, env = process.cmdline(), process.environ()
-    skipped = ("AIOT_AGENT_PID", "AIOT_SERVICE_ID", "AIOT_NODE_ID")
     variables = {
         key: value
-        for key, value in env.items()
-        if key.startswith("AIOT_") and key not in skipped and not key.startswith("AIOT_PORT_")
+        for key, value in process.environ().items()
+        if key.startswith("AIOT_") and key not in PER_PROCESS and not key.startswith("AIOT_PORT_")
     }
-    interpreter = "the agent's interpreter"
-    if platform.runtime != "process" or not Path(argv[0]).exists():
-        argv = [sys.executable, "-m", "platform_sdk.app"]
-        interpreter = "the host's interpreter, not the container's"
-    cwd = variables.get("AIOT_BUNDLE_DIR") or process.cwd()
-    return BareCommand(argv, cwd, variables, interpreter)
+    return BareCommand(
+        "the agent's command, interpreter and variables, spawned directly",
+        process.cmdline(),
+        variables.get("AIOT_BUNDLE_DIR") or process.cwd(),
+        variables,
+    )
 
 
-def bare_start(command: BareCommand, name: str) -> float:
-    """Spawn → ``/health`` answering, for the app started by hand with the agent's command."""
+def capture_container(platform: AppsPlatform, instance_id: str) -> BareCommand:
+    import docker
+
+    client = docker.from_env(timeout=60)
+    try:
+        found = client.containers.list(filters={"label": f"aiot.service_id=app-{instance_id}"})
+        if not found:
+            raise RuntimeError(f"no container of app-{instance_id}")
+        attrs = found[0].attrs
+    finally:
+        client.close()
+    config, host = attrs["Config"], attrs["HostConfig"]
+    environment = dict(line.split("=", 1) for line in config["Env"] or [])
+    variables = {
+        key: value
+        for key, value in environment.items()
+        if key not in PER_PROCESS and not key.startswith("AIOT_PORT_")
+    }
+    return BareCommand(
+        "docker run by hand: the agent's image, command, variables, user and limits",
+        list(config["Cmd"]),
+        config["WorkingDir"],
+        variables,
+        {
+            "image": config["Image"],
+            "user": config.get("User") or None,
+            "nano_cpus": host.get("NanoCpus") or None,
+            "mem_limit": host.get("Memory") or None,
+        },
+    )
+
+
+def bare_start(platform: AppsPlatform, command: BareCommand, name: str) -> float:
+    """Start → ``/health`` answering, for the app started by hand as the agent started it."""
     token = f"bare-{name}-{secrets.token_hex(3)}"
     config = json.loads(command.variables["AIOT_APP__INSTANCE"])
     config["instance_id"] = token
     port = free_port()
-    env = clean_environment()
-    env.update(command.variables)
-    env.update(
-        {
-            "AIOT_APP__INSTANCE": json.dumps(config),
-            "AIOT_SERVICE_ID": f"app-{token}",
-            "AIOT_PORT_HTTP": str(port),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    variables = {
+        **command.variables,
+        "AIOT_APP__INSTANCE": json.dumps(config),
+        "AIOT_SERVICE_ID": f"app-{token}",
+        "AIOT_PORT_HTTP": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    url = f"http://127.0.0.1:{port}"
+    if command.container is not None:
+        return bare_container(platform, command, variables, url, token)
     began = time.time()
     process = subprocess.Popen(
         command.argv,
         cwd=command.cwd,
-        env=env,
+        env={**clean_environment(), **variables},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+    def exited() -> str | None:
+        code = process.poll()
+        return None if code is None else f"the process exited with {code}"
+
     try:
-        answered, _polls = poll_health(f"http://127.0.0.1:{port}", token, BARE_TIMEOUT_S)
+        answered, _polls = poll_health(url, token, BARE_TIMEOUT_S, exited)
     finally:
         stop_process(process)
     return answered - began
+
+
+def bare_container(
+    platform: AppsPlatform, command: BareCommand, variables: dict[str, str], url: str, token: str
+) -> float:
+    """``docker run`` (create + start) of the app's image by hand → ``/health`` answering."""
+    import docker
+
+    assert command.container is not None
+    home = str(platform.home)
+    limits = {key: command.container[key] for key in ("nano_cpus", "mem_limit") if command.container[key]}
+    client = docker.from_env(timeout=60)
+    container: Any = None
+    try:
+        began = time.time()
+        container = client.containers.create(
+            command.container["image"],
+            command.argv,
+            environment=variables,
+            labels={"aiot.platform": "1", "aiot.home": home, "aiot.service_id": f"app-{token}"},
+            network_mode="host",
+            volumes={home: {"bind": home, "mode": "rw"}},
+            working_dir=command.cwd,
+            user=command.container["user"],
+            init=True,
+            **limits,
+        )
+        container.start()
+
+        def exited() -> str | None:
+            container.reload()
+            status = container.status
+            return None if status in ("created", "running") else f"the container is {status}"
+
+        answered, _polls = poll_health(url, token, BARE_TIMEOUT_S, exited)
+        return answered - began
+    finally:
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+        client.close()
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -594,9 +686,7 @@ def variant_rows(
             if what == "health" and name != "max":
                 notes.append(f"target < {target:g}s: {_verdict(value, target)}")
             if name == "p50":
-                notes.append(
-                    f"bare: the process by hand, spawn → /health, median of {len(bare)} ({bare_how})"
-                )
+                notes.append(f"bare: start → /health, median of {len(bare)}, {bare_how}")
                 if failed:
                     notes.append(f"{failed} sample(s) failed (see params)")
             rows.append(
@@ -674,6 +764,7 @@ class Measured:
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     bare: dict[str, list[float]] = field(default_factory=dict)
     imports: list[float] = field(default_factory=list)
+    first_start: dict[str, str] = field(default_factory=dict)  # what the warm-up start created
 
 
 def warm_up(sampler: Sampler, variants: list[Variant], measured: Measured) -> None:
@@ -685,9 +776,20 @@ def warm_up(sampler: Sampler, variants: list[Variant], measured: Measured) -> No
         def capture(sample: Sample, app: str = variant.app) -> None:
             measured.commands[app] = capture_command(sampler.platform, sample.instance_id)
 
+        before = aiot_image_tags() if runtime == "docker" else set()
+        venvs = set((sampler.platform.home / "venvs").glob("*"))
         sample = sampler.start(variant.app, warm_up=True, while_running=capture)
         if sample.error:
             raise RuntimeError(f"{runtime}: the warm-up start of {variant.app} failed: {sample.error}")
+        if runtime == "docker":
+            built = sorted(aiot_image_tags() - before)
+            measured.first_start[variant.app] = (
+                f"built {', '.join(built)}" if built else "its image was there already (no build)"
+            )
+        else:
+            created = set((sampler.platform.home / "venvs").glob("*")) - venvs
+            measured.first_start[variant.app] = "created its venv (uv)" if created else "no venv"
+        measured.first_start[variant.app] += "; unpacked its bundle"
         measured.warm[variant.app] = sample
         time.sleep(SETTLE_S)
 
@@ -710,10 +812,16 @@ def sample_rounds(sampler: Sampler, variants: list[Variant], measured: Measured)
             time.sleep(SETTLE_S)
             bare = measured.bare.setdefault(variant.app, [])
             try:
-                bare.append(bare_start(measured.commands[variant.app], variant.label.replace("+", "-")))
+                bare.append(
+                    bare_start(sampler.platform, measured.commands[variant.app], _slug(variant.label))
+                )
             except TimeoutError as exc:
                 say(f"  bare {variant.app}: {exc}")
         measured.imports.append(bare_import(sys.executable))
+
+
+def _slug(label: str) -> str:
+    return label.replace("+", "-")
 
 
 def runtime_rows(runtime: str, variants: list[Variant], measured: Measured) -> list[Row]:
@@ -724,7 +832,7 @@ def runtime_rows(runtime: str, variants: list[Variant], measured: Measured) -> l
             variant,
             measured.samples.get(variant.app, []),
             measured.bare.get(variant.app, []),
-            measured.commands[variant.app].interpreter,
+            measured.commands[variant.app].how,
         )
     every = [sample for found in measured.samples.values() for sample in found if not sample.error]
     create = [sample.trigger - sample.created for sample in every]
@@ -745,7 +853,7 @@ def runtime_rows(runtime: str, variants: list[Variant], measured: Measured) -> l
                 "s",
                 _rounded(first.since_trigger(first.health)),
                 samples=1,
-                note="the untimed warm-up: venv created or image built, bundle fetched",
+                note=f"the untimed warm-up: {measured.first_start[variant.app]}",
             )
         )
     imports = measured.imports
@@ -777,7 +885,7 @@ def measure_runtime(platform: AppsPlatform, scratch: Path, plan: Plan, params: d
     params["load_after_samples"] = load1()
     rows = runtime_rows(runtime, variants, measured)
     params["bare_command"] = {
-        app: {"argv": command.argv, "cwd": command.cwd, "interpreter": command.interpreter}
+        app: {"how": command.how, "argv": command.argv, "cwd": command.cwd, "container": command.container}
         for app, command in measured.commands.items()
     }
     params["steps_median_s"] = {app: step_medians(found) for app, found in measured.samples.items()}

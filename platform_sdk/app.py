@@ -116,11 +116,25 @@ class App:
         """Serve ``wsgi_app`` on the instance's port until it stops; the health path is the SDK's.
 
         ``worker`` (the app's own loop, e.g. ``while not app.wait(1): ...``) runs meanwhile in a
-        thread of its own; when serving ends, ``stopping`` is set and the worker joined (30 s at most).
+        thread of its own — open sensor streams there, so the pages (and the health path the
+        deployer waits for) answer while the streams join their consumer group. When serving
+        ends, ``stopping`` is set and the worker joined (30 s at most); a worker that raises
+        stops the instance and ``serve`` raises its error (the instance is then restarted).
         """
+        failures: list[Exception] = []
+
+        def run_worker() -> None:
+            assert worker is not None
+            try:
+                worker()
+            except Exception as exc:
+                self.log.exception("the app's worker failed; stopping the instance")
+                failures.append(exc)
+                self.stopping.set()
+
         thread = None
         if worker is not None:
-            thread = threading.Thread(target=worker, name=f"app-{self.manifest.name}-worker", daemon=True)
+            thread = threading.Thread(target=run_worker, name=f"app-{self.manifest.name}-worker", daemon=True)
             thread.start()
         try:
             self._serve_http(wsgi_app)
@@ -128,6 +142,8 @@ class App:
             if thread is not None:
                 self.stopping.set()
                 thread.join(timeout=30)
+        if failures:
+            raise failures[0]
 
     def _serve_http(self, wsgi_app: WsgiApp) -> None:
         health_path = self.manifest.web.health_path if self.manifest.web else "/health"

@@ -281,10 +281,14 @@ class IntruderPrevention:
 def run(app: App) -> None:
     """The entrypoint: watch the camera in a thread, serve the status page until the instance stops."""
     state = IntruderPrevention(app)
-    app.sensor_stream("camera", callback=state.on_frame)
     app.log.info(
         "watching the camera at %s; allowed hours: %s",
         app.location,
         list(state.watch.allowed_hours) or "none",
     )
-    app.serve(state.page.wsgi, worker=state.loop)
+
+    def watch() -> None:
+        app.sensor_stream("camera", callback=state.on_frame)  # joins its group while the page already answers
+        state.loop()
+
+    app.serve(state.page.wsgi, worker=watch)

@@ -285,6 +285,10 @@ class SmartClassroom:
 def run(app: App) -> None:
     """The entrypoint: decide in a thread, serve the status page until the instance stops."""
     state = SmartClassroom(app)
-    app.sensor_stream("camera", callback=state.on_frame)
     app.log.info("smart classroom at %s: fan steps %s °C", app.location, FAN_STEPS_C)
-    app.serve(state.page.wsgi, worker=state.loop)
+
+    def watch() -> None:
+        app.sensor_stream("camera", callback=state.on_frame)  # joins its group while the page already answers
+        state.loop()
+
+    app.serve(state.page.wsgi, worker=watch)

@@ -229,8 +229,14 @@ class SmartHome:
 def run(app: App) -> None:
     """The entrypoint: decide in a thread, serve the status page until the instance stops."""
     state = SmartHome(app)
-    app.sensor_stream("temperature", callback=state.on_reading)
     app.log.info(
         "smart home at %s: AC on above %g °C, off below %g °C", app.location, AC_ON_ABOVE_C, AC_OFF_BELOW_C
     )
-    app.serve(state.page.wsgi, worker=state.loop)
+
+    def watch() -> None:
+        app.sensor_stream(
+            "temperature", callback=state.on_reading
+        )  # joins its group while the page already answers
+        state.loop()
+
+    app.serve(state.page.wsgi, worker=watch)
