@@ -123,7 +123,18 @@ def devices(platform: Platform) -> Iterator[DeviceClient]:
 def test_each_instance_runs_on_the_least_loaded_node_and_its_mail_has_a_reachable_address(
     platform: Platform, end_user: PlatformClient, running_apps: dict[str, dict[str, Any]]
 ) -> None:
-    placements = platform.run("logs", "node-manager", "--grep", "placed app-", "--limit", "1000").stdout
+    placed: dict[str, str] = {}
+
+    def placements_collected() -> bool:  # the logger stores what services log within a few seconds
+        records = platform.json("logs", "node-manager", "--grep", "placed app-", "--limit", "1000")
+        assert isinstance(records, list)
+        placed["log"] = "\n".join(str(record["message"]) for record in records)
+        return all(
+            f"placed app-{instance['instance_id']} " in placed["log"] for instance in running_apps.values()
+        )
+
+    wait_until(placements_collected, 60, "the node manager's placements of the instances in the logs")
+    placements = placed["log"]
     mails = end_user.get("/api/mails")["mails"]
     for app, instance in running_apps.items():
         assert instance["location"] == LOCATION_OF[app]
@@ -198,7 +209,8 @@ def test_two_instances_share_the_bank_camera_and_display_each_command_attributed
 
     def frames(instance: dict[str, Any]) -> int:
         status = requests.get(instance["url"] + "/status.json", timeout=10).json()
-        return int(dict(status["facts"])["Frames received / analysed"].split(" / ")[0])
+        counted = dict(status["facts"]).get("Frames received / analysed")  # shown from its first turn
+        return int(counted.split(" / ")[0]) if counted else 0
 
     before = (frames(first), frames(second))
     wait_until(
@@ -304,10 +316,10 @@ def test_the_cli_schedules_lists_stops_and_shows_mail(platform: Platform) -> Non
 
     stopped = platform.run("instance", "stop", instance["instance_id"])
     assert f"{instance['instance_id']}: stopped" in stopped.stdout
-    mails = platform.json("mail", "list")
+    mails = platform.json("mail", "list")  # a configurer sees every mail
     assert isinstance(mails, list)
-    assert any(mail["instance_id"] == instance["instance_id"] for mail in mails)
-    assert all(mail["recipient"] == "admin@localhost" for mail in mails)  # admin has no address
+    mine = [mail for mail in mails if mail["instance_id"] == instance["instance_id"]]
+    assert [mail["recipient"] for mail in mine] == ["admin@localhost"]  # admin has no address
 
     later = platform.json(
         "schedule",
