@@ -28,7 +28,7 @@ install-dev:
 # Every service start imports the platform; where PYTHONDONTWRITEBYTECODE is set imports cache
 # nothing, so compile once here: a service then starts in about half the time.
 bytecode:
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib $(PACKAGES) examples >/dev/null
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib $(PACKAGES) >/dev/null
 
 node-deps:  ## Azurite (Azure Blob emulator) for the blob store tests
 	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error; \

@@ -576,7 +576,7 @@ def test_model_pack_writes_a_zip_the_platform_accepts_and_names_a_broken_file(tm
     home.mkdir()
     folder = tmp_path / "comfort"
     shutil.copytree(COMFORT, folder)
-    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__").mkdir(exist_ok=True)
     (folder / "__pycache__" / "comfort_model.cpython-311.pyc").write_bytes(b"junk")
 
     packed = run_pack(folder, tmp_path / "comfort.zip", home)
