@@ -34,6 +34,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
+from sqlalchemy.orm import Session
 
 from app_manager import registry as apps
 from deployer.messages import DeployApp, InstanceEvent, StopInstance
@@ -166,10 +167,21 @@ class SchedulerService(Service):
             self._plan(row)
 
     def _reconcile(self) -> None:
-        """Jobs for every schedule the table says is live (a change sent while we were down included)."""
+        """Jobs for every live schedule, and every run that should be running started (again).
+
+        A scheduler stopped between firing a start and sending its ``DeployApp`` leaves a run
+        APScheduler considers done: the open run of each schedule is sent once more at start,
+        and the deployer, which starts an instance id once, makes that harmless.
+        """
+        now = datetime.now(UTC)
         with self.database.session() as session:
             for row in session.query(ScheduleRow).filter(ScheduleRow.status.in_(("active", "paused"))):
                 self._plan(row)
+            for row in session.query(ScheduleRow).filter(ScheduleRow.status.in_(("active", "finished"))):
+                spec = timetable.ScheduleSpec.model_validate_json(row.spec)
+                run = timetable.upcoming_run(spec, row.timezone, now, row.created_at)
+                if run is not None and run.start <= now:
+                    self._start_run(session, row, run, now)
 
     def _plan(self, row: ScheduleRow) -> None:
         job_id = start_job_id(row.schedule_id)
@@ -239,26 +251,28 @@ class SchedulerService(Service):
                 row.status = "finished"  # no more starts; the last instance runs to its end
             if open_run is None:
                 return
-            run = open_run
-            instance_id = instance_id_for(schedule_id, run.start)
-            version = apps.pick_version(session, row.app_id, row.version)
-            request = DeployApp(
-                instance_id=instance_id,
-                app_id=row.app_id,
-                version=version.version,
-                artifact_key=version.artifact_key,
-                artifact_sha256=version.sha256,
-                manifest=AppManifest.model_validate_json(version.manifest),
-                location=row.location,
-                owner=row.owner,
-                email=row.email,
-                schedule_id=schedule_id,
-                stop_at=run.end,
-            )
-            late = (now - run.start).total_seconds()
-            _note(row, "started", instance_id + (f" ({late:.0f} s late)" if late > 5 else ""))
+            self._start_run(session, row, open_run, now)
+
+    def _start_run(self, session: Session, row: ScheduleRow, run: timetable.Run, now: datetime) -> None:
+        """Send the run's ``DeployApp`` (the deployer starts an instance id once), then record it."""
+        instance_id = instance_id_for(row.schedule_id, run.start)
+        version = apps.pick_version(session, row.app_id, row.version)
+        request = DeployApp(
+            instance_id=instance_id,
+            app_id=row.app_id,
+            version=version.version,
+            artifact_key=version.artifact_key,
+            artifact_sha256=version.sha256,
+            manifest=AppManifest.model_validate_json(version.manifest),
+            location=row.location,
+            owner=row.owner,
+            email=row.email,
+            schedule_id=row.schedule_id,
+            stop_at=run.end,
+        )
         self.producer.send(self.sdk.bus.topics.deployer, request, key=instance_id)
-        self.producer.flush(5)
+        if self.producer.flush(10):
+            raise PlatformError(f"could not send the start of {instance_id} to the deployer; Kafka is down?")
         self.jobs.add_job(
             stop_job,
             trigger=DateTrigger(run.end),
@@ -267,7 +281,12 @@ class SchedulerService(Service):
             replace_existing=True,
             name=f"stop {instance_id}",
         )
-        log.info("schedule %s: started %s until %s", schedule_id, instance_id, run.end)
+        if not any(
+            entry.get("detail", "").startswith(instance_id) for entry in json.loads(row.history or "[]")
+        ):
+            late = (now - run.start).total_seconds()
+            _note(row, "started", instance_id + (f" ({late:.0f} s late)" if late > 5 else ""))
+        log.info("schedule %s: started %s until %s", row.schedule_id, instance_id, run.end)
 
     def fire_stop(self, instance_id: str) -> None:
         """A run's window ended: stop its instance (stopping a stopped one changes nothing)."""
