@@ -85,7 +85,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # A process that hangs holding SQLite's one write lock keeps it until the heartbeat monitor
+    # kills it (a few seconds): writers wait that out instead of failing.
+    cursor.execute("PRAGMA busy_timeout=15000")
     cursor.close()
 
 
