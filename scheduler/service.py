@@ -281,6 +281,12 @@ class SchedulerService(Service):
             replace_existing=True,
             name=f"stop {instance_id}",
         )
+        spec = timetable.ScheduleSpec.model_validate_json(row.spec)
+        if (
+            row.status == "active"
+            and timetable.next_run(spec, row.timezone, run.start, row.created_at) is None
+        ):
+            row.status = "finished"  # no more starts; this instance runs to its end
         if not any(
             entry.get("detail", "").startswith(instance_id) for entry in json.loads(row.history or "[]")
         ):
