@@ -173,15 +173,23 @@ class SchedulerService(Service):
         APScheduler considers done: the open run of each schedule is sent once more at start,
         and the deployer, which starts an instance id once, makes that harmless.
         """
-        now = datetime.now(UTC)
         with self.database.session() as session:
-            for row in session.query(ScheduleRow).filter(ScheduleRow.status.in_(("active", "paused"))):
-                self._plan(row)
-            for row in session.query(ScheduleRow).filter(ScheduleRow.status.in_(("active", "finished"))):
-                spec = timetable.ScheduleSpec.model_validate_json(row.spec)
-                run = timetable.upcoming_run(spec, row.timezone, now, row.created_at)
-                if run is not None and run.start <= now:
-                    self._start_run(session, row, run, now)
+            live = [
+                (row.schedule_id, row.status)
+                for row in session.query(ScheduleRow).filter(
+                    ScheduleRow.status.in_(("active", "paused", "finished"))
+                )
+            ]
+        for schedule_id, status in live:
+            if status != "finished":
+                # One schedule per transaction: APScheduler writes its job store on a connection
+                # of its own, which must not wait on a write of ours (SQLite has one writer).
+                with self.database.session() as session:
+                    row = session.get(ScheduleRow, schedule_id)
+                    if row is not None:
+                        self._plan(row)
+            if status != "paused":
+                self._start_runs(schedule_id, fire_times=[], now=datetime.now(UTC))
 
     def _plan(self, row: ScheduleRow) -> None:
         job_id = start_job_id(row.schedule_id)
@@ -226,39 +234,62 @@ class SchedulerService(Service):
     # firing -------------------------------------------------------------------------------
     def fire_start(self, schedule_id: str, fire_times: list[datetime]) -> None:
         """A start came (with any missed while down): deploy the run still open, plan its stop."""
+        self._start_runs(schedule_id, fire_times, datetime.now(UTC))
+
+    def _start_runs(self, schedule_id: str, fire_times: list[datetime], now: datetime) -> None:
+        """Start the schedule's open run (the deployer starts an instance id once); record what happened.
+
+        Without ``fire_times``, the run in progress, if any (a starting scheduler's catch-up).
+        Three steps, so that no database transaction is open while Kafka and APScheduler's job
+        store are written: read what to do, do it, then record it.
+        """
         with self.database.session() as session:
             row = session.get(ScheduleRow, schedule_id)
-            if row is None or row.status != "active":
+            if row is None or row.status not in ("active", "finished"):
                 return
-            spec = timetable.ScheduleSpec.model_validate_json(row.spec)
-            now = datetime.now(UTC)
-            open_run: timetable.Run | None = None
-            for fire_time in fire_times:
-                run = timetable.run_for_fire_time(spec, row.timezone, fire_time, row.created_at)
-                if timetable.still_worth_starting(run, now):
-                    open_run = run
-                else:
-                    _note(
-                        row,
-                        "missed",
-                        f"the run of {run.start:%Y-%m-%d %H:%M} UTC ended while the scheduler was down",
-                    )
-                    log.warning(
-                        "schedule %s: missed the run of %s (it ended at %s)", schedule_id, run.start, run.end
-                    )
-            last = timetable.run_for_fire_time(spec, row.timezone, fire_times[-1], row.created_at)
-            if timetable.next_run(spec, row.timezone, last.start, row.created_at) is None:
+            if fire_times and row.status != "active":
+                return
+            plan = _runs_to_start(row, fire_times, now)
+            request = self._deploy_request(session, row, plan.open_run) if plan.open_run else None
+        if request is not None and plan.open_run is not None:
+            self.producer.send(self.sdk.bus.topics.deployer, request, key=request.instance_id)
+            if self.producer.flush(10):
+                raise PlatformError(f"could not send the start of {request.instance_id}; is Kafka up?")
+            self.jobs.add_job(
+                stop_job,
+                trigger=DateTrigger(plan.open_run.end),
+                args=[request.instance_id],
+                id=stop_job_id(request.instance_id),
+                replace_existing=True,
+                name=f"stop {request.instance_id}",
+            )
+            log.info("schedule %s: started %s until %s", schedule_id, request.instance_id, plan.open_run.end)
+        with self.database.session() as session:
+            row = session.get(ScheduleRow, schedule_id)
+            if row is None:
+                return
+            for run in plan.missed:
+                _note(
+                    row,
+                    "missed",
+                    f"the run of {run.start:%Y-%m-%d %H:%M} UTC ended while the scheduler was down",
+                )
+                log.warning(
+                    "schedule %s: missed the run of %s (it ended at %s)", schedule_id, run.start, run.end
+                )
+            if plan.finished and row.status == "active":
                 row.status = "finished"  # no more starts; the last instance runs to its end
-            if open_run is None:
-                return
-            self._start_run(session, row, open_run, now)
+            if request is not None and plan.open_run is not None:
+                started = [entry.get("detail", "") for entry in json.loads(row.history or "[]")]
+                if not any(detail.startswith(request.instance_id) for detail in started):
+                    late = (now - plan.open_run.start).total_seconds()
+                    _note(row, "started", request.instance_id + (f" ({late:.0f} s late)" if late > 5 else ""))
 
-    def _start_run(self, session: Session, row: ScheduleRow, run: timetable.Run, now: datetime) -> None:
-        """Send the run's ``DeployApp`` (the deployer starts an instance id once), then record it."""
-        instance_id = instance_id_for(row.schedule_id, run.start)
+    @staticmethod
+    def _deploy_request(session: Session, row: ScheduleRow, run: timetable.Run) -> DeployApp:
         version = apps.pick_version(session, row.app_id, row.version)
-        request = DeployApp(
-            instance_id=instance_id,
+        return DeployApp(
+            instance_id=instance_id_for(row.schedule_id, run.start),
             app_id=row.app_id,
             version=version.version,
             artifact_key=version.artifact_key,
@@ -270,29 +301,6 @@ class SchedulerService(Service):
             schedule_id=row.schedule_id,
             stop_at=run.end,
         )
-        self.producer.send(self.sdk.bus.topics.deployer, request, key=instance_id)
-        if self.producer.flush(10):
-            raise PlatformError(f"could not send the start of {instance_id} to the deployer; Kafka is down?")
-        self.jobs.add_job(
-            stop_job,
-            trigger=DateTrigger(run.end),
-            args=[instance_id],
-            id=stop_job_id(instance_id),
-            replace_existing=True,
-            name=f"stop {instance_id}",
-        )
-        spec = timetable.ScheduleSpec.model_validate_json(row.spec)
-        if (
-            row.status == "active"
-            and timetable.next_run(spec, row.timezone, run.start, row.created_at) is None
-        ):
-            row.status = "finished"  # no more starts; this instance runs to its end
-        if not any(
-            entry.get("detail", "").startswith(instance_id) for entry in json.loads(row.history or "[]")
-        ):
-            late = (now - run.start).total_seconds()
-            _note(row, "started", instance_id + (f" ({late:.0f} s late)" if late > 5 else ""))
-        log.info("schedule %s: started %s until %s", row.schedule_id, instance_id, run.end)
 
     def fire_stop(self, instance_id: str) -> None:
         """A run's window ended: stop its instance (stopping a stopped one changes nothing)."""
@@ -324,6 +332,30 @@ class SchedulerService(Service):
 
     def _deliver_pending(self) -> None:
         self.mailer.deliver_pending(self.database)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a firing (or a starting scheduler) does for one schedule."""
+
+    open_run: timetable.Run | None
+    missed: list[timetable.Run]
+    finished: bool
+
+
+def _runs_to_start(row: ScheduleRow, fire_times: list[datetime], now: datetime) -> RunPlan:
+    """The run to start (the one not ended yet), the runs missed, and whether the schedule is over."""
+    spec = timetable.ScheduleSpec.model_validate_json(row.spec)
+    if fire_times:
+        runs = [timetable.run_for_fire_time(spec, row.timezone, time, row.created_at) for time in fire_times]
+    else:
+        current = timetable.upcoming_run(spec, row.timezone, now, row.created_at)
+        runs = [current] if current is not None and current.start <= now else []
+    open_runs = [run for run in runs if timetable.still_worth_starting(run, now)]
+    missed = [run for run in runs if not timetable.still_worth_starting(run, now)]
+    last = runs[-1] if runs else None
+    finished = last is not None and timetable.next_run(spec, row.timezone, last.start, row.created_at) is None
+    return RunPlan(open_runs[-1] if open_runs else None, missed, finished)
 
 
 def _note(row: ScheduleRow, what: str, detail: str) -> None:
