@@ -16,6 +16,7 @@ from rich.table import Table
 
 from aiot.client import PlatformClient
 from aiot.output import JsonOption, out, print_json
+from aiot.packing import upload_source, write_packed
 from platform_sdk.errors import BadRequest, PlatformError
 from platform_sdk.settings import get_settings
 
@@ -37,14 +38,7 @@ def pack(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Zip to write.")] = None,
 ) -> None:
     """Validate an app folder as the platform will, and write its zip."""
-    packed = _pack(folder)
-    manifest = packed.manifest
-    target = output or Path(f"{manifest.name}-{manifest.version}.zip")
-    target.write_bytes(packed.data)
-    out().print(
-        f"packed {manifest.name} {manifest.version}: {len(packed.files)} files, "
-        f"{len(packed.data) / 1024:.1f} KiB → {target}"
-    )
+    write_packed(_pack(folder), output)
 
 
 @app_app.command("schema")
@@ -62,13 +56,7 @@ def upload(
     ],
 ) -> None:
     """Upload an app; prints the app id (a summary goes to stderr)."""
-    if source.is_dir():
-        packed = _pack(source)
-        data, filename = packed.data, f"{packed.manifest.name}-{packed.manifest.version}.zip"
-    elif source.is_file():
-        data, filename = source.read_bytes(), source.name
-    else:
-        raise BadRequest(f"{source} does not exist")
+    data, filename = upload_source(source, _pack)
     client = PlatformClient.from_settings(get_settings())
     client.timeout = max(client.timeout, 120.0)
     reply = client.post(

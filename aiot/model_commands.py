@@ -20,6 +20,7 @@ from rich.table import Table
 
 from aiot.client import PlatformClient
 from aiot.output import JsonOption, out, print_json
+from aiot.packing import upload_source, write_packed
 from platform_sdk.errors import BadRequest, NotFound, PlatformError
 from platform_sdk.settings import get_settings
 
@@ -35,14 +36,7 @@ def pack(
     """Validate a model folder as the platform will, and write its zip."""
     from ai_manager.artifact import pack_model  # lazy: SQLAlchemy-free, but not needed by other commands
 
-    packed = pack_model(folder)
-    manifest = packed.manifest
-    target = output or Path(f"{manifest.name}-{manifest.version}.zip")
-    target.write_bytes(packed.data)
-    out().print(
-        f"packed {manifest.name} {manifest.version}: {len(packed.files)} files, "
-        f"{len(packed.data) / 1024:.1f} KiB → {target}"
-    )
+    write_packed(pack_model(folder), output)
 
 
 @model_app.command("schema")
@@ -62,15 +56,9 @@ def upload(
     timeout: Annotated[float, typer.Option(help="Seconds to follow the deploy.")] = 600.0,
 ) -> None:
     """Upload a model; prints the model id, then follows its deploy."""
-    if source.is_dir():
-        from ai_manager.artifact import pack_model
+    from ai_manager.artifact import pack_model
 
-        packed = pack_model(source)
-        data, filename = packed.data, f"{packed.manifest.name}-{packed.manifest.version}.zip"
-    elif source.is_file():
-        data, filename = source.read_bytes(), source.name
-    else:
-        raise BadRequest(f"{source} does not exist")
+    data, filename = upload_source(source, pack_model)
     client = PlatformClient.from_settings(get_settings())
     client.timeout = max(client.timeout, 120.0)
     reply = client.post(
