@@ -5,9 +5,11 @@
                            ──▶ NodeAnnouncement: which node runs what (to find the node manager itself)
     checker, every 0.25 s ──▶ silent longer than missed_beats x interval (after its start grace)
     failure worker (one thread, one failure at a time):
-        crash loop? (exited sooner than crash_loop_uptime_s, crash_loop_limit times in a row)
+        crash loop? (exited sooner than crash_loop_uptime_s, crash_loop_limit times in a row;
+                     a silence between those exits neither counts nor breaks the row)
             ──▶ give up: incident with its last output; the service stays down
-        LocateService at the node manager ──▶ RestartService to that node's agent
+        LocateService at the node manager (asked again when busy; when it never answers, the
+        node its agent announced) ──▶ RestartService to that node's agent
             agent gone or lost it ──▶ PlaceService elsewhere (avoiding that node)
         not placed (stopped on purpose) ──▶ forget it
     every incident (silent, exited, restarted, replaced, gave_up, failed) ──▶ incidents table + log
@@ -42,12 +44,14 @@ from platform_sdk.bus import ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError, Timeout
 from platform_sdk.messages import Heartbeat
+from platform_sdk.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 0.25
 NODE_MANAGER = "node-manager"
 # A restart is a stop (at most agent.stop_timeout_s) and a start; an agent silent longer is gone.
 AGENT_TIMEOUT_S = 15.0
+LOCATE_TIMEOUTS_S = (5.0, 10.0)
 
 
 @dataclass
@@ -60,6 +64,19 @@ class Watched:
     crashes: int = 0
     given_up: bool = False
     node_id: str | None = None
+
+    def count_failure(self, uptime_s: float | None, settings: MonitorSettings) -> bool:
+        """Counts a failure towards a crash loop; whether the loop reached the limit (give up).
+
+        Only an exit says how long the service ran: a quick one is a crash, a later one
+        ends the loop. A silence says neither, so it leaves the count as it is: a crashing
+        service that never beats (or restarts slowly) is also reported silent between its
+        crashes, and those reports must not hide the loop.
+        """
+        if uptime_s is not None:
+            self.crashes = self.crashes + 1 if uptime_s < settings.crash_loop_uptime_s else 0
+        self.given_up = self.crashes >= settings.crash_loop_limit
+        return self.given_up
 
 
 @dataclass(frozen=True)
@@ -174,14 +191,16 @@ class HeartbeatMonitor(Service):
                 return
             if failure.uptime_s is None and watched.last_seen > failure.detected_at:
                 return  # it beat again while this report waited in the queue behind a slow one
-            crashed = failure.uptime_s is not None and failure.uptime_s < settings.crash_loop_uptime_s
-            watched.crashes = watched.crashes + 1 if crashed else 0
-            give_up = watched.crashes >= settings.crash_loop_limit
-            if give_up:
-                watched.given_up = True
-        placement = self._locate(service_id)
+            give_up = watched.count_failure(failure.uptime_s, settings)
+        try:
+            # The node manager cannot answer for itself: its own node is in the announcements.
+            placement = None if service_id == NODE_MANAGER else self._locate(service_id)
+            placed = placement is not None or service_id == NODE_MANAGER
+        except Timeout:
+            # Busy or restarting: act on where the announcements say it runs, and keep watching it.
+            placement, placed = None, True
         node_id = placement.node_id if placement else self._where.get(service_id)
-        if placement is None and service_id != NODE_MANAGER:
+        if not placed:
             with self._lock:
                 self._watched.pop(service_id, None)  # not placed: stopped on purpose, or never ours
             return
@@ -218,18 +237,23 @@ class HeartbeatMonitor(Service):
         )
 
     def _locate(self, service_id: str) -> Placement | None:
-        try:
-            return self.requester.request(
-                node_manager_topic(self.sdk.bus.topics),
-                LocateService(service_id=service_id),
-                Placement,
-                timeout=5,
-            )
-        except NotFound:
-            return None
-        except Timeout:
-            log.warning("the node manager did not say where %s runs", service_id)
-            return None
+        """Where the node manager placed ``service_id``; None when it is not placed.
+
+        A busy node manager is asked again, with more time; Timeout when it never answers.
+        """
+        for timeout in LOCATE_TIMEOUTS_S:
+            try:
+                return self.requester.request(
+                    node_manager_topic(self.sdk.bus.topics),
+                    LocateService(service_id=service_id),
+                    Placement,
+                    timeout=timeout,
+                )
+            except NotFound:
+                return None
+            except Timeout:
+                log.warning("the node manager did not say within %gs where %s runs", timeout, service_id)
+        raise Timeout(f"the node manager did not say where {service_id} runs")
 
     def _restart_on(self, node_id: str, service_id: str, *, force: bool) -> bool:
         try:
