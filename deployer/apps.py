@@ -10,6 +10,9 @@
             ──▶ "running" with node and address ──▶ InstanceEvent on ``events.app-instances``
     StopInstance ──▶ UnplaceService ──▶ UnbindDevices ──▶ "stopped" ──▶ InstanceEvent
     any failure  ──▶ what was started is stopped, the binding released ──▶ "failed" ──▶ InstanceEvent
+    ServiceIncident of a running ``app-<instance>`` (from the heartbeat monitor)
+        replaced ──▶ its new node and address recorded ──▶ InstanceEvent (running, moved)
+        gave_up  ──▶ the binding released ──▶ "failed" with its last output ──▶ InstanceEvent
 
 The bundle of an instance is the uploaded app zip itself (content-addressed, unpacked once
 per node and shared by every instance of the version); what differs per instance travels
@@ -37,7 +40,7 @@ from deployer.messages import (
 )
 from deployer.models import AppInstanceRow, add_stage, record_stage
 from device_manager.messages import BindDevices, DeviceBindings, UnbindDevices, Unbound
-from platform_core.nodes import BundleRef, ServiceSpec
+from platform_core.nodes import BundleRef, ServiceIncident, ServiceSpec
 from platform_sdk.artifacts import AppInstanceConfig, ModelBinding
 from platform_sdk.device_documents import Binding
 from platform_sdk.envelope import Envelope
@@ -52,8 +55,11 @@ BIND_TIMEOUT_S = 30.0
 ACTIVE = ("queued", "starting", "running")
 
 
+APP_SERVICE_PREFIX = "app-"
+
+
 def instance_service_id(instance_id: str) -> str:
-    return f"app-{instance_id}"
+    return f"{APP_SERVICE_PREFIX}{instance_id}"
 
 
 class AppInstances:
@@ -107,6 +113,40 @@ class AppInstances:
             if request.instance_id:
                 query = query.where(AppInstanceRow.instance_id == request.instance_id)
             return Instances(instances=[_info(row) for row in session.scalars(query)])
+
+    def on_incident(self, incident: ServiceIncident, _envelope: Envelope) -> None:
+        """Follows a running instance the heartbeat monitor moved to another node or gave up on."""
+        if not incident.service_id.startswith(APP_SERVICE_PREFIX) or incident.kind not in (
+            "replaced",
+            "gave_up",
+        ):
+            return
+        instance_id = incident.service_id.removeprefix(APP_SERVICE_PREFIX)
+        with self.database.session() as session:
+            row = session.get(AppInstanceRow, instance_id)
+            if row is None or row.status != "running":
+                return  # a start in progress watches its own health; a stopped one is over
+        if incident.kind == "gave_up":
+            self._release(instance_id)
+            self._finish(
+                instance_id, "failed", f"it crashed on every restart, so it was stopped: {incident.detail}"
+            )
+            return
+        placement = self.service.locate(incident.service_id)
+        if placement is None:
+            return  # unplaced meanwhile: a stop is under way
+        url = placement.http_url
+        with self.database.session() as session:
+            row = session.get(AppInstanceRow, instance_id)
+            if row is None or row.status != "running":
+                return
+            row.node_id, row.url = placement.node_id, url
+        self._finish(
+            instance_id,
+            "running",
+            f"moved to {placement.node_id}" + (f" at {url}" if url else ""),
+            moved=True,
+        )
 
     def unfinished(self) -> list[DeployApp]:
         """Instances a restarted deployer had queued or begun: started (again) from the top."""
@@ -220,7 +260,7 @@ class AppInstances:
         log.info("%s: %s %s", instance_id, stage, detail)
         record_stage(self.database, AppInstanceRow, instance_id, stage, detail, status)
 
-    def _finish(self, instance_id: str, status: str, detail: str) -> None:
+    def _finish(self, instance_id: str, status: str, detail: str, *, moved: bool = False) -> None:
         with self.database.session() as session:
             row = session.get(AppInstanceRow, instance_id)
             if row is None:
@@ -241,6 +281,7 @@ class AppInstances:
                 node_id=row.node_id,
                 stop_at=row.stop_at,
                 detail=detail,
+                moved=moved,
             )
         (log.error if status == "failed" else log.info)("app instance %s %s: %s", instance_id, status, detail)
         try:

@@ -154,3 +154,6 @@ class InstanceEvent(Message):
     node_id: str = ""
     stop_at: datetime | None = None
     detail: str = ""
+    moved: bool = Field(
+        default=False, description="Running again on another node (the monitor moved it): a new address."
+    )

@@ -9,6 +9,8 @@
         UndeployModel  ──▶ UnplaceService for each replica ──▶ "undeployed"   (request/reply)
         ResolveModel   ──▶ the live replicas of a model version (``model_call``) (request/reply)
         ListDeployments ──▶ deployments with their stages                     (request/reply)
+    <prefix>.events.incidents (group "deployer")
+        ServiceIncident of an app instance ──▶ moved (new address) or given up (failed) (``deployer.apps``)
     <prefix>.events.deployments ◀── DeploymentEvent when a deployment is deployed, failed or undeployed
 
 It owns the ``deployments`` and ``app_instances`` tables and the ``bundles/`` prefix of the blob store. Every
@@ -52,6 +54,7 @@ from platform_core.nodes import (
     LocateService,
     Placement,
     PlaceService,
+    ServiceIncident,
     ServiceSpec,
     ServiceState,
     UnplaceService,
@@ -91,7 +94,9 @@ class DeployerService(Service):
         self.own(self.database)
         self.database.migrate()
         self.blobs: BlobStore = blob_store_from_settings(self.settings)
-        bus.ensure_topics([bus.topics.deployer, bus.topics.deployments, bus.topics.app_instances])
+        bus.ensure_topics(
+            [bus.topics.deployer, bus.topics.deployments, bus.topics.app_instances, bus.topics.incidents]
+        )
         self.producer: Producer = bus.producer()
         self.requester = Requester(bus)
         self.requester.start()
@@ -114,6 +119,12 @@ class DeployerService(Service):
         commands.add_handler(ListInstances, self.apps.on_list)
         commands.start()
         self.own(commands)
+        incidents = ConsumerLoop(
+            bus, [bus.topics.incidents], group="deployer", name=f"{self.service_id}-incidents"
+        )
+        incidents.add_handler(ServiceIncident, self.apps.on_incident)
+        incidents.start()
+        self.own(incidents)
 
     # handlers -----------------------------------------------------------------------------
     def on_deploy(self, request: DeployModel, _envelope: Envelope) -> None:

@@ -12,7 +12,8 @@
         node its agent announced) ──▶ RestartService to that node's agent
             agent gone or lost it ──▶ PlaceService elsewhere (avoiding that node)
         not placed (stopped on purpose) ──▶ forget it
-    every incident (silent, exited, restarted, replaced, gave_up, failed) ──▶ incidents table + log
+    every incident (exited, failed, restarted, replaced, gave_up) ──▶ incidents table + log
+        ──▶ ServiceIncident on <prefix>.events.incidents (the deployer follows app instances there)
 
 Two layers, like a kubelet and a liveness probe: exits are reported by agents
 at once; heartbeats catch what an exit cannot show (a hung process, a lost node).
@@ -28,12 +29,14 @@ from dataclasses import dataclass, field
 from heartbeat.models import IncidentRow
 from platform_core.db import Database
 from platform_core.nodes import (
+    IncidentKind,
     LocateService,
     NodeAnnouncement,
     Placement,
     PlaceService,
     RestartService,
     ServiceExited,
+    ServiceIncident,
     ServiceStateReply,
     agent_topic,
     node_events_topic,
@@ -98,6 +101,8 @@ class HeartbeatMonitor(Service):
         self.database = Database.from_settings(self.settings)
         self.own(self.database)
         self.database.migrate()
+        bus.ensure_topics([bus.topics.incidents])
+        self.producer = bus.producer()
         self._watched: dict[str, Watched] = {}
         self._where: dict[str, str] = {}  # service id → node, from announcements
         self._lock = threading.Lock()
@@ -268,12 +273,17 @@ class HeartbeatMonitor(Service):
             return False
         return True
 
-    def record(self, service_id: str, node_id: str | None, kind: str, detail: str) -> None:
-        """An incident: stored for `aiot status` and the portal, and logged."""
+    def record(self, service_id: str, node_id: str | None, kind: IncidentKind, detail: str) -> None:
+        """An incident: stored for `aiot status`, logged, and published for whoever follows the service."""
         level = logging.ERROR if kind in ("gave_up", "failed") else logging.WARNING
         log.log(level, "%s %s on %s: %s", service_id, kind, node_id or "?", detail)
         with self.database.session() as session:
             session.add(IncidentRow(service_id=service_id, node_id=node_id, kind=kind, detail=detail))
+        incident = ServiceIncident(service_id=service_id, node_id=node_id, kind=kind, detail=detail)
+        try:
+            self.producer.send(self.sdk.bus.topics.incidents, incident, key=service_id)
+        except PlatformError as exc:
+            log.warning("cannot publish the incident of %s: %s", service_id, exc)
 
 
 def main() -> None:

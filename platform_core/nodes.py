@@ -9,7 +9,9 @@ Every message here is a pydantic ``Message`` sent through ``platform_sdk.bus``:
   a process it started exits;
 * to the node manager (``topics.commands("node-manager")``, request/reply):
   ``PlaceService`` → ``Placement``, ``LocateService`` → ``Placement``,
-  ``UnplaceService`` → ``Placement``.
+  ``UnplaceService`` → ``Placement``;
+* from the heartbeat monitor (``topics.incidents``): ``ServiceIncident`` for every
+  failure it saw and what it did (the deployer follows its app instances there).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from platform_sdk.envelope import Message
 from platform_sdk.errors import BadRequest
 from platform_sdk.topics import Topics
 
+IncidentKind = Literal["exited", "failed", "restarted", "replaced", "gave_up"]
 ServiceKind = Literal["platform", "model", "app", "simulator"]
 # "missing": placed, but its node announces it does not run it (the node restarted, e.g. a new `aiot up`).
 RunState = Literal["starting", "running", "stopping", "exited", "stopped", "failed", "missing"]
@@ -150,6 +153,19 @@ class ServiceExited(Message):
     uptime_s: float
     last_output: list[str]
     will_restart_here: bool
+
+
+class ServiceIncident(Message):
+    """The heartbeat monitor saw a service fail, or acted on it (also kept in its ``incidents`` table)."""
+
+    message_type = "service.incident"
+    service_id: str
+    node_id: str | None
+    kind: IncidentKind = Field(
+        description="exited (its agent restarts it), failed, restarted (on its node), replaced (on "
+        "another node), gave_up (a crash loop: it stays down)."
+    )
+    detail: str
 
 
 class PlaceService(Message):

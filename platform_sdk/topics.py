@@ -63,6 +63,11 @@ class Topics:
         return self.events("app-instances")
 
     @property
+    def incidents(self) -> str:
+        """What the heartbeat monitor did about a failing service (restarted, replaced, gave up)."""
+        return self.events("incidents")
+
+    @property
     def scheduler(self) -> str:
         """Schedule changes for the scheduler service (created, paused, resumed, cancelled)."""
         return self.commands("scheduler")

@@ -308,6 +308,26 @@ def instance_started_mail(
     return f"{label} is running at {location}", body
 
 
+def instance_moved_mail(
+    app: str, version: str | None, location: str, instance_id: str, url: str
+) -> tuple[str, str]:
+    """Subject and body telling a user their running app moved to another node: its new address.
+
+    The subject names the address, so each move is mailed once however often its event comes.
+    """
+    label = _app_label(app, version)
+    address = f"Its new address:\n{url}" if url else "`aiot instance list` shows its new address."
+    body = (
+        f"Hello,\n\n"
+        f"{label} at {location} stopped answering where it ran, so the platform started it on "
+        f"another node.\n\n"
+        f"{address}\n\n"
+        f"Instance {instance_id}; `aiot instance list` (or GET /api/instances) shows it.\n\n"
+        f"-- the AIoT platform\n"
+    )
+    return f"{label} at {location} moved to {url or 'another node'}", body
+
+
 def instance_failed_mail(
     app: str, version: str | None, location: str, instance_id: str, reason: str
 ) -> tuple[str, str]:

@@ -8,7 +8,7 @@
                         ──▶ a one-off stop job at the run's end
                     ──▶ ended already (the scheduler was down through it) ──▶ recorded as missed
     stop job fires  ──▶ StopInstance to the deployer
-    <prefix>.events.app-instances ──▶ InstanceEvent running / failed ──▶ a mail to its end user
+    <prefix>.events.app-instances ──▶ InstanceEvent running / moved / failed ──▶ a mail to its end user
                                       (``scheduler.mail``: SMTP, or the outbox when none is set)
 
 Exactly once: APScheduler may fire a start again after a crash between firing and recording
@@ -46,7 +46,13 @@ from platform_sdk.envelope import Envelope
 from platform_sdk.errors import PlatformError
 from platform_sdk.settings import get_settings
 from scheduler import timetable
-from scheduler.mail import Mailer, instance_failed_mail, instance_started_mail, local_mailbox
+from scheduler.mail import (
+    Mailer,
+    instance_failed_mail,
+    instance_moved_mail,
+    instance_started_mail,
+    local_mailbox,
+)
 from scheduler.messages import ScheduleChanged
 from scheduler.models import ScheduleRow
 
@@ -314,7 +320,11 @@ class SchedulerService(Service):
 
     # mail ---------------------------------------------------------------------------------
     def on_instance(self, event: InstanceEvent, _envelope: Envelope) -> None:
-        if event.status == "running":
+        if event.status == "running" and event.moved:
+            subject, body = instance_moved_mail(
+                event.app, event.version, event.location, event.instance_id, event.url
+            )
+        elif event.status == "running":
             subject, body = instance_started_mail(
                 event.app, event.version, event.location, event.instance_id, event.url, event.stop_at
             )

@@ -18,6 +18,7 @@ from scheduler.mail import (
     Mailer,
     MailView,
     instance_failed_mail,
+    instance_moved_mail,
     instance_started_mail,
     list_mails,
 )
@@ -276,3 +277,15 @@ def test_instance_failed_mail_says_why_and_what_to_do_next() -> None:
     assert "/api/instances" in body
     assert "`aiot schedule create`" in body
     assert "inst-3" in body
+
+
+def test_instance_moved_mail_gives_the_new_address_and_each_move_its_own_subject() -> None:
+    subject, body = instance_moved_mail("Smart Home", "1.2.0", "lake-home", "inst-3", "http://10.0.0.7:9012")
+
+    assert subject == "Smart Home 1.2.0 at lake-home moved to http://10.0.0.7:9012"
+    assert "started it on another node" in body
+    assert "\nhttp://10.0.0.7:9012\n" in body
+    assert "inst-3" in body
+    # send_once mails an instance once per subject: a repeated event once, a second move again.
+    later, _ = instance_moved_mail("Smart Home", "1.2.0", "lake-home", "inst-3", "http://10.0.0.8:9020")
+    assert later != subject
