@@ -505,7 +505,7 @@ def capture_command(platform: AppsPlatform, instance_id: str) -> BareCommand:
             with contextlib.suppress(psutil.Error):
                 env = process.environ()
                 ours = env.get("AIOT_SERVICE_ID") == service_id and env.get("AIOT_HOME") == str(platform.home)
-                if ours and process.cmdline()[1:3] == ["-m", "platform_sdk.app"]:
+                if ours and process.cmdline()[1:3] == ["-m", "platform_sdk.run_app"]:
                     return process
         return None
 

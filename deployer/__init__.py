@@ -14,7 +14,7 @@ See ``deployer/service.py``.
 
 Apps (``deployer/apps.py``, table ``app_instances``): ``DeployApp`` from the scheduler ──▶
 the device manager binds the app's device aliases at the location ──▶ model aliases checked
-deployed ──▶ ``python -m platform_sdk.app`` in the app's zip, placed on the least-loaded node
+deployed ──▶ ``python -m platform_sdk.run_app`` in the app's zip, placed on the least-loaded node
 ──▶ its health path ──▶ ``running`` with its address on ``<prefix>.events.app-instances``
 (the scheduler mails the end user); ``StopInstance`` at the window's end.
 """

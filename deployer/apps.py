@@ -5,7 +5,7 @@
         ──▶ worker: BindDevices to the device manager (aliases → devices at the location)
             ──▶ each model alias resolved to a deployed model (refused when one is not deployed)
             ──▶ the instance config (``AppInstanceConfig``) in ``AIOT_APP__INSTANCE``
-            ──▶ PlaceService ``app-<instance>`` (``python -m platform_sdk.app`` in the app's zip,
+            ──▶ PlaceService ``app-<instance>`` (``python -m platform_sdk.run_app`` in the app's zip,
                 the node manager picks the least-loaded node) ──▶ its health path answers
             ──▶ "running" with node and address ──▶ InstanceEvent on ``events.app-instances``
     StopInstance ──▶ UnplaceService ──▶ UnbindDevices ──▶ "stopped" ──▶ InstanceEvent
@@ -199,7 +199,7 @@ class AppInstances:
         spec = ServiceSpec(
             service_id=instance_service_id(instance_id),
             kind="app",
-            module="platform_sdk.app",
+            module="platform_sdk.run_app",
             bundle=BundleRef(key=request.artifact_key, sha256=request.artifact_sha256),
             requirements=manifest.requirements,
             ports=["http"] if manifest.kind == "web" else [],

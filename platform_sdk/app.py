@@ -1,6 +1,6 @@
 """An app instance from the inside: ``App`` is what an app's entrypoint is called with.
 
-The deployer starts an app instance as ``python -m platform_sdk.app`` in its unpacked bundle:
+The deployer starts an app instance as ``python -m platform_sdk.run_app`` in its unpacked bundle:
 
     app.json (the developer's manifest, in the bundle every instance of the version shares)
     + AIOT_APP__INSTANCE (``AppInstanceConfig``, generated per instance: the devices bound to
@@ -23,11 +23,8 @@ controllers say who set what.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import signal
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,7 +39,7 @@ from platform_sdk.devices import DeviceClient, SensorData, SensorStream
 from platform_sdk.errors import BadRequest, NotFound
 from platform_sdk.model_client import ModelClient
 from platform_sdk.runtime import PlatformRuntime
-from platform_sdk.settings import Settings, get_settings
+from platform_sdk.settings import Settings
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 log = logging.getLogger(__name__)
@@ -198,44 +195,3 @@ def load_manifest(bundle: Path) -> AppManifest:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "(document)"
         raise BadRequest(f"{path}: {where}: {error['msg']}") from exc
-
-
-def _entrypoint(bundle: Path, manifest: AppManifest) -> Callable[[App], Any]:
-    sys.path.insert(0, str(bundle))
-    module = importlib.import_module(manifest.entry_module)
-    function = getattr(module, manifest.entry_attribute, None)
-    if not callable(function):
-        raise BadRequest(f"{manifest.entrypoint}: the module has no function {manifest.entry_attribute!r}")
-    return function  # type: ignore[no-any-return]
-
-
-def main() -> None:
-    settings = get_settings()
-    bundle = (settings.bundle_dir or Path.cwd()).resolve()
-    manifest, config = load_manifest(bundle), settings.app.instance
-    if config is None:
-        raise SystemExit("an app instance needs its config: AIOT_APP__INSTANCE is set by the deployer")
-    runtime = PlatformRuntime(settings)
-    runtime.start()
-    app = App(manifest, config, runtime, ModelClient.from_settings(settings))
-    signal.signal(signal.SIGTERM, lambda *_: app.stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: app.stopping.set())
-    try:
-        log.info(
-            "app %s %s: instance %s at %s",
-            manifest.name,
-            manifest.version,
-            config.instance_id,
-            config.location,
-        )
-        _entrypoint(bundle, manifest)(app)
-    except Exception:
-        log.exception("app %s instance %s failed", manifest.name, config.instance_id)
-        raise SystemExit(1) from None
-    finally:
-        app.close()
-        runtime.stop()
-
-
-if __name__ == "__main__":
-    main()
