@@ -8,6 +8,7 @@
     control thread, every poll_interval_s:
         GET <agent>/load for every node ──▶ record; silent nodes become suspect, then down
         a node going down ──▶ its services are placed again on the others
+            ──▶ ServiceIncident "replaced" on <prefix>.events.incidents (a new address for its followers)
         the roster ──▶ every roster service without a placement is placed
         placements a node's announcement lacks (the node restarted) ──▶ "missing" ──▶ placed again
         every node busier than scale_out_load for scale_out_after_s ──▶ ask the provider for a node
@@ -37,6 +38,7 @@ from platform_core.nodes import (
     Placement,
     PlaceService,
     ServiceExited,
+    ServiceIncident,
     ServiceSpec,
     ServiceStateReply,
     StartService,
@@ -87,6 +89,8 @@ class NodeManagerService(Service):
         with self.database.session() as session:
             registry.restart_silence_clocks(session)
         self.roster = load_roster(self.settings)
+        bus.ensure_topics([bus.topics.incidents])
+        self.producer = bus.producer()
         self.requester = Requester(bus)
         self.requester.start()
         self.own(self.requester)
@@ -242,9 +246,11 @@ class NodeManagerService(Service):
             ]
         for spec in specs:
             try:
-                self.place(spec)
+                placement = self.place(spec)
             except PlatformError as exc:
                 log.error("cannot place missing %s again: %s", spec.service_id, exc)
+                continue
+            self._report_moved(placement, "placed again: its node no longer ran it")
 
     def _poll_loads(self) -> None:
         settings = self.settings.node_manager
@@ -293,9 +299,21 @@ class NodeManagerService(Service):
         for spec in specs:
             try:
                 placement = self.place(spec, avoid=[node_id])
-                log.warning("moved %s from lost node %s to %s", spec.service_id, node_id, placement.node_id)
             except PlatformError as exc:
                 log.error("cannot move %s off lost node %s: %s", spec.service_id, node_id, exc)
+                continue
+            log.warning("moved %s from lost node %s to %s", spec.service_id, node_id, placement.node_id)
+            self._report_moved(placement, f"moved off lost node {node_id}")
+
+    def _report_moved(self, placement: Placement, why: str) -> None:
+        """A service runs elsewhere now (a new address): told on events.incidents, as the monitor's moves."""
+        incident = ServiceIncident(
+            service_id=placement.service_id, node_id=placement.node_id, kind="replaced", detail=why
+        )
+        try:
+            self.producer.send(self.sdk.bus.topics.incidents, incident, key=placement.service_id)
+        except PlatformError as exc:
+            log.warning("cannot publish the move of %s: %s", placement.service_id, exc)
 
     def _reconcile_roster(self) -> None:
         if time.monotonic() - self._started < self.settings.node_manager.settle_s:

@@ -11,7 +11,8 @@ Every message here is a pydantic ``Message`` sent through ``platform_sdk.bus``:
   ``PlaceService`` → ``Placement``, ``LocateService`` → ``Placement``,
   ``UnplaceService`` → ``Placement``;
 * from the heartbeat monitor (``topics.incidents``): ``ServiceIncident`` for every
-  failure it saw and what it did (the deployer follows its app instances there).
+  failure it saw and what it did; from the node manager, "replaced" for each service
+  it moved off a lost node (the deployer follows its app instances there).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class ServiceExited(Message):
 
 
 class ServiceIncident(Message):
-    """The heartbeat monitor saw a service fail, or acted on it (also kept in its ``incidents`` table)."""
+    """The heartbeat monitor saw a service fail or acted on it (also kept in its ``incidents`` table),
+    or the node manager moved it off a lost node ("replaced")."""
 
     message_type = "service.incident"
     service_id: str
