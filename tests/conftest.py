@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.fixtures.azurite",
     "tests.fixtures.docker",
     "tests.fixtures.mqtt",
+    "tests.fixtures.platforms",
     "tests.fixtures.smtp",
 ]
 

@@ -13,6 +13,7 @@ The scheduler's restart between a schedule's creation and its start is tested on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -33,7 +34,7 @@ from platform_sdk.device_messages import DeviceState
 from platform_sdk.devices import DeviceClient
 from platform_sdk.envelope import Envelope
 from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, platform_per_runtime, wait_until
+from tests.platform_driver import Platform, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,22 +49,25 @@ LOCATION_OF = {
 }
 
 
-@pytest.fixture(scope="module", params=["process", "docker"])
-def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    """A platform per runtime whose simulators live a day in 24 s, with the samples uploaded."""
-    with platform_per_runtime(
-        request, tmp_path_factory, "apps", env={"AIOT_DEVICE__TIME_SCALE": "3600"}
-    ) as running:
-        for folder in sorted(MODELS.iterdir()):
-            if (folder / "model.json").is_file():
-                running.run("model", "upload", str(folder), timeout=600)
-        running.run("device", "add", str(SAMPLE_DEVICES))
-        for folder in sorted(APPS.iterdir()):
-            if (folder / "app.json").is_file():
-                running.run("app", "upload", str(folder))
-        name, password, email = END_USER
-        running.run("user", "add", name, "--role", "end_user", "--password", password, "--email", email)
-        yield running
+@pytest.fixture(scope="module")
+def platform(e2e_platform: Platform) -> Platform:
+    """The shared platform of each runtime (its simulators live a day in 24 s), with the samples.
+
+    The models tests ran on it first and deployed some sample models: the others are uploaded here.
+    """
+    listed = e2e_platform.json("model", "list")
+    assert isinstance(listed, list)
+    deployed = {model["name"] for model in listed}
+    for folder in sorted(MODELS.iterdir()):
+        if (folder / "model.json").is_file() and folder.name not in deployed:
+            e2e_platform.run("model", "upload", str(folder), timeout=600)
+    e2e_platform.run("device", "add", str(SAMPLE_DEVICES))
+    for folder in sorted(APPS.iterdir()):
+        if (folder / "app.json").is_file():
+            e2e_platform.run("app", "upload", str(folder))
+    name, password, email = END_USER
+    e2e_platform.run("user", "add", name, "--role", "end_user", "--password", password, "--email", email)
+    return e2e_platform
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +248,7 @@ def command_senders(platform: Platform, device: str) -> set[str]:
 
 def test_a_window_ends_and_its_instance_stops(platform: Platform, end_user: PlatformClient) -> None:
     schedule = end_user.post(
-        "/api/schedules", json={"app": "smart-home", "location": "lake-home", "now": True, "duration": "20s"}
+        "/api/schedules", json={"app": "smart-home", "location": "lake-home", "now": True, "duration": "10s"}
     )
     instance = wait_running(end_user, schedule["schedule_id"])
     service = f"app-{instance['instance_id']}"
@@ -260,10 +264,61 @@ def test_a_window_ends_and_its_instance_stops(platform: Platform, end_user: Plat
         requests.get(instance["url"] + "/health", timeout=3)
 
 
+UNPLUGGED_MANIFEST = {
+    "name": "unplugged",
+    "version": "1.0.0",
+    "description": "Serves its page for a second, then loses its sensor cable: crashes on every start.",
+    "entrypoint": "unplugged:run",
+    "kind": "web",
+    "web": {"health_path": "/health", "title": "Unplugged"},
+}
+UNPLUGGED_SOURCE = """
+def run(app):
+    def page(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"up for a moment"]
+
+    def worker():
+        app.wait(1)
+        raise RuntimeError("the sensor cable is unplugged")
+
+    app.serve(page, worker=worker)
+"""
+
+
+def test_an_instance_that_keeps_crashing_is_given_up_and_its_user_told_why(
+    platform: Platform, end_user: PlatformClient, tmp_path: Path
+) -> None:
+    folder = tmp_path / "unplugged"
+    folder.mkdir()
+    (folder / "app.json").write_text(json.dumps(UNPLUGGED_MANIFEST))
+    (folder / "unplugged.py").write_text(UNPLUGGED_SOURCE)
+    platform.run("app", "upload", str(folder))
+    schedule = end_user.post(
+        "/api/schedules", json={"app": "unplugged", "location": "lake-home", "now": True, "duration": "10m"}
+    )
+    instance = wait_running(end_user, schedule["schedule_id"])
+    instance_id = instance["instance_id"]
+
+    def failed() -> bool:
+        return bool(end_user.get(f"/api/instances/{instance_id}")["status"] == "failed")
+
+    # Three quick crashes (about 2 s each, with the restarts between) and the monitor gives up.
+    wait_until(failed, 90, f"{instance_id} failed after its crash loop")
+    error = end_user.get(f"/api/instances/{instance_id}")["error"]
+    assert "crashed 3 times" in error, error
+    assert "the sensor cable is unplugged" in error, error  # its last output says why
+    mails = [mail for mail in end_user.get("/api/mails")["mails"] if mail["instance_id"] == instance_id]
+    subjects = {mail["subject"]: mail for mail in mails}
+    assert set(subjects) == {"unplugged 1.0.0 is running at lake-home", "unplugged 1.0.0 failed at lake-home"}
+    assert "the sensor cable is unplugged" in subjects["unplugged 1.0.0 failed at lake-home"]["body"]
+    wait_until(lambda: platform.service(f"app-{instance_id}") is None, 30, "the given-up instance unplaced")
+
+
 def test_a_scheduler_down_at_a_start_still_starts_it_exactly_once(
     request: pytest.FixtureRequest, platform: Platform, end_user: PlatformClient
 ) -> None:
-    if request.node.callspec.params["platform"] != "process":
+    if request.node.callspec.params["e2e_platform"] != "process":
         pytest.skip("the scheduler is a host process on both runtimes: once is enough")
     zone = ZoneInfo("America/New_York")  # lake-home's
     start = (datetime.now(zone) + timedelta(seconds=75)).replace(second=0, microsecond=0)

@@ -26,18 +26,17 @@ from platform_sdk.bus import Bus, Requester
 from platform_sdk.errors import NotFound, PlatformError
 from platform_sdk.model_client import ModelClient
 from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, platform_per_runtime, wait_until
+from tests.platform_driver import Platform, wait_until
 from tests.sample_images import sample_png
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
 
 
-@pytest.fixture(scope="module", params=["process", "docker"])
-def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    """One platform per runtime; every test below runs against both."""
-    with platform_per_runtime(request, tmp_path_factory, "models") as running:
-        yield running
+@pytest.fixture(scope="module")
+def platform(e2e_platform: Platform) -> Platform:
+    """The shared platform of each runtime (``tests/fixtures/platforms.py``); every test runs on both."""
+    return e2e_platform
 
 
 @pytest.fixture
