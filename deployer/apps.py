@@ -10,7 +10,7 @@
             ──▶ "running" with node and address ──▶ InstanceEvent on ``events.app-instances``
     StopInstance ──▶ UnplaceService ──▶ UnbindDevices ──▶ "stopped" ──▶ InstanceEvent
     any failure  ──▶ what was started is stopped, the binding released ──▶ "failed" ──▶ InstanceEvent
-    ServiceIncident of a running ``app-<instance>`` (from the heartbeat monitor)
+    ServiceIncident of a running ``app-<instance>`` (from the heartbeat monitor or the node manager)
         replaced ──▶ its new node and address recorded ──▶ InstanceEvent (running, moved)
         gave_up  ──▶ the binding released ──▶ "failed" with its last output ──▶ InstanceEvent
 
@@ -115,10 +115,9 @@ class AppInstances:
             return Instances(instances=[_info(row) for row in session.scalars(query)])
 
     def on_incident(self, incident: ServiceIncident, _envelope: Envelope) -> None:
-        """Follows a running instance the heartbeat monitor moved to another node or gave up on."""
-        if not incident.service_id.startswith(APP_SERVICE_PREFIX) or incident.kind not in (
-            "replaced",
-            "gave_up",
+        """Follows a running instance moved to another node, or given up by the heartbeat monitor."""
+        if incident.kind not in ("replaced", "gave_up") or not incident.service_id.startswith(
+            APP_SERVICE_PREFIX
         ):
             return
         instance_id = incident.service_id.removeprefix(APP_SERVICE_PREFIX)

@@ -248,7 +248,7 @@ def command_senders(platform: Platform, device: str) -> set[str]:
 
 def test_a_window_ends_and_its_instance_stops(platform: Platform, end_user: PlatformClient) -> None:
     schedule = end_user.post(
-        "/api/schedules", json={"app": "smart-home", "location": "lake-home", "now": True, "duration": "10s"}
+        "/api/schedules", json={"app": "smart-home", "location": "lake-home", "now": True, "duration": "20s"}
     )
     instance = wait_running(end_user, schedule["schedule_id"])
     service = f"app-{instance['instance_id']}"
