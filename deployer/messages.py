@@ -155,5 +155,6 @@ class InstanceEvent(Message):
     stop_at: datetime | None = None
     detail: str = ""
     moved: bool = Field(
-        default=False, description="Running again on another node (the monitor moved it): a new address."
+        default=False,
+        description="Running again on another node (moved by the monitor or node manager): a new address.",
     )

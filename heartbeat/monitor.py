@@ -41,6 +41,7 @@ from platform_core.nodes import (
     agent_topic,
     node_events_topic,
     node_manager_topic,
+    publish_incident,
 )
 from platform_core.service import PeriodicTask, QueueWorker, Service
 from platform_sdk.bus import ConsumerLoop, Requester
@@ -279,11 +280,9 @@ class HeartbeatMonitor(Service):
         log.log(level, "%s %s on %s: %s", service_id, kind, node_id or "?", detail)
         with self.database.session() as session:
             session.add(IncidentRow(service_id=service_id, node_id=node_id, kind=kind, detail=detail))
-        incident = ServiceIncident(service_id=service_id, node_id=node_id, kind=kind, detail=detail)
-        try:
-            self.producer.send(self.sdk.bus.topics.incidents, incident, key=service_id)
-        except PlatformError as exc:
-            log.warning("cannot publish the incident of %s: %s", service_id, exc)
+        publish_incident(
+            self.producer, ServiceIncident(service_id=service_id, node_id=node_id, kind=kind, detail=detail)
+        )
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from platform_core.nodes import (
     agent_topic,
     node_events_topic,
     node_manager_topic,
+    publish_incident,
 )
 from platform_core.service import PeriodicTask, Service
 from platform_sdk.bus import ConsumerLoop, Requester
@@ -307,13 +308,12 @@ class NodeManagerService(Service):
 
     def _report_moved(self, placement: Placement, why: str) -> None:
         """A service runs elsewhere now (a new address): told on events.incidents, as the monitor's moves."""
-        incident = ServiceIncident(
-            service_id=placement.service_id, node_id=placement.node_id, kind="replaced", detail=why
+        publish_incident(
+            self.producer,
+            ServiceIncident(
+                service_id=placement.service_id, node_id=placement.node_id, kind="replaced", detail=why
+            ),
         )
-        try:
-            self.producer.send(self.sdk.bus.topics.incidents, incident, key=placement.service_id)
-        except PlatformError as exc:
-            log.warning("cannot publish the move of %s: %s", placement.service_id, exc)
 
     def _reconcile_roster(self) -> None:
         if time.monotonic() - self._started < self.settings.node_manager.settle_s:

@@ -17,14 +17,18 @@ Every message here is a pydantic ``Message`` sent through ``platform_sdk.bus``:
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from platform_sdk.bus import Producer
 from platform_sdk.envelope import Message
-from platform_sdk.errors import BadRequest
+from platform_sdk.errors import BadRequest, PlatformError
 from platform_sdk.topics import Topics
+
+log = logging.getLogger(__name__)
 
 IncidentKind = Literal["exited", "failed", "restarted", "replaced", "gave_up"]
 ServiceKind = Literal["platform", "model", "app", "simulator"]
@@ -215,3 +219,11 @@ def node_manager_topic(topics: Topics) -> str:
 
 def node_events_topic(topics: Topics) -> str:
     return topics.events("nodes")
+
+
+def publish_incident(producer: Producer, incident: ServiceIncident) -> None:
+    """Sends ``incident`` to ``events.incidents``, keyed by service; one the broker refuses is logged."""
+    try:
+        producer.send(producer.bus.topics.incidents, incident, key=incident.service_id)
+    except PlatformError as exc:
+        log.warning("cannot publish the %s incident of %s: %s", incident.kind, incident.service_id, exc)
