@@ -6,7 +6,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test check lint typecheck pytest install install-dev bytecode node-deps bench clean
+.PHONY: up test check lint typecheck pytest install install-dev bytecode kafka node-deps bench clean
 PACKAGES := platform_sdk platform_core bootstrapper service_agent node_manager heartbeat logger web aiot \
 	benchmarks ai_manager deployer device_manager simulators app_manager scheduler
 
@@ -18,17 +18,22 @@ test: install-dev node-deps check pytest  ## install everything and run the whol
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --python $(PYTHON) --extra embedded
-	$(MAKE) --no-print-directory bytecode
+	$(MAKE) --no-print-directory bytecode kafka
 
 install-dev:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --python $(PYTHON) --extra embedded --extra dev
-	$(MAKE) --no-print-directory bytecode
+	$(MAKE) --no-print-directory bytecode kafka
 
 # Every service start imports the platform; where PYTHONDONTWRITEBYTECODE is set imports cache
 # nothing, so compile once here: a service then starts in about half the time.
 bytecode:
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib $(PACKAGES) >/dev/null
+
+# Apache Kafka's jars from Maven Central, once per machine (needs Java 17+ and Maven; without them
+# `aiot up` falls back to the bundled Tansu broker and this says so).
+kafka:
+	$(BIN)/aiot broker fetch
 
 node-deps:  ## Azurite (Azure Blob emulator) for the blob store tests
 	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error; \

@@ -41,7 +41,7 @@ from aiot.output import JsonOption, out, print_json
 from aiot.schedule_commands import instance_app, mail_app, schedule_app
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.roles import Role
-from platform_sdk.runstate import kafka_address, read_run_state
+from platform_sdk.runstate import RunState, kafka_address, read_run_state
 from platform_sdk.settings import Settings, get_settings, settings_reference
 
 if TYPE_CHECKING:
@@ -116,6 +116,17 @@ def show_settings(
     sys.stdout.write(_settings().model_dump_json(indent=2) + "\n")
 
 
+class BrokerName(StrEnum):
+    kafka = "kafka"
+    tansu = "tansu"
+
+
+def _broker_label(state: RunState) -> str:
+    if not state.broker_embedded:
+        return ""
+    return " (Apache Kafka, started here)" if state.broker_kind == "kafka" else " (bundled Tansu, in memory)"
+
+
 class RuntimeName(StrEnum):
     process = "process"
     docker = "docker"
@@ -127,6 +138,14 @@ def up(
     nodes: Annotated[int, typer.Option(min=1, max=16, help="Service agents (nodes) to start.")] = 2,
     runtime: Annotated[RuntimeName, typer.Option(help="How agents run services.")] = RuntimeName.process,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to answer.")] = 90.0,
+    broker: Annotated[
+        BrokerName | None,
+        typer.Option(
+            help="Broker to start when no Kafka address is configured: kafka (Apache Kafka, needs Java "
+            "17+), tansu (bundled, in memory, short sessions only); default: the setting kafka.broker "
+            "(auto: kafka where Java 17+ is found)."
+        ),
+    ] = None,
     demo: Annotated[
         bool,
         typer.Option(
@@ -140,11 +159,21 @@ def up(
     console = out()
     platform = _local_platform(settings)
     with console.status("starting the platform") as status:
-        result = platform.up(progress=status.update, nodes=nodes, runtime=runtime.value, timeout=timeout)
+        result = platform.up(
+            progress=status.update,
+            nodes=nodes,
+            runtime=runtime.value,
+            timeout=timeout,
+            broker=broker.value if broker else None,
+        )
     state = result.state
     console.print(f"[green]platform up[/] from {settings.home_dir}")
     console.print(f"  front door  {state.web_url}")
-    console.print(f"  kafka       {state.broker}{' (embedded)' if state.broker_embedded else ''}")
+    console.print(f"  kafka       {state.broker}{_broker_label(state)}")
+    if state.broker_embedded and state.broker_kind == "tansu":
+        from bootstrapper.broker import TANSU_NOTE
+
+        console.print(f"[yellow]{TANSU_NOTE}[/]")
     _log_in_first_configurer(settings, state.web_url or "", result.generated_password, console)
     if demo:
         console.print("demo: sample models")
@@ -309,15 +338,26 @@ def restart(service: Annotated[str, typer.Argument(help="Service id, as `aiot st
     out().print(f"{service} restarted on {where} (pid {restarted.pid or restarted.container_id})")
 
 
-@app.command()
-def broker(as_json: JsonOption = False) -> None:
+broker_app = typer.Typer(
+    help="The Kafka broker: which one this platform uses and whether it answers; fetch Apache Kafka.",
+    no_args_is_help=False,
+)
+app.add_typer(broker_app, name="broker")
+
+
+@broker_app.callback(invoke_without_command=True)
+def broker(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Show the Kafka broker this platform uses and whether it answers."""
+    if ctx.invoked_subcommand is not None:
+        return
     settings = _settings()
     address = kafka_address(settings)
     state = read_run_state(settings)
+    started_here = bool(state and state.broker_embedded and not settings.kafka.bootstrap_servers)
     document: dict[str, Any] = {
         "bootstrap_servers": address,
-        "embedded": bool(state and state.broker_embedded and not settings.kafka.bootstrap_servers),
+        "embedded": started_here,
+        "kind": state.broker_kind if state and started_here else "kafka",
         "reachable": False,
     }
     if address:
@@ -336,8 +376,44 @@ def broker(as_json: JsonOption = False) -> None:
     mark = (
         "[green]answers[/]" if document["reachable"] else f"[red]does not answer[/] ({document.get('error')})"
     )
-    kind = "embedded Tansu" if document["embedded"] else "external Kafka"
+    if not started_here:
+        kind = "external Kafka"
+    else:
+        kind = (
+            "Apache Kafka, started by aiot up" if document["kind"] == "kafka" else "bundled Tansu, in memory"
+        )
     out().print(f"{address} ({kind}) {mark}")
+
+
+@broker_app.command("fetch")
+def broker_fetch(
+    require: Annotated[
+        bool, typer.Option("--require", help="Fail (instead of noting it) when Java 17+ or Maven is missing.")
+    ] = False,
+) -> None:
+    """Fetch the Apache Kafka broker's jars from Maven Central into the per-machine cache (once)."""
+    from bootstrapper.kafka import fetch_jars, jars_dir, jars_ready, java_ok  # lazy: see _local_platform
+
+    kafka = _settings().kafka
+    console = out()
+    if not java_ok(kafka):
+        message = f"no Java 17+ ('{kafka.java}'): `aiot up` will use the bundled Tansu broker"
+        if require:
+            raise Unavailable(message + "; install a JDK 17+ (apt-get install openjdk-17-jre-headless)")
+        console.print(f"[yellow]{message}[/]")
+        return
+    if jars_ready(kafka):
+        console.print(f"Apache Kafka {kafka.kafka_version} jars already in {jars_dir(kafka)}")
+        return
+    try:
+        with console.status("fetching Apache Kafka") as status:
+            target = fetch_jars(kafka, status.update)
+    except Unavailable as exc:
+        if require:
+            raise
+        console.print(f"[yellow]{exc.message}; `aiot up` will use the bundled Tansu broker[/]")
+        return
+    console.print(f"Apache Kafka {kafka.kafka_version} jars in {target}")
 
 
 LEVEL_STYLES = {

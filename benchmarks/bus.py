@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import confluent_kafka
 
 from benchmarks import Options, Result, Row
-from bootstrapper.broker import EmbeddedBroker
+from bootstrapper.broker import TansuBroker
 from platform_sdk.bus import Bus, ConsumerLoop, Producer, Requester
 from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import Timeout, Unavailable
@@ -596,7 +596,7 @@ def run(options: Options) -> Result:
     variants = ("platform", "bare")
     with contextlib.ExitStack() as stack:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aiot-bench-")))
-        broker = EmbeddedBroker(log_file=home / "tansu.log")
+        broker = TansuBroker(log_file=home / "tansu.log")
         broker.start()
         stack.callback(broker.stop)
         settings = stack.enter_context(

@@ -69,7 +69,7 @@ import psutil
 
 from benchmarks import Options, Result, Row
 from benchmarks.bus import percentile
-from bootstrapper.broker import EmbeddedBroker
+from bootstrapper.broker import TansuBroker
 from platform_sdk.bus import Bus
 from platform_sdk.device_documents import Binding, DeviceType, ParamSpec
 from platform_sdk.device_messages import Frame, Reading
@@ -703,7 +703,7 @@ class Case:
 class Bench:
     """The broker, the publisher process and the settings every case derives its own from."""
 
-    def __init__(self, home: Path, broker: EmbeddedBroker, publishers: PublisherProcess) -> None:
+    def __init__(self, home: Path, broker: TansuBroker, publishers: PublisherProcess) -> None:
         self.home = home
         self.broker = broker
         self.broker_process = psutil.Process(broker.pid)
@@ -1072,7 +1072,7 @@ def run(options: Options) -> Result:
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aiot-bench-devices-")))
-        broker = EmbeddedBroker(log_file=home / "tansu.log")
+        broker = TansuBroker(log_file=home / "tansu.log")
         # In a session of its own, so a Ctrl-C in the terminal does not stop the broker before the
         # consumers have left it; this process stops it last.
         broker.start(detach=True)

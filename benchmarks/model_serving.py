@@ -55,7 +55,7 @@ import psutil
 from benchmarks import Options, Result, Row
 from benchmarks.bus import percentile
 from benchmarks.serving_contenders.loader import load_endpoint
-from bootstrapper.broker import EmbeddedBroker
+from bootstrapper.broker import TansuBroker
 from platform_sdk.net import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -751,7 +751,7 @@ def run(options: Options) -> Result:
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aiot-bench-serving-")))
-        broker = EmbeddedBroker(log_file=home / "tansu.log")
+        broker = TansuBroker(log_file=home / "tansu.log")
         broker.start()
         stack.callback(broker.stop)
         servers = {

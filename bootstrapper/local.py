@@ -3,7 +3,9 @@
 ``LocalPlatform.up(nodes=N)``::
 
     broker configured? ── yes ─▶ check it answers
-                       └─ no ──▶ start the bundled broker on a free 127.0.0.1 port
+                       └─ no ──▶ start Apache Kafka (KRaft, ``bootstrapper.kafka``) on free 127.0.0.1
+                                 ports, a fresh log dir under AIOT_HOME/kafka; without Java 17+
+                                 (or ``--broker tansu``) the bundled Tansu instead
     registry database ─▶ migrate; create the first platform configurer if none
     N service agents ──▶ ``python -m service_agent`` each (node-1 is the main node), each with its own
                          HTTP port and port range; wait for their heartbeats
@@ -31,11 +33,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psutil
 import requests
 
-from bootstrapper.broker import EmbeddedBroker, wait_for_broker
+from bootstrapper.broker import TANSU_NOTE, TansuBroker, wait_for_broker
+from bootstrapper.kafka import KafkaBroker, fetch_jars, jars_ready, java_ok
 from platform_core.db import Database
 from platform_core.nodes import (
     ServiceSpec,
@@ -152,6 +156,7 @@ class LocalPlatform:
         nodes: int = 2,
         runtime: str = "process",
         timeout: float = READY_TIMEOUT_S,
+        broker: str | None = None,
     ) -> UpResult:
         """Start everything and return once it all answers; on failure stop what was started."""
         if nodes < 1:
@@ -161,7 +166,7 @@ class LocalPlatform:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         state = RunState(runtime=runtime)
         try:
-            state.broker = self._start_broker(state, progress)
+            state.broker = self._start_broker(state, progress, broker)
             write_run_state(self.settings, state)
             with temporary_settings({"kafka.bootstrap_servers": state.broker}) as settings:
                 generated = self._prepare_database(settings, progress)
@@ -188,19 +193,43 @@ class LocalPlatform:
             raise
         return UpResult(state, generated)
 
-    def _start_broker(self, state: RunState, progress: Progress) -> str:
+    def _start_broker(self, state: RunState, progress: Progress, requested: str | None) -> str:
         configured = self.settings.kafka.bootstrap_servers
         if configured:
             progress(f"checking Kafka at {configured}")
             wait_for_broker(configured, timeout=10)
             return configured
-        progress("starting the embedded Kafka broker")
-        broker = EmbeddedBroker(log_file=self.log_dir / f"{BROKER}.out")
-        broker.start(detach=True)
-        assert broker.pid is not None
+        kind = self._broker_kind(requested or self.settings.kafka.broker, progress)
         state.broker_embedded = True
-        state.processes.append(_record(BROKER, broker.pid, broker.command(), broker.log_file))
-        return broker.bootstrap_servers
+        state.broker_kind = kind
+        if kind == "kafka":
+            kafka_settings = self.settings.kafka
+            if not jars_ready(kafka_settings):
+                fetch_jars(kafka_settings, progress)
+            progress(f"starting Apache Kafka {kafka_settings.kafka_version} (KRaft) on 127.0.0.1")
+            kafka = KafkaBroker(self.home / "kafka", kafka_settings, log_file=self.log_dir / f"{BROKER}.out")
+            kafka.start(detach=True)
+            pid, command, log_file = kafka.pid, kafka.command(), kafka.log_file
+            address = kafka.bootstrap_servers
+        else:
+            progress("starting the bundled Tansu broker")
+            tansu = TansuBroker(log_file=self.log_dir / f"{BROKER}.out")
+            tansu.start(detach=True)
+            pid, command, log_file = tansu.pid, tansu.command(), tansu.log_file
+            address = tansu.bootstrap_servers
+        assert pid is not None
+        state.processes.append(_record(BROKER, pid, command, log_file))
+        return address
+
+    def _broker_kind(self, requested: str, progress: Progress) -> Literal["kafka", "tansu"]:
+        """``kafka``/``tansu`` as asked; ``auto``: Apache Kafka where Java 17+ runs, else Tansu."""
+        if requested == "tansu":
+            progress(TANSU_NOTE)
+            return "tansu"
+        if requested == "kafka" or java_ok(self.settings.kafka):
+            return "kafka"
+        progress(f"no Java 17+ found: {TANSU_NOTE}")
+        return "tansu"
 
     def _prepare_database(self, settings: Settings, progress: Progress) -> str | None:
         progress("migrating the registry database")

@@ -16,18 +16,23 @@ Life of a message::
         and on close, so a message is committed only after it was handled.
 
 The loop survives broker restarts: librdkafka reconnects on its own, and a
-topic that vanished (the embedded broker keeps topics in memory) is created
-again when the loop sees it missing.
+topic that vanished (Tansu keeps topics in memory) is created again when the
+loop sees it missing. Topics are created with their class's retention
+(``Topics.config_of``), and consumers let the broker hold a fetch for
+``Bus.fetch_wait_max_ms`` (Kafka answers a waiting fetch when a record
+arrives, so a long wait costs no latency and an idle consumer no CPU).
 
-``Requester.request()`` sends a message with a correlation id and its own
-reply topic (one partition, read by manual assignment, so no group join) and
-waits for the matching reply or raises ``Timeout``. Reply handlers on the
+``Requester.request()`` sends a message with a correlation id, the shared
+replies topic and the one partition of it this requester reads (by manual
+assignment, so no group join), and waits for the matching reply or raises
+``Timeout``. Reply handlers on the
 serving side are ordinary handlers that return a Message.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -42,7 +47,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import BadRequest, PlatformError, Timeout, Unavailable, error_from_status
-from platform_sdk.runstate import kafka_address
+from platform_sdk.runstate import broker_kind, kafka_address
 from platform_sdk.settings import KafkaSettings, Settings, get_settings
 from platform_sdk.topics import Topics
 
@@ -54,7 +59,7 @@ Handler = Callable[[Any, Envelope], Message | None]
 EnvelopeHandler = Callable[[Envelope], None]
 TopicEnvelopeHandler = Callable[[str, Envelope], None]
 
-POLL_INTERVAL_S = 0.1
+POLL_INTERVAL_S = 0.25
 _TOPIC_RETRY_S = 1.0
 
 
@@ -94,6 +99,15 @@ class Bus:
         self.source = self.source or self.settings.service_id or "anonymous"
         self.topics = Topics.from_settings(self.settings)
         self._bootstrap = kafka_address(self.settings)
+        self.broker_kind = broker_kind(self.settings, self._bootstrap)
+
+    @property
+    def fetch_wait_max_ms(self) -> int:
+        """How long the broker may hold a fetch: long on Kafka (it answers on arrival), short on Tansu."""
+        configured = self.settings.kafka.fetch_wait_max_ms
+        if configured is not None:
+            return configured
+        return 5 if self.broker_kind == "tansu" else 500
 
     @property
     def bootstrap_servers(self) -> str:
@@ -114,10 +128,13 @@ class Bus:
     def ensure_topics(
         self, names: Iterable[str], partitions: int | None = None, timeout: float = 10.0
     ) -> None:
-        """Create each missing topic with an explicit partition count; existing ones are kept.
+        """Create each missing topic with an explicit partition count and its class's configs.
 
         The count is ``partitions`` (default ``kafka.partitions``), except where the topic's
-        kind fixes it (``Topics.partitions_of``: one per device topic).
+        kind fixes it (``Topics.partitions_of``: one per device topic, ``kafka.reply_partitions``
+        for the replies topic). Every topic gets its class's retention by time and bytes
+        (``Topics.config_of``), so nothing the bus carries grows without bound. Existing
+        topics are kept as they are.
         """
         wanted = sorted(set(names))
         if not wanted:
@@ -130,10 +147,16 @@ class Bus:
         missing = [name for name in wanted if name not in existing]
         if not missing:
             return
-        default = partitions or self.settings.kafka.partitions
+        kafka = self.settings.kafka
+        default = partitions or kafka.partitions
         futures = admin.create_topics(
             [
-                NewTopic(name, num_partitions=self.topics.partitions_of(name, default), replication_factor=-1)
+                NewTopic(
+                    name,
+                    num_partitions=self.topics.partitions_of(name, default, kafka.reply_partitions),
+                    replication_factor=kafka.replication_factor,
+                    config=self.topics.config_of(name, self.settings),
+                )
                 for name in missing
             ],
             operation_timeout=timeout,
@@ -211,6 +234,7 @@ class Producer:
         key: str | bytes | None = None,
         data: bytes | None = None,
         on_delivery: Callable[[bool], None] | None = None,
+        partition: int | None = None,
     ) -> Envelope:
         """Queue one message; returns its envelope. Raises ``Unavailable`` when the local queue is full."""
         envelope = (
@@ -219,7 +243,9 @@ class Producer:
             else Envelope.wrap(message, source=self.bus.source, data=data)
         )
         value, headers = envelope.to_kafka()
-        self.send_raw(topic, value, key=key, headers=list(headers), on_delivery=on_delivery)
+        self.send_raw(
+            topic, value, key=key, headers=list(headers), on_delivery=on_delivery, partition=partition
+        )
         return envelope
 
     def send_raw(
@@ -230,8 +256,13 @@ class Producer:
         key: str | bytes | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
         on_delivery: Callable[[bool], None] | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Queue a record as it is (forwarding, dead-lettering); no envelope is added."""
+        """Queue a record as it is (forwarding, dead-lettering); no envelope is added.
+
+        ``partition`` pins the record to one partition (a reply to a requester's); else the
+        key chooses.
+        """
 
         def report(err: confluent_kafka.KafkaError | None, _record: Any) -> None:
             if err is None:
@@ -242,8 +273,9 @@ class Producer:
             if on_delivery is not None:
                 on_delivery(err is None)
 
+        pinned: dict[str, Any] = {} if partition is None else {"partition": partition}
         try:
-            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
+            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report, **pinned)
         except BufferError as exc:
             self._producer.poll(0)
             raise Unavailable("the producer's local queue is full; the broker is not keeping up") from exc
@@ -282,9 +314,11 @@ class ConsumerLoop:
         name: str | None = None,
         offset_reset: str = "earliest",
         partitions: int | None = None,
+        only_partitions: Iterable[int] | None = None,
         **overrides: Any,
     ) -> None:
         self.bus = bus
+        self.only_partitions = None if only_partitions is None else set(only_partitions)
         self.topics = sorted(set(topics))
         self.group = group
         self.name = name or group or "assigned"
@@ -317,7 +351,7 @@ class ConsumerLoop:
                 "auto.offset.reset": offset_reset,
                 "session.timeout.ms": settings.session_timeout_ms,
                 "heartbeat.interval.ms": settings.heartbeat_interval_ms,
-                "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+                "fetch.wait.max.ms": bus.fetch_wait_max_ms,
                 "enable.partition.eof": False,
                 **overrides,
             }
@@ -373,7 +407,7 @@ class ConsumerLoop:
         self._thread.start()
 
     def _initial_positions(self, consumer: confluent_kafka.Consumer) -> list[confluent_kafka.TopicPartition]:
-        """Every partition of ``topics``; with "latest", pinned to the current end right now.
+        """Every partition of ``topics`` (or ``only_partitions``); with "latest", pinned to the end now.
 
         Resolving the end here, not at the first fetch, means a message sent after
         ``start()`` returned is never skipped: what follows start() is seen.
@@ -382,6 +416,8 @@ class ConsumerLoop:
         positions = []
         for topic in self.topics:
             for partition in metadata.topics[topic].partitions:
+                if self.only_partitions is not None and partition not in self.only_partitions:
+                    continue
                 position = confluent_kafka.TopicPartition(topic, partition)
                 if self.offset_reset == "latest":
                     _low, high = consumer.get_watermark_offsets(position, timeout=10)
@@ -539,6 +575,7 @@ class ConsumerLoop:
         self._producer.send(
             request.reply_to,
             Envelope.wrap(reply, source=self.bus.source, correlation_id=request.correlation_id),
+            partition=request.reply_partition,
         )
 
     def _dead_letter(self, record: confluent_kafka.Message, exc: BaseException) -> None:
@@ -571,39 +608,54 @@ def _error_reply(exc: BaseException) -> ErrorReply:
 
 
 class Requester:
-    """Request/reply over Kafka: a private reply topic and a future per correlation id."""
+    """Request/reply over Kafka: one partition of the shared replies topic and a future per correlation id.
+
+    Every requester reads one partition of ``topics.replies`` (chosen at random when it
+    starts, pinned to its end, no group join) and keeps the replies whose correlation id
+    it is waiting for; the replier sends to the partition the request names. The replies
+    topic is shared and bounded by retention, so no process leaves a topic behind.
+    """
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self.reply_topic = bus.topics.replies(f"{bus.source}-{uuid.uuid4().hex[:12]}")
+        self.reply_topic = bus.topics.replies
+        self.reply_partition = 0
         self._pending: dict[str, Future[Envelope]] = {}
         self._lock = threading.Lock()
-        self._loop = ConsumerLoop(
-            bus,
-            [self.reply_topic],
-            group=None,
-            name=f"replies-{bus.source}",
-            partitions=1,
-            offset_reset="earliest",
-        )
-        self._loop.on_any(self._resolve)
+        self._loop: ConsumerLoop | None = None
         self._producer: Producer | None = None
 
     def start(self) -> None:
+        self.bus.ensure_topics([self.reply_topic])
+        try:
+            metadata = self.bus.admin().list_topics(self.reply_topic, timeout=10)
+        except confluent_kafka.KafkaException as exc:
+            raise Unavailable(f"Kafka at {self.bus.bootstrap_servers} does not answer: {exc}") from exc
+        count = len(metadata.topics[self.reply_topic].partitions) or 1
+        self.reply_partition = random.randrange(count)
         self._producer = self.bus.producer()
+        self._loop = ConsumerLoop(
+            self.bus,
+            [self.reply_topic],
+            group=None,
+            name=f"replies-{self.bus.source}",
+            offset_reset="latest",
+            only_partitions=[self.reply_partition],
+        )
+        self._loop.on_any(self._resolve)
         self._loop.start()
 
     def stop(self) -> None:
-        self._loop.stop()
+        if self._loop is not None:
+            self._loop.stop()
         if self._producer is not None:
             self._producer.flush(5)
-        self.bus.delete_topics([self.reply_topic])
 
     def __enter__(self) -> Requester:
         try:
             self.start()
         except BaseException:
-            self.stop()  # a half-started requester still holds a consumer and a reply topic
+            self.stop()  # a half-started requester still holds a consumer
             raise
         return self
 
@@ -648,6 +700,7 @@ class Requester:
                 source=self.bus.source,
                 correlation_id=correlation_id,
                 reply_to=self.reply_topic,
+                reply_partition=self.reply_partition,
             ),
             key=key,
         )

@@ -62,6 +62,9 @@ class Envelope(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     correlation_id: str | None = None
     reply_to: str | None = None
+    reply_partition: int | None = Field(
+        default=None, description="Partition of ``reply_to`` the requester reads (a shared replies topic)."
+    )
     data: bytes | None = Field(default=None, exclude=True, repr=False)
 
     @classmethod
@@ -73,6 +76,7 @@ class Envelope(BaseModel):
         data: bytes | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        reply_partition: int | None = None,
     ) -> Self:
         return cls(
             type=message.message_type,
@@ -81,6 +85,7 @@ class Envelope(BaseModel):
             data=data,
             correlation_id=correlation_id,
             reply_to=reply_to,
+            reply_partition=reply_partition,
         )
 
     def open(self, message_cls: builtins.type[M]) -> M:

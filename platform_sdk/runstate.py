@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -41,7 +42,10 @@ class RunState(BaseModel):
     """The running platform of one AIOT_HOME."""
 
     broker: str | None = Field(default=None, description="Kafka bootstrap servers in use.")
-    broker_embedded: bool = False
+    broker_embedded: bool = Field(default=False, description="Whether `aiot up` started the broker itself.")
+    broker_kind: Literal["kafka", "tansu"] = Field(
+        default="kafka", description="Apache Kafka (or any Kafka cluster), or the bundled Tansu."
+    )
     web_url: str | None = None
     runtime: str = "process"
     nodes: list[NodeRecord] = Field(default_factory=list)
@@ -79,6 +83,14 @@ def kafka_address(settings: Settings) -> str | None:
         return settings.kafka.bootstrap_servers
     state = read_run_state(settings)
     return state.broker if state else None
+
+
+def broker_kind(settings: Settings, bootstrap: str | None) -> Literal["kafka", "tansu"]:
+    """Which broker answers at ``bootstrap``: the bundled Tansu only if this home's platform started it."""
+    state = read_run_state(settings)
+    if state is not None and bootstrap and state.broker == bootstrap:
+        return state.broker_kind
+    return "kafka"
 
 
 def web_url(settings: Settings) -> str | None:

@@ -32,28 +32,133 @@ from platform_sdk.artifacts import AppInstanceConfig
 from platform_sdk.device_documents import DeviceType
 
 
+class TopicClass(BaseModel):
+    """How long one class of topics keeps its records (Kafka topic configs, set at creation)."""
+
+    retention_ms: int = Field(ge=60_000, description="Records older than this are deleted (retention.ms).")
+    retention_bytes: int = Field(
+        ge=-1, description="Most bytes kept per partition (retention.bytes); -1: no size bound."
+    )
+    segment_ms: int = Field(
+        ge=10_000, description="A segment is closed (and can be deleted) after this long (segment.ms)."
+    )
+    segment_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024 * 1024, description="Largest segment (segment.bytes)."
+    )
+
+    def configs(self) -> dict[str, str]:
+        return {
+            "retention.ms": str(self.retention_ms),
+            "retention.bytes": str(self.retention_bytes),
+            "segment.ms": str(self.segment_ms),
+            "segment.bytes": str(self.segment_bytes),
+        }
+
+
+_MINUTE_MS = 60_000
+_HOUR_MS = 60 * _MINUTE_MS
+_MB = 1024 * 1024
+
+
+class TopicRetentionSettings(BaseModel):
+    """Retention by topic class: everything the bus carries is bounded by time and by bytes."""
+
+    heartbeats: TopicClass = Field(
+        default=TopicClass(retention_ms=5 * _MINUTE_MS, retention_bytes=16 * _MB, segment_ms=_MINUTE_MS),
+        description="Heartbeats: only the last minutes matter to the monitor.",
+    )
+    replies: TopicClass = Field(
+        default=TopicClass(retention_ms=5 * _MINUTE_MS, retention_bytes=16 * _MB, segment_ms=_MINUTE_MS),
+        description="Replies to requests: read within seconds.",
+    )
+    logs: TopicClass = Field(
+        default=TopicClass(retention_ms=_HOUR_MS, retention_bytes=128 * _MB, segment_ms=10 * _MINUTE_MS),
+        description="Log records: the logger persists them within seconds; an hour covers its restarts.",
+    )
+    commands: TopicClass = Field(
+        default=TopicClass(retention_ms=10 * _MINUTE_MS, retention_bytes=16 * _MB, segment_ms=2 * _MINUTE_MS),
+        description="Commands to services, agents and controllers: stale after minutes.",
+    )
+    events: TopicClass = Field(
+        default=TopicClass(retention_ms=24 * _HOUR_MS, retention_bytes=64 * _MB, segment_ms=_HOUR_MS),
+        description="Domain events (deployments, app instances, incidents).",
+    )
+    device_data: TopicClass = Field(
+        default=TopicClass(
+            retention_ms=10 * _MINUTE_MS,
+            retention_bytes=64 * _MB,
+            segment_ms=2 * _MINUTE_MS,
+            segment_bytes=8 * _MB,
+        ),
+        description="Sensor readings and camera frames, per device: the last minutes, at most 64 MB.",
+    )
+    device_state: TopicClass = Field(
+        default=TopicClass(retention_ms=7 * 24 * _HOUR_MS, retention_bytes=8 * _MB, segment_ms=_HOUR_MS),
+        description="Controller states, per device: the latest is what counts.",
+    )
+    dead_letter: TopicClass = Field(
+        default=TopicClass(retention_ms=7 * 24 * _HOUR_MS, retention_bytes=64 * _MB, segment_ms=_HOUR_MS),
+        description="Records a handler failed on, kept for a week to look into.",
+    )
+    other: TopicClass = Field(
+        default=TopicClass(retention_ms=24 * _HOUR_MS, retention_bytes=64 * _MB, segment_ms=_HOUR_MS),
+        description="Any other topic under the platform's prefix.",
+    )
+
+
 class KafkaSettings(BaseModel):
-    """How every process reaches the message bus."""
+    """How every process reaches the message bus, and the broker `aiot up` starts."""
 
     bootstrap_servers: str | None = Field(
         default=None,
         description=(
-            "Kafka bootstrap servers (host:port,...). Empty: `aiot up` starts the bundled "
-            "Tansu broker on 127.0.0.1 and records its address under AIOT_HOME."
+            "Kafka bootstrap servers (host:port,...). Empty: `aiot up` starts a broker on 127.0.0.1 "
+            "(see kafka.broker) and records its address under AIOT_HOME."
         ),
     )
+    broker: Literal["auto", "kafka", "tansu"] = Field(
+        default="auto",
+        description="Broker `aiot up` starts when no bootstrap servers are set: `kafka` (Apache Kafka, "
+        "KRaft, needs Java 17+), `tansu` (bundled, in memory, short sessions only), `auto` (Kafka "
+        "where Java 17+ is found, else Tansu).",
+    )
+    kafka_version: str = Field(default="4.4.0", description="Apache Kafka release whose jars are fetched.")
+    jars_dir: Path | None = Field(
+        default=None,
+        description="Where the broker's jars are cached (fetched once per machine with Maven). "
+        "Empty: ~/.cache/aiot/kafka-VERSION.",
+    )
+    heap_mb: int = Field(
+        default=512, ge=128, description="Heap cap (-Xmx) of the Kafka broker `aiot up` runs."
+    )
+    java: str = Field(default="java", description="Java 17+ command that runs the broker.")
+    start_timeout_s: float = Field(default=60.0, gt=0, description="Time the broker has to answer at start.")
     topic_prefix: str = Field(
         default="aiot",
         description="Prefix of every platform topic, so platforms can share a cluster.",
     )
     partitions: int = Field(default=4, ge=1, description="Partitions of topics the platform creates.")
+    reply_partitions: int = Field(
+        default=8, ge=1, description="Partitions of the one shared replies topic (a requester reads one)."
+    )
+    replication_factor: int = Field(
+        default=-1,
+        ge=-1,
+        description="Replicas of each topic the platform creates; -1: the broker's default.",
+    )
+    min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas of each topic; empty: the broker's default."
+    )
+    retention: TopicRetentionSettings = Field(default_factory=TopicRetentionSettings)
     session_timeout_ms: int = Field(
         default=6000,
         description="Consumer group session timeout; low values make group joins fast.",
     )
     heartbeat_interval_ms: int = Field(default=500, description="Consumer group heartbeat interval.")
-    fetch_wait_max_ms: int = Field(
-        default=5, description="Longest time the broker may hold a fetch; low means low latency."
+    fetch_wait_max_ms: int | None = Field(
+        default=None,
+        description="Longest time the broker may hold a fetch. Empty: 500 on Apache Kafka (it answers "
+        "a waiting fetch as soon as a record arrives), 5 on Tansu (it does not).",
     )
     request_timeout_s: float = Field(
         default=10.0, gt=0, description="Default timeout of a request/reply call."

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-from platform_sdk.settings import Settings, get_settings
+from platform_sdk.settings import Settings, TopicClass, get_settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 DEVICE_TOPIC_KINDS = ("data", "commands", "state")
+TopicClassName = Literal[
+    "heartbeats", "replies", "logs", "commands", "events",
+    "device_data", "device_state", "device_commands", "dead_letter", "other",
+]  # fmt: skip
 
 
 def _safe(part: str) -> str:
@@ -89,24 +94,68 @@ class Topics:
         """State of one controller instance, published after every change."""
         return f"{self.prefix}.devices.{_safe(device_id)}.state"
 
-    def partitions_of(self, topic: str, default: int) -> int:
-        """Partitions a new topic gets: one for a device's topics, else ``default``.
+    def partitions_of(self, topic: str, default: int, replies: int = 1) -> int:
+        """Partitions a new topic gets: one for a device's topics, ``replies`` for the replies topic,
+        else ``default``.
 
         A device topic carries one key (the device), so its records land in one partition
         whatever the count; more partitions buy no parallelism and make every consumer
-        fetch (and the embedded broker scan) partitions that stay empty.
+        fetch (and the broker scan) partitions that stay empty.
         """
-        if topic.startswith(f"{self.prefix}.devices.") and topic.rsplit(".", 1)[-1] in DEVICE_TOPIC_KINDS:
+        kind = self.class_of(topic)
+        if kind.startswith("device_"):
             return 1
+        if kind == "replies":
+            return replies
         return default
+
+    def class_of(self, topic: str) -> TopicClassName:
+        """The retention class of ``topic`` (``kafka.retention.<class>`` in the settings)."""
+        if topic == self.heartbeats:
+            return "heartbeats"
+        if topic == self.logs:
+            return "logs"
+        if topic == self.dead_letter:
+            return "dead_letter"
+        if topic == self.replies or topic.startswith(f"{self.replies}."):
+            return "replies"
+        if topic.startswith(f"{self.prefix}.devices."):
+            kind = topic.rsplit(".", 1)[-1]
+            if kind == "data":
+                return "device_data"
+            if kind == "state":
+                return "device_state"
+            if kind == "commands":
+                return "device_commands"
+        if topic.startswith(f"{self.prefix}.commands."):
+            return "commands"
+        if topic.startswith(f"{self.prefix}.events."):
+            return "events"
+        return "other"
+
+    def config_of(self, topic: str, settings: Settings) -> dict[str, str]:
+        """The topic configs ``topic`` is created with: its class's retention, and min.insync.replicas."""
+        kind = self.class_of(topic)
+        if kind == "device_commands":
+            kind = "commands"
+        retention: TopicClass = getattr(settings.kafka.retention, kind)
+        configs = retention.configs()
+        if settings.kafka.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(settings.kafka.min_insync_replicas)
+        return configs
 
     def commands(self, service: str) -> str:
         """Commands addressed to one service (or one service agent)."""
         return f"{self.prefix}.commands.{_safe(service)}"
 
-    def replies(self, client_id: str) -> str:
-        """Replies to one request/reply client; single partition."""
-        return f"{self.prefix}.replies.{_safe(client_id)}"
+    @property
+    def replies(self) -> str:
+        """Replies to every request/reply client: one topic; each requester reads one partition of it.
+
+        One shared topic, not one per client, so the topic count stays flat however often
+        processes start, stop or are killed (a killed process could not delete its own).
+        """
+        return f"{self.prefix}.replies"
 
     def events(self, domain: str) -> str:
         """Events one domain publishes for whoever listens."""

@@ -1,8 +1,13 @@
-"""The Kafka bus against the real bundled broker: dispatch, commits, dead letters, request/reply, restarts."""
+"""The Kafka bus on Apache Kafka and on the bundled Tansu: dispatch, commits, dead letters, request/reply,
+broker restarts, topic classes.
+
+Every test on the ``bus`` fixture runs on both brokers (the Tansu smoke set keeps the fallback working).
+"""
 
 from __future__ import annotations
 
 import functools
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,11 +16,13 @@ from pathlib import Path
 import confluent_kafka
 import pytest
 
-from bootstrapper.broker import EmbeddedBroker
+from bootstrapper.broker import TansuBroker
+from bootstrapper.kafka import KafkaBroker
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope, Message
-from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout
+from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, Unavailable
 from platform_sdk.settings import Settings, temporary_settings
+from tests.conftest import missing_component
 
 pytestmark = pytest.mark.service("kafka")
 
@@ -48,8 +55,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
 
 
 @pytest.fixture
-def bus(kafka_settings: Settings) -> Bus:
-    return Bus(kafka_settings, source="test")
+def bus(either_broker_settings: Settings) -> Bus:
+    return Bus(either_broker_settings, source="test")
 
 
 @pytest.fixture
@@ -224,9 +231,31 @@ def test_groups_each_get_every_message(bus: Bus, started: list[ConsumerLoop | Re
     wait_for(lambda: all(sorted(v) == list(range(10)) for v in received.values()), what="both groups got all")
 
 
-def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: Path) -> None:
-    broker = EmbeddedBroker(log_file=tmp_path / "broker.log")
-    broker.start()
+def _restart_tansu(broker: TansuBroker | KafkaBroker) -> None:
+    assert isinstance(broker, TansuBroker)
+    broker.stop()
+    broker.start()  # same port; the in-memory broker lost every topic
+
+
+def _restart_kafka(broker: TansuBroker | KafkaBroker) -> None:
+    assert isinstance(broker, KafkaBroker)
+    broker.kill(signal.SIGKILL)  # a crash, not a controlled shutdown
+    broker.stop()
+    broker.start(fresh=False)  # same ports, same log dir: topics and committed offsets are kept
+
+
+@pytest.mark.parametrize("kind", ["kafka", "tansu"])
+def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: Path, kind: str) -> None:
+    broker: TansuBroker | KafkaBroker
+    if kind == "tansu":
+        broker, restart = TansuBroker(log_file=tmp_path / "broker.log"), _restart_tansu
+    else:
+        broker = KafkaBroker(tmp_path / "kafka", log_file=tmp_path / "broker.log")
+        restart = _restart_kafka
+    try:
+        broker.start()
+    except Unavailable as exc:
+        missing_component(kind, str(exc))
     try:
         with temporary_settings({"kafka.bootstrap_servers": broker.bootstrap_servers}) as current:
             bus = Bus(current, source="restart-test")
@@ -246,8 +275,7 @@ def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: P
                 producer.send(topic, Ping(n=1))
                 producer.flush(10)
                 wait_for(lambda: 1 in got, what="message before the restart")
-                broker.stop()
-                broker.start()  # same port; the in-memory broker lost every topic
+                restart(broker)
                 deadline = time.monotonic() + 60
                 n = 100
                 while not any(value >= 100 for value in got):

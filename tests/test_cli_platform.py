@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bootstrapper.broker import EmbeddedBroker
+from bootstrapper.kafka import KafkaBroker
 from tests.platform_driver import AIOT, Platform, platform_services
 
 # Whole platforms start and stop here: more than the default per-test timeout on a busy machine.
@@ -138,7 +138,7 @@ def test_foreground_up_stops_everything_on_ctrl_c(platform: Platform) -> None:
 
 
 def test_with_a_kafka_address_given_no_broker_is_started(
-    platform: Platform, kafka_broker: EmbeddedBroker
+    platform: Platform, kafka_broker: KafkaBroker
 ) -> None:
     platform.env["AIOT_KAFKA__BOOTSTRAP_SERVERS"] = kafka_broker.bootstrap_servers
     platform.env["AIOT_KAFKA__TOPIC_PREFIX"] = f"ext{os.getpid()}"

@@ -39,7 +39,7 @@ import scheduler.api
 from ai_manager import registry as model_registry
 from ai_manager.models import ModelRow, ModelVersionRow
 from app_manager.artifact import pack_app
-from bootstrapper.broker import EmbeddedBroker
+from bootstrapper.kafka import KafkaBroker
 from deployer.messages import InstanceInfo, Instances, InstanceStatus, ListInstances, StopInstance
 from device_manager import registry as device_registry
 from platform_core.auth import Role
@@ -145,7 +145,7 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform_settings(
-    kafka_broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+    kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("schedule-api-home")
     with temporary_settings(
