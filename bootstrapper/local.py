@@ -62,6 +62,7 @@ from platform_sdk.runstate import (
     write_run_state,
 )
 from platform_sdk.settings import Settings, temporary_settings
+from platform_sdk.topics import Topics
 from web.identity import ensure_first_configurer
 
 BROKER = "broker"
@@ -169,6 +170,8 @@ class LocalPlatform:
             state.broker = self._start_broker(state, progress, broker)
             write_run_state(self.settings, state)
             with temporary_settings({"kafka.bootstrap_servers": state.broker}) as settings:
+                topics = Topics.from_settings(settings).platform_topics()
+                Bus(settings, source="aiot-up").ensure_topics(topics)
                 generated = self._prepare_database(settings, progress)
                 web_port = settings.web.port or free_port(settings.web.host)
                 state.web_url = f"http://{settings.web.host}:{web_port}"

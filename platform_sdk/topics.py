@@ -94,6 +94,22 @@ class Topics:
         """State of one controller instance, published after every change."""
         return f"{self.prefix}.devices.{_safe(device_id)}.state"
 
+    def platform_topics(self) -> list[str]:
+        """The topics every platform has from its start, created by ``aiot up`` with their classes'
+        configs before any process could have them auto-created with the broker's defaults."""
+        return [
+            self.heartbeats,
+            self.logs,
+            self.dead_letter,
+            self.replies,
+            self.deployments,
+            self.app_instances,
+            self.incidents,
+            self.deployer,
+            self.scheduler,
+            self.device_manager,
+        ]
+
     def partitions_of(self, topic: str, default: int, replies: int = 1) -> int:
         """Partitions a new topic gets: one for a device's topics, ``replies`` for the replies topic,
         else ``default``.

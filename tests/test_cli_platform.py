@@ -12,9 +12,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from bootstrapper.kafka import KafkaBroker
-from tests.platform_driver import AIOT, Platform, platform_services
+from tests.platform_driver import AIOT, Platform, platform_services, wait_until
 
 # Whole platforms start and stop here: more than the default per-test timeout on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(400)]
@@ -151,8 +152,67 @@ def test_with_a_kafka_address_given_no_broker_is_started(
     assert broker == {
         "bootstrap_servers": kafka_broker.bootstrap_servers,
         "embedded": False,
+        "kind": "kafka",
         "reachable": True,
     }
     platform.run("down")
     assert kafka_broker.pid is not None
     assert psutil.pid_exists(kafka_broker.pid)  # the external broker is not ours to stop
+
+
+def _topics(bootstrap: str, prefix: str = "aiot") -> dict[str, int]:
+    """The platform's topics on ``bootstrap`` with their partition counts."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    metadata = admin.list_topics(timeout=10)
+    return {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if name.startswith(f"{prefix}.")
+    }
+
+
+def test_apache_kafka_is_the_broker_and_the_topic_count_stays_flat_across_restarts(
+    platform: Platform,
+) -> None:
+    up = platform.run("up", "--detach", "--nodes", "1")
+    assert "Apache Kafka" in up.stdout
+    broker = platform.json("broker")
+    assert isinstance(broker, dict)
+    assert (broker["kind"], broker["embedded"], broker["reachable"]) == ("kafka", True, True)
+    address = broker["bootstrap_servers"]
+
+    # Every topic the platform made has its class's retention, bounded in time and bytes.
+    admin = AdminClient({"bootstrap.servers": address})
+    heartbeats = ConfigResource("topic", "aiot.heartbeats")
+    configs = admin.describe_configs([heartbeats])[heartbeats].result()
+    assert int(configs["retention.ms"].value) <= 10 * 60 * 1000
+    assert int(configs["retention.bytes"].value) > 0
+
+    before = _topics(address)
+    assert before["aiot.replies"] == 8
+    assert not [name for name in before if name.startswith("aiot.replies.")]
+    # Restarts (each a new process with its own request/reply client) and CLI requests: no new topic.
+    for service in ("web", "deployer", "scheduler", "web", "deployer"):
+        platform.run("restart", service)
+    wait_until(lambda: (platform.service("web") or {}).get("state") == "running", 60, "web running")
+    after = _topics(address)
+    assert after == before, f"topics appeared: {sorted(set(after) - set(before))}"
+
+
+def test_the_bundled_tansu_broker_still_runs_the_platform(platform: Platform) -> None:
+    """The fallback where Java is missing: `aiot up --broker tansu` says what it is, and works."""
+    up = platform.run("up", "--detach", "--nodes", "1", "--broker", "tansu")
+    assert "keeps everything in memory and suits short sessions only" in up.stdout
+    broker = platform.json("broker")
+    assert isinstance(broker, dict)
+    assert (broker["kind"], broker["reachable"]) == ("tansu", True)
+    assert {s["service_id"] for s in platform.status()["services"]} == platform_services()
+    snippet = 'import platform_sdk; platform_sdk.get_logger("x").warning("tansu-marker-51")'
+    subprocess.run([sys.executable, "-c", snippet], env=platform.env, check=True, timeout=60)
+    wait_until(
+        lambda: "tansu-marker-51" in platform.run("logs", "--grep", "tansu-marker-51").stdout,
+        10,
+        "the log record collected",
+    )
+    platform.run("down")
+    assert platform.processes() == []
