@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
@@ -73,34 +75,31 @@ def wait_for_broker(bootstrap: str, timeout: float = 15.0, alive: Callable[[], b
     raise Unavailable(f"Kafka broker at {bootstrap} did not answer within {timeout:g}s: {last}")
 
 
-class TansuBroker:
-    """One Tansu broker process on 127.0.0.1."""
+class BrokerProcess:
+    """A broker's child process: launch with its output to a log file, liveness, stop, ``with``.
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
-        self.port = port or free_port()
-        self.log_file = log_file
-        self._process: subprocess.Popen[bytes] | None = None
+    Subclasses supply ``command()``, ``bootstrap_servers``, ``log_file`` and ``start()``.
+    """
 
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    _process: subprocess.Popen[bytes] | None = None
+    log_file: Path | None = None
+    stop_grace_s: float = 5.0
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def command(self) -> list[str]:
-        url = f"tcp://{self.bootstrap_servers}"
-        return [
-            broker_binary(), "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ]  # fmt: skip
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
-    def start(self, *, detach: bool = False, timeout: float = 15.0) -> None:
-        env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
-        env.setdefault("RUST_LOG", "warn")
+    def launch(self, *, detach: bool = False, env: dict[str, str] | None = None) -> None:
+        """Start ``command()`` without waiting for it to answer (``detach``: its own session)."""
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._process = subprocess.Popen(
@@ -114,30 +113,61 @@ class TansuBroker:
         finally:
             if self.log_file:
                 output.close()  # type: ignore[union-attr]
-        try:
-            wait_for_broker(
-                self.bootstrap_servers,
-                timeout,
-                alive=lambda: self._process is not None and self._process.poll() is None,
-            )
-        except Unavailable:
-            self.stop()
-            raise
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def kill(self, signum: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``signum`` (a crash, a pause) without forgetting the process."""
+        if self._process is not None:
+            self._process.send_signal(signum)
+            if signum == signal.SIGKILL:
+                self._process.wait()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM (a controlled shutdown), SIGKILL after the grace; a process already gone is reaped."""
         process, self._process = self._process, None
         if process is None:
             return
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
-            process.wait(timeout)
+            process.wait(self.stop_grace_s if timeout is None else timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
-    def __enter__(self) -> TansuBroker:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class TansuBroker(BrokerProcess):
+    """One Tansu broker process on 127.0.0.1."""
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_file = log_file
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://{self.bootstrap_servers}"
+        return [
+            broker_binary(), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+
+    def start(self, *, detach: bool = False, timeout: float = 15.0) -> None:
+        env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
+        env.setdefault("RUST_LOG", "warn")
+        self.launch(detach=detach, env=env)
+        try:
+            wait_for_broker(self.bootstrap_servers, timeout, alive=self.running)
+        except Unavailable:
+            self.stop()
+            raise

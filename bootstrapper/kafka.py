@@ -29,7 +29,6 @@ import importlib.resources
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import uuid
@@ -38,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootstrapper.broker import wait_for_broker
+from bootstrapper.broker import BrokerProcess, wait_for_broker
 from platform_sdk.errors import Unavailable
 from platform_sdk.net import free_port
 from platform_sdk.settings import KafkaSettings
@@ -156,7 +155,7 @@ class Voter:
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(BrokerProcess):
     """One Apache Kafka process (broker and controller) on 127.0.0.1, its log dir under ``directory``.
 
     Alone by default; ``voters`` (with a shared ``cluster_id``) make it one member of a cluster.
@@ -170,7 +169,7 @@ class KafkaBroker:
     voters: list[Voter] = field(default_factory=list)
     cluster_id: str = ""
     log_file: Path | None = None
-    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    stop_grace_s: float = STOP_GRACE_S
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -182,10 +181,6 @@ class KafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     @property
     def config_file(self) -> Path:
@@ -286,21 +281,6 @@ class KafkaBroker:
             output = (result.stdout + result.stderr)[-2000:]
             raise Unavailable(f"formatting the Kafka log dir {self.data_dir} failed:\n{output}")
 
-    def launch(self, *, detach: bool = False) -> None:
-        """Start the process (after ``prepare``) without waiting for it to answer."""
-        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=detach,
-            )
-        finally:
-            if self.log_file:
-                output.close()  # type: ignore[union-attr]
-
     def start(self, *, detach: bool = False, timeout: float | None = None, fresh: bool = True) -> None:
         """Prepare, launch and return once the broker answers; on failure nothing is left running."""
         self.prepare(fresh=fresh)
@@ -318,40 +298,11 @@ class KafkaBroker:
         except Unavailable as exc:
             raise Unavailable(f"{exc}\n{self._tail()}") from exc
 
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def _tail(self, lines: int = 15) -> str:
         if self.log_file is None or not self.log_file.exists():
             return ""
         text = self.log_file.read_text(errors="replace").splitlines()[-lines:]
         return "last broker output:\n" + "\n".join(text)
-
-    def kill(self, signum: signal.Signals = signal.SIGKILL) -> None:
-        """Send ``signum`` (a crash, a pause) without forgetting the process."""
-        if self._process is not None:
-            self._process.send_signal(signum)
-            if signum == signal.SIGKILL:
-                self._process.wait()
-
-    def stop(self, timeout: float = STOP_GRACE_S) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __enter__(self) -> KafkaBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 @dataclass
