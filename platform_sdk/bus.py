@@ -72,6 +72,48 @@ class ErrorReply(Message):
     details: Any = None
 
 
+# A new topic reaches each broker of a cluster a moment after its creation was acknowledged
+# (up to a second or so under load): until then a broker does not list it, and a partition's
+# leader answers that it does not know it. These errors mean "not yet", and are waited out.
+_NOT_YET_KNOWN = (
+    confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+    confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+    confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+)
+_METADATA_WAIT_S = 10.0
+
+
+def topic_partitions(
+    client: confluent_kafka.Consumer | AdminClient, topic: str, timeout: float = _METADATA_WAIT_S
+) -> list[int]:
+    """The partition numbers of ``topic``, waiting while the broker asked does not list it yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = client.list_topics(topic, timeout=timeout).topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            return sorted(found.partitions)
+        if time.monotonic() > deadline:
+            raise Unavailable(f"topic {topic!r} is not in the cluster's metadata after {timeout:g}s")
+        time.sleep(0.05)
+
+
+def end_offset(
+    consumer: confluent_kafka.Consumer,
+    partition: confluent_kafka.TopicPartition,
+    timeout: float = _METADATA_WAIT_S,
+) -> int:
+    """The offset the next record of ``partition`` will get, waiting while its leader does not know it yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            return int(high)
+        except confluent_kafka.KafkaException as exc:
+            if exc.args[0].code() not in _NOT_YET_KNOWN or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 def client_config(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> dict[str, Any]:
     """librdkafka properties shared by producers, consumers and admin clients."""
     config: dict[str, Any] = {
@@ -194,12 +236,10 @@ class Bus:
             )
         )
         try:
-            metadata = consumer.list_topics(topic, timeout=10)
             positions = []
-            for partition in metadata.topics[topic].partitions:
+            for partition in topic_partitions(consumer, topic):
                 position = confluent_kafka.TopicPartition(topic, partition)
-                _low, high = consumer.get_watermark_offsets(position, timeout=10)
-                position.offset = max(high - 1, 0)
+                position.offset = max(end_offset(consumer, position) - 1, 0)
                 positions.append(position)
             consumer.assign(positions)
             found: list[Envelope] = []
@@ -412,16 +452,18 @@ class ConsumerLoop:
         Resolving the end here, not at the first fetch, means a message sent after
         ``start()`` returned is never skipped: what follows start() is seen.
         """
-        metadata = consumer.list_topics(timeout=10)
         positions = []
         for topic in self.topics:
-            for partition in metadata.topics[topic].partitions:
+            for partition in topic_partitions(consumer, topic):
                 if self.only_partitions is not None and partition not in self.only_partitions:
                     continue
                 position = confluent_kafka.TopicPartition(topic, partition)
                 if self.offset_reset == "latest":
-                    _low, high = consumer.get_watermark_offsets(position, timeout=10)
-                    position.offset = high
+                    position.offset = end_offset(consumer, position)
+                else:
+                    # An explicit start, so the consumer never asks a group coordinator for
+                    # committed offsets it cannot have (on a fresh broker that ask can stall).
+                    position.offset = confluent_kafka.OFFSET_BEGINNING
                 positions.append(position)
         return positions
 
@@ -442,7 +484,7 @@ class ConsumerLoop:
                     # what it handled when the commit of the last records has not landed yet.
                     known = self._positions.get((partition.topic, partition.partition))
                     if stored.offset < 0:
-                        _low, high = consumer.get_watermark_offsets(partition, timeout=10)
+                        high = end_offset(consumer, partition)
                         partition.offset = high if known is None else min(known, high)
                         self._positions[(partition.topic, partition.partition)] = partition.offset
                     elif known is not None and known > stored.offset:
@@ -628,10 +670,9 @@ class Requester:
     def start(self) -> None:
         self.bus.ensure_topics([self.reply_topic])
         try:
-            metadata = self.bus.admin().list_topics(self.reply_topic, timeout=10)
+            count = len(topic_partitions(self.bus.admin(), self.reply_topic))
         except confluent_kafka.KafkaException as exc:
             raise Unavailable(f"Kafka at {self.bus.bootstrap_servers} does not answer: {exc}") from exc
-        count = len(metadata.topics[self.reply_topic].partitions) or 1
         self.reply_partition = random.randrange(count)
         self._producer = self.bus.producer()
         self._loop = ConsumerLoop(
