@@ -15,6 +15,8 @@ Adding a benchmark:
    Bound every loop by a count and a deadline, bind servers to 127.0.0.1, and
    release everything you started in a ``finally`` (or an ``ExitStack``).
 2. Honour ``options.quick``: a run of a few seconds that exercises every path.
+   Progress goes to stderr; a table of its own goes in ``Result.tables``, so the runner
+   prints it under the header that names the measured commit.
 3. Register it in ``REGISTRY`` in ``benchmarks/__main__.py``.
 4. Add its metrics and one real run's numbers to ``docs/benchmarks.md``.
 """
@@ -27,9 +29,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Options:
-    """What the runner passes to every benchmark."""
+    """What the runner passes to every benchmark.
+
+    ``minutes`` and ``broker`` come from ``--minutes`` and ``--broker``; None means the
+    benchmark's own default. Only the benchmarks that say so read them.
+    """
 
     quick: bool = False
+    minutes: int | None = None
+    # The broker a benchmark that can run on either starts ("kafka" or "tansu"); None: its default.
+    broker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,11 +65,17 @@ class Row:
 
 @dataclass
 class Result:
-    """What one benchmark returns: its rows and the parameters it ran with."""
+    """What one benchmark returns: its rows and the parameters it ran with.
+
+    ``tables`` are plain-text tables of its own (a per-minute table, a list of processes) that
+    the runner prints above the rows, under the same header; the numbers in them are in
+    ``params`` too, so the JSON leaves them out.
+    """
 
     name: str
     rows: list[Row] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
