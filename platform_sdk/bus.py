@@ -79,6 +79,8 @@ _NOT_YET_KNOWN = (
     confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
     confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
     confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+    confluent_kafka.KafkaError._UNKNOWN_TOPIC,  # the client's own metadata is as far behind
+    confluent_kafka.KafkaError._UNKNOWN_PARTITION,
 )
 _METADATA_WAIT_S = 10.0
 
@@ -121,7 +123,7 @@ def client_config(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> dic
         "socket.nagle.disable": True,
         # Loopback and in-cluster brokers come back within a second; retry at that pace.
         "reconnect.backoff.max.ms": 1000,
-        "topic.metadata.refresh.interval.ms": 5000,
+        "topic.metadata.refresh.interval.ms": kafka.metadata_refresh_ms,
         # librdkafka's own diagnostics go through Python logging, not straight to stderr.
         "logger": logging.getLogger("librdkafka"),
         **kafka.extra,

@@ -154,7 +154,17 @@ class KafkaSettings(BaseModel):
         default=6000,
         description="Consumer group session timeout; low values make group joins fast.",
     )
-    heartbeat_interval_ms: int = Field(default=500, description="Consumer group heartbeat interval.")
+    heartbeat_interval_ms: int = Field(
+        default=1000,
+        description="Consumer group heartbeat interval (a rebalance reaches members within it; each "
+        "member costs the broker a request per interval).",
+    )
+    metadata_refresh_ms: int = Field(
+        default=30_000,
+        ge=1000,
+        description="How often every client refreshes topic metadata (errors such as a lost leader "
+        "refresh it at once).",
+    )
     fetch_wait_max_ms: int | None = Field(
         default=None,
         description="Longest time the broker may hold a fetch. Empty: 500 on Apache Kafka (it answers "
