@@ -276,6 +276,45 @@ class CpuMeter:
                 yield process, key, _Known(label, group, cpu_s)
 
 
+@dataclass(frozen=True)
+class Quiet:
+    """How long ``wait_until_quiet`` waited, and the other work it saw last (cores)."""
+
+    waited_s: float
+    others_cores: float
+    quiet: bool
+
+
+def wait_until_quiet(
+    platform: DemoPlatform,
+    benchmark: str,
+    *,
+    limit_cores: float = 0.3,
+    probe_s: float = 10.0,
+    timeout_s: float = 600.0,
+) -> Quiet:
+    """Wait until the rest of the machine is quiet: over a probe of ``probe_s``, the machine's busy
+    cores minus the platform's at most ``limit_cores``; gives up (and says so) after ``timeout_s``.
+
+    Other sessions share this machine; CPU time is less disturbed by them than wall-clock time,
+    but a starved platform does less (fewer polls, fewer model calls), so its idle cost reads low.
+    """
+    began = time.monotonic()
+    while True:
+        meter = CpuMeter(platform)
+        meter.start()
+        time.sleep(probe_s)
+        probe = meter.read()
+        others = max(0.0, probe.machine_busy_cores - probe.cores())
+        waited = time.monotonic() - began
+        if others <= limit_cores:
+            return Quiet(waited, others, quiet=True)
+        if waited >= timeout_s:
+            say(benchmark, f"other work still {others:.2f} cores after {waited:.0f}s: measuring anyway")
+            return Quiet(waited, others, quiet=False)
+        say(benchmark, f"other work on the machine {others:.2f} cores > {limit_cores:g}: waiting")
+
+
 def pss_mb(platform: DemoPlatform) -> dict[str, float] | None:
     """PSS (shared pages divided among the processes sharing them) per process label, or None
     when some process's ``smaps`` is unreadable."""

@@ -7,8 +7,10 @@ twelve simulated devices (two cameras among them) and the three sample apps, eac
 its location. Nobody calls the platform after that: "idle" is the demo's own steady work
 (heartbeats, logs, readings and frames, the apps' decisions and model calls, polling).
 
-It waits ``SETTLE_S`` (180 s; quick: 30 s) for the platform to settle, then measures one window
-of ``WINDOW_S`` (60 s; quick: 15 s) with ``CpuMeter``:
+It waits 180 s (quick: 30 s) for the platform to settle, then until the rest of the machine is
+quiet (``wait_until_quiet``: 10 s probes until the machine's busy cores minus the platform's are
+at most 0.3, for up to 10 minutes; quick: 30 s), then measures one window of 60 s (quick: 15 s)
+with ``CpuMeter``:
 
 * CPU, in cores: the CPU time (user + system) every process of the home used in the window,
   summed over all of them, the broker included, divided by the window's wall-clock length; per
@@ -20,8 +22,9 @@ of ``WINDOW_S`` (60 s; quick: 15 s) with ``CpuMeter``:
 Targets (reported, not asserted): at most 0.25 cores and at most 1.5 GB (1,536 MiB) RSS.
 The rows are one CPU and one RSS row per broker, with the groups' shares in the note; the
 printed list has every process, the busiest first. Nothing else measures in the window (no
-``aiot status``; the benchmark process only sleeps), but the machine is shared: the JSON keeps
-the machine's busy cores in the same window and the load average.
+``aiot status``; the benchmark process only sleeps), but the machine is shared: the CPU row's
+note and the JSON keep the other work in the window (the machine's busy cores minus the
+platform's), the wait for quiet and the load average.
 
 ``aiot down`` always runs after each broker's window, even on error, and then no process of that
 home may be left (the row ``processes left after down``).
@@ -47,6 +50,7 @@ from benchmarks.demo_platform import (
     process_table,
     pss_mb,
     say,
+    wait_until_quiet,
 )
 
 TARGET_CORES = 0.25
@@ -57,10 +61,11 @@ TARGET_RSS_MB = 1.5 * 1024
 class Plan:
     settle_s: float
     window_s: float
+    quiet_timeout_s: float
 
 
-FULL = Plan(settle_s=180.0, window_s=60.0)
-QUICK = Plan(settle_s=30.0, window_s=15.0)
+FULL = Plan(settle_s=180.0, window_s=60.0, quiet_timeout_s=600.0)
+QUICK = Plan(settle_s=30.0, window_s=15.0, quiet_timeout_s=30.0)
 
 
 def _log(message: str) -> None:
@@ -79,7 +84,7 @@ def _groups_note(interval: Interval, unit: str) -> str:
     return ", ".join(f"{group} {values[group]:.{digits}f}" for group in GROUPS if values[group])
 
 
-def rows_of(broker: str, up_s: float, interval: Interval, pss: float | None) -> list[Row]:
+def rows_of(broker: str, up_s: float, interval: Interval, pss: float | None, others: float) -> list[Row]:
     cores, rss = interval.cores(), interval.rss_mb()
     count = len(interval.processes)
     top = ", ".join(f"{p.label} {p.cpu_s / interval.seconds:.3f}" for p in interval.by_cpu()[:3])
@@ -89,7 +94,8 @@ def rows_of(broker: str, up_s: float, interval: Interval, pss: float | None) -> 
             unit="cores",
             platform=cores,
             samples=count,
-            note=f"{_verdict(cores, TARGET_CORES)}; {_groups_note(interval, 'cores')}; top: {top}",
+            note=f"{_verdict(cores, TARGET_CORES)}; {_groups_note(interval, 'cores')}; top: {top}; "
+            f"other work on the machine {others:.2f}",
         ),
         Row(
             metric=f"{broker}: idle RSS, all processes",
@@ -113,6 +119,7 @@ def measure(broker: str, plan: Plan, params: dict[str, Any], rows: list[Row], ta
         up_s = platform.up_demo()
         _log(f"{broker}: up in {up_s:.1f}s; settling for {plan.settle_s:.0f}s")
         time.sleep(plan.settle_s)
+        quiet = wait_until_quiet(platform, "idle", timeout_s=plan.quiet_timeout_s)
         meter = CpuMeter(platform)
         load_before = os.getloadavg()
         meter.start()
@@ -131,18 +138,23 @@ def measure(broker: str, plan: Plan, params: dict[str, Any], rows: list[Row], ta
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "restarts_at_end": restarts,
+            "quiet_wait_s": round(quiet.waited_s, 1),
+            "other_work_cores_before": round(quiet.others_cores, 3),
+            "other_work_cores_in_window": round(max(0.0, interval.machine_busy_cores - interval.cores()), 3),
             "services_at_end": len(status["services"]) if status else None,
             **interval.to_dict(),
             "pss_mb": None if pss is None else round(sum(pss.values()), 1),
             "pss_mb_by_process": None if pss is None else {k: round(v, 1) for k, v in sorted(pss.items())},
         }
+        others = max(0.0, interval.machine_busy_cores - interval.cores())
         title = (
-            f"idle, {broker}: {interval.seconds:.0f}s window after {plan.settle_s:.0f}s settling; "
-            f"machine busy {interval.machine_busy_cores:.2f} cores in the window (other work included), "
-            f"load average {load_before[0]:.2f} → {load_after[0]:.2f}; restarts so far {restarts}"
+            f"idle, {broker}: {interval.seconds:.0f}s window after {plan.settle_s:.0f}s settling "
+            f"(+{quiet.waited_s:.0f}s waiting for a quiet machine); other work on the machine "
+            f"{others:.2f} cores in the window, load average {load_before[0]:.2f} → {load_after[0]:.2f}; "
+            f"restarts so far {restarts}"
         )
         tables.append(process_table(interval, title))
-        rows += rows_of(broker, up_s, interval, None if pss is None else sum(pss.values()))
+        rows += rows_of(broker, up_s, interval, None if pss is None else sum(pss.values()), others)
         failed = False
     finally:
         left = platform.down_and_check()
