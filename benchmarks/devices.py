@@ -1122,7 +1122,7 @@ def numeric_rows(cases: dict[str, Case]) -> list[Row]:
                 fresh.p99,
                 bare_fresh.p99,
                 fresh.planned,
-                "before the target step: each new partition's first index entries",
+                "before the target step (on Kafka: each new partition's first index entries)",
             )
         )
     rows += [
