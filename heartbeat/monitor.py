@@ -3,7 +3,10 @@
     <prefix>.heartbeats ──▶ last-seen time and interval of every service id
     <prefix>.events.nodes ──▶ ServiceExited: an agent saw a process exit (immediate, no waiting)
                            ──▶ NodeAnnouncement: which node runs what (to find the node manager itself)
-    checker, every 0.25 s ──▶ silent longer than missed_beats x interval (after its start grace)
+    checker, every 0.25 s ──▶ silent longer than missed_beats x interval (after its start grace),
+                             counted on the bus's clock, the last heartbeat heard from anyone: while
+                             the bus stalls (a Kafka broker failing over holds every write) no silence
+                             grows, and when beats come back every service has its start grace again
     failure worker (one thread, one failure at a time):
         crash loop? (exited sooner than crash_loop_uptime_s, crash_loop_limit times in a row;
                      a silence between those exits neither counts nor breaks the row)
@@ -105,6 +108,7 @@ class HeartbeatMonitor(Service):
         bus.ensure_topics([bus.topics.incidents])
         self.producer = bus.producer()
         self._watched: dict[str, Watched] = {}
+        self._last_beat = time.monotonic()  # the bus's clock: when any heartbeat (its own too) last arrived
         self._where: dict[str, str] = {}  # service id → node, from announcements
         self._lock = threading.Lock()
         self.requester = Requester(bus)
@@ -133,6 +137,14 @@ class HeartbeatMonitor(Service):
     def on_heartbeat(self, beat: Heartbeat, _envelope: Envelope) -> None:
         now = time.monotonic()
         with self._lock:
+            stalled = now - self._last_beat
+            if stalled > self.settings.monitor.missed_beats * self.settings.heartbeat.interval_s:
+                # Nobody was heard, this monitor neither: the bus stalled, not every service. Their
+                # beats may take a moment more (a partition's new leader to find): grace for all.
+                log.warning("heartbeats arrive again after %.1fs without any: the bus stalled", stalled)
+                for other in self._watched.values():
+                    other.grace_until = max(other.grace_until, now + self.settings.monitor.start_grace_s)
+            self._last_beat = now
             watched = self._watched.get(beat.service_id)
             if watched is None:
                 self._watched[beat.service_id] = Watched(interval_s=beat.interval_s, last_seen=now)
@@ -168,10 +180,11 @@ class HeartbeatMonitor(Service):
         missed = self.settings.monitor.missed_beats
         silent: list[tuple[str, float]] = []
         with self._lock:
+            heard = self._last_beat
             for service_id, watched in self._watched.items():
                 if watched.given_up or now < watched.grace_until:
                     continue
-                quiet = now - watched.last_seen
+                quiet = heard - watched.last_seen
                 if quiet > missed * watched.interval_s:
                     silent.append((service_id, quiet))
                     watched.grace_until = now + self.settings.monitor.start_grace_s  # one report per silence
