@@ -141,9 +141,12 @@ class Plan:
     idle_s: float  # CPU of the idle app and broker, with every consumer running
     drain_s: float  # after a step's last send, how long its messages may still arrive
     fresh_s: float  # numeric: the fresh topics' first seconds at TARGET_RATE, before the target step
+    roll_s: float = 0.0  # numeric on Kafka: TARGET_RATE across the device topics' first segment roll
 
 
-FULL = Plan(target_s=10.0, step_s=4.0, max_steps=6, camera_s=20.0, idle_s=2.0, drain_s=3.0, fresh_s=3.0)
+FULL = Plan(
+    target_s=10.0, step_s=4.0, max_steps=6, camera_s=20.0, idle_s=2.0, drain_s=3.0, fresh_s=3.0, roll_s=20.0
+)
 QUICK = Plan(target_s=3.0, step_s=1.5, max_steps=1, camera_s=4.0, idle_s=0.5, drain_s=1.0, fresh_s=1.5)
 # A throwaway numeric round before the measured ones: a fresh broker (a JVM compiling its hot
 # paths) is slow in its first seconds of traffic, and the first measured variant would pay for it.
@@ -151,6 +154,7 @@ BROKER_WARM_UP = {
     False: Plan(target_s=6.0, step_s=0.0, max_steps=0, camera_s=0.0, idle_s=0.2, drain_s=3.0, fresh_s=3.0),
     True: Plan(target_s=2.0, step_s=0.0, max_steps=0, camera_s=0.0, idle_s=0.2, drain_s=1.0, fresh_s=1.5),
 }
+ROLL_LEAD_S = 5.0  # the roll step starts this long before the roll is due
 
 
 def progress(text: str) -> None:
@@ -450,9 +454,12 @@ class Arrivals:
         self.times: dict[tuple[str, int], float] = {}
         self.appended: dict[tuple[str, int], float] = {}
         self.devices: set[str] = set()
+        self.first: float | None = None  # the first arrival: the topics' first records were just written
 
     def record(self, device_id: str, seq: int, appended: float | None = None) -> None:
-        self.times[(device_id, seq)] = time.time()
+        now = self.times[(device_id, seq)] = time.time()
+        if self.first is None:
+            self.first = now
         if appended is not None:
             self.appended[(device_id, seq)] = appended
         self.devices.add(device_id)
@@ -657,6 +664,7 @@ class Step:
     # bare on Kafka: publisher → appended to the broker's log, and appended → app (see stamp_appends)
     to_broker_ms: list[float] = field(default_factory=list)
     from_broker_ms: list[float] = field(default_factory=list)
+    began: float = 0.0  # epoch seconds
 
     @property
     def p50(self) -> float | None:
@@ -738,14 +746,27 @@ class Case:
     idle_broker_cores: float | None = None
     fresh: Step | None = None  # numeric: the first seconds of the fresh topics at TARGET_RATE
     steps: list[Step] = field(default_factory=list)
+    roll: Step | None = None  # numeric on Kafka: TARGET_RATE across the first segment roll
+    roll_due_s: float | None = None  # when the roll was due, seconds after the first arrival
+    roll_note: str = ""
+    first_arrival: float | None = None  # epoch: the case's topics got their first records
+
+    def step_dict(self, step: Step | None) -> dict[str, Any] | None:
+        if step is None:
+            return None
+        at = None if self.first_arrival is None else round(step.began - self.first_arrival, 1)
+        return {"at_s": at, **step.to_dict()}  # seconds after the first arrival
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "setup_s": round(self.setup_s, 2),
             "idle_app_cores": self.idle_app_cores,
             "idle_broker_cores": self.idle_broker_cores,
-            "fresh": None if self.fresh is None else self.fresh.to_dict(),
-            "steps": [step.to_dict() for step in self.steps],
+            "fresh": self.step_dict(self.fresh),
+            "steps": [self.step_dict(step) for step in self.steps],
+            "roll": self.step_dict(self.roll),
+            "roll_due_s": self.roll_due_s,
+            "roll_note": self.roll_note,
         }
 
 
@@ -772,6 +793,7 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:6]
         self.last_keys: list[tuple[str, int]] = []  # what the last step sent
         self.cases = 0
+        self.segment_s = 0.0  # segment.ms of the device topics, in seconds
 
     @contextlib.contextmanager
     def case(self, variant: str, kind: str, device_ids: list[str], jpeg: bytes | None) -> Iterator[Arrivals]:
@@ -783,6 +805,7 @@ class Bench:
             bus = Bus(settings=case_settings, source=SOURCE)
             topics = [bus.topics.device_data(device_id) for device_id in device_ids]
             bus.ensure_topics(topics)  # the default partition count, as SensorPublisher creates them
+            self.segment_s = case_settings.kafka.retention.device_data.segment_ms / 1e3
             if self.kind == KAFKA:
                 stamp_appends(bus, topics)
             app: App = (
@@ -872,6 +895,7 @@ class Bench:
             cpu_seconds(self.broker_process),
             time.perf_counter(),
         )
+        began_epoch = time.time()
         sent: Sent = self.publishers.call("step", (rate, duration), timeout=duration + CALL_TIMEOUT_S)
         keys = self.last_keys = [(device_ids[device], seq) for device, seq, _moment in sent.sent]
         missing = keys
@@ -910,6 +934,7 @@ class Bench:
             broker_cpu_s=broker_cpu,
             to_broker_ms=[to_broker for to_broker, _from_broker in split],
             from_broker_ms=[from_broker for _to_broker, from_broker in split],
+            began=began_epoch,
         )
 
 
@@ -980,7 +1005,35 @@ def numeric_case(bench: Bench, variant: str, plan: Plan) -> Case:
             if problem:
                 bench.settle(arrivals)
             rate, duration = next_rate(case), plan.step_s
+        case.first_arrival = arrivals.first
+        if plan.roll_s and bench.kind == KAFKA and arrivals.first is not None:
+            roll_step(bench, case, arrivals, device_ids, plan)
     return case
+
+
+def roll_step(bench: Bench, case: Case, arrivals: Arrivals, device_ids: list[str], plan: Plan) -> None:
+    """TARGET_RATE from ROLL_LEAD_S before the device topics' first segment roll to after it.
+
+    A device topic rolls a new segment every ``segment.ms`` (2 minutes by default), at its
+    first append after its segment's first record is that old; all the case's topics got
+    their first records together, so they roll together, and each new segment then writes
+    its first index entries as a fresh topic does.
+    """
+    assert arrivals.first is not None
+    bench.settle(arrivals)
+    case.roll_due_s = round(bench.segment_s, 1)
+    wait = arrivals.first + bench.segment_s - ROLL_LEAD_S - time.time()
+    if wait < 0:
+        case.roll_note = f"not measured: the search steps ran past the roll ({-wait:.0f} s late)"
+        progress(f"{NUMERIC} {case.variant:<14} segment roll {case.roll_note}")
+        return
+    progress(f"{NUMERIC} {case.variant:<14} waiting {wait:.0f} s for the segment roll")
+    time.sleep(wait)
+    roll = case.roll = bench.step(arrivals, device_ids, TARGET_RATE, plan.roll_s, plan.drain_s)
+    progress(
+        f"{NUMERIC} {case.variant:<14} across a segment roll, {TARGET_RATE:,.0f} msg/s: p50 "
+        f"{roll.p50 or 0:7.2f} ms, p99 {roll.p99 or 0:7.2f} ms, received {roll.received}/{roll.planned}"
+    )
 
 
 def camera_case(bench: Bench, variant: str, plan: Plan, jpeg: bytes) -> Case:
@@ -1069,6 +1122,29 @@ def split_rows(label: str, bare: Step) -> list[Row]:
     ]
 
 
+def roll_rows(label: str, platform_case: Case, bare_case: Case) -> list[Row]:
+    """TARGET_RATE across the first segment roll (Kafka, full runs), or why it was not measured."""
+    cases = ((PLATFORM, platform_case), (BARE, bare_case))
+    notes = [f"{variant} {case.roll_note}" for variant, case in cases if case.roll_note]
+    measured = [case.roll for _variant, case in cases if case.roll is not None]
+    due = platform_case.roll_due_s or bare_case.roll_due_s
+    if not measured and not notes:
+        return []
+    about = f"device topics roll every {due:g} s (segment.ms); the step starts {ROLL_LEAD_S:g} s before"
+    return [
+        Row(
+            f"{label} across a segment roll"
+            + (f", {measured[0].duration_s:g} s" if measured else "")
+            + ": latency p99",
+            "ms",
+            None if platform_case.roll is None else platform_case.roll.p99,
+            None if bare_case.roll is None else bare_case.roll.p99,
+            measured[0].planned if measured else 0,
+            "; ".join([about, *notes]),
+        )
+    ]
+
+
 def numeric_rows(cases: dict[str, Case]) -> list[Row]:
     """Platform against bare at TARGET_RATE, idle, and the highest sustained rate."""
     platform_case, bare_case = cases[PLATFORM], cases[BARE]
@@ -1125,6 +1201,7 @@ def numeric_rows(cases: dict[str, Case]) -> list[Row]:
                 "before the target step (on Kafka: each new partition's first index entries)",
             )
         )
+    rows += roll_rows(label, platform_case, bare_case)
     rows += [
         Row(
             "100 sensors idle: app CPU",
