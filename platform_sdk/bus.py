@@ -266,7 +266,13 @@ class Producer:
         self.delivered = 0
         self.failed = 0
         self.last_error: str | None = None
-        self._producer = confluent_kafka.Producer(bus.config(**{"linger.ms": 0, "acks": "all", **overrides}))
+        # Idempotent on Kafka: a retried send (a leader moved, a new topic not yet known to its
+        # leader) is neither duplicated nor reordered before the records sent after it. Not on
+        # Tansu: a restart there forgets every producer id, which would end the producer.
+        idempotent = bus.broker_kind == "kafka"
+        self._producer = confluent_kafka.Producer(
+            bus.config(**{"linger.ms": 0, "acks": "all", "enable.idempotence": idempotent, **overrides})
+        )
 
     def send(
         self,

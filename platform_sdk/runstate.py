@@ -86,11 +86,12 @@ def kafka_address(settings: Settings) -> str | None:
 
 
 def broker_kind(settings: Settings, bootstrap: str | None) -> Literal["kafka", "tansu"]:
-    """Which broker answers at ``bootstrap``: the bundled Tansu only if this home's platform started it."""
+    """Which broker answers at ``bootstrap``: what this home's platform recorded when it started that
+    broker, else Tansu only where the settings say so (``kafka.broker = "tansu"``), else Kafka."""
     state = read_run_state(settings)
     if state is not None and bootstrap and state.broker == bootstrap:
         return state.broker_kind
-    return "kafka"
+    return "tansu" if settings.kafka.broker == "tansu" else "kafka"
 
 
 def web_url(settings: Settings) -> str | None:

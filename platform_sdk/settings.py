@@ -120,7 +120,8 @@ class KafkaSettings(BaseModel):
         default="auto",
         description="Broker `aiot up` starts when no bootstrap servers are set: `kafka` (Apache Kafka, "
         "KRaft, needs Java 17+), `tansu` (bundled, in memory, short sessions only), `auto` (Kafka "
-        "where Java 17+ is found, else Tansu).",
+        "where Java 17+ is found, else Tansu). With bootstrap servers, `tansu` says they are a "
+        "Tansu broker (clients then use a short fetch wait and no idempotence).",
     )
     kafka_version: str = Field(default="4.4.0", description="Apache Kafka release whose jars are fetched.")
     jars_dir: Path | None = Field(

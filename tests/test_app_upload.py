@@ -250,7 +250,8 @@ def refused(
 
 
 def test_an_app_uploads_lists_shows_and_deletes(site: Site) -> None:
-    reply = json_of(site.upload(app_zip(), filename="watcher.zip"), 201)
+    uploaded = app_zip()  # once: a zip built a second later has other entry times
+    reply = json_of(site.upload(uploaded, filename="watcher.zip"), 201)
     assert reply["app_id"] == WATCHER_ID
     assert (reply["name"], reply["version"], reply["kind"], reply["files"]) == (
         "watcher",
@@ -260,7 +261,7 @@ def test_an_app_uploads_lists_shows_and_deletes(site: Site) -> None:
     )
     key = f"apps/{WATCHER_ID}/1.0.0.zip"
     assert site.stored() == ([(WATCHER_ID, "appdev")], [(WATCHER_ID, "1.0.0")], [key])
-    assert (site.bucket / key).read_bytes() == app_zip()
+    assert (site.bucket / key).read_bytes() == uploaded
 
     [listed] = site.get("/api/apps")["apps"]  # end users list apps to schedule them
     assert listed == {

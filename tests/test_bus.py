@@ -257,7 +257,9 @@ def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: P
     except Unavailable as exc:
         missing_component(kind, str(exc))
     try:
-        with temporary_settings({"kafka.bootstrap_servers": broker.bootstrap_servers}) as current:
+        with temporary_settings(
+            {"kafka.bootstrap_servers": broker.bootstrap_servers, "kafka.broker": kind}
+        ) as current:
             bus = Bus(current, source="restart-test")
             topic = bus.topics.commands("restart")
             got: list[int] = []
