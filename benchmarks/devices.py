@@ -22,7 +22,7 @@ Both variants have the same client layout and tuning, so they differ in the SDK'
 * device side: one producer per device (the platform's ``SensorPublisher`` has its own
   ``Producer``; the bare side one ``confluent_kafka.Producer`` per device), with the
   producer properties of the platform's ``Producer`` (``bus.config``: ``linger.ms`` 0,
-  ``acks=all``, ``socket.nagle.disable``, ...);
+  ``acks=all``, idempotence on Kafka, ``socket.nagle.disable``, ...);
 * app side: one consumer in a consumer group of its own, subscribed to every device's
   topic and polled by one thread, with the properties ``ConsumerLoop`` gives the
   platform's consumer (``bus.config`` and the loop's own: ``fetch.wait.max.ms`` from
@@ -89,7 +89,7 @@ from benchmarks import Options, Result, Row
 from benchmarks.bus import percentile
 from bootstrapper.broker import TansuBroker
 from bootstrapper.kafka import KafkaBroker
-from platform_sdk.bus import POLL_INTERVAL_S, Bus, client_config
+from platform_sdk.bus import POLL_INTERVAL_S, Bus
 from platform_sdk.device_documents import Binding, DeviceType, ParamSpec
 from platform_sdk.device_messages import Frame, Reading
 from platform_sdk.devices import DeviceClient, SensorData, SensorPublisher, SensorStream
@@ -100,7 +100,6 @@ from platform_sdk.topics import Topics
 
 PLATFORM, BARE = "platform", "bare"
 KAFKA, TANSU = "kafka", "tansu"
-TANSU_FETCH_WAIT_MAX_MS = 5  # Tansu holds an empty fetch for the full wait (as the tests set it)
 VARIANTS = (PLATFORM, BARE)
 NUMERIC, CAMERAS = "numeric", "cameras"
 SOURCE = "bench-devices"
@@ -223,6 +222,11 @@ class PlatformDevices:
             list(pool.map(SensorPublisher.stop, publishers))
 
 
+def producer_properties(bus: Bus) -> dict[str, Any]:
+    """The properties ``platform_sdk.bus.Producer`` gives its client (idempotent on Kafka only)."""
+    return bus.config(**{"linger.ms": 0, "acks": "all", "enable.idempotence": bus.broker_kind == "kafka"})
+
+
 def bare_envelope(message_type: str, payload: dict[str, Any], moment: float) -> str:
     """The platform envelope's JSON, field for field, built with ``json.dumps``."""
     return json.dumps(
@@ -248,12 +252,7 @@ class BareDevices:
         self.jpeg = devices.jpeg
         self.seqs = [0] * len(devices.device_ids)
         with temporary_settings(devices.settings) as settings:
-            # The properties platform_sdk.bus.Producer gives its client.
-            config = client_config(
-                settings.kafka,
-                str(devices.settings["kafka.bootstrap_servers"]),
-                **{"linger.ms": 0, "acks": "all"},
-            )
+            config = producer_properties(Bus(settings=settings, source=SOURCE))
         self.producers = [confluent_kafka.Producer(config) for _device in devices.device_ids]
         self.topics = Topics(str(devices.settings["kafka.topic_prefix"]))
 
@@ -827,15 +826,16 @@ class Bench:
             drop_topics(bus, topics)
 
     def settings(self, prefix: str) -> dict[str, Any]:
-        """Settings of a case: this broker, its topic prefix; on Tansu the short fetch wait it needs."""
+        """Settings of a case: this broker, its topic prefix; on Tansu, that it is Tansu."""
         settings: dict[str, Any] = {
             "home": str(self.home),
             "kafka.bootstrap_servers": self.broker.bootstrap_servers,
             "kafka.topic_prefix": prefix,
         }
         if self.kind == TANSU:
-            # Bus.fetch_wait_max_ms knows Tansu only from a platform's run state, which this home lacks.
-            settings["kafka.fetch_wait_max_ms"] = TANSU_FETCH_WAIT_MAX_MS
+            # How a client learns it talks to Tansu without a platform's run state: the SDK then uses
+            # Tansu's short fetch wait and no idempotence (Bus.broker_kind), and so does the bare side.
+            settings["kafka.broker"] = TANSU
         return settings
 
     def clients(self) -> dict[str, Any]:
@@ -843,7 +843,7 @@ class Bench:
         with temporary_settings(self.settings(f"bench{self.run_id}")) as settings:
             bus = Bus(settings=settings, source=SOURCE)
             consumer = consumer_properties(bus, "<group>")
-            producer = bus.config(**{"linger.ms": 0, "acks": "all"})
+            producer = producer_properties(bus)
         shown = ("bootstrap.servers", "logger")
         return {
             "bus_fetch_wait_max_ms": bus.fetch_wait_max_ms,
