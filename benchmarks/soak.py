@@ -38,7 +38,9 @@ reading):
 At the end it prints the per-minute table with each column's least-squares slope per hour and
 returns rows for the runner: heartbeat, sensor and frame p99 of the last W minutes against the
 first W (``bare`` = first W, so ``platform/bare`` is the ratio; W = 10, or half the run when it
-is shorter than 20 minutes; latencies pooled over the W minutes), the total RSS of the last
+is shorter than 20 minutes; latencies pooled over the W minutes; the note adds each window's
+median per-minute p99 and how many of its minutes had more than 0.5 cores of other work on the
+machine), the total RSS of the last
 minute against the first and its growth in %, mean CPU of the last W minutes against the first
 W, restarts, incidents, topics at the end against the start. Targets (reported, not asserted):
 on Kafka over 120 minutes no restart, p99s of the last 10 minutes within 1.5x the first 10,
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -381,6 +384,23 @@ def _ratio_note(first: float | None, last: float | None, window: int) -> str:
     return f"bare = first {window} min; target last ≤ {TARGET_P99_RATIO:g}x first: {verdict}"
 
 
+BUSY_OTHERS_CORES = 0.5  # a minute with more other work than this on the machine is "busy"
+
+
+def _others(minute: Minute) -> float:
+    """Other work on the machine in the minute: its busy cores minus the platform's."""
+    return max(0.0, minute.interval.machine_busy_cores - minute.interval.cores())
+
+
+def _context(window: Sequence[Minute], pick: Callable[[Heard], list[float]]) -> str:
+    """The median of the window's per-minute p99s (a few starved minutes move it less than the
+    pooled p99) and how many of its minutes shared the machine with other work."""
+    p99s = [p for p in (percentile(pick(m.heard), 99) for m in window) if p is not None]
+    median = f"{statistics.median(p99s):.1f}" if p99s else "-"
+    busy = sum(1 for m in window if _others(m) > BUSY_OTHERS_CORES)
+    return f"median per-minute p99 {median}, {busy}/{len(window)} min with other work > {BUSY_OTHERS_CORES:g}"
+
+
 def latency_rows(minutes: Sequence[Minute], window: int) -> list[Row]:
     first, last = minutes[:window], minutes[-window:]
     rows = []
@@ -399,7 +419,8 @@ def latency_rows(minutes: Sequence[Minute], window: int) -> list[Row]:
                 platform=p99_after,
                 bare=p99_before,
                 samples=len(after),
-                note=_ratio_note(p99_before, p99_after, window),
+                note=f"{_ratio_note(p99_before, p99_after, window)}; first: {_context(first, pick)}; "
+                f"last: {_context(last, pick)}",
             )
         )
     return rows
