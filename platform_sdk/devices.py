@@ -144,13 +144,22 @@ class ControllerEndpoint:
                 error=exc.message + (f": {_details_text(exc.details)}" if exc.details else ""),
                 by=envelope.source or None,
             )
-            self.publish_state(rejected)
-            return rejected
-        return self.publish_state(
+            return self._publish_before_reply(rejected)
+        return self._publish_before_reply(
             DeviceState(
                 device_id=self.device_id, state=state, command=command.command, by=envelope.source or None
             )
         )
+
+    def _publish_before_reply(self, state: DeviceState) -> DeviceState:
+        """Publish ``state`` and wait for the broker's acknowledgement before the command is answered.
+
+        Whoever got the reply then reads this state (or a newer one) from the state topic.
+        """
+        self.publish_state(state)
+        if self._producer is not None:
+            self._producer.flush(self.bus.settings.kafka.request_timeout_s)
+        return state
 
 
 def _details_text(details: Any) -> str:

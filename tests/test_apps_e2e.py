@@ -315,11 +315,10 @@ def test_an_instance_that_keeps_crashing_is_given_up_and_its_user_told_why(
     wait_until(lambda: platform.service(f"app-{instance_id}") is None, 30, "the given-up instance unplaced")
 
 
+@pytest.mark.runtimes("process")  # the scheduler is a host process on both runtimes: once is enough
 def test_a_scheduler_down_at_a_start_still_starts_it_exactly_once(
-    request: pytest.FixtureRequest, platform: Platform, end_user: PlatformClient
+    platform: Platform, end_user: PlatformClient
 ) -> None:
-    if request.node.callspec.params["e2e_platform"] != "process":
-        pytest.skip("the scheduler is a host process on both runtimes: once is enough")
     zone = ZoneInfo("America/New_York")  # lake-home's
     start = (datetime.now(zone) + timedelta(seconds=75)).replace(second=0, microsecond=0)
     document = {

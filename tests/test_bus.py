@@ -18,7 +18,7 @@ import pytest
 
 from bootstrapper.broker import TansuBroker
 from bootstrapper.kafka import KafkaBroker
-from platform_sdk.bus import Bus, ConsumerLoop, Requester
+from platform_sdk.bus import Bus, ConsumerLoop, Requester, topic_partitions
 from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, Unavailable
 from platform_sdk.settings import Settings, temporary_settings
@@ -119,9 +119,8 @@ def dead_letters(bus: Bus, count: int, timeout: float = 20.0) -> list[confluent_
     """The first ``count`` records of the dead-letter topic, read by assignment (no group join)."""
     consumer = confluent_kafka.Consumer(bus.config(**{"group.id": "inspect", "enable.auto.commit": False}))
     try:
-        partitions = (
-            consumer.list_topics(bus.topics.dead_letter, timeout=10).topics[bus.topics.dead_letter].partitions
-        )
+        # The first dead letter creates the topic: wait until the broker lists its partitions.
+        partitions = topic_partitions(consumer, bus.topics.dead_letter, timeout=timeout)
         consumer.assign(
             [
                 confluent_kafka.TopicPartition(bus.topics.dead_letter, p, confluent_kafka.OFFSET_BEGINNING)
