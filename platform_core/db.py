@@ -18,17 +18,18 @@ import importlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from platform_sdk.errors import BadRequest, Conflict, Unavailable
 from platform_sdk.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Every module that declares tables, by name so this module depends on none of them.
@@ -138,12 +139,17 @@ class Database:
             session.close()
 
     def alembic_config(self) -> Config:
+        # Alembic (about 10 MB) is imported by the process that migrates, when it does.
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         return config
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision``, keeping the data."""
+        from alembic import command
+
         config = self.alembic_config()
         try:
             with self.engine.begin() as connection:

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import flask
 import waitress
@@ -28,10 +28,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from platform_core.auth import Authenticator, access_rule, check_access
 from platform_core.blobstore import BlobStore
-from platform_core.db import Database
 from platform_sdk.bus import Requester
 from platform_sdk.errors import BadRequest, PayloadTooLarge, PlatformError, Unavailable, ValidationFailed
 from platform_sdk.settings import Settings
+
+if TYPE_CHECKING:  # SQLAlchemy only in processes that open the database (not the agents)
+    from platform_core.db import Database
 
 log = logging.getLogger(__name__)
 B = TypeVar("B", bound=BaseModel)

@@ -17,11 +17,11 @@ from azure.storage.blob import BlobServiceClient
 
 from platform_core.blobstore import (
     CHUNK_SIZE,
-    AzureBlobStore,
     BlobStore,
     LocalBlobStore,
     blob_store_from_settings,
 )
+from platform_core.blobstore_azure import AzureBlobStore
 from platform_sdk.errors import BadRequest, NotFound, Unavailable
 from platform_sdk.net import free_port
 from platform_sdk.settings import temporary_settings
