@@ -12,7 +12,7 @@ put in one group (``classify``):
 
 * ``broker``: the process ``aiot up`` recorded as ``broker`` (Apache Kafka's ``java``, or
   ``tansu``), or any ``java``/``tansu`` process of the home without a service id;
-* ``simulators``: ``python -m simulators`` (service ids ``sim-<device>``);
+* ``simulators``: ``python -m simulators`` (service ids ``sim-<location>``);
 * ``models``: model replicas, ``python -m ai_manager.serving`` (``<model id>-v<version>-r<n>``);
 * ``apps``: app instances, ``python -m platform_sdk.run_app`` (``app-<instance id>``);
 * ``platform``: every other process with an ``AIOT_SERVICE_ID``: the agents (``agent-node-N``),

@@ -1,18 +1,22 @@
 """The device manager as a platform service: simulators placed and stopped, device state kept.
 
     <prefix>.commands.device-manager (group "device-manager")
-        DeviceChanged(added)   ──▶ (a worker) simulated: PlaceService(sim-<device>) on the least-loaded node
-        DeviceChanged(removed) ──▶ UnplaceService(sim-<device>)
+        DeviceChanged          ──▶ (a worker) every location's simulator host brought in line:
+                                   its simulated devices as registered ──▶ PlaceService(sim-<location>)
+                                   on the least-loaded node; placed with other devices ──▶ Unplace, Place;
+                                   none left ──▶ UnplaceService(sim-<location>)
         BindDevices            ──▶ the app instance's aliases bound to devices at its location
                                    ──▶ DeviceBindings (request/reply; the deployer asks)
         UnbindDevices          ──▶ its bindings released ──▶ Unbound
-    on start ──▶ every registered simulated device is placed (placing a running one changes nothing)
+    on start ──▶ the same sync (placing a host that runs with the same devices changes nothing)
     every device's data and state topics (group "device-manager.state")
         ──▶ the latest reading / state per device in memory ──▶ device_states, once a second
     with device.mqtt_url set: the MQTT gateway (``device_manager.gateway``) bridges real devices
 
-A simulator is a managed service like any other (heartbeats, logs, restarts), started
-with its device's id, type and parameters in ``AIOT_DEVICE__*``.
+A location's simulator host is a managed service like any other (heartbeats, logs,
+restarts), started with its location and its devices (id, type, parameters each) in
+``AIOT_DEVICE__LOCATION`` and ``AIOT_DEVICE__SIMULATED``: one process per location instead
+of one per device.
 """
 
 from __future__ import annotations
@@ -21,16 +25,26 @@ import json
 import logging
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import TypeAdapter
 
 from device_manager import registry
 from device_manager.messages import BindDevices, DeviceBindings, DeviceChanged, UnbindDevices, Unbound
 from device_manager.models import DeviceRow, DeviceTypeRow
 from platform_core.db import Database
-from platform_core.nodes import Placement, PlaceService, ServiceSpec, UnplaceService, node_manager_topic
+from platform_core.nodes import (
+    LocateService,
+    Placement,
+    PlaceService,
+    ServiceSpec,
+    UnplaceService,
+    node_manager_topic,
+)
 from platform_core.service import PeriodicTask, QueueWorker, Service
 from platform_sdk.bus import ConsumerLoop, Requester
-from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType
+from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType, SimulatedDevice
 from platform_sdk.device_messages import DeviceState, Frame, Reading
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError
@@ -41,22 +55,18 @@ PLACE_TIMEOUT_S = 120.0
 FLUSH_INTERVAL_S = 1.0
 
 
-def simulator_service_id(device: str) -> str:
-    return f"sim-{device}"
+def simulator_service_id(location: str) -> str:
+    return f"sim-{location}"
 
 
-def simulator_spec(
-    device_type: DeviceType, instance: DeviceInstance, parameters: dict[str, Any]
-) -> ServiceSpec:
+def simulator_spec(location: str, devices: list[SimulatedDevice]) -> ServiceSpec:
+    """The simulator host of ``location`` playing ``devices`` (in name order: equal lists, equal specs)."""
+    played = TypeAdapter(list[SimulatedDevice]).dump_json(sorted(devices, key=lambda device: device.id))
     return ServiceSpec(
-        service_id=simulator_service_id(instance.name),
+        service_id=simulator_service_id(location),
         kind="simulator",
         module="simulators",
-        env={
-            "AIOT_DEVICE__ID": instance.name,
-            "AIOT_DEVICE__TYPE": device_type.model_dump_json(),
-            "AIOT_DEVICE__PARAMETERS": json.dumps(parameters),
-        },
+        env={"AIOT_DEVICE__LOCATION": location, "AIOT_DEVICE__SIMULATED": played.decode()},
     )
 
 
@@ -75,16 +85,17 @@ class DeviceManagerService(Service):
         self._latest_lock = threading.Lock()
         self._state_loop: ConsumerLoop | None = None
         self._state_lock = threading.Lock()
-        for device in self._simulated_devices():
-            self._place(device)
         self._watch_states()
         flusher = PeriodicTask("device-states", FLUSH_INTERVAL_S, self._flush_states)
         flusher.start()
         self.own(flusher)
         # Placing simulators waits on the node manager: off the command loop, so binds answer at once.
-        self.changes: QueueWorker[DeviceChanged] = QueueWorker("device-changes", self.on_change)
+        self.changes: QueueWorker[DeviceChanged | Literal["start"]] = QueueWorker(
+            "device-changes", self.on_change
+        )
         self.changes.start()
         self.own(self.changes)
+        self.changes.put("start")  # the start's sync: every location's simulator host placed
         commands = ConsumerLoop(
             bus, [bus.topics.device_manager], group="device-manager", name=self.service_id
         )
@@ -108,24 +119,11 @@ class DeviceManagerService(Service):
         super().stop()
 
     # commands -----------------------------------------------------------------------------
-    def on_change(self, change: DeviceChanged) -> None:
-        if change.action == "added":
-            with self.database.session() as session:
-                row = session.get(DeviceRow, change.device)
-                simulated = row is not None and row.simulated
-            if simulated:
-                self._place(change.device)
-        else:
-            try:
-                self.requester.request(
-                    node_manager_topic(self.sdk.bus.topics),
-                    UnplaceService(service_id=simulator_service_id(change.device)),
-                    Placement,
-                    timeout=60,
-                )
-                log.info("stopped the simulator of %s", change.device)
-            except NotFound:
-                pass  # a real device, or one whose simulator never started
+    def on_change(self, change: DeviceChanged | Literal["start"]) -> None:
+        """A device was added or removed (or the service started): sync the simulator hosts and topics."""
+        if isinstance(change, DeviceChanged):
+            log.info("device %s %s", change.device, change.action)
+        self._sync_simulators()
         self._watch_states()
 
     def on_bind(self, request: BindDevices, _envelope: Envelope) -> DeviceBindings:
@@ -152,27 +150,67 @@ class DeviceManagerService(Service):
             released = registry.unbind(session, request.app_instance_id)
         return Unbound(app_instance_id=request.app_instance_id, released=released)
 
-    def _simulated_devices(self) -> list[str]:
+    def _wanted_hosts(self) -> dict[str, ServiceSpec | None]:
+        """Per location: the spec of its simulator host, or None when it has no simulated device."""
+        wanted: dict[str, list[SimulatedDevice]] = {}
         with self.database.session() as session:
-            return [device.name for device in registry.list_devices(session) if device.simulated]
+            types = {row.name: row for row in session.scalars(sa.select(DeviceTypeRow))}
+            for location in registry.list_locations(session):
+                wanted[location.name] = []
+            for row in registry.list_devices(session):
+                type_row = types.get(row.type)
+                if not row.simulated or type_row is None:
+                    continue
+                instance = DeviceInstance.model_validate_json(row.document)
+                device_type = DeviceType.model_validate_json(type_row.document)
+                wanted.setdefault(row.location, []).append(
+                    SimulatedDevice(
+                        id=row.name,
+                        type=device_type,
+                        parameters=registry.effective_parameters(device_type, instance),
+                    )
+                )
+        return {
+            location: simulator_spec(location, devices) if devices else None
+            for location, devices in wanted.items()
+        }
 
-    def _place(self, device: str) -> None:
-        with self.database.session() as session:
-            row = session.get(DeviceRow, device)
-            type_row = session.get(DeviceTypeRow, row.type) if row is not None else None
-            if row is None or type_row is None:
-                log.warning("device %s is gone; not starting its simulator", device)
-                return
-            instance = DeviceInstance.model_validate_json(row.document)
-            device_type = DeviceType.model_validate_json(type_row.document)
-        spec = simulator_spec(device_type, instance, registry.effective_parameters(device_type, instance))
-        try:
-            placement = self.requester.request(
-                node_manager_topic(self.sdk.bus.topics), PlaceService(spec=spec), Placement, PLACE_TIMEOUT_S
-            )
-            log.info("simulator of %s runs on %s", device, placement.node_id)
-        except PlatformError as exc:
-            log.error("cannot start the simulator of %s: %s", device, exc)
+    def _sync_simulators(self) -> None:
+        """Bring every location's simulator host in line with its registered simulated devices."""
+        node_manager = node_manager_topic(self.sdk.bus.topics)
+        for location, spec in self._wanted_hosts().items():
+            service_id = simulator_service_id(location)
+            try:
+                try:
+                    current: Placement | None = self.requester.request(
+                        node_manager, LocateService(service_id=service_id), Placement, timeout=PLACE_TIMEOUT_S
+                    )
+                except NotFound:
+                    current = None
+                if current is not None and (spec is None or current.spec != spec):
+                    self.requester.request(
+                        node_manager,
+                        UnplaceService(service_id=service_id),
+                        Placement,
+                        timeout=PLACE_TIMEOUT_S,
+                    )
+                    log.info(
+                        "stopped the simulator host of %s (%s)",
+                        location,
+                        "no devices" if spec is None else "devices changed",
+                    )
+                if spec is not None:
+                    placement = self.requester.request(
+                        node_manager, PlaceService(spec=spec), Placement, PLACE_TIMEOUT_S
+                    )
+                    if current is None or current.spec != spec:
+                        devices = json.loads(spec.env["AIOT_DEVICE__SIMULATED"])
+                        log.info(
+                            "the simulator host of %s runs on %s: %s",
+                            location, placement.node_id, ", ".join(device["id"] for device in devices),
+                        )  # fmt: skip
+            except PlatformError as exc:
+                log.error("cannot bring the simulator host of %s in line: %s", location, exc)
 
     # state --------------------------------------------------------------------------------
     def _watch_states(self) -> None:

@@ -189,6 +189,14 @@ class DeviceBundle(_Strict):
     devices: list[DeviceInstance] = Field(default_factory=list)
 
 
+class SimulatedDevice(_Strict):
+    """One device a simulator host plays: its id, its type and its parameters (defaults filled in)."""
+
+    id: str = Field(pattern=DEVICE_NAME_PATTERN, description="The device's name, its id on the bus.")
+    type: DeviceType
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
 class Binding(BaseModel):
     """One device alias of an app instance: the concrete device behind it and its type."""
 

@@ -29,7 +29,7 @@ from pydantic_settings import (
 )
 
 from platform_sdk.artifacts import AppInstanceConfig
-from platform_sdk.device_documents import DeviceType
+from platform_sdk.device_documents import SimulatedDevice
 
 
 class TopicClass(BaseModel):
@@ -325,11 +325,13 @@ class DeployerSettings(BaseModel):
 
 
 class DeviceSettings(BaseModel):
-    """A simulated device (its process is configured by the device manager) and the MQTT gateway."""
+    """Simulated devices (a location's simulator host is configured by the device manager) and MQTT."""
 
-    id: str = Field(default="", description="A simulator's device id (its instance name).")
-    type: DeviceType | None = Field(default=None, description="A simulator's device type, as JSON.")
-    parameters: dict[str, Any] = Field(default_factory=dict, description="A simulator's instance parameters.")
+    location: str = Field(default="", description="A simulator host's location (service sim-LOCATION).")
+    simulated: list[SimulatedDevice] = Field(
+        default_factory=list,
+        description="The devices a simulator host plays, as JSON: a list of {id, type, parameters}.",
+    )
     time_scale: float = Field(
         default=1.0, gt=0, description="Simulated seconds per real second (day curves of light, temperature)."
     )

@@ -1,4 +1,4 @@
-"""Simulators: the six built-in simulated devices, each run as a managed service ``sim-<device>``.
+"""Simulators: the six built-in simulated devices, a location's run as one managed service ``sim-<location>``.
 
 It owns the device models (``simulators.models``, pure and seeded, no bus in them):
 
@@ -8,9 +8,10 @@ It owns the device models (``simulators.models``, pure and seeded, no bus in the
   ``ac`` (on, off, set setpoint and mode).
 
 and ``simulators.service.SimulatorService`` (``python -m simulators``), which the device
-manager places with the device's id, type and parameters in ``AIOT_DEVICE__ID``,
-``AIOT_DEVICE__TYPE`` and ``AIOT_DEVICE__PARAMETERS`` (``AIOT_DEVICE__TIME_SCALE`` speeds
-up the day curves). It owns no table and no HTTP; it talks to the bus only, and only
+manager places once per location with the location in ``AIOT_DEVICE__LOCATION`` and its
+simulated devices (id, type, parameters each) in ``AIOT_DEVICE__SIMULATED``
+(``AIOT_DEVICE__TIME_SCALE`` speeds up the day curves); it places it again when a device
+of the location is added or removed. It owns no table and no HTTP; it talks to the bus only, and only
 through the SDK's device side (``platform_sdk.devices``), exactly as a real device using
 the SDK would, so apps and the device manager cannot tell the two apart.
 

@@ -1,12 +1,16 @@
-"""``SimulatorService``: one simulated device as a managed service (``sim-<device id>``).
+"""``SimulatorService``: the simulated devices of one location as one managed service (``sim-<location>``).
 
-    AIOT_DEVICE__ID / __TYPE / __PARAMETERS / __TIME_SCALE ──▶ device_config() ──▶ a model
+    AIOT_DEVICE__LOCATION, AIOT_DEVICE__SIMULATED ([{id, type, parameters}]), AIOT_DEVICE__TIME_SCALE
+        ──▶ device_config() per device ──▶ its model
     sensor:     Ticker (type's rate_hz; camera: fps) ──▶ model.read(clock()) / next_frame
                     ──▶ SensorPublisher.publish / publish_frame(JPEG) ──▶ <prefix>.devices.<id>.data
     controller: <prefix>.devices.<id>.commands ──▶ ControllerEndpoint ──▶ model.apply
                     ──▶ the new DeviceState (reply, and on <prefix>.devices.<id>.state)
 
-The bus is reached only through ``platform_sdk.devices``, as a real device using the SDK does.
+One process plays every simulated device of its location: a Python interpreter per device
+cost about 60 MB each (a camera's 120), most of the demo's memory. A device whose settings
+do not fit is logged and left out; the others play on. The bus is reached only through
+``platform_sdk.devices``, as a real device using the SDK does.
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from platform_core.service import Service
-from platform_sdk.device_documents import DeviceType
+from platform_sdk.device_documents import DeviceType, SimulatedDevice
 from platform_sdk.devices import ControllerEndpoint, SensorPublisher
 from platform_sdk.errors import BadRequest, PlatformError
-from platform_sdk.settings import DeviceSettings
 from simulators.models import (
     CONTROLLER_MODELS,
     SENSOR_MODELS,
@@ -51,12 +54,8 @@ class DeviceConfig:
     time_scale: float
 
 
-def device_config(device: DeviceSettings) -> DeviceConfig:
-    """The simulated device described by ``settings.device``; ``BadRequest`` naming what is missing."""
-    if not device.id:
-        raise BadRequest("a simulator needs its device: set AIOT_DEVICE__ID to the device's name")
-    if device.type is None:
-        raise BadRequest(f"simulator of {device.id}: set AIOT_DEVICE__TYPE to its device type (JSON)")
+def device_config(device: SimulatedDevice, time_scale: float = 1.0) -> DeviceConfig:
+    """The simulated device ``device`` describes; ``BadRequest`` naming what does not fit."""
     device_type = device.type
     simulator = device_type.simulator
     if simulator is None:
@@ -88,14 +87,14 @@ def device_config(device: DeviceSettings) -> DeviceConfig:
     ]
     if problems:
         raise BadRequest(
-            f"AIOT_DEVICE__PARAMETERS of {device.id} do not fit type {device_type.name!r}: "
+            f"the parameters of {device.id} do not fit type {device_type.name!r}: "
             + "; ".join(f"{p['field']}: {p['reason']}" for p in problems),
             details=problems,
         )
     unknown = sorted(set(device.parameters) - set(device_type.parameters))
     if unknown:
         log.warning("%s: ignoring parameters its type does not declare: %s", device.id, ", ".join(unknown))
-    return DeviceConfig(device.id, device_type, simulator, parameters, device.time_scale)
+    return DeviceConfig(device.id, device_type, simulator, parameters, time_scale)
 
 
 def build_model(config: DeviceConfig) -> SensorModel | ControllerSim:
@@ -150,25 +149,44 @@ class Ticker:
 
 
 class SimulatorService(Service):
-    """Plays the device in ``settings.device`` with its built-in simulator."""
+    """Plays the simulated devices in ``settings.device.simulated`` (one location's) with their simulators."""
 
     name = "simulator"
 
     def default_service_id(self) -> str:
-        device_id = self.settings.device.id
-        return f"sim-{device_id}" if device_id else self.name
+        location = self.settings.device.location
+        return f"sim-{location}" if location else self.name
+
+    def devices(self) -> list[tuple[DeviceConfig, SensorModel | ControllerSim]]:
+        """Each device's config and model; one that does not fit is logged and left out.
+
+        Raises the first device's error when none fits (and ``BadRequest`` when there are none).
+        """
+        settings = self.settings.device
+        if not settings.simulated:
+            raise BadRequest(
+                f"{self.service_id} has no devices to play: set AIOT_DEVICE__SIMULATED to a JSON list "
+                "of {id, type, parameters} (the device manager does)"
+            )
+        playable: list[tuple[DeviceConfig, SensorModel | ControllerSim]] = []
+        errors: list[PlatformError] = []
+        for device in settings.simulated:
+            try:
+                config = device_config(device, settings.time_scale)
+                playable.append((config, build_model(config)))
+            except PlatformError as exc:
+                log.error("%s cannot play %s: %s", self.service_id, device.id, exc)  # to the platform's logs
+                errors.append(exc)
+        if not playable:
+            raise errors[0]
+        return playable
 
     def on_start(self) -> None:
-        try:
-            config = device_config(self.settings.device)
-            model = build_model(config)
-        except PlatformError as exc:
-            log.error("%s cannot start: %s", self.service_id, exc)  # shipped to the platform's logs
-            raise
-        if isinstance(model, ControllerSim):
-            self._start_controller(config, model)
-        else:
-            self._start_sensor(config, model)
+        for config, model in self.devices():
+            if isinstance(model, ControllerSim):
+                self._start_controller(config, model)
+            else:
+                self._start_sensor(config, model)
 
     def _start_controller(self, config: DeviceConfig, model: ControllerSim) -> None:
         endpoint = ControllerEndpoint(self.sdk.bus, config.device_id, model.apply, model.state)

@@ -1,6 +1,8 @@
-"""Devices end to end on a running platform: register from a JSON file → simulators run as managed
-services → an app's SDK client reads temperatures and camera frames and drives a fan; `aiot device`
-watch and command; a killed simulator comes back; a deregistered device's simulator stops.
+"""Devices end to end on a running platform: register from a JSON file → each location's simulated
+devices run in one managed service (``sim-<location>``) → an app's SDK client reads temperatures and
+camera frames and drives a fan; `aiot device` watch and command; a killed simulator host comes back;
+a device added to a location joins its host while the others play on; a location's last
+deregistered device stops its host.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tests.platform_driver import Platform, wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "devices" / "sample.json"
 DEVICES = ("bank-cam", "home-temp", "home-fan")
+HOSTS = ("sim-city-bank", "sim-lake-home")  # bank-cam at city-bank; home-temp and home-fan at lake-home
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +53,8 @@ def registered(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> 
     bundle.write_text(json.dumps(sample))
     result = platform.run("device", "add", str(bundle))
     assert "3 devices" in result.stdout
-    for device in DEVICES:
-        service_id = f"sim-{device}"
-        wait_until(partial(_running, platform, service_id), 60, f"the simulator of {device}")
+    for service_id in HOSTS:
+        wait_until(partial(_running, platform, service_id), 60, f"the simulator host {service_id}")
     registered: dict[str, Any] = sample
     return registered
 
@@ -132,23 +134,51 @@ def test_the_cli_watches_readings_and_commands_a_controller(
     assert "7 is above the maximum 5" in refused.stderr
 
 
-def test_a_killed_simulator_is_restarted(platform: Platform, app: DeviceClient) -> None:
-    service = platform.service("sim-home-temp")
+def test_a_killed_simulator_host_is_restarted(platform: Platform, app: DeviceClient) -> None:
+    service = platform.service("sim-lake-home")
     assert service is not None
     old_pid = service["pid"]
     with contextlib.suppress(ProcessLookupError):
         os.kill(old_pid, signal.SIGKILL)
     wait_until(
-        lambda: _running(platform, "sim-home-temp") and platform.service("sim-home-temp")["pid"] != old_pid,  # type: ignore[index]
+        lambda: _running(platform, "sim-lake-home") and platform.service("sim-lake-home")["pid"] != old_pid,  # type: ignore[index]
         60,
-        "sim-home-temp running again with a new pid",
+        "sim-lake-home running again with a new pid",
     )
     stream = app.sensor_stream("room")
     assert "temperature" in stream.next(timeout=20).values
 
 
-def test_a_deregistered_device_stops_its_simulator(platform: Platform, registered: dict[str, Any]) -> None:
-    pid = platform.service("sim-bank-cam")["pid"]  # type: ignore[index]
+def test_a_device_added_to_a_location_joins_its_host_and_the_others_play_on(
+    platform: Platform, registered: dict[str, Any], app: DeviceClient, tmp_path: Path
+) -> None:
+    old_pid = platform.service("sim-lake-home")["pid"]  # type: ignore[index]
+    sample = json.loads(SAMPLE.read_text())
+    bundle = tmp_path / "light.json"
+    bundle.write_text(json.dumps({"devices": [d for d in sample["devices"] if d["name"] == "home-light"]}))
+    platform.run("device", "add", str(bundle))
+    wait_until(
+        lambda: _running(platform, "sim-lake-home") and platform.service("sim-lake-home")["pid"] != old_pid,  # type: ignore[index]
+        60,
+        "sim-lake-home playing again, with home-light",
+    )
+    overrides = {"kafka.bootstrap_servers": platform.status()["broker"], "kafka.topic_prefix": "aiot"}
+    with temporary_settings(overrides) as settings:
+        bus = Bus(settings, source="test-app")
+        light = bus.topics.device_data("home-light")
+        wait_until(lambda: bus.latest(light, timeout=1) is not None, 30, "a reading of home-light")
+    stream = app.sensor_stream("room")
+    assert "temperature" in stream.next(timeout=20).values  # home-temp, in the same host, plays on
+    shown = platform.json("device", "show", "home-light")
+    assert isinstance(shown, dict)
+    assert shown["location"] == "lake-home"
+
+
+def test_a_locations_last_deregistered_device_stops_its_host(
+    platform: Platform, registered: dict[str, Any]
+) -> None:
+    pid = platform.service("sim-city-bank")["pid"]  # type: ignore[index]
     platform.run("device", "delete", "bank-cam")
-    wait_until(lambda: platform.service("sim-bank-cam") is None, 30, "sim-bank-cam gone")
+    wait_until(lambda: platform.service("sim-city-bank") is None, 30, "sim-city-bank gone")
     wait_until(lambda: not psutil.pid_exists(pid), 10, "its process gone")
+    assert _running(platform, "sim-lake-home")

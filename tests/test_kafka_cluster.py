@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "configs" / "devices" / "sample.json"
 COMFORT = ROOT / "examples" / "models" / "comfort"
 SENSORS = ("home-temp", "school-temp", "school-light")
+HOSTS = ("sim-green-school", "sim-lake-home")  # each location's simulated devices play in one service
 PROBE = "cluster-probe"
 REPLICAS = 3
 MIN_INSYNC = 2
@@ -220,8 +221,8 @@ def register_sensors(platform: Platform, folder: Path) -> dict[str, Binding]:
     document.write_text(json.dumps(sample))
     platform.run("device", "add", str(document))
     types = {kind["name"]: DeviceType.model_validate(kind) for kind in sample["device_types"]}
-    for device in SENSORS:
-        wait_until(partial(_running, platform, f"sim-{device}"), 60, f"the simulator of {device} running")
+    for host in HOSTS:
+        wait_until(partial(_running, platform, host), 60, f"the simulator host {host} running")
     return {
         device["name"]: Binding(device_id=device["name"], type=types[device["type"]])
         for device in sample["devices"]
@@ -326,7 +327,7 @@ def test_a_killed_broker_loses_nothing_acknowledged_and_rejoins(
         assert watch.gaps() == {}, "a simulator's readings went missing"
 
     # The platform still runs all of itself: its services, the simulators and the replica.
-    wanted = platform_services() | {f"sim-{device}" for device in SENSORS} | {f"{model_id}-v1.0.0-r0"}
+    wanted = platform_services() | set(HOSTS) | {f"{model_id}-v1.0.0-r0"}
     wait_until(partial(_all_running, platform, wanted), 60, "every service of the platform running")
     restarts = {s["service_id"]: s["restarts"] for s in platform.status()["services"] if s["restarts"]}
     print(f"services restarted during the test: {restarts or 'none'}")

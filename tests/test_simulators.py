@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from platform_sdk.codec import decode_image, encode_image
-from platform_sdk.device_documents import DeviceBundle, DeviceType
+from platform_sdk.device_documents import DeviceBundle, DeviceType, SimulatedDevice
 from platform_sdk.errors import BadRequest, ValidationFailed
-from platform_sdk.settings import DeviceSettings, Settings, temporary_settings
+from platform_sdk.settings import Settings, temporary_settings
 from simulators.models import (
     EMPTY_PHOTOS,
     AcSim,
@@ -350,11 +350,8 @@ def test_ticker_calls_at_its_rate_and_survives_failures() -> None:
 
 
 # the service's configuration -----------------------------------------------------------------
-def test_device_config_names_the_missing_settings() -> None:
-    with pytest.raises(BadRequest, match="AIOT_DEVICE__ID"):
-        device_config(DeviceSettings())
-    with pytest.raises(BadRequest, match="AIOT_DEVICE__TYPE"):
-        device_config(DeviceSettings(id="home-fan"))
+def played(device_id: str, device_type: DeviceType, **parameters: Any) -> SimulatedDevice:
+    return SimulatedDevice(id=device_id, type=device_type, parameters=parameters)
 
 
 def test_device_config_refuses_a_type_without_simulator_or_of_the_wrong_kind() -> None:
@@ -362,21 +359,22 @@ def test_device_config_refuses_a_type_without_simulator_or_of_the_wrong_kind() -
         {"name": "door", "kind": "sensor", "outputs": {"open": {"type": "bool"}}, "simulator": None}
     )
     with pytest.raises(BadRequest, match="has no simulator"):
-        device_config(DeviceSettings(id="front-door", type=real))
+        device_config(played("front-door", real))
     odd = DeviceType.model_validate(
         {"name": "odd", "kind": "sensor", "outputs": {"speed": {"type": "int"}}, "simulator": "fan"}
     )
     with pytest.raises(BadRequest, match="plays a controller"):
-        device_config(DeviceSettings(id="odd-one", type=odd))
+        device_config(played("odd-one", odd))
 
 
 def test_device_config_fills_defaults_and_checks_parameters() -> None:
     camera = sample_types()["camera"]
-    config = device_config(DeviceSettings(id="bank-cam", type=camera, parameters={"scene": "person"}))
+    config = device_config(played("bank-cam", camera, scene="person"), time_scale=60.0)
     assert config.simulator == "camera"
     assert config.parameters == {"fps": 2, "width": 640, "height": 480, "scene": "person"}
+    assert config.time_scale == 60.0
     with pytest.raises(BadRequest) as caught:
-        device_config(DeviceSettings(id="bank-cam", type=camera, parameters={"fps": 90}))
+        device_config(played("bank-cam", camera, fps=90))
     assert caught.value.details == [{"field": "parameters.fps", "reason": "90 is above the maximum 30"}]
 
 
@@ -390,20 +388,36 @@ def test_every_sample_type_builds_its_model() -> None:
         "ac": AcSim,
     }
     for name, device_type in sample_types().items():
-        config = device_config(DeviceSettings(id=f"sample-{name}", type=device_type))
+        config = device_config(played(f"sample-{name}", device_type))
         assert config.simulator == name
         assert isinstance(build_model(config), expected[name])
 
 
-def test_service_identity_and_a_clear_start_failure(settings: Settings) -> None:
-    fan = sample_types()["fan"]
-    with temporary_settings({"device.id": "home-fan", "device.type": fan.model_dump()}) as current:
-        assert SimulatorService(current).service_id == "sim-home-fan"
+def host_settings(location: str, *devices: SimulatedDevice) -> dict[str, Any]:
+    return {"device.location": location, "device.simulated": [device.model_dump() for device in devices]}
+
+
+def test_a_host_plays_its_locations_devices_and_leaves_out_one_that_does_not_fit(settings: Settings) -> None:
+    types = sample_types()
+    good = (played("home-fan", types["fan"]), played("home-temp", types["temperature"]))
+    odd = played("odd-cam", types["camera"], noise=99.0)
+    with temporary_settings(host_settings("lake-home", good[0], odd, good[1])) as current:
+        host = SimulatorService(current)
+        assert host.service_id == "sim-lake-home"
+        playable = host.devices()  # before any bus: the host starts what fits, logs the rest
+    assert [config.device_id for config, _model in playable] == ["home-fan", "home-temp"]
+    assert isinstance(playable[0][1], FanSim)
+    assert isinstance(playable[1][1], TemperatureSim)
+
+
+def test_a_host_with_nothing_it_can_play_fails_to_start_saying_why(settings: Settings) -> None:
     service = SimulatorService(settings)
     assert service.service_id == "simulator"
-    with pytest.raises(BadRequest, match="AIOT_DEVICE__ID"):
+    with pytest.raises(BadRequest, match="AIOT_DEVICE__SIMULATED"):
         service.on_start()  # fails before it touches the bus
-    camera = sample_types()["camera"]
-    odd = {"device.id": "odd-cam", "device.type": camera.model_dump(), "device.parameters": {"noise": 99.0}}
-    with temporary_settings(odd) as current, pytest.raises(ValidationFailed, match="noise"):
+    odd = played("odd-cam", sample_types()["camera"], noise=99.0)
+    with (
+        temporary_settings(host_settings("city-bank", odd)) as current,
+        pytest.raises(ValidationFailed, match="noise"),
+    ):
         SimulatorService(current).on_start()
