@@ -52,6 +52,7 @@ from platform_sdk.settings import KafkaSettings, Settings, get_settings
 from platform_sdk.topics import Topics
 
 log = logging.getLogger(__name__)
+_FLUSH_SLICE_S = 0.05  # a flush on a shared client checks this often whether its own records are in
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
@@ -138,6 +139,10 @@ class Bus:
 
     settings: Settings = field(default_factory=get_settings)
     source: str = ""
+    _shared: confluent_kafka.Producer | None = field(default=None, init=False, repr=False, compare=False)
+    _shared_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.source = self.source or self.settings.service_id or "anonymous"
@@ -223,7 +228,18 @@ class Bus:
                 log.debug("topic deletion failed: %s", exc)
 
     def producer(self, **overrides: Any) -> Producer:
-        return Producer(self, **overrides)
+        """A producer: with ``overrides``, on a client of its own; else on the bus's shared client.
+
+        One librdkafka producer per process serves the heartbeat, the consumer loops' replies
+        and dead letters, the requesters and the device publishers: each client costs a
+        broker connection, threads and memory, and an idle platform has a few hundred.
+        """
+        if overrides:
+            return Producer(self, **overrides)
+        with self._shared_lock:
+            if self._shared is None:
+                self._shared = _new_producer(self)
+            return Producer(self, client=self._shared)
 
     def latest(self, topic: str, timeout: float = 10.0) -> Envelope | None:
         """The newest envelope on ``topic`` (by time, over its partitions), or None when it is empty.
@@ -261,18 +277,18 @@ class Bus:
 class Producer:
     """A confluent-kafka producer that sends envelopes and counts delivery reports."""
 
-    def __init__(self, bus: Bus, **overrides: Any) -> None:
+    def __init__(self, bus: Bus, *, client: confluent_kafka.Producer | None = None, **overrides: Any) -> None:
+        """On ``client`` (shared with other ``Producer``s) or on a new client with ``overrides``.
+
+        Counts, ``flush()`` and ``len()`` are this producer's own records either way.
+        """
         self.bus = bus
         self.delivered = 0
         self.failed = 0
         self.last_error: str | None = None
-        # Idempotent on Kafka: a retried send (a leader moved, a new topic not yet known to its
-        # leader) is neither duplicated nor reordered before the records sent after it. Not on
-        # Tansu: a restart there forgets every producer id, which would end the producer.
-        idempotent = bus.broker_kind == "kafka"
-        self._producer = confluent_kafka.Producer(
-            bus.config(**{"linger.ms": 0, "acks": "all", "enable.idempotence": idempotent, **overrides})
-        )
+        self._outstanding = 0
+        self._counts = threading.Lock()  # delivery reports run on whichever thread polls the client
+        self._producer = client if client is not None else _new_producer(bus, **overrides)
 
     def send(
         self,
@@ -313,35 +329,64 @@ class Producer:
         """
 
         def report(err: confluent_kafka.KafkaError | None, _record: Any) -> None:
-            if err is None:
-                self.delivered += 1
-            else:
-                self.failed += 1
-                self.last_error = str(err)
+            with self._counts:
+                self._outstanding -= 1
+                if err is None:
+                    self.delivered += 1
+                else:
+                    self.failed += 1
+                    self.last_error = str(err)
             if on_delivery is not None:
                 on_delivery(err is None)
 
         pinned: dict[str, Any] = {} if partition is None else {"partition": partition}
+        with self._counts:
+            self._outstanding += 1
         try:
             self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report, **pinned)
         except BufferError as exc:
+            self._not_queued()
             self._producer.poll(0)
             raise Unavailable("the producer's local queue is full; the broker is not keeping up") from exc
         except confluent_kafka.KafkaException as exc:
+            self._not_queued()
             raise Unavailable(f"cannot send to {topic!r}: {exc}") from exc
         self._producer.poll(0)
+
+    def _not_queued(self) -> None:
+        with self._counts:
+            self._outstanding -= 1
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve pending delivery reports."""
         self._producer.poll(timeout)
 
     def flush(self, timeout: float = 10.0) -> int:
-        """Wait for outstanding messages; returns how many are still undelivered."""
-        remaining: int = self._producer.flush(timeout)
-        return remaining
+        """Wait until this producer's records are delivered (or failed); returns how many are not yet.
+
+        On a shared client it serves delivery reports until its own are in, not everyone's.
+        """
+        deadline = time.monotonic() + timeout
+        while len(self):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._producer.flush(min(left, _FLUSH_SLICE_S))
+        return len(self)
 
     def __len__(self) -> int:
-        return len(self._producer)
+        with self._counts:
+            return self._outstanding
+
+
+def _new_producer(bus: Bus, **overrides: Any) -> confluent_kafka.Producer:
+    # Idempotent on Kafka: a retried send (a leader moved, a new topic not yet known to its
+    # leader) is neither duplicated nor reordered before the records sent after it. Not on
+    # Tansu: a restart there forgets every producer id, which would end the producer.
+    idempotent = bus.broker_kind == "kafka"
+    return confluent_kafka.Producer(
+        bus.config(**{"linger.ms": 0, "acks": "all", "enable.idempotence": idempotent, **overrides})
+    )
 
 
 class ConsumerLoop:
