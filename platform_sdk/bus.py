@@ -143,6 +143,13 @@ class Bus:
     _shared_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
+    _reader: confluent_kafka.Consumer | None = field(default=None, init=False, repr=False, compare=False)
+    _reader_partitions: dict[str, list[int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _reader_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.source = self.source or self.settings.service_id or "anonymous"
@@ -156,7 +163,7 @@ class Bus:
         configured = self.settings.kafka.fetch_wait_max_ms
         if configured is not None:
             return configured
-        return 5 if self.broker_kind == "tansu" else 500
+        return 5 if self.broker_kind == "tansu" else 2000
 
     @property
     def bootstrap_servers(self) -> str:
@@ -244,34 +251,61 @@ class Bus:
     def latest(self, topic: str, timeout: float = 10.0) -> Envelope | None:
         """The newest envelope on ``topic`` (by time, over its partitions), or None when it is empty.
 
-        A one-shot read, no group and no loop: it seeks every partition to its last record.
+        No group and no loop: the bus's one reader (an assign-only consumer, made on first use)
+        seeks every partition to its last record, reads, and lets go. The topic is created
+        and its partitions looked up once per bus, so an app that reads its sensors every
+        second costs the broker an offset lookup and a fetch, not a new client each time.
         With ``timeout`` > 0 and an empty topic it waits that long for a first record.
         """
-        self.ensure_topics([topic])
-        consumer = confluent_kafka.Consumer(
-            self.config(
-                **{"group.id": f"{self.topics.prefix}.latest.{uuid.uuid4().hex}", "enable.auto.commit": False}
-            )
-        )
-        try:
+        with self._reader_lock:
+            partitions = self._reader_partitions.get(topic)
+            if partitions is None:
+                self.ensure_topics([topic])
+                if self._reader is None:
+                    self._reader = confluent_kafka.Consumer(
+                        self.config(
+                            **{
+                                "group.id": f"{self.topics.prefix}.latest.{uuid.uuid4().hex}",
+                                "enable.auto.commit": False,
+                                "fetch.wait.max.ms": self.fetch_wait_max_ms,
+                            }
+                        )
+                    )
+                partitions = topic_partitions(self._reader, topic)
+                self._reader_partitions[topic] = partitions
+            reader = self._reader
+            assert reader is not None
             positions = []
-            for partition in topic_partitions(consumer, topic):
-                position = confluent_kafka.TopicPartition(topic, partition)
-                position.offset = max(end_offset(consumer, position) - 1, 0)
-                positions.append(position)
-            consumer.assign(positions)
+            try:
+                for partition in partitions:
+                    position = confluent_kafka.TopicPartition(topic, partition)
+                    position.offset = max(end_offset(reader, position) - 1, 0)
+                    positions.append(position)
+            except confluent_kafka.KafkaException:
+                self._reader_partitions.pop(topic, None)  # gone (a Tansu restart): look it up again next time
+                raise
+            reader.assign(positions)
             found: list[Envelope] = []
-            deadline = time.monotonic() + max(timeout, 0.5)
-            while not found and time.monotonic() < deadline:
-                for record in consumer.consume(num_messages=len(positions) or 1, timeout=POLL_INTERVAL_S):
-                    if record.error() is None:
-                        try:
-                            found.append(Envelope.from_kafka(record.value(), record.headers()))
-                        except BadRequest:
-                            continue
-        finally:
-            consumer.close()
+            try:
+                deadline = time.monotonic() + max(timeout, 0.5)
+                while not found and time.monotonic() < deadline:
+                    for record in reader.consume(num_messages=len(positions) or 1, timeout=POLL_INTERVAL_S):
+                        if record.error() is None and record.topic() == topic:
+                            try:
+                                found.append(Envelope.from_kafka(record.value(), record.headers()))
+                            except BadRequest:
+                                continue
+            finally:
+                reader.unassign()
         return max(found, key=lambda envelope: envelope.time) if found else None
+
+    def close(self) -> None:
+        """Close the bus's reader, if ``latest()`` made one (the shared producer needs no closing)."""
+        with self._reader_lock:
+            reader, self._reader = self._reader, None
+            self._reader_partitions.clear()
+        if reader is not None:
+            reader.close()
 
 
 class Producer:

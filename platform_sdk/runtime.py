@@ -43,6 +43,7 @@ class PlatformRuntime:
 
     def stop(self) -> None:
         self.heartbeat.stop()
+        self.bus.close()
         if self.log_handler is not None:
             logging.getLogger().removeHandler(self.log_handler)
             self.log_handler.close()

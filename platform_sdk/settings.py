@@ -168,7 +168,7 @@ class KafkaSettings(BaseModel):
     )
     fetch_wait_max_ms: int | None = Field(
         default=None,
-        description="Longest time the broker may hold a fetch. Empty: 500 on Apache Kafka (it answers "
+        description="Longest time the broker may hold a fetch. Empty: 2000 on Apache Kafka (it answers "
         "a waiting fetch as soon as a record arrives), 5 on Tansu (it does not).",
     )
     request_timeout_s: float = Field(
