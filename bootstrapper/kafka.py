@@ -249,6 +249,7 @@ class KafkaBroker(BrokerProcess):
             "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
             # Give heap back after a collection: an idle broker keeps a small heap, not its peak.
             "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30",
+            *(["-XX:TieredStopAtLevel=1"] if self.kafka.jit == "quick" else []),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log_config_file()}",
             "-cp", f"{jars}/*",
