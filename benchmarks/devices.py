@@ -95,7 +95,7 @@ from platform_sdk.device_messages import Frame, Reading
 from platform_sdk.devices import DeviceClient, SensorData, SensorPublisher, SensorStream
 from platform_sdk.envelope import ENCODING_HEADER, ENVELOPE_HEADER, Envelope
 from platform_sdk.errors import Unavailable
-from platform_sdk.settings import KafkaSettings, get_settings, temporary_settings
+from platform_sdk.settings import get_settings, temporary_settings
 from platform_sdk.topics import Topics
 
 PLATFORM, BARE = "platform", "bare"

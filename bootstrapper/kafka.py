@@ -279,7 +279,8 @@ class KafkaBroker(BrokerProcess):
             return
         result = subprocess.run(
             self.java_command(
-                "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}", "-c", str(self.config_file)
+                "kafka.tools.StorageTool", "format",
+                f"--cluster-id={self.cluster_id}", "-c", str(self.config_file),
             ),
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
