@@ -92,7 +92,7 @@ class DeployerService(Service):
         bus = self.sdk.bus
         self.database = Database.from_settings(self.settings)
         self.own(self.database)
-        self.database.migrate()
+        self.database.ensure_schema()
         self.blobs: BlobStore = blob_store_from_settings(self.settings)
         bus.ensure_topics(
             [bus.topics.deployer, bus.topics.deployments, bus.topics.app_instances, bus.topics.incidents]

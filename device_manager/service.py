@@ -77,7 +77,7 @@ class DeviceManagerService(Service):
         bus = self.sdk.bus
         self.database = Database.from_settings(self.settings)
         self.own(self.database)
-        self.database.migrate()
+        self.database.ensure_schema()
         self.requester = Requester(bus)
         self.requester.start()
         self.own(self.requester)

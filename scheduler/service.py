@@ -130,7 +130,7 @@ class SchedulerService(Service):
         bus = self.sdk.bus
         self.database = Database.from_settings(self.settings)
         self.own(self.database)
-        self.database.migrate()
+        self.database.ensure_schema()
         bus.ensure_topics([bus.topics.scheduler, bus.topics.deployer, bus.topics.app_instances])
         self.producer: Producer = bus.producer()
         self.mailer = Mailer(self.settings.mail)

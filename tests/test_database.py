@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from alembic.script import ScriptDirectory
 
 import web.identity  # registers the identity tables on Base.metadata
 from platform_core.auth import Role
-from platform_core.db import Database, UTCDateTime, load_all_models
+from platform_core.db import SCHEMA_HEAD, Database, UTCDateTime, load_all_models
 from platform_sdk.errors import Conflict, Unavailable
 from platform_sdk.net import free_port
 from web.identity import ApiToken, User
@@ -47,6 +49,25 @@ def test_migrate_brings_an_empty_database_to_head_matching_the_models(database_u
         assert {"users", "api_tokens"} <= set(sa.inspect(database.engine).get_table_names())
     finally:
         database.stop()
+
+
+def test_schema_head_is_alembics_head_and_ensure_schema_migrates_only_when_behind(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        assert head_revision(database) == SCHEMA_HEAD, "bump platform_core.db.SCHEMA_HEAD with the migration"
+        database.ensure_schema()  # empty: migrated
+        assert database.current_revision() == SCHEMA_HEAD
+    finally:
+        database.stop()
+    # A service starting on a current schema: no Alembic in its process (about 10 MB each).
+    probe = (
+        "import sys; from platform_core.db import Database; d = Database(sys.argv[1]); d.ensure_schema(); "
+        "d.stop(); print('alembic' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, database_url], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_migrating_again_is_a_no_op_that_keeps_rows(database: Database) -> None:

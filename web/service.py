@@ -19,7 +19,7 @@ class FrontDoorService(Service):
         settings = self.settings
         self.database = Database.from_settings(settings)
         self.own(self.database)
-        self.database.migrate()
+        self.database.ensure_schema()
         auth = settings.auth
         password = auth.admin_password.get_secret_value() if auth.admin_password else None
         generated = ensure_first_configurer(self.database, auth.admin_username, password)
