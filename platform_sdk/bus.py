@@ -234,15 +234,17 @@ class Bus:
             except (TimeoutError, confluent_kafka.KafkaException) as exc:
                 log.debug("topic deletion failed: %s", exc)
 
-    def producer(self, **overrides: Any) -> Producer:
-        """A producer: with ``overrides``, on a client of its own; else on the bus's shared client.
+    def producer(self, *, own_client: bool = False, config: dict[str, Any] | None = None) -> Producer:
+        """A producer: with ``config`` (client properties) or ``own_client``, on a client of its own;
+        else on the bus's shared one.
 
         One librdkafka producer per process serves the heartbeat, the consumer loops' replies
-        and dead letters, the requesters and the device publishers: each client costs a
-        broker connection, threads and memory, and an idle platform has a few hundred.
+        and dead letters and the requesters: each client costs a broker connection, threads
+        and memory, and an idle platform had a few hundred. A sensor's publisher takes its
+        own (its steady stream would queue behind, or hold up, everyone else's records).
         """
-        if overrides:
-            return Producer(self, **overrides)
+        if config or own_client:
+            return Producer(self, **(config or {}))
         with self._shared_lock:
             if self._shared is None:
                 self._shared = _new_producer(self)

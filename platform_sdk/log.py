@@ -47,7 +47,9 @@ class KafkaLogHandler(logging.Handler):
         self._host = socket.gethostname()
 
     def start(self) -> None:
-        self._producer = self.bus.producer(**{"message.timeout.ms": _DELIVERY_TIMEOUT_MS, "linger.ms": 5})
+        self._producer = self.bus.producer(
+            config={"message.timeout.ms": _DELIVERY_TIMEOUT_MS, "linger.ms": 5}
+        )
         # Daemon, because the interpreter joins non-daemon threads before logging.shutdown()
         # would ever ask this one to stop; close() still drains and joins it.
         self._thread = threading.Thread(target=self._ship, name="aiot-log-shipper", daemon=True)
