@@ -31,6 +31,7 @@ serving side are ordinary handlers that return a Message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -261,31 +262,20 @@ class Bus:
         """
         with self._reader_lock:
             partitions = self._reader_partitions.get(topic)
-            if partitions is None:
-                self.ensure_topics([topic])
-                if self._reader is None:
-                    self._reader = confluent_kafka.Consumer(
-                        self.config(
-                            **{
-                                "group.id": f"{self.topics.prefix}.latest.{uuid.uuid4().hex}",
-                                "enable.auto.commit": False,
-                                "fetch.wait.max.ms": self.fetch_wait_max_ms,
-                            }
-                        )
-                    )
-                partitions = topic_partitions(self._reader, topic)
-                self._reader_partitions[topic] = partitions
-            reader = self._reader
-            assert reader is not None
+            reader = self._reader_client()
             positions = []
             try:
+                if partitions is None:
+                    self.ensure_topics([topic])
+                    partitions = topic_partitions(reader, topic)
+                    self._reader_partitions[topic] = partitions
                 for partition in partitions:
                     position = confluent_kafka.TopicPartition(topic, partition)
                     position.offset = max(end_offset(reader, position) - 1, 0)
                     positions.append(position)
-            except confluent_kafka.KafkaException:
-                self._reader_partitions.pop(topic, None)  # gone (a Tansu restart): look it up again next time
-                raise
+            except confluent_kafka.KafkaException as exc:
+                self._reader_partitions.pop(topic, None)  # gone (a Tansu restart)? look it up again next time
+                raise Unavailable(f"Kafka at {self.bootstrap_servers} does not answer: {exc}") from exc
             reader.assign(positions)
             found: list[Envelope] = []
             try:
@@ -301,8 +291,57 @@ class Bus:
                 reader.unassign()
         return max(found, key=lambda envelope: envelope.time) if found else None
 
+    def _reader_client(self) -> confluent_kafka.Consumer:
+        """The bus's assign-only reader, made on first use (call with ``_reader_lock`` held)."""
+        if self._reader is None:
+            self._reader = confluent_kafka.Consumer(
+                self.config(
+                    **{
+                        "group.id": f"{self.topics.prefix}.latest.{uuid.uuid4().hex}",
+                        "enable.auto.commit": False,
+                        "fetch.wait.max.ms": self.fetch_wait_max_ms,
+                    }
+                )
+            )
+        return self._reader
+
+    def recent(self, topic: str, count: int, timeout: float = 5.0) -> list[Envelope]:
+        """Up to ``count`` newest envelopes on an existing ``topic``, oldest first; waits for no new one."""
+        with self._reader_lock:
+            reader = self._reader_client()
+            positions: list[confluent_kafka.TopicPartition] = []
+            ends: dict[int, int] = {}
+            try:
+                for partition in topic_partitions(reader, topic, timeout=timeout):
+                    position = confluent_kafka.TopicPartition(topic, partition)
+                    low, high = reader.get_watermark_offsets(position, timeout=timeout)
+                    if high > low:
+                        position.offset = max(low, high - count)
+                        positions.append(position)
+                        ends[partition] = high
+            except confluent_kafka.KafkaException as exc:
+                raise Unavailable(f"Kafka at {self.bootstrap_servers} does not answer: {exc}") from exc
+            found: list[Envelope] = []
+            if not positions:
+                return found
+            reader.assign(positions)
+            try:
+                deadline = time.monotonic() + timeout
+                while ends and time.monotonic() < deadline:
+                    for record in reader.consume(num_messages=count, timeout=POLL_INTERVAL_S):
+                        if record.error() is not None or record.topic() != topic:
+                            continue
+                        partition, offset = record.partition() or 0, record.offset() or 0
+                        if offset + 1 >= ends.get(partition, 0):
+                            ends.pop(partition, None)
+                        with contextlib.suppress(BadRequest):
+                            found.append(Envelope.from_kafka(record.value(), record.headers()))
+            finally:
+                reader.unassign()
+        return sorted(found, key=lambda envelope: envelope.time)[-count:]
+
     def close(self) -> None:
-        """Close the bus's reader, if ``latest()`` made one (the shared producer needs no closing)."""
+        """Close the reader ``latest()`` or ``recent()`` made, if any (the shared producer needs none)."""
         with self._reader_lock:
             reader, self._reader = self._reader, None
             self._reader_partitions.clear()

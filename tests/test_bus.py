@@ -290,3 +290,57 @@ def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: P
                 loop.stop()
     finally:
         broker.stop()
+
+
+def test_latest_and_recent_read_the_newest_records_without_a_group(bus: Bus) -> None:
+    topic = bus.topics.events("recent")
+    bus.ensure_topics([topic], partitions=2)
+    assert bus.recent(topic, 3) == []
+    producer = bus.producer()
+    for n in range(6):
+        producer.send(topic, Ping(n=n), key=f"k{n}")  # keys spread them over both partitions
+        producer.flush(10)
+    newest = bus.recent(topic, 3)
+    assert [envelope.open(Ping).n for envelope in newest] == [3, 4, 5]
+    latest = bus.latest(topic)
+    assert latest is not None
+    assert latest.open(Ping).n == 5
+    assert [envelope.open(Ping).n for envelope in bus.recent(topic, 10)] == list(range(6))
+    bus.close()
+
+
+def test_latest_on_a_paused_broker_raises_unavailable_and_works_once_it_continues(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An app reading its sensors while the broker is paused gets a PlatformError it can handle."""
+    broker = KafkaBroker(tmp_path / "kafka", log_file=tmp_path / "broker.log")
+    try:
+        broker.start()
+    except Unavailable as exc:
+        missing_component("kafka", str(exc))
+    try:
+        with temporary_settings({"kafka.bootstrap_servers": broker.bootstrap_servers}) as current:
+            bus = Bus(current, source="paused-test")
+            topic = bus.topics.device_data("paused-sensor")
+            producer = bus.producer()
+            producer.send(topic, Ping(n=1))
+            producer.flush(10)
+            found = bus.latest(topic, timeout=5)
+            assert found is not None
+            broker.kill(signal.SIGSTOP)
+            try:
+                with pytest.raises(Unavailable, match="does not answer"):
+                    bus.latest(topic, timeout=1)
+            finally:
+                broker.kill(signal.SIGCONT)
+            wait_for(lambda: _answers(bus, topic), what="latest() answering again after the broker continued")
+            bus.close()
+    finally:
+        broker.stop()
+
+
+def _answers(bus: Bus, topic: str) -> bool:
+    try:
+        return bus.latest(topic, timeout=1) is not None
+    except Unavailable:
+        return False
