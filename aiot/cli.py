@@ -255,7 +255,34 @@ def _status_document(settings: Settings) -> dict[str, Any]:
         ],
         "nodes": [node["node"] for node in nodes],
         "services": [service for node in nodes for service in node["services"]],
+        "incidents": _recent_incidents(settings, state.broker if state else None),
     }
+
+
+INCIDENTS_SHOWN = 10
+
+
+def _recent_incidents(settings: Settings, broker: str | None) -> list[dict[str, Any]]:
+    """The newest incidents (the heartbeat monitor's decisions, the node manager's moves), oldest first."""
+    if not broker:
+        return []
+    from platform_core.nodes import ServiceIncident
+    from platform_sdk.bus import Bus
+
+    bus = Bus(
+        settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker})})
+    )
+    try:
+        envelopes = bus.recent(bus.topics.incidents, INCIDENTS_SHOWN, timeout=3.0)
+    except PlatformError:
+        return []  # the broker does not answer: the services' table says enough
+    finally:
+        bus.close()
+    incidents = []
+    for envelope in envelopes:
+        incident = envelope.open(ServiceIncident)
+        incidents.append({"time": envelope.time.isoformat(), **incident.model_dump(exclude={"message_type"})})
+    return incidents
 
 
 def _status_view(document: dict[str, Any]) -> Group:
@@ -284,8 +311,20 @@ def _status_view(document: dict[str, Any]) -> Group:
             _uptime(service["started_at"]) if service["state"] == "running" else "",
             str(service["restarts"]),
         )
-    footer = Text(f"front door {document['web_url']}   kafka {document['broker']}")
-    return Group(node_table, service_table, footer)
+    parts: list[Table | Text] = [node_table, service_table]
+    if document.get("incidents"):
+        incident_table = Table("time", "service", "node", "incident", "detail", title="recent incidents")
+        for incident in document["incidents"]:
+            incident_table.add_row(
+                datetime.fromisoformat(incident["time"]).astimezone().strftime("%H:%M:%S"),
+                incident["service_id"],
+                incident["node_id"] or "",
+                incident["kind"],
+                incident["detail"].splitlines()[0][:100],
+            )
+        parts.append(incident_table)
+    parts.append(Text(f"front door {document['web_url']}   kafka {document['broker']}"))
+    return Group(*parts)
 
 
 @app.command()

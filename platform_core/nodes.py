@@ -30,7 +30,8 @@ from platform_sdk.topics import Topics
 
 log = logging.getLogger(__name__)
 
-IncidentKind = Literal["exited", "failed", "restarted", "replaced", "gave_up"]
+IncidentKind = Literal["exited", "failed", "slow", "blind", "deferred", "restarted", "replaced", "gave_up"]
+ProcessState = Literal["running", "sleeping", "io_wait", "stopped", "zombie", "gone"]
 ServiceKind = Literal["platform", "model", "app", "simulator"]
 # "missing": placed, but its node announces it does not run it (the node restarted, e.g. a new `aiot up`).
 RunState = Literal["starting", "running", "stopping", "exited", "stopped", "failed", "missing"]
@@ -124,6 +125,26 @@ class ListServices(Message):
     message_type = "agent.list"
 
 
+class ProbeService(Message):
+    """How a service's processes are doing (the heartbeat monitor asks before it restarts a silent one)."""
+
+    message_type = "agent.probe"
+    service_id: str
+
+
+class ServiceProbe(Message):
+    """A service's process tree (docker: its container's processes) as its node sees it now."""
+
+    message_type = "agent.probed"
+    service_id: str
+    state: ProcessState = Field(
+        description="The tree's worst state: gone (no process, or the service stopped), zombie, stopped "
+        "(SIGSTOP, state T), io_wait (a process in uninterruptible sleep), else sleeping or running."
+    )
+    cpu_s: float = Field(description="CPU seconds (user + system) the tree has used so far.")
+    processes: int = 0
+
+
 class ServiceStateReply(Message):
     message_type = "agent.state"
     state: ServiceState
@@ -168,7 +189,9 @@ class ServiceIncident(Message):
     service_id: str
     node_id: str | None
     kind: IncidentKind = Field(
-        description="exited (its agent restarts it), failed, restarted (on its node), replaced (on "
+        description="exited (its agent restarts it), failed, slow (silent but making progress: left "
+        "running), blind (the monitor cannot trust its view: it restarts nothing), deferred (a "
+        "restart waits for its back-off or its node's budget), restarted (on its node), replaced (on "
         "another node), gave_up (a crash loop: it stays down)."
     )
     detail: str

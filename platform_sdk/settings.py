@@ -272,6 +272,15 @@ class AgentSettings(BaseModel):
     )
     announce_interval_s: float = Field(default=2.0, gt=0, description="Seconds between announcements.")
     stop_timeout_s: float = Field(default=5.0, gt=0, description="Grace before a stopping service is killed.")
+    supervise_interval_s: float = Field(default=0.2, gt=0, description="How often exits are looked for.")
+    restart_backoff_s: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0, 2.0, 5.0, 10.0, 30.0],
+        description="Wait before the agent restarts a service of its own (restart=agent) after its 1st, "
+        "2nd, ... quick exit in a row (the last repeats).",
+    )
+    stable_after_s: float = Field(
+        default=10.0, gt=0, description="An exit after running this long is not quick: the row ends."
+    )
     docker_base_image: str = Field(
         default="aiot-base:bookworm", description="Base image of generated Dockerfiles (docker runtime)."
     )
@@ -302,10 +311,54 @@ class NodeManagerSettings(BaseModel):
 class MonitorSettings(BaseModel):
     """The heartbeat monitor."""
 
-    missed_beats: int = Field(default=3, ge=1, description="Missed intervals after which a service failed.")
+    missed_beats: int = Field(
+        default=3, ge=1, description="Missed intervals after which a service is silent."
+    )
     start_grace_s: float = Field(default=10.0, gt=0, description="Time a (re)started service has to beat.")
     crash_loop_uptime_s: float = Field(default=5.0, gt=0, description="An exit sooner than this is a crash.")
     crash_loop_limit: int = Field(default=3, ge=1, description="Crashes in a row after which it gives up.")
+    check_interval_s: float = Field(default=0.25, gt=0, description="How often silences are looked for.")
+    probe_interval_s: float = Field(
+        default=2.0, gt=0, description="A silent service's process is looked at again after this long."
+    )
+    hang_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A silent process alive without progress (no CPU time, no I/O wait) this long is "
+        "hung: restarted. One stopped (SIGSTOP), a zombie or gone is restarted at once.",
+    )
+    slow_grace_s: float = Field(
+        default=30.0, gt=0, description="A silent service making progress is left running this long."
+    )
+    blind_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="At least this share of the watched services silent at once (and blind_min_silent): "
+        "the monitor's view, not the services, is at fault; it restarts nothing.",
+    )
+    blind_min_silent: int = Field(default=3, ge=2, description="Fewest silent services that can blind.")
+    agent_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Time an agent has to answer a probe or a restart (a stop and a start).",
+    )
+    locate_timeouts_s: list[float] = Field(
+        default_factory=lambda: [5.0, 10.0],
+        description="Tries at asking the node manager where a service runs.",
+    )
+    restart_backoff_s: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0, 2.0, 5.0, 10.0, 30.0],
+        description="Wait before a service's 1st, 2nd, ... restart in a row by the monitor (the last "
+        "repeats); the row ends when it has run stable_after_s.",
+    )
+    stable_after_s: float = Field(default=60.0, gt=0, description="Running this long ends a restart row.")
+    node_restart_budget: int = Field(
+        default=10, ge=1, description="At most this many restarts on one node a minute; the rest wait."
+    )
+    incidents_kept: int = Field(
+        default=10_000, ge=100, description="Newest incidents kept in the monitor's table (older are pruned)."
+    )
 
 
 class ModelSettings(BaseModel):

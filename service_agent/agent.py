@@ -1,7 +1,8 @@
 """The service agent as a platform service: its command topic and its node-internal HTTP.
 
     <prefix>.commands.agent.<node> ──▶ ConsumerLoop (manual assignment, no group join)
-        StartService / StopService / RestartService / ListServices ──▶ Supervisor ──▶ reply
+        StartService / StopService / RestartService / ListServices / ProbeService
+            ──▶ Supervisor ──▶ reply
     GET /load      psutil sample the node manager polls for placement
     GET /services  what runs here and its state
 
@@ -20,7 +21,9 @@ from platform_core.blobstore import blob_store_from_settings
 from platform_core.http import HttpServer, create_internal_app
 from platform_core.nodes import (
     ListServices,
+    ProbeService,
     RestartService,
+    ServiceProbe,
     ServiceStateReply,
     ServiceStates,
     StartService,
@@ -85,6 +88,7 @@ class ServiceAgent(Service):
         commands.add_handler(StopService, self._stop_service)
         commands.add_handler(RestartService, self._restart)
         commands.add_handler(ListServices, self._list)
+        commands.add_handler(ProbeService, self._probe)
         commands.start()
         self.own(commands)  # stopped first: no new work while the services stop
         log.info("agent %s answers at %s", agent.node_id, self.server.url)
@@ -99,6 +103,9 @@ class ServiceAgent(Service):
         return ServiceStateReply(
             state=self.supervisor.restart_service(command.service_id, force=command.force)
         )
+
+    def _probe(self, command: ProbeService, _envelope: Envelope) -> ServiceProbe:
+        return self.supervisor.probe(command.service_id)
 
     def _list(self, _command: ListServices, _envelope: Envelope) -> ServiceStates:
         return ServiceStates(node_id=self.settings.agent.node_id, services=self.supervisor.states())

@@ -2,7 +2,7 @@
 
 ``Supervisor.start_service`` allocates ports, builds the environment and asks
 the runtime to start; the supervisor thread notices exits within
-``SUPERVISE_INTERVAL_S`` and reports them at once (``ServiceExited``), restarts
+``agent.supervise_interval_s`` and reports them at once (``ServiceExited``), restarts
 ``restart="agent"`` services itself with growing back-off, and announces the
 node every ``announce_interval_s``.
 """
@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 from platform_core.nodes import (
     NodeAnnouncement,
+    ProcessState,
     RunState,
     ServiceExited,
+    ServiceProbe,
     ServiceSpec,
     ServiceState,
     node_events_topic,
@@ -38,10 +42,17 @@ from service_agent.ports import PortAllocator
 from service_agent.runtime import RunningService, Runtime
 
 log = logging.getLogger(__name__)
-SUPERVISE_INTERVAL_S = 0.2
+# Worst first: the state a probe reports for a tree is the worst of its processes'.
+_STATE_ORDER: tuple[ProcessState, ...] = ("gone", "zombie", "stopped", "io_wait", "running", "sleeping")
+_PSUTIL_STATES: dict[str, ProcessState] = {
+    psutil.STATUS_ZOMBIE: "zombie",
+    psutil.STATUS_DEAD: "gone",
+    psutil.STATUS_STOPPED: "stopped",
+    psutil.STATUS_TRACING_STOP: "stopped",
+    psutil.STATUS_DISK_SLEEP: "io_wait",
+    psutil.STATUS_RUNNING: "running",
+}
 OUTPUT_LINES_KEPT = 30
-LOCAL_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
-STABLE_AFTER_S = 10.0
 
 
 @dataclass
@@ -152,6 +163,14 @@ class Supervisor:
             entry.restarts += 1
             self._launch(entry)
             return self.state_of(entry)
+
+    def probe(self, service_id: str) -> ServiceProbe:
+        """The service's process tree now: its worst state and the CPU time it has used."""
+        entry = self._entry(service_id)
+        pid = (
+            entry.handle.pid if entry.handle is not None and entry.state in ("starting", "running") else None
+        )
+        return probe_tree(service_id, pid)
 
     def states(self) -> list[ServiceState]:
         with self._lock:
@@ -278,7 +297,7 @@ class Supervisor:
     # watching -----------------------------------------------------------------------------
     def _watch(self) -> None:
         next_announcement = 0.0
-        while not self._stop.wait(SUPERVISE_INTERVAL_S):
+        while not self._stop.wait(self.agent.supervise_interval_s):
             now = time.monotonic()
             with self._lock:
                 entries = list(self._services.values())
@@ -295,7 +314,7 @@ class Supervisor:
             if entry.state == "running" and entry.handle is not None:
                 code = entry.handle.exit_code()
                 if code is None:
-                    if now - entry.started_mono > STABLE_AFTER_S:
+                    if now - entry.started_mono > self.agent.stable_after_s:
                         entry.quick_exits = 0
                     return
                 self._on_exit(entry, code, now)
@@ -311,8 +330,9 @@ class Supervisor:
         entry.state, entry.exit_code = "exited", code
         local = entry.spec.restart == "agent"
         if local:
-            entry.quick_exits = entry.quick_exits + 1 if uptime < STABLE_AFTER_S else 0
-            delay = LOCAL_BACKOFF_S[min(entry.quick_exits, len(LOCAL_BACKOFF_S) - 1)]
+            entry.quick_exits = entry.quick_exits + 1 if uptime < self.agent.stable_after_s else 0
+            steps = self.agent.restart_backoff_s
+            delay = steps[min(entry.quick_exits, len(steps) - 1)]
             entry.restart_at = now + delay
         log.warning(
             "%s exited with %s after %.1fs on %s%s",
@@ -353,3 +373,34 @@ class Supervisor:
             self._producer.send(node_events_topic(self.bus.topics), message, key=self.node_id)
         except PlatformError as exc:
             log.warning("cannot publish %s: %s", message.message_type, exc)
+
+
+def probe_tree(service_id: str, pid: int | None) -> ServiceProbe:
+    """``pid`` and its descendants (a container's init and the service under it): worst state, CPU time.
+
+    A tree whose root has exited, or that has no process but zombies, is gone or zombie; one
+    process stopped (SIGSTOP) makes the tree stopped, as a stopped service under a running
+    init (docker) cannot beat either.
+    """
+    if pid is None:
+        return ServiceProbe(service_id=service_id, state="gone", cpu_s=0.0)
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return ServiceProbe(service_id=service_id, state="gone", cpu_s=0.0)
+    states: list[ProcessState] = []
+    cpu_s = 0.0
+    for process in tree:
+        try:
+            states.append(_PSUTIL_STATES.get(process.status(), "sleeping"))
+            times = process.cpu_times()
+            cpu_s += times.user + times.system
+        except psutil.Error:
+            continue  # gone between the listing and the look: its parent's state still counts
+    if not states:
+        return ServiceProbe(service_id=service_id, state="gone", cpu_s=0.0)
+    worst = min(states, key=_STATE_ORDER.index)
+    if worst == "zombie" and any(state != "zombie" for state in states):
+        worst = min((state for state in states if state != "zombie"), key=_STATE_ORDER.index)
+    return ServiceProbe(service_id=service_id, state=worst, cpu_s=round(cpu_s, 3), processes=len(states))
