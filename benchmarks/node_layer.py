@@ -110,10 +110,11 @@ PROBE_REQUIREMENTS = ["six==1.16.0"]
 class Plan:
     trials: int  # faults of each kind
     starts: int  # repeated starts where nothing is created (the median is reported)
+    overload_s: float  # CPU burners on twice the cores this long: restarts counted
 
 
-FULL = Plan(trials=20, starts=5)
-QUICK = Plan(trials=5, starts=2)
+FULL = Plan(trials=20, starts=5, overload_s=180.0)
+QUICK = Plan(trials=5, starts=2, overload_s=20.0)
 
 
 def say(message: str) -> None:
@@ -254,6 +255,30 @@ class BenchPlatform:
             (datetime.fromisoformat(at).replace(tzinfo=UTC).timestamp(), kind, detail)
             for at, kind, detail in found
         ]
+
+    def acted_since(self, since: float) -> list[tuple[str, str, str]]:
+        """(service, kind, detail) of every restart or move the monitor recorded since epoch ``since``."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.home / "registry.db", timeout=5)) as db:
+                found = db.execute(
+                    "SELECT at, service_id, kind, detail FROM incidents "
+                    "WHERE kind IN ('restarted', 'replaced') ORDER BY id"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            say(f"incidents unreadable: {exc}")
+            return []
+        return [
+            (service, kind, detail)
+            for at, service, kind, detail in found
+            if datetime.fromisoformat(at).replace(tzinfo=UTC).timestamp() >= since
+        ]
+
+    def restarts(self) -> int:
+        """The restarts `aiot status --json` counts over every service."""
+        done = self.aiot("status", "--json", timeout=WAIT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"aiot status failed: {done.stderr[-500:]}")
+        return sum(int(service["restarts"]) for service in json.loads(done.stdout)["services"])
 
     def diagnose(self, service_id: str) -> str:
         """What the platform says of ``service_id``: its last incidents and its state on its agent."""
@@ -826,6 +851,39 @@ def docker_start_rows(
     return rows, {"docker_first": [first.first_beat_s], "docker_cached": cached}
 
 
+def overload_row(platform: BenchPlatform, plan: Plan, params: dict[str, Any]) -> Row:
+    """Burners on twice the cores for ``plan.overload_s``: every restart or move meanwhile is false."""
+    cores = os.cpu_count() or 1
+    before, since = platform.restarts(), time.time()
+    say(f"overload: {2 * cores} CPU burners for {plan.overload_s:g}s; counting restarts")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cores)]
+    try:
+        time.sleep(plan.overload_s)  # the fault itself: a saturated machine
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    time.sleep(MONITOR.start_grace_s)  # what the monitor decided late (a deferred restart) counts too
+    acted = platform.acted_since(since)
+    restarted = platform.restarts() - before
+    false = max(restarted, len(acted))
+    verdict = "met" if false == 0 else "NOT met"
+    who = ", ".join(sorted({service for service, _kind, _detail in acted})) or "none"
+    params["overload"] = {
+        "seconds": plan.overload_s,
+        "burners": 2 * cores,
+        "restarts": restarted,
+        "acted": acted,
+    }
+    return Row(
+        f"false restarts under CPU overload ({2 * cores} burners, {plan.overload_s:g}s)",
+        "count",
+        float(false),
+        samples=1,
+        note=f"target 0: {verdict}; restarted or moved: {who}",
+    )
+
+
 # the run --------------------------------------------------------------------------------------------------
 def measure(platform: BenchPlatform, plan: Plan, params: dict[str, Any]) -> list[Row]:
     say(f"aiot up --detach --nodes {NODES} in {platform.home}")
@@ -855,6 +913,7 @@ def measure(platform: BenchPlatform, plan: Plan, params: dict[str, Any]) -> list
         rows.append(restart_row("kill -9", delays.get("SIGKILL", []), restarts.get("SIGKILL", [])))
         rows += recovery_rows("SIGSTOP", hung, TARGET_HUNG_P50_S)
         rows.append(restart_row("SIGSTOP", delays.get("SIGSTOP", []), restarts.get("SIGSTOP", [])))
+        rows.append(overload_row(platform, plan, params))
         process_rows, process_samples = process_start_rows(platform, broker, bus, beats, requester, plan)
         docker_rows, docker_samples = docker_start_rows(platform, broker, bus, beats, requester, plan)
         rows += process_rows + docker_rows

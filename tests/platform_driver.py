@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -17,6 +18,10 @@ import psutil
 import pytest
 
 from node_manager.roster import DEFAULT_ROSTER
+from platform_sdk.bus import Bus, ConsumerLoop, Requester
+from platform_sdk.envelope import Envelope
+from platform_sdk.messages import Heartbeat
+from platform_sdk.settings import temporary_settings
 
 AIOT = [sys.executable, "-m", "aiot"]
 
@@ -103,6 +108,52 @@ def platform_services() -> set[str]:
     """Every service `aiot up` runs: the roster's, the node manager and the heartbeat monitor."""
     roster = tomllib.loads(DEFAULT_ROSTER.read_text())
     return {service["service_id"] for service in roster["service"]} | {"node-manager", "heartbeat"}
+
+
+class Beats:
+    """Heartbeats of a running platform: per service id its latest start (instance) and when it beat."""
+
+    def __init__(self, broker: str) -> None:
+        self.latest: dict[str, str] = {}
+        self.heard_at: dict[str, float] = {}  # time.monotonic() of its latest beat's arrival
+        self._lock = threading.Lock()
+        with temporary_settings(
+            {"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}
+        ) as settings:
+            self.bus = Bus(settings, source="test-watch")
+            self.requester = Requester(self.bus)
+            self._loop = ConsumerLoop(
+                self.bus, [self.bus.topics.heartbeats], group=None, offset_reset="latest"
+            )
+        self._loop.add_handler(Heartbeat, self._on_beat)
+
+    def _on_beat(self, beat: Heartbeat, _envelope: Envelope) -> None:
+        with self._lock:
+            self.latest[beat.service_id] = beat.instance
+            self.heard_at[beat.service_id] = time.monotonic()
+
+    def start(self) -> None:
+        self._loop.start()
+        self.requester.start()
+
+    def stop(self) -> None:
+        self.requester.stop()
+        self._loop.stop()
+        self.bus.close()
+
+    def instance(self, service_id: str) -> str:
+        wait_until(lambda: service_id in self.latest, 10, f"{service_id} heartbeating")
+        with self._lock:
+            return self.latest[service_id]
+
+    def restarted(self, service_id: str, old_instance: str) -> bool:
+        """Whether a new start of the service has beaten (not the old one, whatever its pid)."""
+        with self._lock:
+            return self.latest.get(service_id, old_instance) != old_instance
+
+    def all_heard_since(self, services: set[str], since: float) -> bool:
+        with self._lock:
+            return all(self.heard_at.get(service, 0.0) > since for service in services)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:

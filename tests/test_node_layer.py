@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,53 +17,10 @@ import psutil
 import pytest
 
 from platform_core.nodes import Placement, PlaceService, ServiceSpec, UnplaceService, node_manager_topic
-from platform_sdk.bus import Bus, ConsumerLoop, Requester
-from platform_sdk.envelope import Envelope
-from platform_sdk.messages import Heartbeat
-from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, platform_per_runtime, platform_services, wait_until
+from tests.platform_driver import Beats, Platform, platform_per_runtime, platform_services, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 RecordProperty = Callable[[str, object], None]
-
-
-class Beats:
-    """Heartbeats of a running platform: the latest start (instance) of every service id."""
-
-    def __init__(self, broker: str) -> None:
-        self.latest: dict[str, str] = {}
-        self._lock = threading.Lock()
-        with temporary_settings(
-            {"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}
-        ) as settings:
-            self.bus = Bus(settings, source="test-watch")
-            self.requester = Requester(self.bus)
-            self._loop = ConsumerLoop(
-                self.bus, [self.bus.topics.heartbeats], group=None, offset_reset="latest"
-            )
-        self._loop.add_handler(Heartbeat, self._on_beat)
-
-    def _on_beat(self, beat: Heartbeat, _envelope: Envelope) -> None:
-        with self._lock:
-            self.latest[beat.service_id] = beat.instance
-
-    def start(self) -> None:
-        self._loop.start()
-        self.requester.start()
-
-    def stop(self) -> None:
-        self.requester.stop()
-        self._loop.stop()
-
-    def instance(self, service_id: str) -> str:
-        wait_until(lambda: service_id in self.latest, 10, f"{service_id} heartbeating")
-        with self._lock:
-            return self.latest[service_id]
-
-    def restarted(self, service_id: str, old_instance: str) -> bool:
-        """Whether a new start of the service has beaten (not the old one, whatever its pid)."""
-        with self._lock:
-            return self.latest.get(service_id, old_instance) != old_instance
 
 
 @pytest.fixture(scope="module", params=["process", "docker"])
@@ -131,6 +87,12 @@ def test_a_hung_service_is_detected_and_replaced(
 ) -> None:
     recover(platform, beats, "web", signal.SIGSTOP, record_property)
     assert platform.run("user", "list").returncode == 0  # the new front door answers
+    # The monitor asked web's agent first: stopped, so restarted at once; `aiot status` shows why.
+    incidents = [i for i in platform.status()["incidents"] if i["service_id"] == "web"]
+    restarted = [i for i in incidents if i["kind"] == "restarted"]
+    assert restarted, incidents
+    assert "its process is stopped" in restarted[-1]["detail"]
+    assert "recent incidents" in platform.run("status").stdout
 
 
 def test_node_manager_and_monitor_come_back(
