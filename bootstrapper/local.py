@@ -63,7 +63,6 @@ from platform_sdk.runstate import (
 )
 from platform_sdk.settings import Settings, temporary_settings
 from platform_sdk.topics import Topics
-from web.identity import ensure_first_configurer
 
 BROKER = "broker"
 STOP_GRACE_S = 15.0
@@ -241,6 +240,10 @@ class LocalPlatform:
             database.migrate()
             auth = settings.auth
             password = auth.admin_password.get_secret_value() if auth.admin_password else None
+            # The web package (Flask, argon2) only in the process that makes the first user,
+            # not in the node manager, which imports this module for scale-out.
+            from web.identity import ensure_first_configurer
+
             return ensure_first_configurer(database, auth.admin_username, password)
         finally:
             database.stop()
