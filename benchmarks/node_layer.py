@@ -478,8 +478,10 @@ class Recovery:
         return process
 
     def settle(self, *, before_hang: bool) -> None:
-        """Stable: beating ≥ 2 s, older than the crash-loop window, past the start grace if needed."""
-        old_enough = MONITOR.crash_loop_uptime_s + 1.0
+        """Stable: beating ≥ 2 s, older than the crash-loop window and the monitor's restart row
+        (``stable_after_s``: each fault is then a first restart, without back-off), past the
+        start grace if needed."""
+        old_enough = max(MONITOR.crash_loop_uptime_s, MONITOR.stable_after_s) + 1.0
         grace_over = self.last_restart + MONITOR.start_grace_s + 0.5 if before_hang else 0.0
 
         def stable() -> bool | None:

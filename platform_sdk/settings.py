@@ -352,7 +352,9 @@ class MonitorSettings(BaseModel):
         description="Wait before a service's 1st, 2nd, ... restart in a row by the monitor (the last "
         "repeats); the row ends when it has run stable_after_s.",
     )
-    stable_after_s: float = Field(default=60.0, gt=0, description="Running this long ends a restart row.")
+    stable_after_s: float = Field(
+        default=10.0, gt=0, description="Beating this long after a restart ends the monitor's restart row."
+    )
     node_restart_budget: int = Field(
         default=10, ge=1, description="At most this many restarts on one node a minute; the rest wait."
     )
