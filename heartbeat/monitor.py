@@ -220,10 +220,9 @@ class HeartbeatMonitor(Service):
         settings = self.settings.monitor
         missed = settings.missed_beats
         silent: list[tuple[str, float]] = []
+        due: list[Failure] = []
         with self._lock:
             heard = self._last_beat
-            due = [failure for at, failure in self._deferred if at <= now]
-            self._deferred = [(at, failure) for at, failure in self._deferred if at > now]
             active = 0
             for service_id, watched in self._watched.items():
                 if watched.given_up:
@@ -233,21 +232,23 @@ class HeartbeatMonitor(Service):
                 if quiet > missed * watched.interval_s:
                     silent.append((service_id, quiet))
             blind = self._blindness(len(silent), active)
-            if blind is None:
+            was_blind, self._blind = self._blind, blind
+            if blind is not None:
+                silent = []  # nobody is reported, and deferred restarts wait too
+            elif was_blind is not None:
+                silent = []
+                for watched in self._watched.values():  # it sees again: heard or not, each gets its grace
+                    watched.grace_until = max(watched.grace_until, now + settings.start_grace_s)
+            else:
+                due = [failure for at, failure in self._deferred if at <= now]
+                self._deferred = [(at, failure) for at, failure in self._deferred if at > now]
                 silent = [(s, q) for s, q in silent if now >= self._watched[s].grace_until]
                 for service_id, _quiet in silent:
                     self._watched[service_id].grace_until = now + settings.start_grace_s  # one report each
-            was_blind, self._blind = self._blind, blind
-        if blind is not None:
-            if was_blind is None:
-                self.record(self.service_id, None, "blind", f"monitor blind: {blind}; restarting nothing")
-            due = []  # deferred restarts wait too
-        elif was_blind is not None:
+        if blind is not None and was_blind is None:
+            self.record(self.service_id, None, "blind", f"monitor blind: {blind}; restarting nothing")
+        elif blind is None and was_blind is not None:
             log.warning("monitor sees again (it was blind: %s)", was_blind)
-            with self._lock:
-                for watched in self._watched.values():  # heard or not, each gets its grace again
-                    watched.grace_until = max(watched.grace_until, now + settings.start_grace_s)
-            return
         for failure in due:
             self.failures.put(failure)
         for service_id, quiet in silent:

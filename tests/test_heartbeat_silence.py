@@ -341,3 +341,15 @@ def test_probe_tells_stopped_busy_sleeping_and_gone_apart() -> None:
         assert probe_tree("b", burner.pid).cpu_s > first
     assert probe_tree("g", burner.pid).state == "gone"
     assert probe_tree("n", None).state == "gone"
+
+
+def test_a_restart_deferred_while_the_monitor_is_blind_is_made_once_it_sees_again(
+    deciding: HeartbeatMonitor, clock: Clock, agent: Agent, incidents: list[tuple[str, str, str]]
+) -> None:
+    run(deciding, clock, 2, *SIX)
+    due = clock.now + 5  # after four of six have been silent long enough to blind it
+    deciding._deferred.append((due, Failure("web", "exited with code 1", uptime_s=60.0)))
+    run(deciding, clock, 10, "heartbeat", "logger")  # blind, past the deferred restart's due time
+    assert agent.restarted == []
+    run(deciding, clock, 2, *SIX)  # it sees again; the restart it deferred is not forgotten
+    assert agent.restarted == ["web"]
