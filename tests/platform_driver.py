@@ -56,6 +56,11 @@ class Platform:
         self.run("down")
         self.up(*self.up_args)
 
+    def down(self) -> None:
+        """`aiot down`, then wait until no process of this home is left."""
+        self.run("down", check=False)
+        wait_until(lambda: self.processes() == [], 30, "no process of the platform left after down")
+
     def json(self, *args: str) -> object:
         return json.loads(self.run(*args, "--json").stdout)
 
@@ -94,14 +99,33 @@ def platform_per_runtime(
     if runtime == "docker":
         request.applymarker(pytest.mark.service("docker"))
         request.getfixturevalue("docker_engine")
-    running = Platform(tmp_path_factory.mktemp(f"{name}-{runtime}") / "home")
+    with running_platform(
+        tmp_path_factory.mktemp(f"{name}-{runtime}") / "home", "--nodes", "2", "--runtime", runtime, env=env
+    ) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_platform(home: Path, *up_args: str, env: dict[str, str] | None = None) -> Iterator[Platform]:
+    """`aiot up --detach` with ``up_args`` in ``home`` (``env`` added to its environment); down after."""
+    running = Platform(home)
     running.env.update(env or {})
-    running.up("--nodes", "2", "--runtime", runtime)
+    running.up(*up_args)
     try:
         yield running
     finally:
-        running.run("down", check=False)
-        wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
+        running.down()
+
+
+@contextlib.contextmanager
+def watching_beats(platform: Platform) -> Iterator[Beats]:
+    """The platform's heartbeats, watched from this process while the block runs."""
+    watcher = Beats(platform.status()["broker"])
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop()
 
 
 def platform_services() -> set[str]:

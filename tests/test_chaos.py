@@ -32,7 +32,14 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from tests.platform_driver import Beats, Platform, platform_services, wait_until
+from tests.platform_driver import (
+    Beats,
+    Platform,
+    platform_services,
+    running_platform,
+    wait_until,
+    watching_beats,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
 OVERLOAD_S = 180.0
@@ -45,21 +52,14 @@ STOPPED = ("logger", "scheduler", "deployer")
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(tmp_path_factory.mktemp("chaos") / "home")
-    running.up("--nodes", "2", "--demo")
-    try:
+    with running_platform(tmp_path_factory.mktemp("chaos") / "home", "--nodes", "2", "--demo") as running:
         yield running
-    finally:
-        running.run("down", check=False)
-        wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
 
 
 @pytest.fixture(scope="module")
 def beats(platform: Platform) -> Iterator[Beats]:
-    watcher = Beats(platform.status()["broker"])
-    watcher.start()
-    yield watcher
-    watcher.stop()
+    with watching_beats(platform) as watcher:
+        yield watcher
 
 
 def everyone(platform: Platform) -> set[str]:
@@ -105,6 +105,16 @@ def burners(count: int) -> Iterator[None]:
             process.wait()
 
 
+def pause(pid: int, seconds: float) -> float:
+    """SIGSTOP ``pid`` for ``seconds`` (the fault itself), then SIGCONT; when it continued (monotonic)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        threading.Event().wait(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return time.monotonic()
+
+
 def test_cpu_overload_restarts_nothing(platform: Platform, beats: Beats) -> None:
     services = everyone(platform)
     before, since = restarts(platform), now_iso()
@@ -120,12 +130,7 @@ def test_a_paused_broker_restarts_nothing(platform: Platform, beats: Beats) -> N
     services = everyone(platform)
     before, since = restarts(platform), now_iso()
     broker = next(p for p in platform.status()["processes"] if p["name"] == "broker")
-    os.kill(broker["pid"], signal.SIGSTOP)
-    try:
-        threading.Event().wait(BROKER_PAUSE_S)  # the fault itself
-    finally:
-        os.kill(broker["pid"], signal.SIGCONT)
-    resumed = time.monotonic()
+    resumed = pause(broker["pid"], BROKER_PAUSE_S)
     elapsed = wait_until(
         lambda: beats.all_heard_since(services, resumed), BACK_WITHIN_S, "every service beating"
     )
@@ -178,12 +183,7 @@ def test_the_monitor_killed_or_paused_restarts_nothing_else_and_comes_back(
     monitor = platform.service("heartbeat")
     assert monitor is not None
     old = beats.instance("heartbeat")
-    os.kill(monitor["pid"], signal.SIGSTOP)
-    try:
-        threading.Event().wait(MONITOR_PAUSE_S)  # the fault itself
-    finally:
-        os.kill(monitor["pid"], signal.SIGCONT)
-    resumed = time.monotonic()
+    resumed = pause(monitor["pid"], MONITOR_PAUSE_S)
     # Paused, it is restarted by nobody (its agent sees it alive) and beats again as it was.
     wait_until(lambda: beats.all_heard_since({"heartbeat"}, resumed), BACK_WITHIN_S, "the monitor beating")
     assert beats.latest["heartbeat"] == old

@@ -25,7 +25,7 @@ from platform_sdk.device_documents import Binding
 from platform_sdk.devices import DeviceClient
 from platform_sdk.errors import ValidationFailed
 from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, wait_until
+from tests.platform_driver import Platform, running_platform, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "devices" / "sample.json"
@@ -35,13 +35,8 @@ HOSTS = ("sim-city-bank", "sim-lake-home")  # bank-cam at city-bank; home-temp a
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(tmp_path_factory.mktemp("devices") / "home")
-    running.up("--nodes", "2")
-    try:
+    with running_platform(tmp_path_factory.mktemp("devices") / "home", "--nodes", "2") as running:
         yield running
-    finally:
-        running.run("down", check=False)
-        wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
 
 
 @pytest.fixture(scope="module")

@@ -93,8 +93,7 @@ def platform(cluster: KafkaCluster, tmp_path: Path) -> Iterator[Platform]:
         print(f"\nplatform up on the cluster in {time.monotonic() - began:.1f}s")
         yield running
     finally:
-        running.run("down", check=False)
-        wait_until(lambda: running.processes() == [], 30, "no process of the platform left after down")
+        running.down()
 
 
 @pytest.fixture

@@ -17,7 +17,14 @@ import psutil
 import pytest
 
 from platform_core.nodes import Placement, PlaceService, ServiceSpec, UnplaceService, node_manager_topic
-from tests.platform_driver import Beats, Platform, platform_per_runtime, platform_services, wait_until
+from tests.platform_driver import (
+    Beats,
+    Platform,
+    platform_per_runtime,
+    platform_services,
+    wait_until,
+    watching_beats,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 RecordProperty = Callable[[str, object], None]
@@ -32,10 +39,8 @@ def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def beats(platform: Platform) -> Iterator[Beats]:
-    watcher = Beats(platform.status()["broker"])
-    watcher.start()
-    yield watcher
-    watcher.stop()
+    with watching_beats(platform) as watcher:
+        yield watcher
 
 
 def running_pid(platform: Platform, service_id: str) -> int:
