@@ -7,11 +7,18 @@
         LocateService ──▶ Placement;  UnplaceService ──▶ StopService ──▶ forget
     control thread, every poll_interval_s:
         GET <agent>/load for every node ──▶ record; silent nodes become suspect, then down
-        a node going down ──▶ its services are placed again on the others
-            ──▶ ServiceIncident "replaced" on <prefix>.events.incidents (a new address for its followers)
+        a node going down ──▶ the provider retires it ──▶ its services are placed on the others,
+            platform services first, then models, apps, simulators; each kind concurrently with
+            a short start timeout ──▶ ServiceIncident "replaced" on <prefix>.events.incidents
+            (a new address for its followers: the deployer, which mails an app's user)
+            no room for some ──▶ tried again every round, and the provider adds a node at once
         the roster ──▶ every roster service without a placement is placed
         placements a node's announcement lacks (the node restarted) ──▶ "missing" ──▶ placed again
         every node busier than scale_out_load for scale_out_after_s ──▶ ask the provider for a node
+
+Placements run concurrently (``place``): the node is chosen under a lock that counts the
+starts in flight, the start runs outside it, and a service whose start is in flight is not
+started a second time (the monitor and this loop may both move it).
 
 Placements live in the registry database, so a restarted node manager knows
 what runs where; agents' announcements keep the recorded states fresh.
@@ -19,10 +26,14 @@ what runs where; agents' announcements keep the recorded states fresh.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import requests
@@ -39,6 +50,7 @@ from platform_core.nodes import (
     PlaceService,
     ServiceExited,
     ServiceIncident,
+    ServiceKind,
     ServiceSpec,
     ServiceStateReply,
     StartService,
@@ -56,9 +68,9 @@ from platform_sdk.errors import NotFound, PlatformError, Timeout, Unavailable
 from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
-START_TIMEOUT_S = 120.0  # a first start may build a venv or an image
-SCALE_OUT_JOIN_S = 60.0  # how long a node the provider started has to announce itself
 ScaleOut = Callable[[], str | None]
+# The order in which a lost node's services are moved: what everyone needs first.
+MOVE_ORDER: tuple[ServiceKind, ...] = ("platform", "model", "app", "simulator")
 RetireNode = Callable[[str], None]
 
 
@@ -77,7 +89,11 @@ class NodeManagerService(Service):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._scale_out = scale_out
         self._retire_node = retire_node
+        # Guards the choice of nodes: starts in flight per node, and placements in flight per service.
         self._place_lock = threading.Lock()
+        self._stranded: set[str] = set()  # services of lost nodes for which no node had room
+        self._starting: collections.Counter[str] = collections.Counter()
+        self._in_flight: dict[str, Future[Placement]] = {}
         self._busy_since: float | None = None
         self._pending_node: str | None = None
         self._pending_since = 0.0
@@ -173,66 +189,118 @@ class NodeManagerService(Service):
                 session.delete(leftover)
         return placement
 
-    def place(self, spec: ServiceSpec, avoid: list[str] | None = None) -> Placement:
-        """Start ``spec`` on the least-loaded node; a service already running where allowed stays put."""
+    def place(
+        self, spec: ServiceSpec, avoid: list[str] | None = None, *, timeout: float | None = None
+    ) -> Placement:
+        """Start ``spec`` on the least-loaded node; a service already running where allowed stays put.
+
+        Placements run concurrently: the choice of a node is made under a lock (with the starts
+        still in flight counted on their nodes), the start itself outside it. A second placement
+        of a service whose start is in flight waits for that start instead of starting it twice.
+        ``timeout`` bounds each agent's answer (default ``node_manager.start_timeout_s``).
+        """
         excluded = set(avoid or [])
-        with self._place_lock:
-            with self.database.session() as session:
-                existing = session.get(PlacementRow, spec.service_id)
-                if existing is not None and existing.node_id not in excluded:
-                    node = session.get(NodeRow, existing.node_id)
-                    if node is not None and node.state == "up" and existing.state in ("starting", "running"):
-                        return _placement(existing, node)
-            while True:
+        wait = timeout if timeout is not None else self.settings.node_manager.start_timeout_s
+        while True:
+            with self._place_lock:
+                running = self._already_placed(spec.service_id, excluded)
+                if running is not None:
+                    return running
+                ahead = self._in_flight.get(spec.service_id)
+                if ahead is None:
+                    mine: Future[Placement] = Future()
+                    self._in_flight[spec.service_id] = mine
+                    break
+            with contextlib.suppress(PlatformError):
+                placed = ahead.result()
+                if placed.node_id not in excluded:
+                    return placed
+        try:
+            placed = self._start_somewhere(spec, excluded, wait)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        else:
+            mine.set_result(placed)
+            return placed
+        finally:
+            with self._place_lock:
+                del self._in_flight[spec.service_id]
+
+    def _already_placed(self, service_id: str, excluded: set[str]) -> Placement | None:
+        with self.database.session() as session:
+            existing = session.get(PlacementRow, service_id)
+            if existing is None or existing.node_id in excluded:
+                return None
+            node = session.get(NodeRow, existing.node_id)
+            if node is not None and node.state == "up" and existing.state in ("starting", "running"):
+                return _placement(existing, node)
+        return None
+
+    def _start_somewhere(self, spec: ServiceSpec, excluded: set[str], timeout: float) -> Placement:
+        while True:
+            with self._place_lock:
                 with self.database.session() as session:
-                    loads = registry.node_loads(session)
-                    chosen = choose_node(loads, avoid=excluded, main_only=spec.main_node_only)
+                    loads = [
+                        replace(load, services=load.services + self._starting[load.node_id])
+                        for load in registry.node_loads(session)
+                    ]
+                chosen = choose_node(loads, avoid=excluded, main_only=spec.main_node_only)
                 if chosen is None:
                     raise Unavailable(
                         f"no node can take {spec.service_id!r}: every node is down, full or excluded "
                         f"({', '.join(sorted(excluded)) or 'none excluded'})"
                     )
-                try:
-                    reply = self.requester.request(
-                        agent_topic(self.sdk.bus.topics, chosen.node_id),
-                        StartService(spec=spec),
-                        ServiceStateReply,
-                        timeout=START_TIMEOUT_S,
-                    )
-                except Timeout:
-                    log.warning(
-                        "node %s did not answer a start of %s; trying another",
-                        chosen.node_id,
-                        spec.service_id,
-                    )
-                    excluded.add(chosen.node_id)
-                    with self.database.session() as session:
-                        registry.set_node_state(session, chosen.node_id, "suspect")
-                    continue
-                with self.database.session() as session:
-                    registry.save_placement(session, spec, reply.state)
-                    node = session.get(NodeRow, chosen.node_id)
-                    host = node.host if node is not None else ""
-                    if node is not None:
-                        node.services += 1  # counted now, so the next placement sees it before the next poll
-                log.info(
-                    "placed %s on %s (score %.2f; scores: %s)",
-                    spec.service_id,
+                self._starting[chosen.node_id] += 1
+            try:
+                reply = self.requester.request(
+                    agent_topic(self.sdk.bus.topics, chosen.node_id),
+                    StartService(spec=spec),
+                    ServiceStateReply,
+                    timeout=timeout,
+                )
+            except Timeout:
+                log.warning(
+                    "node %s did not answer a start of %s within %gs; trying another",
                     chosen.node_id,
-                    chosen.score,
-                    ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads),
+                    spec.service_id,
+                    timeout,
                 )
-                return Placement(
-                    service_id=spec.service_id,
-                    node_id=chosen.node_id,
-                    host=host,
-                    spec=spec,
-                    state=reply.state,
-                )
+                excluded.add(chosen.node_id)
+                with self._place_lock, self.database.session() as session:
+                    self._starting[chosen.node_id] -= 1
+                    registry.set_node_state(session, chosen.node_id, "suspect")
+                continue
+            except BaseException:
+                with self._place_lock:
+                    self._starting[chosen.node_id] -= 1
+                raise
+            with self._place_lock, self.database.session() as session:
+                self._starting[chosen.node_id] -= 1
+                registry.save_placement(session, spec, reply.state)
+                node = session.get(NodeRow, chosen.node_id)
+                host = node.host if node is not None else ""
+                if node is not None:
+                    node.services += 1  # counted now, so the next placement sees it before the next poll
+            log.info(
+                "placed %s on %s (score %.2f; scores: %s)",
+                spec.service_id,
+                chosen.node_id,
+                chosen.score,
+                ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads),
+            )
+            return Placement(
+                service_id=spec.service_id,
+                node_id=chosen.node_id,
+                host=host,
+                spec=spec,
+                state=reply.state,
+            )
 
     # control loop ---------------------------------------------------------------------------
     def _control(self) -> None:
         self._poll_loads()
+        self._rehome()
         self._reconcile_roster()
         self._restore_missing()
         self._consider_scale_out()
@@ -276,10 +344,8 @@ class NodeManagerService(Service):
                     log.warning("node %s is %s (silent for %.1fs)", node_id, new_state, silent)
                     with self.database.session() as session:
                         registry.set_node_state(session, node_id, new_state)
-                    if new_state == "down":
-                        if self._retire_node is not None:
-                            self._retire_node(node_id)
-                        self._replace_services_of(node_id)
+                    if new_state == "down" and self._retire_node is not None:
+                        self._retire_node(node_id)  # its services are moved by _rehome, next
                 continue
             with self.database.session() as session:
                 registry.record_load(
@@ -291,20 +357,46 @@ class NodeManagerService(Service):
                     services=sample["services"],
                 )
 
-    def _replace_services_of(self, node_id: str) -> None:
+    def _rehome(self) -> None:
+        """Everything placed on a down node is placed on the others, a kind at a time, concurrently.
+
+        Platform services first, then model replicas, apps and simulators, so the services
+        everyone needs get the room there is; each kind's moves run ``move_parallelism`` at a
+        time with ``move_timeout_s`` per start. What finds no room stays on the list (tried
+        again each round) and makes the provider add a node.
+        """
+        settings = self.settings.node_manager
         with self.database.session() as session:
-            specs = [
-                ServiceSpec.model_validate_json(row.spec)
-                for row in registry.list_placements(session, node_id)
+            down = {node.node_id for node in registry.list_nodes(session) if node.state == "down"}
+            lost = [
+                (row.node_id, ServiceSpec.model_validate_json(row.spec))
+                for row in registry.list_placements(session)
+                if row.node_id in down
             ]
-        for spec in specs:
+        stranded: set[str] = set()
+
+        def move(node_id: str, spec: ServiceSpec) -> None:
             try:
-                placement = self.place(spec, avoid=[node_id])
+                placement = self.place(spec, avoid=sorted(down), timeout=settings.move_timeout_s)
             except PlatformError as exc:
-                log.error("cannot move %s off lost node %s: %s", spec.service_id, node_id, exc)
-                continue
+                stranded.add(spec.service_id)
+                if spec.service_id not in self._stranded:
+                    log.error("cannot move %s off lost node %s yet: %s", spec.service_id, node_id, exc)
+                return
             log.warning("moved %s from lost node %s to %s", spec.service_id, node_id, placement.node_id)
             self._report_moved(placement, f"moved off lost node {node_id}")
+
+        for kind in MOVE_ORDER:
+            batch = [(node_id, spec) for node_id, spec in lost if spec.kind == kind]
+            if not batch:
+                continue
+            log.warning("moving %d %s services off lost nodes %s", len(batch), kind, ", ".join(sorted(down)))
+            with ThreadPoolExecutor(
+                min(len(batch), settings.move_parallelism), thread_name_prefix="move"
+            ) as pool:
+                for future in [pool.submit(move, node_id, spec) for node_id, spec in batch]:
+                    future.result()
+        self._stranded = stranded
 
     def _report_moved(self, placement: Placement, why: str) -> None:
         """A service runs elsewhere now (a new address): told on events.incidents, as the monitor's moves."""
@@ -328,6 +420,7 @@ class NodeManagerService(Service):
                 self.place(spec)
 
     def _consider_scale_out(self) -> None:
+        """One more node when every node stays busy, or at once when a lost node's services found no room."""
         settings = self.settings.node_manager
         with self.database.session() as session:
             known = {node.node_id: node.state for node in registry.list_nodes(session)}
@@ -336,23 +429,26 @@ class NodeManagerService(Service):
             return
         if self._pending_node is not None:
             waited = time.monotonic() - self._pending_since
-            if self._pending_node not in known and waited < SCALE_OUT_JOIN_S:
+            if known.get(self._pending_node) != "up" and waited < settings.scale_out_join_s:
                 return  # one new node at a time: wait until the last one has joined
             self._pending_node = None
         now = time.monotonic()
-        if not all(load.score > settings.scale_out_load for load in loads):
+        serving = sum(state != "down" for state in known.values())
+        scores = ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads)
+        if self._stranded:
+            why = f"no room for {len(self._stranded)} services of a lost node ({scores})"
+        elif all(load.score > settings.scale_out_load for load in loads):
+            self._busy_since = self._busy_since or now
+            if now - self._busy_since < settings.scale_out_after_s:
+                return
+            busy_s = now - self._busy_since
+            why = f"every node busier than {settings.scale_out_load:.2f} for {busy_s:.0f}s ({scores})"
+        else:
             self._busy_since = None
             return
-        self._busy_since = self._busy_since or now
-        if now - self._busy_since < settings.scale_out_after_s or len(known) >= settings.max_nodes:
+        if serving >= settings.max_nodes:
             return
-        scores = ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads)
-        log.warning(
-            "every node busier than %.2f for %.0fs (%s): adding a node",
-            settings.scale_out_load,
-            now - self._busy_since,
-            scores,
-        )
+        log.warning("%s: adding a node", why)
         self._pending_node = self._scale_out()
         self._pending_since = now
         self._busy_since = None

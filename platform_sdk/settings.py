@@ -297,6 +297,24 @@ class NodeManagerSettings(BaseModel):
         default=30.0, gt=0, description="All nodes busy this long: ask the provider for one more."
     )
     max_nodes: int = Field(default=4, ge=1, description="Scale-out stops at this many nodes.")
+    scale_out_join_s: float = Field(
+        default=60.0, gt=0, description="How long a node the provider started has to announce itself."
+    )
+    start_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long an agent has to answer a start (a first start may build a venv or an "
+        "image); a node that does not answer is suspect and another is tried.",
+    )
+    move_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="The same for a service moved off a lost node: short, so a slow node does not hold "
+        "up the recovery (it ran before, so its venv or image exists).",
+    )
+    move_parallelism: int = Field(
+        default=8, ge=1, description="A lost node's services are placed again this many at a time."
+    )
     settle_s: float = Field(
         default=2.5,
         ge=0,

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from aiot.client import PlatformClient
 from node_manager.roster import DEFAULT_ROSTER
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
@@ -188,3 +189,19 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> floa
             raise AssertionError(f"{what}: not within {timeout:.0f}s")
         time.sleep(0.1)
     return time.monotonic() - began
+
+
+def wait_running(client: PlatformClient, schedule_id: str, timeout: float = 240) -> dict[str, Any]:
+    """The first running instance of a schedule (as the client sees it); fails on a failed one."""
+    found: dict[str, Any] = {}
+
+    def running() -> bool:
+        for instance in client.get(f"/api/schedules/{schedule_id}")["instances"]:
+            assert instance["status"] != "failed", f"{instance['instance_id']} failed: {instance['error']}"
+            if instance["status"] == "running":
+                found.update(instance)
+                return True
+        return False
+
+    wait_until(running, timeout, f"an instance of schedule {schedule_id} running")
+    return found

@@ -34,7 +34,7 @@ from platform_sdk.device_messages import DeviceState
 from platform_sdk.devices import DeviceClient
 from platform_sdk.envelope import Envelope
 from platform_sdk.settings import temporary_settings
-from tests.platform_driver import Platform, wait_until
+from tests.platform_driver import Platform, wait_running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,21 +90,6 @@ def running_apps(platform: Platform, end_user: PlatformClient) -> dict[str, dict
         )
         instances[app] = wait_running(end_user, schedule["schedule_id"])
     return instances
-
-
-def wait_running(client: PlatformClient, schedule_id: str, timeout: float = 240) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def running() -> bool:
-        for instance in client.get(f"/api/schedules/{schedule_id}")["instances"]:
-            assert instance["status"] != "failed", f"{instance['instance_id']} failed: {instance['error']}"
-            if instance["status"] == "running":
-                found.update(instance)
-                return True
-        return False
-
-    wait_until(running, timeout, f"an instance of schedule {schedule_id} running")
-    return found
 
 
 @pytest.fixture

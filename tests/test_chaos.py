@@ -9,7 +9,9 @@ models, the simulated devices of three locations, three apps) takes, one after t
   beating again within 15 s;
 * kill -9 of platform services → each beating again, p50 ≤ 2 s; SIGSTOP of services →
   each replaced, p50 ≤ 8 s;
-* the heartbeat monitor killed, then paused → it comes back, nothing else is restarted.
+* the heartbeat monitor killed, then paused → it comes back, nothing else is restarted;
+* last, the agent of the node running apps killed (the node is lost) → its apps run on the
+  other node within 30 s, and their users get a mail with the new address.
 
 "Restarts" are those `aiot status` counts and the monitor's incidents (restarted, replaced)
 on the incidents topic; the injected faults' own targets are left out where they are meant
@@ -20,6 +22,8 @@ faults themselves.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
 import signal
 import statistics
@@ -28,15 +32,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
+import requests
 
+from aiot.client import PlatformClient
+from platform_sdk.errors import PlatformError
 from tests.platform_driver import (
     Beats,
     Platform,
     platform_services,
     running_platform,
+    wait_running,
     wait_until,
     watching_beats,
 )
@@ -46,6 +55,10 @@ OVERLOAD_S = 180.0
 BROKER_PAUSE_S = 20.0
 MONITOR_PAUSE_S = 20.0
 BACK_WITHIN_S = 15.0
+APPS_MOVED_WITHIN_S = 30.0
+END_USER = ("mia", "mia-password-1", "mia@example.com")
+SAMPLE_APPS = {"smart-home": "lake-home", "smart-classroom": "green-school"}  # web apps with an address
+LOST_NODE = "node-2"  # node-1 is the main node: its agent runs the node manager and the monitor
 KILLED = ("logger", "scheduler", "device-manager", "deployer", "web")
 STOPPED = ("logger", "scheduler", "deployer")
 
@@ -194,3 +207,67 @@ def test_the_monitor_killed_or_paused_restarts_nothing_else_and_comes_back(
     }
     assert [i for i in acted_on(platform, since) if i["service_id"] != "heartbeat"] == []
     assert platform_services() <= everyone(platform)
+
+
+def reachable(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def test_a_lost_node_running_apps_has_them_running_elsewhere_and_their_users_mailed(
+    platform: Platform, beats: Beats, record_property: Callable[[str, object], None]
+) -> None:
+    name, password, email = END_USER
+    platform.run("user", "add", name, "--role", "end_user", "--password", password, "--email", email)
+    url = platform.status()["web_url"]
+    token = PlatformClient(url).post("/api/auth/login", json={"username": name, "password": password})
+    user = PlatformClient(url, token["token"])
+    # The user's apps are scheduled now, one after the other, until two run on the node to lose
+    # (the least-loaded node takes each: the two nodes alternate as their service counts grow).
+    mine: dict[str, dict[str, Any]] = {}
+    for app, location in itertools.islice(itertools.cycle(SAMPLE_APPS.items()), 8):
+        schedule = user.post(
+            "/api/schedules", json={"app": app, "location": location, "now": True, "duration": "1h"}
+        )
+        instance = wait_running(user, schedule["schedule_id"])
+        mine[instance["instance_id"]] = instance
+        if sum(i["node_id"] == LOST_NODE for i in mine.values()) == 2:
+            break
+    moving = {i: instance for i, instance in mine.items() if instance["node_id"] == LOST_NODE}
+    assert moving, f"none of {len(mine)} instances was placed on {LOST_NODE}"
+    old = {i: beats.instance(f"app-{i}") for i in moving}
+    agent = next(p for p in platform.status()["processes"] if p["name"] == f"agent-{LOST_NODE}")
+    os.kill(agent["pid"], signal.SIGKILL)
+
+    def running_elsewhere() -> bool:
+        try:  # the front door itself ran on the lost node: it is unreachable until it moved too
+            now = {i["instance_id"]: i for i in user.get("/api/instances")["instances"]}
+        except PlatformError:
+            return False
+        placed = all(now[i]["status"] == "running" and now[i]["node_id"] != LOST_NODE for i in moving)
+        moving.update({i: now[i] for i in moving})
+        return placed and all(beats.restarted(f"app-{i}", old[i]) for i in moving)
+
+    elapsed = wait_until(
+        running_elsewhere, APPS_MOVED_WITHIN_S, f"{sorted(moving)} running and beating off {LOST_NODE}"
+    )
+    record_property("lost_node_apps_moved_s", round(elapsed, 2))
+    print(f"\nagent of {LOST_NODE} killed: {sorted(moving)} running elsewhere after {elapsed:.1f}s")
+
+    def told(instance_id: str) -> bool:
+        """The user has a mail saying the instance moved, with its new address."""
+        new_url = moving[instance_id]["url"]
+        return any(
+            mail["instance_id"] == instance_id
+            and mail["recipient"] == email
+            and f" moved to {new_url}" in mail["subject"]
+            and new_url in mail["body"]
+            for mail in user.get("/api/mails")["mails"]
+        )
+
+    wait_until(lambda: all(told(i) for i in moving), BACK_WITHIN_S, "a mail about each move")
+    for instance_id, instance in moving.items():
+        new_url = instance["url"]
+        wait_until(functools.partial(reachable, new_url), BACK_WITHIN_S, f"{instance_id} at {new_url}")

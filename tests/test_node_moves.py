@@ -1,0 +1,240 @@
+"""The node manager's placements and its recovery of a lost node, decided against scripted agents.
+
+The node manager runs on its real registry (SQLite in the test's home); the agents' answers
+to ``StartService`` are scripted (a start may be held until others arrive, or never be
+answered), and the incidents it publishes are collected. What is checked is what a user of
+the platform would notice: a lost node's services run elsewhere soon, concurrently, the
+platform's own first, each move announced, nothing started twice, and a node that does not
+answer is passed over.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from node_manager import registry
+from node_manager.models import PlacementRow
+from node_manager.service import NodeManagerService
+from platform_core.db import Database
+from platform_core.nodes import (
+    NodeAnnouncement,
+    ServiceIncident,
+    ServiceKind,
+    ServiceSpec,
+    ServiceState,
+    ServiceStateReply,
+    StartService,
+)
+from platform_sdk.envelope import Envelope, Message
+from platform_sdk.errors import Timeout
+from platform_sdk.settings import Settings, temporary_settings
+
+
+class Agents:
+    """Every node's agent: answers starts (or not), optionally holding each until ``hold`` are in."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str]] = []  # (node, service) in the order answered
+        self.silent: set[str] = set()
+        self.hold = 0
+        self.hold_s = 5.0
+        self.released = False
+        self.in_flight = 0
+        self.most_at_once = 0
+        self._lock = threading.Condition()
+
+    def hold_until(self, count: int, seconds: float = 5.0) -> None:
+        """From now on, answer no start until ``count`` are in flight (or ``seconds`` passed)."""
+        self.hold, self.hold_s, self.released = count, seconds, False
+
+    def request(self, topic: str, message: Message, _reply: type[Any], timeout: float) -> Message:
+        node_id = topic.rsplit(".", 1)[-1]
+        assert isinstance(message, StartService), message
+        if node_id in self.silent:
+            raise Timeout(f"{node_id} did not answer within {timeout}s")
+        with self._lock:
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+            self.released = self.released or self.in_flight >= self.hold
+            self._lock.notify_all()
+            self._lock.wait_for(lambda: self.released, timeout=self.hold_s)
+            self.started.append((node_id, message.spec.service_id))
+        with self._lock:
+            self.in_flight -= 1
+        state = ServiceState(
+            service_id=message.spec.service_id, node_id=node_id, state="running", runtime="process"
+        )
+        return ServiceStateReply(state=state)
+
+
+class Producer:
+    """Collects what would go to ``events.incidents``."""
+
+    bus = SimpleNamespace(topics=SimpleNamespace(incidents="incidents"))
+
+    def __init__(self) -> None:
+        self.incidents: list[ServiceIncident] = []
+
+    def send(self, _topic: str, envelope: Envelope | Message, **_kwargs: Any) -> None:
+        message = envelope.open(ServiceIncident) if isinstance(envelope, Envelope) else envelope
+        assert isinstance(message, ServiceIncident)
+        self.incidents.append(message)
+
+    def flush(self, _timeout: float = 0) -> int:
+        return 0
+
+
+@pytest.fixture
+def agents() -> Agents:
+    return Agents()
+
+
+@pytest.fixture
+def producer() -> Producer:
+    return Producer()
+
+
+@pytest.fixture
+def scale_outs() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def manager(
+    settings: Settings,
+    agents: Agents,
+    producer: Producer,
+    scale_outs: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[NodeManagerService]:
+    """A node manager on its own registry with nodes 1 to 3 up (capacity 6 each), not started."""
+
+    def add_node() -> str:
+        scale_outs.append("node-4")
+        return "node-4"
+
+    with temporary_settings({"node_manager.move_parallelism": 8}):
+        service = NodeManagerService(settings, scale_out=add_node, retire_node=lambda _node: None)
+        service.database = Database.from_settings(settings)
+        service.database.migrate()
+        monkeypatch.setattr(service, "requester", agents, raising=False)
+        monkeypatch.setattr(service, "producer", producer, raising=False)
+        with service.database.session() as session:
+            for n in (1, 2, 3):
+                registry.upsert_node(
+                    session,
+                    NodeAnnouncement(
+                        node_id=f"node-{n}",
+                        host="127.0.0.1",
+                        http_url=f"http://127.0.0.1:{9000 + n}",
+                        capacity=6,
+                        runtime="process",
+                        main=n == 1,
+                        services=[],
+                    ),
+                )
+        yield service
+        service.database.stop()
+
+
+def spec(service_id: str, kind: ServiceKind = "platform") -> ServiceSpec:
+    return ServiceSpec(service_id=service_id, kind=kind, module="logger")
+
+
+def placed_on(manager: NodeManagerService) -> dict[str, str]:
+    with manager.database.session() as session:
+        return {row.service_id: row.node_id for row in registry.list_placements(session)}
+
+
+def lose(manager: NodeManagerService, node_id: str) -> None:
+    with manager.database.session() as session:
+        registry.set_node_state(session, node_id, "down")
+
+
+def test_a_lost_nodes_services_are_started_elsewhere_at_the_same_time_and_announced(
+    manager: NodeManagerService, agents: Agents, producer: Producer
+) -> None:
+    lost = [spec(f"app-{n}", "app") for n in range(4)]
+    for service in lost:
+        manager.place(service, avoid=["node-1", "node-3"])
+    assert set(placed_on(manager).values()) == {"node-2"}
+    lose(manager, "node-2")
+    agents.hold_until(4)  # each start is answered only once all four have arrived: concurrent or stuck
+
+    manager._rehome()
+
+    assert agents.most_at_once == 4
+    where = placed_on(manager)
+    assert {where[s.service_id] for s in lost} <= {"node-1", "node-3"}
+    assert sorted((i.service_id, i.kind) for i in producer.incidents) == [
+        (s.service_id, "replaced") for s in lost
+    ]
+    assert all("moved off lost node node-2" in i.detail for i in producer.incidents)
+
+
+def test_without_room_for_everything_the_platform_moves_first_and_a_node_is_added(
+    manager: NodeManagerService, agents: Agents, producer: Producer, scale_outs: list[str]
+) -> None:
+    # node-3 holds five apps; node-2 two platform services, two apps and a simulator.
+    for n in range(5):
+        manager.place(spec(f"filler-{n}", "app"), avoid=["node-1", "node-2"])
+    lost = [
+        spec("sim-home", "simulator"),
+        spec("app-a", "app"),
+        spec("app-b", "app"),
+        spec("web"),
+        spec("logger"),
+    ]
+    for service in lost:
+        manager.place(service, avoid=["node-1", "node-3"])
+    lose(manager, "node-2")
+    lose(manager, "node-1")  # only node-3 is left, with room for one
+
+    manager._rehome()
+    manager._consider_scale_out()
+
+    where = placed_on(manager)
+    moved = {s for s, node in where.items() if node == "node-3"} - {f"filler-{n}" for n in range(5)}
+    assert len(moved) == 1
+    assert moved <= {"web", "logger"}  # the platform's own first
+    assert where["sim-home"] == where["app-a"] == "node-2"  # still waiting for room
+    assert scale_outs == ["node-4"]  # a node is asked for at once, not after scale_out_after_s
+    assert [i.service_id for i in producer.incidents] == list(moved)
+
+
+def test_two_placements_of_one_service_at_once_start_it_once(
+    manager: NodeManagerService, agents: Agents
+) -> None:
+    agents.hold_until(2, 1.0)  # the first start waits for a second that must never come
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(manager.place(spec("web")).node_id)) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert [service for _node, service in agents.started] == ["web"]
+    assert len(results) == 2
+    assert results[0] == results[1]
+
+
+def test_a_node_that_does_not_answer_a_move_is_passed_over(
+    manager: NodeManagerService, agents: Agents
+) -> None:
+    manager.place(spec("deployer"), avoid=["node-1", "node-3"])
+    lose(manager, "node-2")
+    agents.silent = {"node-1"}  # the least-loaded (first by name) does not answer
+
+    manager._rehome()
+
+    assert placed_on(manager)["deployer"] == "node-3"
+    with manager.database.session() as session:
+        states = {node.node_id: node.state for node in registry.list_nodes(session)}
+        assert session.get(PlacementRow, "deployer") is not None
+    assert states["node-1"] == "suspect"
