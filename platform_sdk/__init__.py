@@ -12,7 +12,8 @@ smart app's entrypoint is called with (its devices and models by alias), and
 
 It never imports Flask, SQLAlchemy, docker or Azure, so a user's app stays
 light (a test enforces this), and it starts nothing at import: threads exist
-only after an explicit ``start()`` or ``get_logger()``.
+only after an explicit ``start()``, ``get_logger()`` or a first ``model_call``
+(whose reply consumer is a daemon thread, so a script still exits when done).
 """
 
 from platform_sdk.app import App

@@ -471,6 +471,10 @@ class ConsumerLoop:
     gets every message), and ``add_topics()`` widens the subscription while it
     runs; without, it reads all partitions of ``topics`` by manual assignment,
     which needs no group join and suits private topics.
+
+    Its thread keeps the process alive until ``stop()``: whoever starts a loop stops it.
+    ``daemon=True`` is for a loop that an ``atexit`` handler stops (``model_call``'s
+    client): atexit handlers run only after every non-daemon thread has ended.
     """
 
     def __init__(
@@ -483,9 +487,11 @@ class ConsumerLoop:
         offset_reset: str = "earliest",
         partitions: int | None = None,
         only_partitions: Iterable[int] | None = None,
+        daemon: bool = False,
         **overrides: Any,
     ) -> None:
         self.bus = bus
+        self.daemon = daemon
         self.only_partitions = None if only_partitions is None else set(only_partitions)
         self.topics = sorted(set(topics))
         self.group = group
@@ -571,7 +577,9 @@ class ConsumerLoop:
                 topics = list(self.topics)
             consumer.subscribe(topics, on_assign=self._on_assign)
         self._consumer = consumer
-        self._thread = threading.Thread(target=self._run, name=f"aiot-consumer-{self.name}")
+        self._thread = threading.Thread(
+            target=self._run, name=f"aiot-consumer-{self.name}", daemon=self.daemon
+        )
         self._thread.start()
 
     def _initial_positions(self, consumer: confluent_kafka.Consumer) -> list[confluent_kafka.TopicPartition]:
@@ -784,10 +792,12 @@ class Requester:
     starts, pinned to its end, no group join) and keeps the replies whose correlation id
     it is waiting for; the replier sends to the partition the request names. The replies
     topic is shared and bounded by retention, so no process leaves a topic behind.
+    ``daemon``: its consumer loop's thread (see ``ConsumerLoop``).
     """
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, *, daemon: bool = False) -> None:
         self.bus = bus
+        self.daemon = daemon
         self.reply_topic = bus.topics.replies
         self.reply_partition = 0
         self._pending: dict[str, Future[Envelope]] = {}
@@ -810,6 +820,7 @@ class Requester:
             name=f"replies-{self.bus.source}",
             offset_reset="latest",
             only_partitions=[self.reply_partition],
+            daemon=self.daemon,
         )
         self._loop.on_any(self._resolve)
         self._loop.start()

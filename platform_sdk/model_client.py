@@ -15,6 +15,17 @@ matching ``PlatformError`` subclass (``ValidationFailed`` with the field errors 
 
 Images are sent as base64 strings (``bytes`` values are encoded for you); numpy values
 are sent as lists or numbers.
+
+Life of a client: resolving starts a Kafka reply consumer (a ``Requester``, on its own
+thread) on first use, and ``close()`` stops it. A client you make is yours to close
+(``with ModelClient.from_settings() as client``); its thread keeps the process alive
+until you do, like every loop a service owns and stops in order. ``model_call``'s client
+(``default_client()``) is made on first use and closed by ``atexit``, so nobody closes it
+before exit: its reply consumer runs on a *daemon* thread. Python runs atexit handlers
+only after every non-daemon thread has ended, so a non-daemon consumer would keep a
+finished script waiting forever for a close that comes after it; as a daemon the thread
+does not hold the interpreter, the script's own threads still end first (and may call
+models until then), and then atexit stops the consumer and closes its Kafka client.
 """
 
 from __future__ import annotations
@@ -90,18 +101,27 @@ class StaticResolver:
 
 
 class BusResolver:
-    """Asks the deployer over Kafka; its requester starts on first use and stops on ``close()``."""
+    """Asks the deployer over Kafka; its requester starts on first use and stops on ``close()``.
 
-    def __init__(self, settings: Settings, source: str = "model-client") -> None:
+    ``daemon``: the requester's thread does not keep the process alive (for a resolver
+    closed by ``atexit``; see the module docstring).
+    """
+
+    def __init__(self, settings: Settings, source: str = "model-client", *, daemon: bool = False) -> None:
         self.bus = Bus(settings, source=settings.service_id or source)
+        self.daemon = daemon
         self._requester: Requester | None = None
         self._lock = threading.Lock()
 
     def resolve(self, model: str, version: str | None) -> ModelReplicas:
         with self._lock:
             if self._requester is None:
-                requester = Requester(self.bus)
-                requester.start()
+                requester = Requester(self.bus, daemon=self.daemon)
+                try:
+                    requester.start()
+                except BaseException:
+                    requester.stop()  # a half-started requester still holds a consumer
+                    raise
                 self._requester = requester
         return self._requester.request(
             self.bus.topics.deployer, ResolveModel(model=model, version=version), ModelReplicas
@@ -228,10 +248,13 @@ class ModelClient:
         self._connections_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> ModelClient:
+    def from_settings(cls, settings: Settings | None = None, *, daemon: bool = False) -> ModelClient:
+        """A client resolving through the deployer; ``daemon``: see ``BusResolver``."""
         settings = settings or get_settings()
         return cls(
-            BusResolver(settings), timeout=settings.model.call_timeout_s, ttl=settings.model.resolve_ttl_s
+            BusResolver(settings, daemon=daemon),
+            timeout=settings.model.call_timeout_s,
+            ttl=settings.model.resolve_ttl_s,
         )
 
     def call(
@@ -368,8 +391,12 @@ def _error(status: int, payload: bytes) -> PlatformError:
 
 @functools.cache
 def default_client() -> ModelClient:
-    """This process's client for ``model_call``, made on first use and closed at exit."""
-    client = ModelClient.from_settings()
+    """This process's client for ``model_call``, made on first use and closed at exit.
+
+    Its reply consumer is a daemon thread, so a script that is done exits and the
+    ``atexit`` handler closes the client (the module docstring says why).
+    """
+    client = ModelClient.from_settings(daemon=True)
     atexit.register(client.close)
     return client
 
