@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 import flask
 import waitress
 from pydantic import BaseModel, ValidationError
+from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -218,11 +219,23 @@ class HttpServer:
             self._server.run()
 
     def stop(self) -> None:
-        if self._server is None:
+        """Close the listening socket and every open connection, then end the serving thread.
+
+        A kept-alive client connection would keep waitress's loop running after its listening
+        socket is closed (until the client hangs up or ``channel_timeout`` passes), so every
+        socket is closed on the loop's own thread, through its trigger.
+        """
+        server, self._server = self._server, None
+        if server is None:
             return
-        self._server.close()
-        self._server.task_dispatcher.shutdown()
-        self._server = None
+        if isinstance(server, BaseWSGIServer):
+            sockets = server._map
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+        else:
+            server.close()
+        server.task_dispatcher.shutdown()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if isinstance(server, BaseWSGIServer) and server._map:  # the loop had ended: nobody ran the thunk
+            wasyncore.close_all(server._map)
