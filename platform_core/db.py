@@ -5,7 +5,10 @@ One SQLAlchemy 2.0 engine per process, on a SQLite file in WAL mode by default
 own typed models on ``Base`` in its own package and reaches other services'
 data only through their APIs or events. The schema is owned by the Alembic
 history in ``platform_core/migrations``; ``Database.migrate()`` brings any
-database to head, so an upgrade keeps data.
+database to head, so an upgrade keeps data. Services that start together may all
+migrate at once: ``migrate()`` holds the database's migration lock (a PostgreSQL
+advisory lock, SQLite's write lock) for the whole upgrade, so one of them migrates and
+the others then find the schema at head.
 
 Database errors are translated here: a session that cannot reach the
 database raises ``Unavailable``; a unique-constraint clash raises ``Conflict``.
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 SCHEMA_HEAD = "0005_apps"
 """The newest migration's revision (a test checks it is Alembic's head): bump it with every migration."""
+MIGRATION_LOCK_KEY = 0x6169_6F74_6D69_6772  # "aiotmigr"
+"""The PostgreSQL advisory lock a migration holds; advisory locks are per database, so other
+databases on the same server migrate freely."""
 # Every module that declares tables, by name so this module depends on none of them.
 MODEL_MODULES = (
     "web.identity",
@@ -86,11 +92,14 @@ def load_all_models() -> sa.MetaData:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
     # A process that hangs holding SQLite's one write lock keeps it until the heartbeat monitor
-    # kills it (a few seconds): writers wait that out instead of failing.
+    # kills it (a few seconds): writers wait that out instead of failing. Set first, so the
+    # switch to WAL below waits too when several processes open a new file at once.
     cursor.execute("PRAGMA busy_timeout=15000")
+    # WAL is a property of the file, kept once set: only the first connection switches it.
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
@@ -149,14 +158,26 @@ class Database:
         return config
 
     def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema to ``revision``, keeping the data."""
+        """Upgrade the schema to ``revision``, keeping the data; one migrator at a time.
+
+        The upgrade runs in one transaction that first takes the database's migration lock
+        (``_lock_for_migration``), so concurrent migrators (services starting together, each
+        with its own engine) wait for each other, and each one looks at the schema only once
+        it holds the lock: whoever comes second finds it at head and changes nothing.
+        """
         from alembic import command
 
         config = self.alembic_config()
         try:
-            with self.engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, revision)
+            with self.engine.connect() as connection:
+                if connection.dialect.name == "postgresql":
+                    # Each statement sees what committed before it: after the lock, the schema
+                    # a migrator we waited for left (not the snapshot of a stricter isolation).
+                    connection.execution_options(isolation_level="READ COMMITTED")
+                with connection.begin():
+                    _lock_for_migration(connection)
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
         except sa.exc.OperationalError as exc:
             raise Unavailable(f"cannot migrate {self.engine.url.render_as_string()}: {exc.orig}") from exc
 
@@ -181,3 +202,21 @@ class Database:
     def stop(self) -> None:
         """Close every pooled connection (the ``Service`` base calls this on stop)."""
         self.engine.dispose()
+
+
+def _lock_for_migration(connection: sa.Connection) -> None:
+    """Take the database's migration lock; ``connection``'s transaction holds it until it ends.
+
+    PostgreSQL: a transaction-level advisory lock (``MIGRATION_LOCK_KEY``), released by the
+    commit or rollback, or by the server when the migrator's connection dies. SQLite: the
+    file's write lock, taken at once with ``BEGIN IMMEDIATE`` (the driver itself begins only
+    before an INSERT, UPDATE or DELETE: Alembic's reads and DDL would each run on their
+    own); a waiter retries for the connection's busy timeout, then fails ``Unavailable``.
+    """
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif dialect == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:  # the registry runs on these two; a third would need its own lock here
+        raise NotImplementedError(f"no migration lock for {dialect}")
