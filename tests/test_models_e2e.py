@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from ai_manager.artifact import pack_model
-from deployer.messages import DeployModel
+from deployer.messages import Deployments, DeployModel, ListDeployments
 from platform_sdk.bus import Bus, Requester
 from platform_sdk.errors import NotFound, PlatformError
 from platform_sdk.model_client import ModelClient
@@ -71,8 +71,14 @@ def variant(tmp_path: Path, version: str, replicas: int) -> Path:
     return folder
 
 
-def redeliver_deploy(platform: Platform, model_id: str, sha256: str) -> None:
-    """The upload's DeployModel once more, as Kafka redelivers after a consumer restart."""
+def redeliver_deploy(platform: Platform, model_id: str, sha256: str) -> Deployments:
+    """The upload's DeployModel once more, as Kafka redelivers after a consumer restart; the model's
+    deployments once the deployer has handled it.
+
+    The deployer's command loop handles a partition's records one at a time, in order: the reply
+    to a ListDeployments sent after the redelivered request, with the same key (so to the same
+    partition), comes once that request was handled, and shows what handling it did to the rows.
+    """
     manifest = pack_model(EXAMPLES / "face-detector").manifest
     request = DeployModel(
         model_id=model_id,
@@ -86,7 +92,9 @@ def redeliver_deploy(platform: Platform, model_id: str, sha256: str) -> None:
         bus = Bus(settings, source="test-redeliver")
         with Requester(bus) as requester:
             requester.send(bus.topics.deployer, request, key=model_id)
-    time.sleep(3)  # the deployer's consumer takes it within milliseconds; a deploy would take seconds
+            return requester.request(
+                bus.topics.deployer, ListDeployments(model_id=model_id), Deployments, timeout=30, key=model_id
+            )
 
 
 def replica_processes(service_id: str) -> list[psutil.Process]:
@@ -110,7 +118,9 @@ def test_face_detector_finds_one_face_in_astronaut_and_none_in_coffee(
     # On docker the replica is two processes (the container's init and the server): compare sets.
     running = {process.pid for process in replica_processes(f"{model_id}-v1.0.0-r0")}
     assert running
-    redeliver_deploy(platform, model_id, shown["versions"][0]["sha256"])
+    handled = redeliver_deploy(platform, model_id, shown["versions"][0]["sha256"])
+    # Handled: it found its deployment deployed and started nothing (no stage, no new replica).
+    assert [(info.status, len(info.stages)) for info in handled.deployments] == [("deployed", len(stages))]
     again = platform.json("model", "show", model_id)
     assert isinstance(again, dict)
     assert again["versions"][0]["deployment"]["stages"] == shown["versions"][0]["deployment"]["stages"]
@@ -158,7 +168,7 @@ def test_a_replica_killed_mid_traffic_does_not_fail_calls_and_versions_run_side_
     caller = threading.Thread(target=traffic, name="test-traffic")
     caller.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: calls >= 50 or bool(failures), 30, "calls flowing before the kill")
         victim = f"{model_id}-v1.1.0-r0"
         processes = replica_processes(victim)
         assert processes, f"no process of {victim}"
@@ -169,8 +179,7 @@ def test_a_replica_killed_mid_traffic_does_not_fail_calls_and_versions_run_side_
         began = time.monotonic()
         wait_until(lambda: bool(replica_processes(victim)), 60, f"{victim} restarted")
         print(f"\nreplica {victim} killed; a new copy ran after {time.monotonic() - began:.1f}s")
-        time.sleep(1.0)
-        assert calls > before + 50, "calls stalled while a replica was down"
+        wait_until(lambda: calls > before + 50, 5, "calls going on while a replica was down and back")
     finally:
         stop.set()
         caller.join(30)
