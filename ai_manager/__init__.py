@@ -7,7 +7,8 @@ of the blob store, and talks to the deployer over Kafka. Its parts:
   ``aiot model pack`` runs the same checks on the developer's machine;
 * ``registry`` — CRUD on the tables; ``api`` — the HTTP routes the front door mounts
   (upload, list, show, delete), which store the zip, register the version and send
-  ``DeployModel`` to the deployer;
+  ``DeployModel`` to the deployer; a delete asks the app manager over Kafka which apps
+  use the model (409 naming them, unless forced);
 * ``serving`` — ``python -m ai_manager.serving``: one model replica over HTTP, started
   by the deployer through a node's agent.
 

@@ -4,6 +4,9 @@ AI developers upload and manage their own models; platform configurers manage an
 app developers read. Uploading validates the zip in the request (422 naming file,
 field and reason; nothing stored), stores it, registers the version and hands the
 deploy to the deployer over Kafka; ``GET /api/models/<id>`` shows the deploy's stages.
+Deleting a model that apps use is refused (409 naming them) unless forced: the apps are
+the app manager's, so it is asked over Kafka which of them name the model
+(``app_manager.messages.ListModelUsers``); this module never reads their tables.
 """
 
 from __future__ import annotations
@@ -13,20 +16,23 @@ import json
 from typing import Any
 
 import flask
+from pydantic import BaseModel
 
 from ai_manager import registry
 from ai_manager.artifact import ValidatedModel, validate_model_zip
 from ai_manager.models import ModelRow, ModelVersionRow
+from app_manager.messages import ListModelUsers, ModelUser, ModelUsers, app_manager_topic
 from deployer.messages import DeploymentInfo, Deployments, DeployModel, ListDeployments, UndeployModel
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import resources, uploaded_file
+from platform_core.http import query_as, resources, uploaded_file
 from platform_sdk.artifacts import model_id_for
-from platform_sdk.errors import Forbidden, NotFound, PlatformError
+from platform_sdk.errors import Conflict, Forbidden, NotFound, PlatformError, Timeout, Unavailable
 
 blueprint = flask.Blueprint("models", __name__, url_prefix="/api/models")
 WRITERS = (Role.AI_DEVELOPER, Role.PLATFORM_CONFIGURER)
 READERS = (Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
 DEPLOYER_TIMEOUT_S = 30.0
+APP_MANAGER_TIMEOUT_S = 15.0
 
 
 def _check_owner(model: ModelRow, principal: Principal) -> None:
@@ -206,14 +212,31 @@ def show_model(model: str) -> flask.Response:
     return flask.jsonify(_model_json(row, versions, _deployments(row.model_id)))
 
 
+class DeleteQuery(BaseModel):
+    force: bool = False
+
+
 @blueprint.delete("/<model>")
 @allow(*WRITERS)
 def delete_model(model: str) -> flask.Response:
-    """Undeploy every version, then remove the model, its versions and its zips."""
+    """Undeploy every version, then remove the model, its versions and its zips.
+
+    While apps use the model the delete is refused (409 naming them and ``--force``);
+    ``?force=true`` deletes anyway and answers the apps that break (``broken_apps``).
+    """
+    force = query_as(DeleteQuery).force
     with resources().database.session() as session:
         row = registry.read_model(session, model)
         _check_owner(row, current_principal())
         model_id, name = row.model_id, row.name
+    users = _model_users(name, force=force)
+    if users and not force:
+        raise Conflict(
+            f"model {name!r} is used by {_naming(users)}: delete those apps or upload versions "
+            f"that do not use it, or delete it anyway with `aiot model delete {name} --force` "
+            "(their instances then fail to start)",
+            details={"apps": [user.model_dump() for user in users]},
+        )
     requester = resources().bus_requester()
     with contextlib.suppress(NotFound):  # never deployed
         requester.request(
@@ -224,4 +247,35 @@ def delete_model(model: str) -> flask.Response:
     for key in keys:
         with contextlib.suppress(PlatformError):
             resources().blobs.delete(key)
-    return flask.jsonify(model_id=model_id, name=name, deleted=True)
+    return flask.jsonify(
+        model_id=model_id,
+        name=name,
+        deleted=True,
+        broken_apps=None if users is None else [user.model_dump() for user in users],
+    )
+
+
+def _model_users(name: str, *, force: bool) -> list[ModelUser] | None:
+    """The apps that use model ``name``, as the app manager says; None when forced and it did not answer."""
+    requester = resources().bus_requester()
+    try:
+        reply = requester.request(
+            app_manager_topic(requester.bus.topics),
+            ListModelUsers(model=name),
+            ModelUsers,
+            timeout=APP_MANAGER_TIMEOUT_S,
+        )
+    except (Timeout, Unavailable) as exc:
+        if force:
+            return None
+        raise Unavailable(
+            f"cannot tell which apps use model {name!r}: the app manager does not answer ({exc.message}); "
+            f"try again, or delete it anyway with `aiot model delete {name} --force`"
+        ) from exc
+    return reply.apps
+
+
+def _naming(users: list[ModelUser]) -> str:
+    """``app 'a' (1.0.0)`` or ``apps 'a' (1.0.0), 'b' (1.0.0, 1.1.0)``."""
+    named = ", ".join(f"{user.app!r} ({', '.join(user.versions)})" for user in users)
+    return ("app " if len(users) == 1 else "apps ") + named

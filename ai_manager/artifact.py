@@ -8,7 +8,8 @@ A model zip is accepted when, in order:
 3. the entrypoint's module, and every ``module:function`` pre/post-process step's module,
    is a ``.py`` file or package in the zip;
 4. every requirement is a valid pip requirement specifier;
-5. every image file the example names is in the zip.
+5. every image file the example names is in the zip;
+6. the version is a PEP 440 version (``2.1-rc1`` is; ``1.0-foo`` is not), so it compares.
 
 Every failure is a ``ValidationFailed`` whose message names the zip, the file and the
 field, and whose ``details`` list every problem as ``{"file", "field", "reason"}``. The steps
@@ -30,6 +31,7 @@ from platform_core.manifests import (
     problem,
     requirement_problems,
     validate_artifact,
+    version_problems,
 )
 from platform_sdk.artifacts import BUILTIN_STEPS, MODEL_MANIFEST, ModelManifest
 
@@ -37,8 +39,9 @@ ValidatedModel = Validated[ModelManifest]
 
 
 def check_contents(manifest: ModelManifest, names: set[str]) -> list[Problem]:
-    """What the manifest names but the zip lacks, and requirements pip would refuse."""
-    problems = entrypoint_problems(MODEL_MANIFEST, manifest.entry_module, names)
+    """What the manifest names but the zip lacks, requirements pip would refuse, a non-PEP 440 version."""
+    problems = version_problems(MODEL_MANIFEST, {"version": manifest.version})
+    problems += entrypoint_problems(MODEL_MANIFEST, manifest.entry_module, names)
     for index, endpoint in enumerate(manifest.endpoints):
         for kind in ("preprocess", "postprocess"):
             for step in getattr(endpoint, kind):

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ai_manager.models import ModelRow, ModelVersionRow
+from platform_sdk.artifacts import find_version
 from platform_sdk.errors import Conflict, NotFound
 
 
@@ -31,8 +32,13 @@ def list_versions(session: Session, model_id: str) -> list[ModelVersionRow]:
 
 
 def check_new_version(session: Session, model: ModelRow, version: str) -> None:
-    if session.get(ModelVersionRow, (model.model_id, version)) is not None:
-        raise Conflict(f"model {model.name!r} already has version {version}: raise the version in model.json")
+    """``Conflict`` when the model has ``version`` already, spelt so or otherwise (``1.0`` is ``1.0.0``)."""
+    existing = find_version(list_versions(session, model.model_id), version, lambda row: row.version)
+    if existing is not None:
+        same = "" if existing.version == version else f" (as {existing.version})"
+        raise Conflict(
+            f"model {model.name!r} already has version {version}{same}: raise the version in model.json"
+        )
 
 
 def create_version(session: Session, model: ModelRow, version: ModelVersionRow) -> ModelVersionRow:

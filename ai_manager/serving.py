@@ -3,9 +3,10 @@
 The deployer starts it through a node's agent in the model's unpacked bundle
 (``AIOT_BUNDLE_DIR``, or ``AIOT_MODEL__DIR`` to serve a folder by hand), with
 ``AIOT_PORT_HTTP`` (the port the agent allocated), ``AIOT_SERVICE_HOST`` and the
-usual identity and bus settings. On start it reads ``model.json``, imports the
-entrypoint, calls ``load(model_dir)`` once and builds, per endpoint, a pydantic
-validator of its inputs; only then does it listen and start its heartbeat (ready).
+usual identity and bus settings. On start it reads ``model.json`` (with the upload's reader,
+``platform_sdk.artifacts.parse_manifest``), imports the entrypoint, calls ``load(model_dir)``
+once and builds, per endpoint, a pydantic validator of its inputs; only then does it listen
+and start its heartbeat (ready).
 
     POST /predict/<endpoint>   JSON object of input fields (images as base64 strings),
                                or the raw image bytes (Content-Type image/*) when the
@@ -37,7 +38,7 @@ import uvicorn
 from pydantic import Base64Bytes, BaseModel, ConfigDict, ValidationError, create_model
 
 from platform_core.service import Service
-from platform_sdk.artifacts import MODEL_MANIFEST, EndpointSpec, FieldSpec, ModelManifest
+from platform_sdk.artifacts import MODEL_MANIFEST, EndpointSpec, FieldSpec, ModelManifest, parse_manifest
 from platform_sdk.errors import BadRequest, NotFound, PayloadTooLarge, PlatformError, ValidationFailed
 from platform_sdk.settings import get_settings
 
@@ -183,9 +184,13 @@ class LoadedModel:
         self.model_dir = model_dir.resolve()
         manifest_path = self.model_dir / MODEL_MANIFEST
         try:
-            self.manifest = ModelManifest.model_validate_json(manifest_path.read_bytes())
+            raw = manifest_path.read_bytes()
         except FileNotFoundError as exc:
             raise NotFound(f"{manifest_path} does not exist: is AIOT_MODEL__DIR a model folder?") from exc
+        try:  # read as the upload read it
+            self.manifest = parse_manifest(raw, ModelManifest, file=MODEL_MANIFEST)
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"{self.model_dir}: {exc.message}", details=exc.details) from exc
         # The model's own modules come first, as they would for `python model.py` in its folder.
         sys.path.insert(0, str(self.model_dir))
         entry = self.resolve(self.manifest.entrypoint)

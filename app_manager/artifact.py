@@ -6,7 +6,8 @@ An app zip is accepted when, in order:
    encrypted or duplicate entries; bounded file count, sizes and compression ratio);
 2. ``app.json`` is at its top level, is JSON, and matches ``AppManifest``;
 3. the entrypoint's module is a ``.py`` file or package in the zip;
-4. every requirement is a valid pip requirement specifier.
+4. every requirement is a valid pip requirement specifier;
+5. its version, and every pinned model version, is a PEP 440 version (so it compares).
 
 Those need nothing but the zip (``validate_app_zip``, also run by ``aiot app pack`` on the
 developer's machine, so this module stays free of the database). On upload
@@ -29,6 +30,7 @@ from platform_core.manifests import (
     pack_folder,
     requirement_problems,
     validate_artifact,
+    version_problems,
 )
 from platform_sdk.artifacts import APP_MANIFEST, AppManifest
 
@@ -36,9 +38,15 @@ ValidatedApp = Validated[AppManifest]
 
 
 def check_contents(manifest: AppManifest, names: set[str]) -> list[Problem]:
-    """What the manifest names but the zip lacks, and requirements pip would refuse."""
-    return entrypoint_problems(APP_MANIFEST, manifest.entry_module, names) + requirement_problems(
-        APP_MANIFEST, manifest.requirements
+    """What the manifest names but the zip lacks, requirements pip would refuse, versions that are not
+    PEP 440 (the app's, and each pinned model version)."""
+    versions = {"version": manifest.version} | {
+        f"models.{alias}.version": use.version for alias, use in manifest.models.items()
+    }
+    return (
+        version_problems(APP_MANIFEST, versions)
+        + entrypoint_problems(APP_MANIFEST, manifest.entry_module, names)
+        + requirement_problems(APP_MANIFEST, manifest.requirements)
     )
 
 

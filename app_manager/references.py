@@ -4,8 +4,9 @@
 need the database, so they run in the upload's session, before anything is written:
 
 * every model alias names a registered model (``models.<alias>.model``), its pinned version
-  exists (``models.<alias>.version``), and that version — or, unpinned, the model's latest —
-  has each endpoint the app calls (``models.<alias>.endpoints.<i>``);
+  exists (``models.<alias>.version``, compared as PEP 440 versions), and that version — or,
+  unpinned, the model's latest release — has each endpoint the app calls
+  (``models.<alias>.endpoints.<i>``);
 * every device alias names a registered device type (``devices.<alias>.type``).
 
 Problems are ``{"file": "app.json", "field", "reason"}`` like the zip's own.
@@ -16,10 +17,9 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from ai_manager import registry as models
-from deployer.service import version_key
 from device_manager.models import DeviceTypeRow
 from platform_core.manifests import Problem, fail, problem
-from platform_sdk.artifacts import APP_MANIFEST, AppManifest, ModelManifest, ModelUse
+from platform_sdk.artifacts import APP_MANIFEST, AppManifest, ModelManifest, ModelUse, find_version, latest
 
 
 def model_problems(session: Session, alias: str, use: ModelUse) -> list[Problem]:
@@ -29,14 +29,18 @@ def model_problems(session: Session, alias: str, use: ModelUse) -> list[Problem]
     if row is None:
         reason = f"unknown model {use.model!r}; see `aiot model list`"
         return [problem(APP_MANIFEST, f"{field}.model", reason)]
-    versions = {version.version: version for version in models.list_versions(session, row.model_id)}
-    if use.version is not None and use.version not in versions:
-        known = ", ".join(versions) or "none"
+    versions = models.list_versions(session, row.model_id)
+    chosen = (
+        latest(versions, lambda version: version.version)
+        if use.version is None
+        else find_version(versions, use.version, lambda version: version.version)
+    )
+    if use.version is not None and chosen is None:
+        known = ", ".join(version.version for version in versions) or "none"
         reason = f"model {use.model!r} has no version {use.version!r} (it has: {known})"
         return [problem(APP_MANIFEST, f"{field}.version", reason)]
-    if not versions:  # a model is registered with its first version; be safe anyway
+    if chosen is None:  # a model is registered with its first version; be safe anyway
         return []
-    chosen = versions[use.version or max(versions, key=version_key)]
     endpoints = [endpoint.name for endpoint in ModelManifest.model_validate_json(chosen.manifest).endpoints]
     subject = f"model {use.model!r}" + (f" version {use.version}" if use.version is not None else "")
     return [

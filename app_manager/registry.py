@@ -1,4 +1,9 @@
-"""CRUD of the app manager's tables; every function takes the session it works in."""
+"""CRUD of the app manager's tables; every function takes the session it works in.
+
+Versions are compared as PEP 440 versions (``platform_sdk.artifacts``): the latest is the
+highest release, a pinned ``1.0`` finds ``1.0.0``, and a new version equal to a stored one
+is a conflict.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app_manager.models import AppRow, AppVersionRow
-from deployer.service import version_key
+from platform_sdk.artifacts import AppManifest, find_version, latest
 from platform_sdk.errors import Conflict, NotFound
 
 
@@ -33,18 +38,19 @@ def list_versions(session: Session, app_id: str) -> list[AppVersionRow]:
 
 
 def latest_version(versions: list[AppVersionRow]) -> AppVersionRow | None:
-    """The highest version, ordered numerically where they are numbers (1.10 after 1.9)."""
-    return max(versions, key=lambda row: version_key(row.version), default=None)
+    """The latest version: the highest release (1.10 after 1.9, 2.1 after 2.1-rc1), a pre-release
+    only when there is no release."""
+    return latest(versions, _version_of)
+
+
+def _version_of(row: AppVersionRow) -> str:
+    return row.version
 
 
 def pick_version(session: Session, app_id: str, version: str | None = None) -> AppVersionRow:
     """``version`` of the app, or its latest when None; ``NotFound`` naming the versions it has."""
     versions = list_versions(session, app_id)
-    row = (
-        latest_version(versions)
-        if version is None
-        else next((found for found in versions if found.version == version), None)
-    )
+    row = latest_version(versions) if version is None else find_version(versions, version, _version_of)
     if row is None:
         app = session.get(AppRow, app_id)
         name = app.name if app is not None else app_id
@@ -56,8 +62,11 @@ def pick_version(session: Session, app_id: str, version: str | None = None) -> A
 
 
 def check_new_version(session: Session, app: AppRow, version: str) -> None:
-    if session.get(AppVersionRow, (app.app_id, version)) is not None:
-        raise Conflict(f"app {app.name!r} already has version {version}: raise the version in app.json")
+    """``Conflict`` when the app has ``version`` already, spelt so or otherwise (``1.0`` is ``1.0.0``)."""
+    existing = find_version(list_versions(session, app.app_id), version, _version_of)
+    if existing is not None:
+        same = "" if existing.version == version else f" (as {existing.version})"
+        raise Conflict(f"app {app.name!r} already has version {version}{same}: raise the version in app.json")
 
 
 def create_version(session: Session, app: AppRow, version: AppVersionRow) -> AppVersionRow:
@@ -72,3 +81,14 @@ def delete_app(session: Session, app: AppRow) -> list[str]:
     session.execute(sa.delete(AppVersionRow).where(AppVersionRow.app_id == app.app_id))
     session.delete(app)
     return keys
+
+
+def apps_using_model(session: Session, model: str) -> list[tuple[AppRow, list[AppVersionRow]]]:
+    """The apps with a version whose ``app.json`` names ``model``, each with those versions (by name)."""
+    candidates = sa.select(AppVersionRow).where(AppVersionRow.manifest.contains(model, autoescape=True))
+    found: dict[str, list[AppVersionRow]] = {}
+    for version in session.scalars(candidates.order_by(AppVersionRow.uploaded_at)):
+        manifest = AppManifest.model_validate_json(version.manifest)
+        if any(use.model == model for use in manifest.models.values()):
+            found.setdefault(version.app_id, []).append(version)
+    return [(app, found[app.app_id]) for app in list_apps(session) if app.app_id in found]

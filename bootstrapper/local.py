@@ -9,7 +9,8 @@
     registry database ─▶ migrate; create the first platform configurer if none
     N service agents ──▶ ``python -m service_agent`` each (node-1 is the main node), each with its own
                          HTTP port and port range; wait for their heartbeats
-    main agent ────────▶ StartService node-manager and heartbeat (restart="agent": it keeps them alive)
+    main agent ────────▶ StartService node-manager (``bootstrapper.local_node_manager``: with this
+                         provider's scale-out) and heartbeat (restart="agent": it keeps them alive)
     node manager ──────▶ places every roster service (logger, web, ...) on the least-loaded agent
     wait ──────────────▶ a heartbeat from every service, and the front door's /api/health
     record ────────────▶ AIOT_HOME/run/state.json (broker, nodes, agent pids with create times, URL)
@@ -48,6 +49,7 @@ from platform_core.nodes import (
     StopService,
     agent_topic,
 )
+from platform_core.roster import load_roster
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import Conflict, PlatformError, Timeout, Unavailable
@@ -79,7 +81,7 @@ _PER_PROCESS = ("AIOT_AGENT_PID", "AIOT_NODE_ID", "AIOT_PORT_", "AIOT_AGENT__")
 CORE_SERVICES = (
     ServiceSpec(
         service_id="node-manager",
-        module="node_manager",
+        module="bootstrapper.local_node_manager",  # the node manager, with this provider's hooks
         restart="agent",
         main_node_only=True,
         runtime="process",
@@ -249,8 +251,6 @@ class LocalPlatform:
             database.stop()
 
     def _roster_ids(self, settings: Settings) -> list[str]:
-        from node_manager.roster import load_roster
-
         return [spec.service_id for spec in load_roster(settings)]
 
     def _start_agent(self, state: RunState, index: int) -> NodeRecord:

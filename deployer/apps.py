@@ -18,6 +18,10 @@ The bundle of an instance is the uploaded app zip itself (content-addressed, unp
 per node and shared by every instance of the version); what differs per instance travels
 in its environment. The instance is a managed service like any other: heartbeats, logs,
 restarts by the heartbeat monitor.
+
+``AppInstances`` is handed what it uses by the deployer service (``deployer.service``): the
+database, the placement client, the requester and producer, model resolution and the deploy
+worker's queue. It does not import the service.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -40,15 +44,15 @@ from deployer.messages import (
 )
 from deployer.models import AppInstanceRow, add_stage, record_stage
 from device_manager.messages import BindDevices, DeviceBindings, UnbindDevices, Unbound
+from platform_core.db import Database
 from platform_core.nodes import BundleRef, ServiceIncident, ServiceSpec
+from platform_core.placement_client import PlacementClient
 from platform_sdk.artifacts import AppInstanceConfig, ModelBinding
+from platform_sdk.bus import Producer, Requester
 from platform_sdk.device_documents import Binding
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError
-from platform_sdk.model_client import ResolveModel
-
-if TYPE_CHECKING:
-    from deployer.service import DeployerService
+from platform_sdk.model_client import ModelReplicas, ResolveModel
 
 log = logging.getLogger(__name__)
 BIND_TIMEOUT_S = 30.0
@@ -65,9 +69,23 @@ def instance_service_id(instance_id: str) -> str:
 class AppInstances:
     """Starts, stops and lists app instances for the deployer service."""
 
-    def __init__(self, service: DeployerService) -> None:
-        self.service = service
-        self.database = service.database
+    def __init__(
+        self,
+        *,
+        database: Database,
+        placements: PlacementClient,
+        requester: Requester,
+        producer: Producer,
+        resolve: Callable[[ResolveModel], ModelReplicas],
+        enqueue: Callable[[DeployApp], None],
+    ) -> None:
+        self.database = database
+        self.placements = placements
+        self.requester = requester
+        self.producer = producer
+        self.topics = requester.bus.topics
+        self._resolve = resolve
+        self._enqueue = enqueue
 
     # handlers -----------------------------------------------------------------------------
     def on_deploy(self, request: DeployApp, _envelope: Envelope) -> None:
@@ -89,7 +107,7 @@ class AppInstances:
             )
             session.add(row)
             add_stage(row, "queued")
-        self.service.worker.put(request)
+        self._enqueue(request)
 
     def on_stop(self, request: StopInstance, _envelope: Envelope) -> Instances:
         with self.database.session() as session:
@@ -131,7 +149,7 @@ class AppInstances:
                 instance_id, "failed", f"it crashed on every restart, so it was stopped: {incident.detail}"
             )
             return
-        placement = self.service.locate(incident.service_id)
+        placement = self.placements.locate(incident.service_id)
         if placement is None:
             return  # unplaced meanwhile: a stop is under way
         url = placement.http_url
@@ -207,7 +225,7 @@ class AppInstances:
             env={"AIOT_APP__INSTANCE": config.model_dump_json()},
         )
         self._stage(instance_id, "placing", "on the least-loaded node")
-        placement = self.service.place(spec, avoid=[])
+        placement = self.placements.place(spec, avoid=[])
         url = placement.http_url
         with self.database.session() as session:
             row = session.get(AppInstanceRow, instance_id)
@@ -217,20 +235,22 @@ class AppInstances:
         self._stage(
             instance_id, "health", f"{spec.service_id} on {placement.node_id} at {url or '(no HTTP)'}"
         )
-        self.service.wait_healthy(spec.service_id, health)
+        self.placements.wait_healthy(spec.service_id, health)
         with self.database.session() as session:
             row = session.get(AppInstanceRow, instance_id)
             stopped_meanwhile = row is None or row.status not in ACTIVE
         if stopped_meanwhile:  # a StopInstance came while it started: it must not outlive that
-            self.service.unplace(spec.service_id)
+            self.placements.unplace(spec.service_id)
             return
         self._finish(instance_id, "running", f"on {placement.node_id}" + (f" at {url}" if url else ""))
 
     def _bind(self, request: DeployApp) -> DeviceBindings:
         if not request.manifest.devices:
-            return DeviceBindings(app_instance_id=request.instance_id, timezone="UTC", bindings={})
-        return self.service.requester.request(
-            self.service.sdk.bus.topics.device_manager,
+            return DeviceBindings(
+                app_instance_id=request.instance_id, timezone=request.timezone or "UTC", bindings={}
+            )
+        return self.requester.request(
+            self.topics.device_manager,
             BindDevices(
                 app_instance_id=request.instance_id, location=request.location, needs=request.manifest.devices
             ),
@@ -240,15 +260,15 @@ class AppInstances:
 
     def _check_deployed(self, alias: str, model: str, version: str | None) -> None:
         try:
-            self.service.resolve(ResolveModel(model=model, version=version))
+            self._resolve(ResolveModel(model=model, version=version))
         except PlatformError as exc:
             raise PlatformError(f"model alias {alias!r}: {exc.message}") from exc
 
     def _release(self, instance_id: str) -> None:
-        self.service.unplace(instance_service_id(instance_id))
+        self.placements.unplace(instance_service_id(instance_id))
         with contextlib.suppress(PlatformError):
-            self.service.requester.request(
-                self.service.sdk.bus.topics.device_manager,
+            self.requester.request(
+                self.topics.device_manager,
                 UnbindDevices(app_instance_id=instance_id),
                 Unbound,
                 timeout=BIND_TIMEOUT_S,
@@ -279,13 +299,14 @@ class AppInstances:
                 url=row.url if status == "running" else "",
                 node_id=row.node_id,
                 stop_at=row.stop_at,
+                timezone=request.timezone,
                 detail=detail,
                 moved=moved,
             )
         (log.error if status == "failed" else log.info)("app instance %s %s: %s", instance_id, status, detail)
         try:
-            self.service.producer.send(self.service.sdk.bus.topics.app_instances, event, key=instance_id)
-            self.service.producer.flush(5)
+            self.producer.send(self.topics.app_instances, event, key=instance_id)
+            self.producer.flush(5)
         except PlatformError as exc:
             log.warning("cannot publish %s of %s: %s", status, instance_id, exc)
 
@@ -318,6 +339,8 @@ def _info(row: AppInstanceRow) -> InstanceInfo:
             "devices": json.loads(row.config or "{}"),
             "stages": json.loads(row.stages),
             "stop_at": row.stop_at,
+            "timezone": json.loads(row.request or "{}").get("timezone"),
+            "service_id": instance_service_id(row.instance_id),
             "created_at": row.created_at,
             "updated_at": row.updated_at,
         }

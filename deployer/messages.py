@@ -98,6 +98,10 @@ class DeployApp(Message):
     email: str | None = None
     schedule_id: str | None = None
     stop_at: datetime | None = Field(default=None, description="When the scheduler will stop it.")
+    timezone: str | None = Field(
+        default=None,
+        description="The IANA time zone of the location, for showing times to people (None: UTC).",
+    )
 
 
 class StopInstance(Message):
@@ -130,6 +134,10 @@ class InstanceInfo(BaseModel):
     devices: dict[str, str] = Field(default_factory=dict, description="Alias → bound device.")
     stages: list[Stage] = Field(default_factory=list)
     stop_at: datetime | None = None
+    timezone: str | None = Field(default=None, description="The location's time zone (from its DeployApp).")
+    service_id: str = Field(
+        default="", description="The managed service running it: its logs are under this id."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -153,6 +161,7 @@ class InstanceEvent(Message):
     url: str = ""
     node_id: str = ""
     stop_at: datetime | None = None
+    timezone: str | None = Field(default=None, description="The location's time zone (from its DeployApp).")
     detail: str = ""
     moved: bool = Field(
         default=False,

@@ -15,7 +15,10 @@
 
 It owns the ``deployments`` and ``app_instances`` tables and the ``bundles/`` prefix of the blob store. Every
 stage is recorded as it starts, so ``aiot model show`` follows a deploy; a deployer that
-restarts resumes the deployments it had queued or begun.
+restarts resumes the deployments it had queued or begun. Replicas and app instances are
+placed, found, stopped and health-checked through one ``PlacementClient``
+(``platform_core.placement_client``), which this module hands to ``deployer.apps`` with the
+rest of what an app start needs; ``deployer.apps`` does not import this module.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import hashlib
 import io
 import json
 import logging
-import time
 import zipfile
 from typing import Any
 
@@ -49,19 +51,10 @@ from deployer.models import DeploymentRow, add_stage, record_stage
 from platform_core.archive import Archive
 from platform_core.blobstore import BlobStore, blob_store_from_settings
 from platform_core.db import Database
-from platform_core.nodes import (
-    BundleRef,
-    LocateService,
-    Placement,
-    PlaceService,
-    ServiceIncident,
-    ServiceSpec,
-    ServiceState,
-    UnplaceService,
-    node_manager_topic,
-)
+from platform_core.nodes import BundleRef, ServiceIncident, ServiceSpec
+from platform_core.placement_client import PlacementClient
 from platform_core.service import QueueWorker, Service
-from platform_sdk.artifacts import ModelManifest
+from platform_sdk.artifacts import ModelManifest, find_version, latest
 from platform_sdk.bus import ConsumerLoop, Producer, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError, Unavailable
@@ -69,20 +62,11 @@ from platform_sdk.model_client import EndpointInfo, ModelReplicas, ResolveModel
 from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
-PLACE_TIMEOUT_S = 300.0  # the node manager's start may build a venv or an image first
 DEPLOY_CONFIG = "aiot-deploy.json"
 
 
 def deployment_id_for(model_id: str, version: str) -> str:
     return f"{model_id}-v{version}".lower()
-
-
-def version_key(version: str) -> tuple[Any, ...]:
-    """Orders versions numerically where they are numbers (1.10 after 1.9)."""
-    return tuple(
-        (0, int(part), "") if part.isdigit() else (1, 0, part)
-        for part in version.replace("-", ".").split(".")
-    )
 
 
 class DeployerService(Service):
@@ -101,8 +85,16 @@ class DeployerService(Service):
         self.requester = Requester(bus)
         self.requester.start()
         self.own(self.requester)
-        self.apps = AppInstances(self)
+        self.placements = PlacementClient(self.requester, self.settings)
         self.worker: QueueWorker[DeployModel | DeployApp] = QueueWorker("deploy", self.deploy)
+        self.apps = AppInstances(
+            database=self.database,
+            placements=self.placements,
+            requester=self.requester,
+            producer=self.producer,
+            resolve=self.resolve,
+            enqueue=self.worker.put,
+        )
         self.worker.start()
         self.own(self.worker)
         for model_request in self._unfinished():
@@ -174,13 +166,15 @@ class DeployerService(Service):
                 DeploymentRow.status == "deployed",
                 sa.or_(DeploymentRow.model_id == request.model, DeploymentRow.name == request.model),
             )
-            if request.version:
-                query = query.where(DeploymentRow.version == request.version)
             rows = list(session.scalars(query))
-            if not rows:
+            row = (
+                find_version(rows, request.version, _version_of)
+                if request.version
+                else latest(rows, _version_of)
+            )
+            if row is None:
                 which = f" version {request.version}" if request.version else ""
                 raise NotFound(f"model {request.model!r}{which} is not deployed; see `aiot model list`")
-            row = max(rows, key=lambda candidate: version_key(candidate.version))
             deploy = DeployModel.model_validate_json(row.request)
             service_ids = [Replica.model_validate(item).service_id for item in json.loads(row.replicas)]
         urls = [url for url in (self._replica_url(service_id) for service_id in service_ids) if url]
@@ -236,14 +230,14 @@ class DeployerService(Service):
                 env={"AIOT_MODEL__ID": request.model_id, "AIOT_MODEL__VERSION": request.version},
             )
             self._stage(deployment_id, "placing", f"replica {index}")
-            placement = self.place(spec, avoid=[replica.node_id for replica in replicas])
+            placement = self.placements.place(spec, avoid=[replica.node_id for replica in replicas])
             replica = Replica(service_id=spec.service_id, node_id=placement.node_id, url=placement.http_url)
             replicas.append(replica)
             self._record_replicas(deployment_id, replicas)
             self._stage(
                 deployment_id, "health", f"{replica.service_id} on {replica.node_id} at {replica.url}"
             )
-            self.wait_healthy(replica.service_id, f"{replica.url}/health")
+            self.placements.wait_healthy(replica.service_id, f"{replica.url}/health")
         if manifest.example is not None:
             self._stage(deployment_id, "smoke-test", f"example on {manifest.example.endpoint}")
             self._smoke_test(replicas[0].url, manifest, Archive.open(artifact, label=request.artifact_key))
@@ -282,54 +276,6 @@ class DeployerService(Service):
                 row.bundle_key, row.bundle_sha256 = key, sha256
         return BundleRef(key=key, sha256=sha256)
 
-    def place(self, spec: ServiceSpec, avoid: list[str]) -> Placement:
-        topic = node_manager_topic(self.sdk.bus.topics)
-        try:
-            return self.requester.request(
-                topic, PlaceService(spec=spec, avoid=avoid), Placement, PLACE_TIMEOUT_S
-            )
-        except Unavailable:
-            if not avoid:
-                raise
-            # Fewer nodes than replicas: share a node rather than not serve.
-            return self.requester.request(topic, PlaceService(spec=spec), Placement, PLACE_TIMEOUT_S)
-
-    def wait_healthy(self, service_id: str, health_url: str | None) -> None:
-        """Until ``health_url`` answers 200 (or, without one, the service runs); fails on a crash loop."""
-        deadline = time.monotonic() + self.settings.deployer.health_timeout_s
-        next_check = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            if health_url is not None:
-                try:
-                    if requests.get(health_url, timeout=2).status_code == 200:
-                        return
-                except requests.RequestException:
-                    pass
-            if time.monotonic() >= next_check or health_url is None:
-                next_check = time.monotonic() + 2.0
-                placement = self.locate(service_id)
-                running = (
-                    placement is not None
-                    and placement.state is not None
-                    and placement.state.state == "running"
-                )
-                if health_url is None and running:
-                    return
-                if (
-                    placement is not None
-                    and placement.state is not None
-                    and _crash_looping(placement.state, self.settings.monitor.crash_loop_limit)
-                ):
-                    raise PlatformError(
-                        f"{service_id} crashed {placement.state.restarts + 1} times while "
-                        f"starting; see `aiot logs {service_id}`"
-                    )
-            time.sleep(0.2)
-        raise PlatformError(
-            f"{service_id} did not answer {health_url or 'as running'} within "
-            f"{self.settings.deployer.health_timeout_s:.0f}s; see `aiot logs {service_id}`"
-        )
-
     def _smoke_test(self, url: str, manifest: ModelManifest, archive: Archive) -> None:
         example = manifest.example
         assert example is not None
@@ -359,16 +305,8 @@ class DeployerService(Service):
             raise PlatformError(f"smoke test: the example's output differs: {'; '.join(mismatches)}")
 
     # records ------------------------------------------------------------------------------
-    def locate(self, service_id: str) -> Placement | None:
-        try:
-            return self.requester.request(
-                node_manager_topic(self.sdk.bus.topics), LocateService(service_id=service_id), Placement, 10
-            )
-        except PlatformError:
-            return None
-
     def _replica_url(self, service_id: str) -> str | None:
-        placement = self.locate(service_id)
+        placement = self.placements.locate(service_id)
         if (
             placement is None
             or placement.state is None
@@ -382,18 +320,7 @@ class DeployerService(Service):
             row = session.get(DeploymentRow, deployment_id)
             replicas = [Replica.model_validate(item) for item in json.loads(row.replicas)] if row else []
         for replica in replicas:
-            self.unplace(replica.service_id)
-
-    def unplace(self, service_id: str) -> None:
-        """Stop a placed service wherever it runs; one that is not placed is already stopped."""
-        try:
-            self.requester.request(
-                node_manager_topic(self.sdk.bus.topics), UnplaceService(service_id=service_id), Placement, 60
-            )
-        except NotFound:
-            pass
-        except PlatformError as exc:
-            log.warning("stopping %s: %s", service_id, exc)
+            self.placements.unplace(replica.service_id)
 
     def _record_replicas(self, deployment_id: str, replicas: list[Replica]) -> None:
         with self.database.session() as session:
@@ -453,9 +380,8 @@ def _info(row: DeploymentRow) -> DeploymentInfo:
     )
 
 
-def _crash_looping(state: ServiceState, limit: int) -> bool:
-    """The heartbeat monitor gave up on it (it restarts a crash ``limit - 1`` times), or it failed."""
-    return state.state == "failed" or (state.state in ("exited", "stopped") and state.restarts >= limit - 1)
+def _version_of(row: DeploymentRow) -> str:
+    return row.version
 
 
 def _mismatches(expected: dict[str, Any], actual: dict[str, Any], tolerance: float) -> list[str]:

@@ -4,7 +4,12 @@
   load polling, node health, roster reconciliation, re-placement, scale-out.
 - ``node_manager.placement``: the least-loaded score and choice (pure functions).
 - ``node_manager.registry`` / ``node_manager.models``: the ``nodes`` and ``placements`` tables.
-- ``node_manager.roster``: the service roster (``configs/roster.toml``).
+- the service roster (``configs/roster.toml``) is read by ``platform_core.roster``, which the
+  provider that brings a platform up reads too.
+
+Scale-out and the retirement of lost nodes are the provider's: whoever starts the node
+manager hands it those hooks (``bootstrapper.local_node_manager`` for `aiot up`); ``python -m
+node_manager`` runs it without.
 
 It talks to Kafka (agents' events in; StartService/StopService out) and to each agent's
 ``/load`` over HTTP. It owns the ``nodes`` and ``placements`` tables.

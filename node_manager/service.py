@@ -41,7 +41,6 @@ import requests
 from node_manager import registry
 from node_manager.models import NodeRow, PlacementRow
 from node_manager.placement import choose_node
-from node_manager.roster import load_roster
 from platform_core.db import Database, utcnow
 from platform_core.nodes import (
     LocateService,
@@ -61,6 +60,7 @@ from platform_core.nodes import (
     node_manager_topic,
     publish_incident,
 )
+from platform_core.roster import load_roster
 from platform_core.service import PeriodicTask, Service
 from platform_sdk.bus import ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
@@ -102,7 +102,7 @@ class NodeManagerService(Service):
         bus = self.sdk.bus
         self.database = Database.from_settings(self.settings)
         self.own(self.database)
-        self.database.migrate()
+        self.database.ensure_schema()
         with self.database.session() as session:
             registry.restart_silence_clocks(session)
         self.roster = load_roster(self.settings)
@@ -469,9 +469,9 @@ def _placement(row: PlacementRow, node: NodeRow | None) -> Placement:
 
 
 def main() -> None:
-    settings = get_settings()
-    # Scale-out asks the provider that started this platform; `aiot up` is the local one.
-    from bootstrapper.local import LocalPlatform
+    """``python -m node_manager``: the node manager without a provider (it adds and retires no node).
 
-    provider = LocalPlatform(settings)
-    NodeManagerService(settings, scale_out=provider.add_node, retire_node=provider.retire_node).run()
+    A provider that can add and retire nodes starts it with its own hooks instead: `aiot up`'s
+    local one runs ``python -m bootstrapper.local_node_manager``.
+    """
+    NodeManagerService(get_settings()).run()

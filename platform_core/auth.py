@@ -2,8 +2,9 @@
 
 Each view declares who may call it, with ``@allow(Role...)``, ``@allow_any_role``
 or ``@public``. The HTTP app factory refuses to build an app with a route that
-declares nothing, and its request hook enforces the rule: no or unknown token
-→ 401, a role not allowed → 403. Who a token belongs to is answered by the
+declares nothing, and its request hook enforces the rule: no, unknown or
+revoked token (logged out, or replaced by a newer login) → 401, a role not
+allowed → 403. Who a token belongs to is answered by the
 ``Authenticator`` the app is built with (``web.identity`` provides the
 database-backed one), so this module holds the mechanism, not the users.
 """
@@ -39,12 +40,13 @@ PUBLIC = frozenset[Role]()
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller of a request."""
+    """The authenticated caller of a request (``email``: their address, if they gave one)."""
 
     user_id: int
     username: str
     role: Role
     token_id: int
+    email: str | None = None
 
 
 Authenticator = Callable[[str], Principal | None]

@@ -14,16 +14,16 @@ too.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from platform_core.archive import Archive, ArchiveLimits, pack_directory
+from platform_sdk.artifacts import parse_manifest, parse_version
 from platform_sdk.errors import ValidationFailed
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "read_manifest",
     "requirement_problems",
     "validate_artifact",
+    "version_problems",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -92,12 +93,30 @@ def requirement_problems(file: str, requirements: list[str]) -> list[Problem]:
     return problems
 
 
-def read_manifest(archive: Archive, label: str, file: str, manifest_type: type[M], pack_command: str) -> M:
-    """``file`` from the top level of ``archive``, parsed as JSON and validated as ``manifest_type``.
+def version_problems(file: str, versions: dict[str, str | None]) -> list[Problem]:
+    """Each version (by field) that PEP 440 cannot read: a new artifact's versions must compare.
 
-    A manifest found only in a folder gets a hint to zip the folder's contents
-    (``pack_command``, e.g. ``aiot model pack DIR``); each schema error becomes a problem
-    whose field is the dotted path of the value (``endpoints.0.inputs.x.type``).
+    Manifests stored before this check are still read as they are (their versions sort below
+    every valid one, ``platform_sdk.artifacts.version_key``).
+    """
+    problems = []
+    for field, version in versions.items():
+        if version is not None:
+            try:
+                parse_version(version)
+            except ValueError as exc:
+                problems.append(problem(file, field, str(exc)))
+    return problems
+
+
+def read_manifest(archive: Archive, label: str, file: str, manifest_type: type[M], pack_command: str) -> M:
+    """``file`` from the top level of ``archive``, read as where the artifact runs reads it.
+
+    ``platform_sdk.artifacts.parse_manifest`` is that one reader (UTF-8 with or without a
+    byte-order mark, JSON, ``manifest_type``): each schema error becomes a problem whose
+    field is the dotted path of the value (``endpoints.0.inputs.x.type``). A manifest found
+    only in a folder gets a hint to zip the folder's contents (``pack_command``, e.g.
+    ``aiot model pack DIR``).
     """
     names = archive.names()
     if file not in names:
@@ -110,22 +129,9 @@ def read_manifest(archive: Archive, label: str, file: str, manifest_type: type[M
         raise fail(label, [problem(file, None, f"missing at the top level of the zip{hint}")])
     raw = archive.read(file)
     try:
-        document = json.loads(raw.decode("utf-8-sig"))  # a BOM is how some editors save UTF-8
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = (
-            f"line {exc.lineno} column {exc.colno}: {exc.msg}"
-            if isinstance(exc, json.JSONDecodeError)
-            else str(exc)
-        )
-        raise fail(label, [problem(file, None, f"is not valid JSON ({where})")]) from exc
-    try:
-        return manifest_type.model_validate(document)
-    except ValidationError as exc:
-        problems = [
-            problem(file, ".".join(str(part) for part in error["loc"]) or "(document)", error["msg"])
-            for error in exc.errors(include_url=False, include_input=False)
-        ]
-        raise fail(label, problems) from exc
+        return parse_manifest(raw, manifest_type, file=file)
+    except ValidationFailed as exc:  # the zip's label in front, as for every other problem
+        raise fail(label, exc.details) from exc
 
 
 def validate_artifact(

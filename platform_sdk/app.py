@@ -32,11 +32,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from pydantic import ValidationError
-
-from platform_sdk.artifacts import APP_MANIFEST, AppInstanceConfig, AppManifest
+from platform_sdk.artifacts import APP_MANIFEST, AppInstanceConfig, AppManifest, parse_manifest
 from platform_sdk.devices import DeviceClient, SensorData, SensorStream
-from platform_sdk.errors import BadRequest, NotFound
+from platform_sdk.errors import BadRequest, NotFound, ValidationFailed
 from platform_sdk.model_client import ModelClient
 from platform_sdk.runtime import PlatformRuntime
 from platform_sdk.settings import Settings
@@ -185,13 +183,16 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def load_manifest(bundle: Path) -> AppManifest:
-    """The manifest of the app in ``bundle``; ``BadRequest`` naming the file and the field."""
+    """The manifest of the app in ``bundle``, read as the upload read it (``parse_manifest``).
+
+    ``BadRequest`` when it cannot be read; ``ValidationFailed`` naming the file and the field.
+    """
     path = bundle / APP_MANIFEST
     try:
-        return AppManifest.model_validate_json(path.read_bytes())
+        raw = path.read_bytes()
     except OSError as exc:
         raise BadRequest(f"{path}: cannot read it: {exc.strerror}") from exc
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "(document)"
-        raise BadRequest(f"{path}: {where}: {error['msg']}") from exc
+    try:
+        return parse_manifest(raw, AppManifest, file=APP_MANIFEST)
+    except ValidationFailed as exc:
+        raise ValidationFailed(f"{bundle}: {exc.message}", details=exc.details) from exc

@@ -16,6 +16,18 @@ devices at its location and to models.
 Field types (``FieldSpec.type``): ``int``, ``float``, ``bool``, ``string``,
 ``image`` (encoded JPEG/PNG bytes; base64 in JSON), ``list`` (with ``items``)
 and ``object`` (any JSON object).
+
+Versions (of models and apps) are PEP 440 versions written in ASCII (``VERSION_PATTERN``;
+the upload refuses one PEP 440 cannot read): ``1.0.0``, ``2.1-rc1`` (a release candidate of
+``2.1``), ``1.0.post1``. Every comparison of
+versions goes through ``version_key``, ``latest``, ``same_version`` and ``find_version``
+(``packaging.version``): a release ranks above its candidates, ``1.10`` above ``1.9``, and
+"latest" is the highest release (a pre-release only when there is nothing else).
+
+Manifests are read by one function, ``parse_manifest``, on upload (``aiot model pack`` and
+``POST /api/models``, through ``platform_core.manifests``) and where the artifact runs (a
+model replica, an app instance), so what the upload accepts is what runs: UTF-8 with or
+without a byte-order mark, JSON, then the manifest's schema.
 """
 
 from __future__ import annotations
@@ -23,16 +35,27 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from packaging.version import InvalidVersion, Version
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from platform_sdk.device_documents import Binding
+from platform_sdk.errors import ValidationFailed
 
 MODEL_MANIFEST = "model.json"
 APP_MANIFEST = "app.json"
 NAME_PATTERN = r"^[a-z][a-z0-9-]{1,47}$"
-VERSION_PATTERN = r"^\d+(\.\d+){0,2}([.-]?[a-z0-9]+)?$"
+# ASCII digits only: `\d` (in Python's re and in pydantic's) also takes other scripts' digits (U+0661...).
+VERSION_PATTERN = r"^[0-9]+(\.[0-9]+){0,2}([.-]?[a-z0-9]+)?$"
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
@@ -41,6 +64,126 @@ FIELD_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
 BUILTIN_STEPS = ("decode_image", "decode_image_gray")
 
 FieldType = Literal["int", "float", "bool", "string", "image", "list", "object"]
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+VersionKey = tuple[int, Version, str]
+_ZERO = Version("0")
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def parse_version(text: str) -> Version:
+    """``text`` as a PEP 440 version; ``ValueError`` saying why not.
+
+    Only what ``VERSION_PATTERN`` admits (ASCII digits, dots, lowercase letters, one ``-``
+    or ``.`` before a suffix) and PEP 440 understands: ``2.1-rc1`` is ``2.1rc1``, a release
+    candidate; ``1.0-foo`` is refused.
+    """
+    if not re.fullmatch(VERSION_PATTERN, text):
+        raise ValueError(
+            f"version {text!r} must match {VERSION_PATTERN} (ASCII digits, e.g. 1.0.0 or 2.1-rc1)"
+        )
+    try:
+        return Version(text)
+    except InvalidVersion:
+        raise ValueError(
+            f"version {text!r} is not a PEP 440 version (e.g. 1.0.0, 2.1-rc1, 1.0b2, 1.0.post1)"
+        ) from None
+
+
+def _parsed(text: str) -> Version | None:
+    try:
+        return parse_version(text)
+    except ValueError:
+        return None
+
+
+def version_key(text: str) -> VersionKey:
+    """A sort key in PEP 440 order (``2.1-rc1`` < ``2.1`` < ``2.1.post1`` < ``2.2``; ``1.9`` < ``1.10``).
+
+    A stored string that is not a valid version (one kept from before versions were checked)
+    sorts below every valid one; equal versions spelt differently (``1.0``, ``1.0.0``) by
+    their text, so the order is total.
+    """
+    parsed = _parsed(text)
+    return (0, _ZERO, text) if parsed is None else (1, parsed, text)
+
+
+def latest(items: Iterable[T], version_of: Callable[[T], str]) -> T | None:
+    """The item with the latest version: the highest release, as PEP 440 picks one.
+
+    Pre-releases (``rc``, ``b``, ``a``, ``dev``) are left out while there is any release,
+    so a candidate is tried by pinning it and "latest" moves once it is released; among
+    pre-releases only, the highest. None when ``items`` is empty.
+    """
+    candidates = list(items)
+    releases = [
+        item
+        for item in candidates
+        if (parsed := _parsed(version_of(item))) is not None and not parsed.is_prerelease
+    ]
+    return max(releases or candidates, key=lambda item: version_key(version_of(item)), default=None)
+
+
+def same_version(one: str, other: str) -> bool:
+    """Whether two version strings name one version (``1.0`` and ``1.0.0``, ``2.1-rc1`` and ``2.1rc1``)."""
+    if one == other:
+        return True
+    first, second = _parsed(one), _parsed(other)
+    return first is not None and first == second
+
+
+def find_version(items: Iterable[T], wanted: str, version_of: Callable[[T], str]) -> T | None:
+    """The item whose version is ``wanted`` (the same text first, else the same PEP 440 version)."""
+    candidates = list(items)
+    exact = next((item for item in candidates if version_of(item) == wanted), None)
+    if exact is not None:
+        return exact
+    return next((item for item in candidates if same_version(version_of(item), wanted)), None)
+
+
+# A version field. That it is a PEP 440 version is checked where new ones come in (the upload's
+# content checks, ``parse_version``), so that a manifest stored before that check is still read.
+VersionText = Annotated[str, Field(pattern=VERSION_PATTERN, max_length=32)]
+
+
+# --- reading manifests ----------------------------------------------------------------------
+
+
+def parse_manifest(raw: bytes, manifest_type: type[M], *, file: str) -> M:
+    """The one reader of ``model.json`` and ``app.json``, on upload and where the artifact runs.
+
+    ``raw`` is UTF-8, with or without a byte-order mark (how some editors save UTF-8),
+    holding a JSON object valid as ``manifest_type``. Otherwise ``ValidationFailed`` whose
+    message names ``file``, the field and the reason and whose ``details`` list every problem
+    as ``{"file", "field", "reason"}`` (``field`` is None for the document as a whole).
+    """
+    try:
+        document = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise _manifest_failure(file, [(None, f"is not valid JSON (not UTF-8: {exc})")]) from exc
+    except json.JSONDecodeError as exc:
+        reason = f"is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        raise _manifest_failure(file, [(None, reason)]) from exc
+    try:
+        return manifest_type.model_validate(document)
+    except ValidationError as exc:
+        problems: list[tuple[str | None, str]] = [
+            (".".join(str(part) for part in error["loc"]) or "(document)", error["msg"])
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        raise _manifest_failure(file, problems) from exc
+
+
+def _manifest_failure(file: str, problems: list[tuple[str | None, str]]) -> ValidationFailed:
+    field, reason = problems[0]
+    where = file + (f" field {field}" if field else "")
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ValidationFailed(
+        f"{where}: {reason}{more}",
+        details=[{"file": file, "field": field, "reason": reason} for field, reason in problems],
+    )
 
 
 class _Strict(BaseModel):
@@ -131,7 +274,7 @@ class ModelManifest(_Strict):
     """``model.json``: what a model is and how to serve it."""
 
     name: str = Field(pattern=NAME_PATTERN, description="a-z, 0-9 and -; 2 to 48 long.")
-    version: str = Field(pattern=VERSION_PATTERN, max_length=32, description="e.g. 1.0.0 or 2.1-rc1.")
+    version: VersionText = Field(description="A PEP 440 version, e.g. 1.0.0 or 2.1-rc1.")
     description: str = Field(default="", max_length=2000)
     author: str = Field(default="", max_length=200)
     framework: str = Field(default="python", max_length=64, description="e.g. opencv, scikit-learn, numpy.")
@@ -182,8 +325,8 @@ class ModelUse(_Strict):
     """A model an app calls, under an alias: ``app.model_call(alias, endpoint, ...)``."""
 
     model: str = Field(pattern=NAME_PATTERN, description="The model's name (as in its model.json).")
-    version: str | None = Field(
-        default=None, pattern=VERSION_PATTERN, description="A pinned version; empty: the latest deployed."
+    version: VersionText | None = Field(
+        default=None, description="A pinned version; empty: the latest deployed release."
     )
     endpoints: list[str] = Field(
         default_factory=list,
@@ -229,7 +372,7 @@ class AppManifest(_Strict):
     """``app.json``: what an app is, what it runs and what it uses."""
 
     name: str = Field(pattern=NAME_PATTERN, description="a-z, 0-9 and -; 2 to 48 long.")
-    version: str = Field(pattern=VERSION_PATTERN, max_length=32, description="e.g. 1.0.0 or 2.1-rc1.")
+    version: VersionText = Field(description="A PEP 440 version, e.g. 1.0.0 or 2.1-rc1.")
     description: str = Field(default="", max_length=2000)
     author: str = Field(default="", max_length=200)
     entrypoint: str = Field(

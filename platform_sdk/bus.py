@@ -299,7 +299,9 @@ class Bus:
                     **{
                         "group.id": f"{self.topics.prefix}.latest.{uuid.uuid4().hex}",
                         "enable.auto.commit": False,
-                        "fetch.wait.max.ms": self.fetch_wait_max_ms,
+                        # Its last fetch outlives unassign() in the broker, which answers nothing else
+                        # on the connection meanwhile: a long wait made every next read wait for it (2 s).
+                        "fetch.wait.max.ms": min(self.fetch_wait_max_ms, 10),
                     }
                 )
             )

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from aiot.client import PlatformClient
-from node_manager.roster import DEFAULT_ROSTER
+from platform_core.roster import DEFAULT_ROSTER
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.messages import Heartbeat

@@ -1,7 +1,12 @@
-"""The front door as a managed platform service: migrate, make sure a configurer exists, serve."""
+"""The front door as a managed platform service: migrate, make sure a configurer exists, serve.
+
+Beside the HTTP server it runs the app manager's answers on the bus (``app_manager.answers``:
+which apps use a model), since the app manager lives in this process.
+"""
 
 from __future__ import annotations
 
+from app_manager.answers import AppManagerAnswers
 from platform_core.db import Database
 from platform_core.http import HttpServer
 from platform_core.service import Service
@@ -32,6 +37,9 @@ class FrontDoorService(Service):
         self.requester = Requester(self.sdk.bus)
         self.requester.start()
         self.own(self.requester)
+        answers = AppManagerAnswers(self.sdk.bus, self.database)
+        answers.start()
+        self.own(answers)
         self.server = HttpServer(
             build_front_door(settings, self.database, self.requester),
             settings.web.host,

@@ -1,4 +1,8 @@
-"""The service roster: which platform services run, read from ``configs/roster.toml``."""
+"""The service roster: which platform services run, read from ``configs/roster.toml``.
+
+The node manager places every service it lists; the provider that brings a platform up (the
+bootstrapper's ``local`` one) waits for a heartbeat from each. Both read it here.
+"""
 
 from __future__ import annotations
 

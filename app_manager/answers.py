@@ -1,0 +1,63 @@
+"""The app manager's answers on the bus: what other domains may ask about apps.
+
+The app manager has no process of its own: its routes and these answers run in the front
+door's (``web.service`` starts ``AppManagerAnswers`` beside the HTTP server).
+
+    <prefix>.commands.app-manager (group "<prefix>.app-manager", request/reply)
+        ListModelUsers ──▶ ModelUsers: every app with a version whose app.json names the model
+                           (the AI manager asks before it deletes one)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from app_manager import registry
+from app_manager.messages import ListModelUsers, ModelUser, ModelUsers, app_manager_topic
+from platform_core.db import Database
+from platform_sdk.bus import Bus, ConsumerLoop
+from platform_sdk.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+
+def model_users(database: Database, model: str) -> list[ModelUser]:
+    """The apps that name ``model`` in any version, with those versions."""
+    with database.session() as session:
+        return [
+            ModelUser(
+                app_id=app.app_id,
+                app=app.name,
+                owner=app.owner,
+                versions=[version.version for version in versions],
+            )
+            for app, versions in registry.apps_using_model(session, model)
+        ]
+
+
+class AppManagerAnswers:
+    """Answers the app manager's requests from its own tables; ``start()``, ``stop()``."""
+
+    def __init__(self, bus: Bus, database: Database) -> None:
+        self.bus = bus
+        self.database = database
+        self._loop: ConsumerLoop | None = None
+
+    def start(self) -> None:
+        topics = self.bus.topics
+        loop = ConsumerLoop(
+            self.bus, [app_manager_topic(topics)], group=f"{topics.prefix}.app-manager", name="app-manager"
+        )
+        loop.add_handler(ListModelUsers, self.on_model_users)
+        loop.start()
+        self._loop = loop
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def on_model_users(self, request: ListModelUsers, _envelope: Envelope) -> ModelUsers:
+        users = model_users(self.database, request.model)
+        log.info("model %s is used by %d app(s)", request.model, len(users))
+        return ModelUsers(model=request.model, apps=users)

@@ -1,0 +1,39 @@
+"""What the app manager is asked and answers (``<prefix>.commands.app-manager``, request/reply).
+
+The AI manager asks ``ListModelUsers`` before it deletes a model: the apps are the app
+manager's, so it is the one to say which of them name the model (``app_manager.answers``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from platform_sdk.envelope import Message
+from platform_sdk.topics import Topics
+
+
+def app_manager_topic(topics: Topics) -> str:
+    """Requests to the app manager (answered by the front door's process, which hosts it)."""
+    return topics.commands("app-manager")
+
+
+class ListModelUsers(Message):
+    """Which apps use model ``model`` (its name, as ``app.json`` names it), in any of their versions?"""
+
+    message_type = "app-manager.list-model-users"
+    model: str
+
+
+class ModelUser(BaseModel):
+    """An app with the versions whose ``app.json`` names the model (each would fail to start without it)."""
+
+    app_id: str
+    app: str
+    owner: str
+    versions: list[str] = Field(description="The app's versions that use the model, oldest upload first.")
+
+
+class ModelUsers(Message):
+    message_type = "app-manager.model-users"
+    model: str
+    apps: list[ModelUser] = Field(default_factory=list)

@@ -1,0 +1,24 @@
+"""``python -m bootstrapper.local_node_manager``: the node manager of a platform `aiot up` started.
+
+The local provider (``bootstrapper.local``) starts the node manager on the main node's agent
+with this module, which hands it the provider's hooks: ``add_node`` (scale-out: one more
+service agent on this machine) and ``retire_node`` (what still runs of a lost node here is
+ended). The node manager knows nothing of providers; whoever starts it injects one
+(``python -m node_manager`` runs it without).
+"""
+
+from __future__ import annotations
+
+from bootstrapper.local import LocalPlatform
+from node_manager.service import NodeManagerService
+from platform_sdk.settings import get_settings
+
+
+def main() -> None:
+    settings = get_settings()
+    provider = LocalPlatform(settings)
+    NodeManagerService(settings, scale_out=provider.add_node, retire_node=provider.retire_node).run()
+
+
+if __name__ == "__main__":
+    main()
