@@ -3,15 +3,20 @@
 Every command has ``--help``; every listing takes ``--json`` and then prints
 one JSON document on stdout. Errors print one red line with what to do next
 and exit non-zero; ``aiot --debug ...`` adds the traceback.
+
+Several users share one AIOT_HOME: ``aiot login NAME`` saves a session per
+user, ``aiot --as NAME ...`` (or ``AIOT_PROFILE``) picks one, a token in
+``AIOT_TOKEN`` overrides them; see ``aiot.client`` for where sessions live.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import secrets
 import signal
+import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,17 +34,35 @@ from rich.text import Text
 
 from aiot.app_commands import app_app, run_sample_apps
 from aiot.client import (
+    DEFAULT_PROFILE,
+    PROFILE_ENV,
+    PROFILE_NAME,
+    TOKEN_ENV,
     Credentials,
     PlatformClient,
+    choose_profile,
+    current_caller,
     forget_credentials,
+    front_door_url,
     load_credentials,
+    login_profile,
     save_credentials,
+    saved_sessions,
 )
 from aiot.device_commands import device_app, location_app, register_sample_devices
+from aiot.log_reading import (
+    FollowOption,
+    GrepOption,
+    LevelOption,
+    LimitOption,
+    SinceOption,
+    UntilOption,
+    print_logs,
+)
 from aiot.model_commands import deploy_examples, model_app
 from aiot.output import JsonOption, out, print_json
 from aiot.schedule_commands import instance_app, mail_app, schedule_app
-from platform_sdk.errors import NotFound, PlatformError, Unavailable
+from platform_sdk.errors import BadRequest, NotFound, PlatformError, Unauthorized, Unavailable
 from platform_sdk.roles import Role
 from platform_sdk.runstate import RunState, kafka_address, read_run_state
 from platform_sdk.settings import Settings, get_settings, settings_reference
@@ -47,7 +70,6 @@ from platform_sdk.settings import Settings, get_settings, settings_reference
 if TYPE_CHECKING:
     from bootstrapper.local import LocalPlatform
 
-FOLLOW_POLL_S = 1.0
 LIVE_REFRESH_S = 2.0
 
 app = typer.Typer(
@@ -76,9 +98,21 @@ class CliState:
 def root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    as_profile: Annotated[
+        str | None,
+        typer.Option(
+            "--as",
+            metavar="NAME",
+            help="Act as this saved session: a profile (`aiot login NAME` saves one per user), or the "
+            "user of the default session. AIOT_PROFILE does the same; AIOT_TOKEN gives a token instead "
+            "(--as wins over both).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """AIoT platform command line. AIOT_HOME selects the platform (default ~/.aiot)."""
     ctx.ensure_object(CliState).debug = debug
+    choose_profile(as_profile)
 
 
 def _settings() -> Settings:
@@ -155,6 +189,9 @@ def up(
     ] = False,
 ) -> None:
     """Start the platform here: broker (if none configured), N agents, and every service on them."""
+    # Every process of the platform inherits this environment: a user's token stays out of it.
+    for variable in (TOKEN_ENV, PROFILE_ENV):
+        os.environ.pop(variable, None)
     settings = _settings()
     console = out()
     platform = _local_platform(settings)
@@ -455,110 +492,198 @@ def broker_fetch(
     console.print(f"Apache Kafka {kafka.kafka_version} jars in {target}")
 
 
-LEVEL_STYLES = {
-    "DEBUG": "dim",
-    "INFO": "",
-    "WARNING": "yellow",
-    "ERROR": "red",
-    "CRITICAL": "bold red",
-}
-
-
 @app.command()
 def logs(
     service: Annotated[str | None, typer.Argument(help="Only this service id.")] = None,
-    level: Annotated[str | None, typer.Option(help="This level and above (DEBUG..CRITICAL).")] = None,
-    since: Annotated[str | None, typer.Option(help="Like 10m, 2h, 1d, or an ISO time.")] = None,
-    until: Annotated[str | None, typer.Option(help="Like 10m, 2h, 1d, or an ISO time.")] = None,
-    grep: Annotated[str | None, typer.Option(help="Only records containing this text.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (the most recent).")] = 200,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")] = False,
+    level: LevelOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    grep: GrepOption = None,
+    limit: LimitOption = 200,
+    follow: FollowOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Print collected logs of the platform's services."""
-    client = PlatformClient.from_settings(_settings())
-    params: dict[str, Any] = {
-        "service": service,
-        "level": level,
-        "since": since,
-        "until": until,
-        "grep": grep,
-        "limit": limit,
-    }
-    records = client.get("/api/logs", params=params)["records"]
-    if as_json and not follow:
-        print_json(records)
-        return
-    console = out()
-    seen: set[tuple[str, str, str]] = set()
+    print_logs(
+        PlatformClient.from_settings(_settings()),
+        [service] if service else None,
+        level=level,
+        since=since,
+        until=until,
+        grep=grep,
+        limit=limit,
+        follow=follow,
+        as_json=as_json,
+    )
 
-    def show(batch: list[dict[str, Any]]) -> None:
-        for record in batch:
-            key = (record["time"], record["service_id"], record["message"])
-            if key in seen:
-                continue
-            seen.add(key)
-            if as_json:
-                sys.stdout.write(json.dumps(record) + "\n")
-                continue
-            head = f"{record['time']} {record['service_id']:<12} {record['level']:<8} {record['logger']}"
-            line = Text(f"{head}: {record['message']}", style=LEVEL_STYLES.get(record["level"], ""))
-            console.print(line, soft_wrap=True)
-            if record.get("exception"):
-                console.print(record["exception"], markup=False, soft_wrap=True)
 
-    show(records)
-    while follow:
-        time.sleep(FOLLOW_POLL_S)
-        newest = records[-1]["time"] if records else None
-        records = client.get("/api/logs", params={**params, "since": newest or since})["records"] or records
-        show(records)
+def _on_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _read_password(prompt: str) -> str:
+    """A password typed on the terminal (hidden), else the first line of stdin (for scripts)."""
+    if _on_terminal():
+        return str(typer.prompt(prompt, hide_input=True))
+    line = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+    if not line:
+        raise BadRequest("no password: pass --password, pipe it on stdin, or run on a terminal")
+    return line
 
 
 @app.command()
 def login(
-    username: Annotated[str, typer.Option(prompt=True, help="Your user name.")],
-    password: Annotated[str, typer.Option(prompt=True, hide_input=True, help="Your password.")],
+    username: Annotated[
+        str | None, typer.Argument(help="Your user name (asked for on a terminal).", show_default=False)
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Your password. Without it: asked for on a terminal, else the first line of stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    username_option: Annotated[str | None, typer.Option("--username", hidden=True)] = None,
 ) -> None:
-    """Log in to the platform; the token is kept in AIOT_HOME/credentials.json."""
+    """Log in and save the session; one session per user, so several users share this AIOT_HOME.
+
+    The session goes to the profile `--as` (or AIOT_PROFILE) names; without one, to the default
+    session when it is free or already yours, else to a profile named after you (use it with
+    `aiot --as NAME ...`). Taking a saved session's place revokes its token.
+    """
     settings = _settings()
-    client = PlatformClient.from_settings(settings, authenticated=False)
-    reply = client.post(
-        "/api/auth/login",
-        json={"username": username, "password": password, "token_name": "aiot-cli"},
-    )
-    save_credentials(settings, Credentials(url=client.url, username=username, token=reply["token"]))
-    out().print(f"logged in as {username} ({reply['user']['role']})")
+    name = username or username_option
+    if not name:
+        if not _on_terminal():
+            raise BadRequest("no user name: run `aiot login NAME`")
+        name = str(typer.prompt("Username"))
+    if not PROFILE_NAME.match(name):
+        raise BadRequest(f"{name!r} is not a user name: use lowercase letters, digits, '.', '_' or '-'")
+    secret = password if password is not None else _read_password("Password")
+    profile = login_profile(settings, name)
+    earlier = load_credentials(settings, profile)
+    client = PlatformClient(front_door_url(settings, earlier or load_credentials(settings)))
+    body = {
+        "username": name,
+        "password": secret,
+        "token_name": f"aiot-cli {profile}@{socket.gethostname()}"[:64],
+        "replaces": earlier.token if earlier else None,
+    }
+    reply = client.post("/api/auth/login", json=body)
+    save_credentials(settings, Credentials(url=client.url, username=name, token=reply["token"]), profile)
+    console = out()
+    console.print(f"logged in as {name} ({reply['user']['role']})")
+    if profile != DEFAULT_PROFILE:
+        console.print(
+            f"session saved as profile '{profile}': use it with `aiot --as {profile} ...` "
+            f"or {PROFILE_ENV}={profile}"
+        )
+    if earlier is not None:
+        fate = "its token is revoked" if reply.get("replaced") is not None else "its token was unknown here"
+        console.print(f"replaced the earlier session of {earlier.username} ({fate})")
+    if os.environ.get(TOKEN_ENV, "").strip():
+        console.print(f"[yellow]{TOKEN_ENV} is set: commands use that token until you unset it[/]")
 
 
 @app.command()
 def logout() -> None:
-    """Revoke this CLI's token and forget it."""
+    """Revoke the token of the session in use and forget it (`aiot --as NAME logout` for another)."""
     settings = _settings()
-    if load_credentials(settings) is None:
+    try:
+        caller = current_caller(settings)
+    except Unauthorized:
         out().print("not logged in")
         return
+    client = PlatformClient(front_door_url(settings, caller.saved), caller.token)
     try:
-        PlatformClient.from_settings(settings).post("/api/auth/logout")
-    finally:
-        forget_credentials(settings)
-    out().print("logged out")
+        client.post("/api/auth/logout")
+    except Unauthorized:
+        pass  # the token no longer works: nothing left to revoke
+    except Unavailable as exc:
+        raise Unavailable(
+            f"{exc.message}; the session is kept so that its token can still be revoked: "
+            "run `aiot logout` again once the platform answers"
+        ) from exc
+    if caller.saved is None:
+        out().print(f"revoked the token in {TOKEN_ENV}; unset {TOKEN_ENV}")
+        return
+    forget_credentials(settings, caller.profile or DEFAULT_PROFILE)
+    out().print(f"logged out {caller.saved.username} ({caller.describe()})")
+
+
+@app.command()
+def whoami(as_json: JsonOption = False) -> None:
+    """Show whom this CLI acts as: the user, their role, and which session or token."""
+    client = PlatformClient.from_settings(_settings())
+    user = client.get("/api/auth/me")["user"]
+    caller = client.caller
+    assert caller is not None
+    if as_json:
+        print_json({"user": user, "profile": caller.profile, "url": client.url})
+        return
+    out().print(f"{user['username']} ({user['role']}), {caller.describe()}, at {client.url}")
+
+
+@app.command()
+def profiles(as_json: JsonOption = False) -> None:
+    """List the sessions saved in this AIOT_HOME: profile, user, front door, and the one in use."""
+    settings = _settings()
+    try:
+        in_use = current_caller(settings).profile
+    except Unauthorized:
+        in_use = None
+    rows: list[dict[str, Any]] = [
+        {"profile": profile, "username": saved.username, "url": saved.url, "in_use": profile == in_use}
+        for profile, saved in saved_sessions(settings).items()
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out().print("no saved sessions: log in with `aiot login NAME`")
+        return
+    table = Table("", "profile", "user", "front door")
+    for row in rows:
+        table.add_row("*" if row["in_use"] else "", row["profile"], row["username"], row["url"])
+    out().print(table)
+    if os.environ.get(TOKEN_ENV, "").strip() and in_use is None:
+        out().print(f"commands use the token in {TOKEN_ENV}")
 
 
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Argument(help="Lowercase letters, digits, '.', '_' or '-'.")],
     role: Annotated[Role, typer.Option(help="What the user may do.")],
-    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="The user's password. Without it: asked for on a terminal, else generated and "
+            "printed once (alone on stdout).",
+            show_default=False,
+        ),
+    ] = None,
     email: Annotated[str | None, typer.Option(help="Where the platform sends notifications.")] = None,
 ) -> None:
     """Register a user with a role."""
+    generated = None
+    if password is None:
+        if _on_terminal():
+            password = str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+        else:
+            password = generated = secrets.token_urlsafe(12)
     client = PlatformClient.from_settings(_settings())
     reply = client.post(
         "/api/users",
         json={"username": username, "password": password, "role": role.value, "email": email},
     )
-    out().print(f"user {reply['user']['username']} ({reply['user']['role']}) created")
+    created = f"user {reply['user']['username']} ({reply['user']['role']}) created"
+    if generated is None:
+        out().print(created)
+        return
+    Console(stderr=True, highlight=False).print(
+        f"{created}; its generated password, shown once, is on stdout"
+    )
+    typer.echo(generated)
 
 
 @user_app.command("list")

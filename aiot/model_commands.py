@@ -1,9 +1,10 @@
-"""``aiot model ...``: pack, upload, list, show, call and delete models.
+"""``aiot model ...``: pack, upload, list, show, call, delete models and read their replicas' logs.
 
 ``pack`` runs on the developer's machine with the AI manager's own validation;
 ``upload``, ``list``, ``show`` and ``delete`` talk to the front door as the logged-in
 user; ``call`` goes the way an app's ``model_call`` goes (resolve over Kafka, then the
-replica's REST endpoint).
+replica's REST endpoint); ``logs`` reads the collected logs of every replica the model's
+deployments name (``aiot.log_reading``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ from rich.console import Console
 from rich.table import Table
 
 from aiot.client import PlatformClient
+from aiot.log_reading import (
+    FollowOption,
+    GrepOption,
+    LevelOption,
+    LimitOption,
+    SinceOption,
+    UntilOption,
+    print_logs,
+)
 from aiot.output import JsonOption, out, print_json
 from aiot.packing import upload_source, write_packed
 from platform_sdk.errors import BadRequest, NotFound, PlatformError
 from platform_sdk.settings import get_settings
 
-model_app = typer.Typer(help="Models: pack, upload, list, show, call, delete.", no_args_is_help=True)
+model_app = typer.Typer(help="Models: pack, upload, list, show, call, delete, logs.", no_args_is_help=True)
 FINAL_STATUSES = ("deployed", "failed", "undeployed")
 
 
@@ -211,7 +221,72 @@ def call(
 
 
 @model_app.command("delete")
-def delete(model: Annotated[str, typer.Argument(help="Model id or name.")]) -> None:
-    """Undeploy every version of a model and delete it."""
-    reply = PlatformClient.from_settings(get_settings()).delete(f"/api/models/{model}")
-    out().print(f"model {reply['name']} ({reply['model_id']}) undeployed and deleted")
+def delete(
+    model: Annotated[str, typer.Argument(help="Model id or name.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete it even though apps use it (they then fail to start).")
+    ] = False,
+) -> None:
+    """Undeploy every version of a model and delete it; refused while apps use it, unless --force."""
+    client = PlatformClient.from_settings(get_settings())
+    client.timeout = max(client.timeout, 180.0)  # undeploying waits for every replica to stop
+    reply = client.delete(f"/api/models/{model}", params={"force": "true"} if force else None)
+    console = out()
+    console.print(f"model {reply['name']} ({reply['model_id']}) undeployed and deleted")
+    broken = reply.get("broken_apps")
+    if broken is None:
+        console.print("[yellow]could not ask which apps use it:[/] apps naming it fail to start")
+    for app in broken or []:
+        versions = ", ".join(app["versions"])
+        console.print(
+            f"[yellow]app {app['app']} ({versions}) uses it:[/] its instances fail to start "
+            f"until it is changed or deleted (`aiot app delete {app['app']}`)"
+        )
+
+
+def replica_labels(document: dict[str, Any], version: str | None) -> dict[str, str]:
+    """Replica service id → "<version>/r<n>", for every version's replicas or ``version``'s only."""
+    versions = [item for item in document["versions"] if version in (None, item["version"])]
+    if not versions:
+        known = ", ".join(item["version"] for item in document["versions"]) or "none"
+        raise NotFound(f"model {document['name']} has no version {version!r} (versions: {known})")
+    labels = {
+        replica["service_id"]: f"{item['version']}/r{number}"
+        for item in versions
+        for number, replica in enumerate((item.get("deployment") or {}).get("replicas", []))
+    }
+    if not labels:
+        which = f"version {version} has" if version else "no version has"
+        raise NotFound(
+            f"model {document['name']}: {which} replicas (it was never deployed); see `aiot model show`"
+        )
+    return labels
+
+
+@model_app.command("logs")
+def logs(
+    model: Annotated[str, typer.Argument(help="Model id or name.")],
+    version: Annotated[str | None, typer.Option(help="Only this version's replicas.")] = None,
+    level: LevelOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    grep: GrepOption = None,
+    limit: LimitOption = 200,
+    follow: FollowOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Collected logs of every replica of a model, each line labelled with its replica (VERSION/rN)."""
+    client = PlatformClient.from_settings(get_settings())
+    labels = replica_labels(client.get(f"/api/models/{model}"), version)
+    print_logs(
+        client,
+        list(labels),
+        labels=labels,
+        level=level,
+        since=since,
+        until=until,
+        grep=grep,
+        limit=limit,
+        follow=follow,
+        as_json=as_json,
+    )

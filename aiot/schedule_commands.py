@@ -1,8 +1,11 @@
 """``aiot schedule ...``, ``aiot instance ...`` and ``aiot mail ...``: run apps at locations, see what runs.
 
 Everything goes through the front door (``/api/schedules``, ``/api/instances``,
-``/api/mails``); ``schedule create --now --wait`` follows the new instance until it runs
-and prints its address.
+``/api/mails``, and ``/api/logs`` for ``instance logs``); ``schedule create --now --wait``
+follows the new instance until it runs and prints its address. Tables show times in the
+location's time zone, named with its offset ("2026-12-06 18:30 CET (UTC+01:00)"): schedules
+and instances carry the zone (``timezone``) beside their UTC instants; ``--json`` prints the
+API's documents as they are (ISO 8601 instants with their offset, and ``timezone``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,19 @@ import typer
 from rich.table import Table
 
 from aiot.client import PlatformClient
+from aiot.log_reading import (
+    FollowOption,
+    GrepOption,
+    LevelOption,
+    LimitOption,
+    SinceOption,
+    UntilOption,
+    print_logs,
+)
 from aiot.output import JsonOption, out, print_json
 from platform_sdk.errors import BadRequest, PlatformError, Timeout
 from platform_sdk.settings import get_settings
+from scheduler.local_time import local_time_of
 
 schedule_app = typer.Typer(help="Schedules: run an app at a location at given times.", no_args_is_help=True)
 instance_app = typer.Typer(help="App instances: what runs where.", no_args_is_help=True)
@@ -115,8 +128,9 @@ def schedule_create(
         print_json(schedule)
         return
     out().print(f"schedule {schedule['schedule_id']}: {schedule['app']} at {schedule['location']}")
+    zone = schedule.get("timezone")
     for run in schedule.get("next_runs", []):
-        out().print(f"  next run {run['start']} → {run['end']}")
+        out().print(f"  next run {local_time_of(run['start'], zone)} → {local_time_of(run['end'], zone)}")
     for instance in schedule.get("instances", []):
         out().print(f"  instance {instance['instance_id']} {instance['status']} {instance['url']}")
 
@@ -160,7 +174,9 @@ def schedule_list(as_json: JsonOption = False) -> None:
         return
     table = Table("id", "app", "location", "status", "owner", "next run")
     for item in schedules:
-        upcoming = item["next_runs"][0]["start"] if item["next_runs"] else "-"
+        upcoming = local_time_of(
+            item["next_runs"][0]["start"] if item["next_runs"] else None, item["timezone"]
+        )
         table.add_row(
             item["schedule_id"], item["app"], item["location"], item["status"], item["owner"], upcoming
         )
@@ -176,6 +192,7 @@ def schedule_pause(schedule_id: str) -> None:
 
 @schedule_app.command("resume")
 def schedule_resume(schedule_id: str) -> None:
+    """Run a paused schedule again, from its next start time."""
     _client().post(f"/api/schedules/{schedule_id}/resume")
     out().print(f"resumed {schedule_id}")
 
@@ -204,7 +221,7 @@ def instance_list(as_json: JsonOption = False) -> None:
             item["status"],
             item["node_id"] or "-",
             item["url"] or "-",
-            item["stop_at"] or "-",
+            local_time_of(item["stop_at"], item.get("timezone")),
         )
     out().print(table)
 
@@ -216,6 +233,35 @@ def instance_stop(instance_id: str) -> None:
     out().print(f"{instance_id}: {reply['status']}")
 
 
+@instance_app.command("logs")
+def instance_logs(
+    instance_id: Annotated[str, typer.Argument(help="The instance id, as `aiot instance list` shows it.")],
+    level: LevelOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    grep: GrepOption = None,
+    limit: LimitOption = 200,
+    follow: FollowOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Collected logs of an app instance (its service's: the app's log and output lines)."""
+    client = _client()
+    service_id = client.get(f"/api/instances/{instance_id}").get("service_id")
+    if not service_id:
+        raise PlatformError(f"the deployer did not name the service of {instance_id}: is it up to date?")
+    print_logs(
+        client,
+        [service_id],
+        level=level,
+        since=since,
+        until=until,
+        grep=grep,
+        limit=limit,
+        follow=follow,
+        as_json=as_json,
+    )
+
+
 @mail_app.command("list")
 def mail_list(as_json: JsonOption = False) -> None:
     """Mails to you, newest first (a platform configurer sees all)."""
@@ -223,7 +269,9 @@ def mail_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(mails)
         return
-    table = Table("sent", "to", "subject", "status")
+    table = Table("sent", "to", "subject", "address", "status")
     for item in mails:
-        table.add_row(item["created_at"], item["recipient"], item["subject"], item["status"])
+        table.add_row(
+            item["created_at"], item["recipient"], item["subject"], item.get("url") or "-", item["status"]
+        )
     out().print(table)

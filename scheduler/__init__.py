@@ -8,7 +8,8 @@ It talks to the deployer (``DeployApp`` / ``StopInstance`` over Kafka), listens 
   the location's time zone (daylight saving neither skips nor repeats a run);
 * ``api`` — ``/api/schedules``, ``/api/instances`` and ``/api/mails`` on the front door;
 * ``service`` — ``python -m scheduler``: the jobs, the firing, the mail;
-* ``mail`` — the outbox and SMTP delivery.
+* ``mail`` — the outbox and SMTP delivery;
+* ``local_time`` — instants as people at a location read them (the CLI's tables, the mails).
 
 Life of a schedule: ``POST /api/schedules`` (validated: app, location, the location has the
 device types the app needs, times) ──▶ row ──▶ ``ScheduleChanged`` ──▶ a job in APScheduler

@@ -30,7 +30,6 @@ from scheduler import timetable
 from scheduler.mail import MailView, list_mails, local_mailbox
 from scheduler.messages import ScheduleChanged
 from scheduler.models import ScheduleRow
-from web.identity import User
 
 blueprint = flask.Blueprint("schedules", __name__, url_prefix="/api")
 SCHEDULERS = (Role.END_USER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
@@ -129,7 +128,6 @@ def create_schedule() -> tuple[flask.Response, int]:
                 + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
                 details=problems,
             )
-        user = session.scalar(sa.select(User).where(User.username == principal.username))
         row = ScheduleRow(
             schedule_id="s" + uuid.uuid4().hex[:11],
             app_id=app.app_id,
@@ -138,7 +136,7 @@ def create_schedule() -> tuple[flask.Response, int]:
             location=location.name,
             timezone=location.timezone,
             owner=principal.username,
-            email=user.email if user is not None else None,
+            email=principal.email,
             spec=spec.model_dump_json(exclude_none=True),
             created_at=now,
             updated_at=now,
@@ -286,13 +284,12 @@ def stop_instance(instance_id: str) -> flask.Response:
 def list_outbox() -> flask.Response:
     """The caller's mails (a configurer: everyone's), newest first."""
     principal = current_principal()
+    recipients = (
+        None
+        if _sees_all(principal)
+        else [local_mailbox(principal.username)] + ([principal.email] if principal.email else [])
+    )
     with resources().database.session() as session:
-        recipients = None
-        if not _sees_all(principal):
-            user = session.scalar(sa.select(User).where(User.username == principal.username))
-            recipients = [local_mailbox(principal.username)] + (
-                [user.email] if user is not None and user.email else []
-            )
         mails = [
             MailView.model_validate(row, from_attributes=True).model_dump(mode="json")
             for row in list_mails(session, recipients=recipients)

@@ -3,7 +3,9 @@
 This module owns the ``mails`` table (``MailRow``) and the text of the mails the platform
 sends. It talks to the registry database (``Database``) and, when ``mail.smtp_host`` is set,
 to that SMTP server through ``smtplib``; with no SMTP host, mails stay in the outbox, where the
-API and the CLI show them (``list_mails``, ``MailView``).
+API and the CLI show them (``list_mails``, ``MailView``, whose ``url`` is the app's address the
+mail gives). Times in a mail are the location's wall-clock time with its zone and offset
+(``scheduler.local_time``): the instance event carries the location's time zone.
 
 How a mail flows: ``Mailer.record`` checks the address and adds the mail with status
 ``outbox`` to the caller's session, so the mail exists exactly when the caller's change (an
@@ -38,12 +40,13 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 from sqlalchemy.orm import Session
 
 from platform_core.db import Database, utcnow
 from platform_sdk.errors import BadRequest, NotFound
 from platform_sdk.settings import MailSettings
+from scheduler.local_time import local_time
 from scheduler.models import MailRow
 
 MAX_ATTEMPTS = 5
@@ -58,6 +61,10 @@ _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/
 _DOMAIN = re.compile(
     r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 )
+# The line before the app's address in the mails that give one; the address is the next line.
+OPEN_IT_HERE = "Open it here:"
+ITS_NEW_ADDRESS = "Its new address:"
+_ADDRESS = re.compile(rf"^(?:{re.escape(OPEN_IT_HERE)}|{re.escape(ITS_NEW_ADDRESS)})\n(\S+)$", re.MULTILINE)
 
 
 class MailView(BaseModel):
@@ -74,6 +81,18 @@ class MailView(BaseModel):
     instance_id: str | None
     created_at: datetime
     sent_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def url(self) -> str | None:
+        """The app's address the mail gives (running, moved), else None."""
+        return app_address(self.body)
+
+
+def app_address(body: str) -> str | None:
+    """The app's address in a mail body written by this module, or None when it gives none."""
+    found = _ADDRESS.search(body)
+    return found.group(1) if found else None
 
 
 def address_problem(address: str) -> str | None:
@@ -283,20 +302,28 @@ def _app_label(app: str, version: str | None) -> str:
     return f"{app} {version}" if version else app
 
 
-def _when(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%d %H:%M} {moment.tzname() or 'UTC'}"
-
-
 def instance_started_mail(
-    app: str, version: str | None, location: str, instance_id: str, url: str, until: datetime | None
+    app: str,
+    version: str | None,
+    location: str,
+    instance_id: str,
+    url: str,
+    until: datetime | None,
+    *,
+    timezone: str | None = None,
 ) -> tuple[str, str]:
     """Subject and body telling a user their scheduled app runs: where, its address, when it stops.
 
-    ``url`` "" when the instance's address is not known; ``until`` None when it has no scheduled end.
+    ``url`` "" when the instance's address is not known; ``until`` None when it has no scheduled end;
+    it is told in the location's ``timezone`` (IANA name; None: UTC), with the zone and its offset.
     """
     label = _app_label(app, version)
-    address = f"Open it here:\n{url}" if url else "`aiot instance list` shows its address."
-    stop = f"It will stop at {_when(until)}." if until is not None else "It runs until it is stopped."
+    address = f"{OPEN_IT_HERE}\n{url}" if url else "`aiot instance list` shows its address."
+    stop = (
+        f"It will stop at {local_time(until, timezone)}."
+        if until is not None
+        else "It runs until it is stopped."
+    )
     body = (
         f"Hello,\n\n"
         f"{label} is running at {location}.\n\n"
@@ -316,7 +343,7 @@ def instance_moved_mail(
     The subject names the address, so each move is mailed once however often its event comes.
     """
     label = _app_label(app, version)
-    address = f"Its new address:\n{url}" if url else "`aiot instance list` shows its new address."
+    address = f"{ITS_NEW_ADDRESS}\n{url}" if url else "`aiot instance list` shows its new address."
     body = (
         f"Hello,\n\n"
         f"{label} at {location} stopped answering where it ran, so the platform started it on "

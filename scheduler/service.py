@@ -306,6 +306,7 @@ class SchedulerService(Service):
             email=row.email,
             schedule_id=row.schedule_id,
             stop_at=run.end,
+            timezone=row.timezone,
         )
 
     def fire_stop(self, instance_id: str) -> None:
@@ -326,7 +327,13 @@ class SchedulerService(Service):
             )
         elif event.status == "running":
             subject, body = instance_started_mail(
-                event.app, event.version, event.location, event.instance_id, event.url, event.stop_at
+                event.app,
+                event.version,
+                event.location,
+                event.instance_id,
+                event.url,
+                event.stop_at,
+                timezone=event.timezone,
             )
         elif event.status == "failed":
             subject, body = instance_failed_mail(

@@ -266,6 +266,49 @@ def test_instance_started_mail_says_where_it_runs_its_address_and_when_it_stops(
     assert "`aiot instance list` shows its address." in open_ended
 
 
+def test_instance_started_mail_tells_the_stop_in_the_locations_time_zone() -> None:
+    until = datetime(2026, 12, 6, 17, 30, tzinfo=UTC)
+
+    _, berlin = instance_started_mail(
+        "Smart Home", "1.2.0", "lake-home", "inst-3", "http://10.0.0.7:9012", until, timezone="Europe/Berlin"
+    )
+    _, new_york = instance_started_mail(
+        "Smart Home", "1.2.0", "lake-home", "inst-3", "", until, timezone="America/New_York"
+    )
+
+    assert "It will stop at 2026-12-06 18:30 CET (UTC+01:00)." in berlin
+    assert "It will stop at 2026-12-06 12:30 EST (UTC-05:00)." in new_york
+    assert "UTC." not in berlin
+
+
+def test_a_mail_view_gives_the_apps_address_the_mail_gives(database: Database) -> None:
+    mailer = Mailer(MailSettings())
+    until = datetime(2026, 12, 6, 17, 30, tzinfo=UTC)
+    texts = {
+        "running": instance_started_mail(
+            "Smart Home", "1.2.0", "lake-home", "inst-3", "http://10.0.0.7:9012", until
+        ),
+        "moved": instance_moved_mail("Smart Home", "1.2.0", "lake-home", "inst-3", "http://10.0.0.8:9020"),
+        "no address yet": instance_started_mail("Smart Home", "1.2.0", "lake-home", "inst-3", "", until),
+        # A reason with an address in it is not the app's address.
+        "failed": instance_failed_mail(
+            "Smart Home", "1.2.0", "lake-home", "inst-3", "http://10.0.0.7:9012/health did not answer"
+        ),
+    }
+    sent = {
+        kind: mailer.send(database, ADA, subject, body, "inst-3") for kind, (subject, body) in texts.items()
+    }
+
+    assert {kind: mail.url for kind, mail in sent.items()} == {
+        "running": "http://10.0.0.7:9012",
+        "moved": "http://10.0.0.8:9020",
+        "no address yet": None,
+        "failed": None,
+    }
+    shown = {mail.mail_id: mail.model_dump(mode="json")["url"] for mail in stored(database)}
+    assert shown == {mail.mail_id: mail.url for mail in sent.values()}
+
+
 def test_instance_failed_mail_says_why_and_what_to_do_next() -> None:
     subject, body = instance_failed_mail(
         "Smart Home", "1.2.0", "lake-home", "inst-3", "no node has 2 GB free"

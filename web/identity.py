@@ -4,11 +4,14 @@ Layered as schema (typed tables) → CRUD functions taking a session → routes
 (``web.identity_api``). Passwords are hashed with argon2id (argon2-cffi);
 API tokens are random 256-bit secrets shown once and stored only as their
 SHA-256, which is enough for a secret of that strength and keeps the
-per-request check fast. A disabled user's tokens stop working at once.
+per-request check fast. A disabled user's tokens stop working at once. A login
+may name the token it replaces (the CLI's earlier session of the same profile):
+that token is revoked in the login's transaction, once the password is checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -72,12 +75,16 @@ class UserView:
 
 @dataclass(frozen=True)
 class IssuedToken:
-    """A new API token; ``secret`` is shown this once and never stored."""
+    """A new API token; ``secret`` is shown this once and never stored.
+
+    ``replaced`` is the id of the token the login revoked in its place, if it named one that exists.
+    """
 
     id: int
     name: str
     secret: str
     user: UserView
+    replaced: int | None = None
 
 
 def _hash_token(secret: str) -> str:
@@ -141,8 +148,14 @@ def issue_token(session: Session, user: User, name: str) -> IssuedToken:
     return IssuedToken(token.id, name, secret, UserView.of(user))
 
 
-def login(session: Session, username: str, password: str, token_name: str = "login") -> IssuedToken:
-    """Check a password and issue a token; the same error for every failure, so names don't leak."""
+def login(
+    session: Session, username: str, password: str, token_name: str = "login", replaces: str | None = None
+) -> IssuedToken:
+    """Check a password and issue a token; the same error for every failure, so names don't leak.
+
+    ``replaces``, the secret of the token this login takes the place of, is revoked once the
+    password is checked (a failed login leaves it working).
+    """
     failure = Unauthorized("wrong username or password, or the user is disabled")
     user = session.scalar(sa.select(User).where(User.username == username))
     if user is None or user.disabled:
@@ -154,7 +167,10 @@ def login(session: Session, username: str, password: str, token_name: str = "log
         raise failure from None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    return issue_token(session, user, token_name)
+    issued = issue_token(session, user, token_name)
+    if replaces:
+        issued = dataclasses.replace(issued, replaced=revoke_secret(session, replaces))
+    return issued
 
 
 def authenticate(session: Session, secret: str) -> Principal | None:
@@ -170,7 +186,7 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     if token.revoked_at is not None or user.disabled:
         return None
     token.last_used_at = utcnow()
-    return Principal(user.id, user.username, Role(user.role), token.id)
+    return Principal(user.id, user.username, Role(user.role), token.id, user.email)
 
 
 def revoke_token(session: Session, user_id: int, token_id: int) -> None:
@@ -178,6 +194,18 @@ def revoke_token(session: Session, user_id: int, token_id: int) -> None:
     if token is None or token.user_id != user_id:
         raise NotFound(f"no token {token_id} of this user")
     token.revoked_at = token.revoked_at or utcnow()
+
+
+def revoke_secret(session: Session, secret: str) -> int | None:
+    """Revoke the token with this secret, whoever it belongs to (holding it is the right to end it).
+
+    Its id, or None when no token has this secret.
+    """
+    token = session.scalar(sa.select(ApiToken).where(ApiToken.token_hash == _hash_token(secret)))
+    if token is None:
+        return None
+    token.revoked_at = token.revoked_at or utcnow()
+    return token.id
 
 
 def list_tokens(session: Session, user_id: int) -> list[ApiToken]:

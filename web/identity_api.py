@@ -17,6 +17,8 @@ class LoginRequest(BaseModel):
     username: str
     password: str
     token_name: str = Field(default="login", max_length=64)
+    # The token this login takes the place of (a CLI profile's earlier session): revoked on success.
+    replaces: str | None = Field(default=None, max_length=256)
 
 
 class NewUser(BaseModel):
@@ -51,11 +53,13 @@ def health() -> flask.Response:
 @blueprint.post("/auth/login")
 @public
 def login() -> flask.Response:
-    """Exchange a username and password for an API token."""
+    """Exchange a username and password for an API token, revoking the token it ``replaces``."""
     body = body_as(LoginRequest)
     with resources().database.session() as session:
-        issued = identity.login(session, body.username, body.password, body.token_name)
-    return flask.jsonify(token=issued.secret, token_id=issued.id, user=_user_json(issued.user))
+        issued = identity.login(session, body.username, body.password, body.token_name, body.replaces)
+    return flask.jsonify(
+        token=issued.secret, token_id=issued.id, user=_user_json(issued.user), replaced=issued.replaced
+    )
 
 
 @blueprint.post("/auth/logout")
