@@ -2,13 +2,18 @@
 
 Registrations go to the front door (platform configurers); ``watch`` and ``command``
 go the way an app goes, through the SDK's ``DeviceClient`` over Kafka, with the device
-bound under its own name as alias.
+bound under its own name as alias. ``list`` and ``show`` print each device's latest
+reading, frame or state as the front door reads it (with units and age). A device,
+location or type the platform does not know is named with the command that lists what
+it knows (the API's message names its route).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,13 +23,68 @@ from rich.table import Table
 
 from aiot.client import PlatformClient
 from aiot.output import JsonOption, out, print_json
-from platform_sdk.errors import BadRequest
+from platform_sdk.errors import BadRequest, NotFound
 from platform_sdk.settings import get_settings
 
 device_app = typer.Typer(help="Devices: register, list, watch, command.", no_args_is_help=True)
 type_app = typer.Typer(help="Device types (sensors and controllers).", no_args_is_help=True)
 location_app = typer.Typer(help="Locations where devices are.", no_args_is_help=True)
 device_app.add_typer(type_app, name="type")
+
+
+# What lists the names of each kind the API may not know, for a CLI user (most specific first).
+LIST_COMMANDS = (
+    ("device type", "aiot device type list", "device types"),
+    ("location", "aiot location list", "locations"),
+    ("device", "aiot device list", "devices"),
+)
+
+
+@contextlib.contextmanager
+def cli_hints() -> Iterator[None]:
+    """Turn the API's "no device 'x'; see GET /api/devices" into the command that lists devices."""
+    try:
+        yield
+    except NotFound as exc:
+        subject, api_hint, _ = exc.message.partition("; see GET /api/devices")
+        for kind, command, plural in LIST_COMMANDS:
+            if api_hint and subject.startswith(f"no {kind} '"):
+                raise NotFound(f"{subject}: `{command}` shows the registered {plural}") from None
+        raise
+
+
+def _age(time: str, now: datetime | None = None) -> str:
+    seconds = ((now or datetime.now(UTC)) - datetime.fromisoformat(time)).total_seconds()
+    if seconds < 1:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{int(seconds)} s ago"
+
+
+def _size(count: int) -> str:
+    return f"{count} B" if count < 1024 else f"{count / 1024:.0f} KB"
+
+
+def latest_text(state: dict[str, Any] | None, now: datetime | None = None) -> str:
+    """One line for a latest value: ``temperature 21.5 °C, humidity 40 % (3 s ago)``; "-" for none."""
+    if not state:
+        return "-"
+    values: dict[str, Any] = state.get("values") or {}
+    units: dict[str, str] = state.get("units") or {}
+    if state.get("kind") == "frame":
+        text = (
+            f"frame {values.get('width')}x{values.get('height')} {values.get('content_type')}, "
+            f"{_size(int(values.get('bytes', 0)))}"
+        )
+    else:
+        text = ", ".join(
+            f"{name} {json.dumps(value, ensure_ascii=False)}" + (f" {units[name]}" if name in units else "")
+            for name, value in values.items()
+        )
+    recorded = ", last recorded" if state.get("source") == "registry" else ""
+    return f"{text or '{}'} ({_age(state['time'], now)}{recorded})"
 
 
 def _read_document(file: Path) -> Any:
@@ -111,13 +171,21 @@ def device_list(
 ) -> None:
     """Devices, with their type, location and latest reading or state."""
     query = {key: value for key, value in (("location", location), ("type", device_type)) if value}
-    devices = PlatformClient.from_settings(get_settings()).get("/api/devices", params=query)["devices"]
+    with cli_hints():
+        devices = PlatformClient.from_settings(get_settings()).get("/api/devices", params=query)["devices"]
     if as_json:
         print_json(devices)
         return
-    table = Table("name", "type", "location", "simulated")
+    table = Table("name", "type", "location", "simulated", "latest reading or state")
+    now = datetime.now(UTC)
     for item in devices:
-        table.add_row(item["name"], item["type"], item["location"], "yes" if item.get("simulated") else "no")
+        table.add_row(
+            item["name"],
+            item["type"],
+            item["location"],
+            "yes" if item.get("simulated") else "no",
+            latest_text(item.get("state"), now),
+        )
     out().print(table)
 
 
@@ -166,7 +234,8 @@ def schema(kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCHEMAS
 @device_app.command("show")
 def show(name: str, as_json: JsonOption = False) -> None:
     """A device: its document, type, effective parameters, latest reading or state, bindings."""
-    shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
+    with cli_hints():
+        shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
     if as_json:
         print_json(shown)
         return
@@ -177,7 +246,9 @@ def show(name: str, as_json: JsonOption = False) -> None:
     console.print(f"  parameters {json.dumps(shown.get('effective_parameters', {}))}")
     state = shown.get("state")
     if state:
-        console.print(f"  latest {state['kind']} at {state['time']}: {json.dumps(state['values'])}")
+        console.print(f"  latest {state['kind']} at {state['time']}: {latest_text(state)}")
+    else:
+        console.print("  no reading or state yet")
     if shown.get("bound_to"):
         console.print(f"  bound to {', '.join(shown['bound_to'])}")
 
@@ -185,7 +256,8 @@ def show(name: str, as_json: JsonOption = False) -> None:
 @device_app.command("delete")
 def device_delete(name: str) -> None:
     """Deregister a device (its simulator stops)."""
-    PlatformClient.from_settings(get_settings()).delete(f"/api/devices/{name}")
+    with cli_hints():
+        PlatformClient.from_settings(get_settings()).delete(f"/api/devices/{name}")
     out().print(f"device {name} deregistered")
 
 
@@ -194,7 +266,8 @@ def _device_client(name: str) -> Any:
     from platform_sdk.device_documents import Binding
     from platform_sdk.devices import DeviceClient
 
-    shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
+    with cli_hints():
+        shown = PlatformClient.from_settings(get_settings()).get(f"/api/devices/{name}")
     binding = Binding(device_id=name, type=shown["device_type"])
     return DeviceClient(Bus(get_settings(), source="aiot-cli"), {name: binding}, group=f"aiot-cli.{name}")
 

@@ -11,14 +11,19 @@ looked up by. Its parts:
   or nothing); ``effective_parameters`` (an instance's parameters, defaults filled);
   ``bind`` (pick devices of the types an app instance needs at its location; one device
   may serve many app instances); ``record_state`` / ``read_state`` (each device's latest
-  reading or state);
+  reading or state, one row per device);
+* ``states`` — a device's latest reading, frame summary or state: read from its topic on
+  request (``read_latest``; the API does), and recorded one row per device by the service's
+  ``StateRecorder`` every 30 s, shown once the topic holds nothing any more;
 * ``api`` — ``/api/devices``, the routes the front door mounts: platform configurers
   register and delete, every other role reads (end users need locations and devices to
-  schedule apps). After a device is added or removed it tells the device-manager service
+  schedule apps); a device is shown with its latest value (``states``). After a device is
+  added or removed it tells the device-manager service
   with a ``messages.DeviceChanged`` on ``<prefix>.commands.device-manager``;
 * ``python -m device_manager`` — the service: starts the simulators of simulated
-  devices, follows ``DeviceChanged``, records every device's latest reading and state,
-  and runs the MQTT gateway that brings real devices onto the bus.
+  devices, follows ``DeviceChanged`` (and creates the devices' topics), records every
+  device's latest reading or state (``states.StateRecorder``), and runs the MQTT gateway
+  that brings real devices onto the bus.
 
 Life of a registration: ``POST /api/devices`` (or ``/bulk``) ──▶ document validation
 (422 naming each field) ──▶ names free (409 naming them), types and locations known,

@@ -7,6 +7,12 @@ type or location, parameters that do not fit the type, or a simulated device who
 has no simulator is a 422 naming the device, the field and the reason; nothing is stored
 then. ``POST /api/devices/bulk`` registers a ``DeviceBundle`` all or nothing.
 
+A device's latest reading, frame summary or state (``state``, in ``GET /api/devices/<name>``
+and for each device of ``GET /api/devices``) is read from its topic when asked, through the
+front door's bus (``device_manager.states``); what cannot be read there (nothing on the
+topic any more, no bus, or the list's ``LIST_READ_BUDGET_S`` spent) is the row the
+device-manager service recorded, or null.
+
 After a device is registered or deleted the device-manager service is told with
 ``notify_device_change`` (a ``DeviceChanged`` on ``<prefix>.commands.device-manager``).
 The rows are committed first, then the notice is sent; when it cannot be sent (no bus:
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -26,17 +33,20 @@ import flask
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from device_manager import registry
+from device_manager import registry, states
 from device_manager.messages import DeviceChanged
 from device_manager.models import DeviceRow, DeviceTypeRow, LocationRow
 from platform_core.auth import Role, allow
 from platform_core.http import body_as, query_as, resources
+from platform_sdk.bus import Bus
 from platform_sdk.device_documents import DeviceBundle, DeviceInstance, DeviceType, Location
+from platform_sdk.errors import Unavailable
 
 log = logging.getLogger(__name__)
 blueprint = flask.Blueprint("devices", __name__, url_prefix="/api/devices")
 WRITERS = (Role.PLATFORM_CONFIGURER,)
 READERS = (Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.END_USER)
+LIST_READ_BUDGET_S = 5.0  # GET /api/devices reads the devices' topics for this long at most
 
 
 def notify_device_change(action: Literal["added", "removed"], device_name: str) -> None:
@@ -78,6 +88,48 @@ def _devices_json(rows: list[DeviceRow], types: dict[str, DeviceType]) -> list[d
 
 def _all_types(session: Session) -> dict[str, DeviceType]:
     return {row.name: registry.type_document(row) for row in registry.list_types(session)}
+
+
+def _bus() -> Bus | None:
+    requester = resources().requester
+    return None if requester is None else requester.bus
+
+
+def _latest_states(
+    rows: list[DeviceRow], types: dict[str, DeviceType], budget_s: float
+) -> dict[str, dict[str, Any] | None]:
+    """Each device's latest value: read from its topic while ``budget_s`` lasts, else its recorded row.
+
+    Called outside any session (no transaction stays open while the bus is read). A topic
+    the bus cannot read (no broker, or a topic not created yet) costs at most the read
+    timeout, and the whole list at most ``budget_s``.
+    """
+    bus = _bus()
+    deadline = time.monotonic() + budget_s
+    found: dict[str, dict[str, Any] | None] = {}
+    for row in rows:
+        device_type = types[row.type]
+        remaining = deadline - time.monotonic()
+        if bus is None or remaining <= 0:
+            continue
+        try:
+            live = states.read_latest(
+                bus, row.name, device_type.kind, timeout=min(states.READ_TIMEOUT_S, remaining)
+            )
+        except Unavailable as exc:
+            log.warning("cannot read the latest state of %s from the bus: %s", row.name, exc)
+            continue
+        if live is not None:
+            found[row.name] = states.state_json(live, device_type, "bus")
+    missing = [row for row in rows if row.name not in found]
+    if missing:
+        with resources().database.session() as session:
+            for row in missing:
+                stored = registry.read_state(session, row.name)
+                found[row.name] = (
+                    None if stored is None else states.state_json(stored, types[row.type], "registry")
+                )
+    return found
 
 
 # --- device types -------------------------------------------------------------------------------
@@ -217,7 +269,8 @@ def register_bundle() -> tuple[flask.Response, int]:
 @blueprint.get("")
 @allow(*READERS)
 def list_devices() -> flask.Response:
-    """Devices, by name; ``?location=`` and ``?type=`` narrow the list (404 for an unknown one)."""
+    """Devices, by name, each with its latest ``state``; ``?location=`` and ``?type=`` narrow the list
+    (404 for an unknown one)."""
     wanted = query_as(DeviceFilter)
     with resources().database.session() as session:
         if wanted.location is not None:
@@ -225,7 +278,10 @@ def list_devices() -> flask.Response:
         if wanted.type is not None:
             registry.read_type(session, wanted.type)
         rows = registry.list_devices(session, location=wanted.location, type=wanted.type)
-        return flask.jsonify(devices=_devices_json(rows, _all_types(session)))
+        types = _all_types(session)
+    latest = _latest_states(rows, types, LIST_READ_BUDGET_S)
+    devices = [body | {"state": latest[body["name"]]} for body in _devices_json(rows, types)]
+    return flask.jsonify(devices=devices)
 
 
 @blueprint.get("/<name>")
@@ -235,12 +291,13 @@ def show_device(name: str) -> flask.Response:
     with resources().database.session() as session:
         row = registry.read_device(session, name)
         device_type = registry.type_document(registry.read_type(session, row.type))
-        state = registry.read_state(session, name)
-        body = _device_json(row, device_type) | {
-            "device_type": device_type.model_dump(mode="json", exclude_none=True),
-            "state": None if state is None else state.to_json(),
-            "bound_to": registry.bound_instances(session, name),
-        }
+        bound_to = registry.bound_instances(session, name)
+    latest = _latest_states([row], {row.type: device_type}, states.READ_TIMEOUT_S)
+    body = _device_json(row, device_type) | {
+        "device_type": device_type.model_dump(mode="json", exclude_none=True),
+        "state": latest[name],
+        "bound_to": bound_to,
+    }
     return flask.jsonify(body)
 
 

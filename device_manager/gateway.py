@@ -56,6 +56,7 @@ one thread follows the registry. ``stop()`` ends all of them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -76,6 +77,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_manager import registry
+from device_manager.states import read_latest
 from platform_core.db import Database
 from platform_core.service import PeriodicTask
 from platform_sdk.bus import Bus, ConsumerLoop, Producer
@@ -451,6 +453,11 @@ class MqttGateway:
             [self.bus.topics.device_data(name) for name in new_sensors]
             + [self.bus.topics.device_state(name) for name in new_controllers]
         )
+        for name in new_controllers:  # its state topic is newer than the recorded row (if any)
+            with contextlib.suppress(PlatformError):
+                found = read_latest(self.bus, name, "controller")
+                if found is not None:
+                    states[name] = dict(found.values)
         for name in new_sensors:
             publisher = _SharedPublisher(self.bus, name, self._producer)
             publisher.start()

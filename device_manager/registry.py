@@ -486,14 +486,6 @@ class LatestState:
     time: datetime
     updated_at: datetime
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "values": self.values,
-            "time": self.time.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
-
 
 def record_state(session: Session, device: str, kind: str, values: Mapping[str, Any], time: datetime) -> None:
     """Keep ``values`` (JSON-serialisable) as a registered device's latest ``kind`` (see ``STATE_KINDS``)."""

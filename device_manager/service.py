@@ -9,8 +9,10 @@
                                    ──▶ DeviceBindings (request/reply; the deployer asks)
         UnbindDevices          ──▶ its bindings released ──▶ Unbound
     on start ──▶ the same sync (placing a host that runs with the same devices changes nothing)
-    every device's data and state topics (group "device-manager.state")
-        ──▶ the latest reading / state per device in memory ──▶ device_states, once a second
+    each sync, first ──▶ every registered device's topic that holds its latest value exists
+    StateRecorder (``device_manager.states``), at start and every 30 s: each device's newest
+        record (Bus.recent, one record per device: no stream followed, no camera's every frame)
+        ──▶ device_states, one row per device, written when newer
     with device.mqtt_url set: the MQTT gateway (``device_manager.gateway``) bridges real devices
 
 A location's simulator host is a managed service like any other (heartbeats, logs,
@@ -23,16 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 
 from device_manager import registry
 from device_manager.messages import BindDevices, DeviceBindings, DeviceChanged, UnbindDevices, Unbound
-from device_manager.models import DeviceRow, DeviceTypeRow
+from device_manager.models import DeviceTypeRow
+from device_manager.states import StateRecorder, ensure_latest_topics, record_interval
 from platform_core.db import Database
 from platform_core.nodes import (
     LocateService,
@@ -42,17 +43,15 @@ from platform_core.nodes import (
     UnplaceService,
     node_manager_topic,
 )
-from platform_core.service import PeriodicTask, QueueWorker, Service
+from platform_core.service import QueueWorker, Service
 from platform_sdk.bus import ConsumerLoop, Requester
 from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType, SimulatedDevice
-from platform_sdk.device_messages import DeviceState, Frame, Reading
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError
 from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
 PLACE_TIMEOUT_S = 120.0
-FLUSH_INTERVAL_S = 1.0
 
 
 def simulator_service_id(location: str) -> str:
@@ -81,14 +80,10 @@ class DeviceManagerService(Service):
         self.requester = Requester(bus)
         self.requester.start()
         self.own(self.requester)
-        self._latest: dict[str, tuple[str, dict[str, Any], datetime]] = {}
-        self._latest_lock = threading.Lock()
-        self._state_loop: ConsumerLoop | None = None
-        self._state_lock = threading.Lock()
-        self._watch_states()
-        flusher = PeriodicTask("device-states", FLUSH_INTERVAL_S, self._flush_states)
-        flusher.start()
-        self.own(flusher)
+        self._ensure_device_topics()  # before the recorder's first round reads them
+        recorder = StateRecorder(bus, self.database, record_interval(self.settings))
+        recorder.start()
+        self.own(recorder)
         # Placing simulators waits on the node manager: off the command loop, so binds answer at once.
         self.changes: QueueWorker[DeviceChanged | Literal["start"]] = QueueWorker(
             "device-changes", self.on_change
@@ -111,20 +106,13 @@ class DeviceManagerService(Service):
             gateway.start()
             self.own(gateway)
 
-    def stop(self) -> None:
-        with self._state_lock:
-            loop, self._state_loop = self._state_loop, None
-        if loop is not None:
-            loop.stop()
-        super().stop()
-
     # commands -----------------------------------------------------------------------------
     def on_change(self, change: DeviceChanged | Literal["start"]) -> None:
         """A device was added or removed (or the service started): sync the simulator hosts and topics."""
         if isinstance(change, DeviceChanged):
             log.info("device %s %s", change.device, change.action)
+        self._ensure_device_topics()  # first: placing hosts may take a while
         self._sync_simulators()
-        self._watch_states()
 
     def on_bind(self, request: BindDevices, _envelope: Envelope) -> DeviceBindings:
         needs = {alias: (need.type, need.count) for alias, need in request.needs.items()}
@@ -213,66 +201,11 @@ class DeviceManagerService(Service):
                 log.error("cannot bring the simulator host of %s in line: %s", location, exc)
 
     # state --------------------------------------------------------------------------------
-    def _watch_states(self) -> None:
-        """(Re)subscribe to the data and state topics of every registered device."""
-        topics = self.sdk.bus.topics
-        with self.database.session() as session:
-            wanted = []
-            for device in registry.list_devices(session):
-                type_row = session.get(DeviceTypeRow, device.type)
-                kind = type_row.kind if type_row is not None else "sensor"
-                wanted.append(
-                    topics.device_data(device.name) if kind == "sensor" else topics.device_state(device.name)
-                )
-        with self._state_lock:
-            old, self._state_loop = self._state_loop, None
-            if old is not None:
-                old.stop()
-            if not wanted:
-                return
-            loop = ConsumerLoop(
-                self.sdk.bus,
-                wanted,
-                group="device-manager.state",
-                name="device-states",
-                offset_reset="latest",
-            )
-            loop.add_handler(Reading, self._on_reading)
-            loop.add_handler(Frame, self._on_frame)
-            loop.add_handler(DeviceState, self._on_state)
-            loop.start()
-            self._state_loop = loop
-
-    def _remember(self, device: str, kind: str, values: dict[str, Any], time: datetime) -> None:
-        with self._latest_lock:
-            self._latest[device] = (kind, values, time)
-
-    def _on_reading(self, reading: Reading, _envelope: Envelope) -> None:
-        self._remember(reading.device_id, "reading", {"seq": reading.seq, **reading.values}, reading.time)
-
-    def _on_frame(self, frame: Frame, envelope: Envelope) -> None:
-        values = {
-            "seq": frame.seq,
-            "width": frame.width,
-            "height": frame.height,
-            "content_type": frame.content_type,
-            "bytes": len(envelope.data or b""),
-        }
-        self._remember(frame.device_id, "frame", values, frame.time)
-
-    def _on_state(self, state: DeviceState, _envelope: Envelope) -> None:
-        if state.accepted:
-            self._remember(state.device_id, "state", state.state, state.time)
-
-    def _flush_states(self) -> None:
-        with self._latest_lock:
-            latest, self._latest = self._latest, {}
-        if not latest:
-            return
-        with self.database.session() as session:
-            for device, (kind, values, time) in latest.items():
-                if session.get(DeviceRow, device) is not None:
-                    registry.record_state(session, device, kind, values, time.astimezone(UTC))
+    def _ensure_device_topics(self) -> None:
+        try:
+            ensure_latest_topics(self.sdk.bus, self.database)
+        except PlatformError as exc:
+            log.warning("cannot create the devices' topics: %s", exc)
 
 
 def main() -> None:

@@ -228,7 +228,8 @@ class Bus:
                     raise Unavailable(f"cannot create topic {name!r}: {exc}") from exc
 
     def delete_topics(self, names: Iterable[str], timeout: float = 5.0) -> None:
-        futures = self.admin().delete_topics(list(names), operation_timeout=timeout)
+        admin = self.admin()  # held until the answers are in: a dropped client may never send the request
+        futures = admin.delete_topics(list(names), operation_timeout=timeout)
         for future in futures.values():
             try:
                 future.result(timeout)
