@@ -359,9 +359,15 @@ def test_the_cli_schedules_lists_stops_and_shows_mail(platform: Platform) -> Non
 
     stopped = platform.run("instance", "stop", instance["instance_id"])
     assert f"{instance['instance_id']}: stopped" in stopped.stdout
-    mails = platform.json("mail", "list")  # a configurer sees every mail
-    assert isinstance(mails, list)
-    mine = [mail for mail in mails if mail["instance_id"] == instance["instance_id"]]
+    mine: list[dict[str, Any]] = []
+
+    def mailed() -> bool:  # the scheduler mails from the instance's events, a moment after they happen
+        mails = platform.json("mail", "list")  # a configurer sees every mail
+        assert isinstance(mails, list)
+        mine[:] = [mail for mail in mails if mail["instance_id"] == instance["instance_id"]]
+        return bool(mine)
+
+    wait_until(mailed, 30, f"the mail about {instance['instance_id']}")
     assert [mail["recipient"] for mail in mine] == ["admin@localhost"]  # admin has no address
 
     later = platform.json(
