@@ -9,6 +9,9 @@ of the blob store, and talks to the deployer over Kafka. Its parts:
   (upload, list, show, delete), which store the zip, register the version and send
   ``DeployModel`` to the deployer; a delete asks the app manager over Kafka which apps
   use the model (409 naming them, unless forced);
+* ``messages`` — what it is asked on ``<prefix>.commands.ai-manager``; ``answers`` — the
+  consumer that answers it (which models, versions and endpoints an app names it lacks), run
+  by the front door's process beside the routes;
 * ``serving`` — ``python -m ai_manager.serving``: one model replica over HTTP, started
   by the deployer through a node's agent.
 

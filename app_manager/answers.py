@@ -6,6 +6,8 @@ door's (``web.service`` starts ``AppManagerAnswers`` beside the HTTP server).
     <prefix>.commands.app-manager (group "<prefix>.app-manager", request/reply)
         ListModelUsers ──▶ ModelUsers: every app with a version whose app.json names the model
                            (the AI manager asks before it deletes one)
+        PickAppVersion ──▶ AppVersion: an app's version (or latest) with its zip and manifest;
+                           NotFound naming the app or its versions (the scheduler asks)
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ from __future__ import annotations
 import logging
 
 from app_manager import registry
-from app_manager.messages import ListModelUsers, ModelUser, ModelUsers, app_manager_topic
+from app_manager.messages import (
+    AppVersion,
+    ListModelUsers,
+    ModelUser,
+    ModelUsers,
+    PickAppVersion,
+    app_manager_topic,
+)
 from platform_core.db import Database
+from platform_sdk.artifacts import AppManifest
 from platform_sdk.bus import Bus, ConsumerLoop
 from platform_sdk.envelope import Envelope
 
@@ -49,6 +59,7 @@ class AppManagerAnswers:
             self.bus, [app_manager_topic(topics)], group=f"{topics.prefix}.app-manager", name="app-manager"
         )
         loop.add_handler(ListModelUsers, self.on_model_users)
+        loop.add_handler(PickAppVersion, self.on_pick_version)
         loop.start()
         self._loop = loop
 
@@ -61,3 +72,16 @@ class AppManagerAnswers:
         users = model_users(self.database, request.model)
         log.info("model %s is used by %d app(s)", request.model, len(users))
         return ModelUsers(model=request.model, apps=users)
+
+    def on_pick_version(self, request: PickAppVersion, _envelope: Envelope) -> AppVersion:
+        with self.database.session() as session:
+            app = registry.read_app(session, request.app)
+            version = registry.pick_version(session, app.app_id, request.version)
+            return AppVersion(
+                app_id=app.app_id,
+                name=app.name,
+                version=version.version,
+                artifact_key=version.artifact_key,
+                sha256=version.sha256,
+                manifest=AppManifest.model_validate_json(version.manifest),
+            )

@@ -3,8 +3,10 @@
 App developers upload and manage their own apps; platform configurers manage any; every
 role reads (end users pick an app, and a location that can run it, when they schedule
 one). Uploading validates the zip in the request and what its ``app.json`` names against
-the registry (422 naming file, field and reason; nothing stored), then registers the
-version and stores the zip. Nothing is deployed: an app runs when an end user schedules it.
+the model and device registries (422 naming file, field and reason; nothing stored), then
+registers the version and stores the zip. Nothing is deployed: an app runs when an end user
+schedules it. The locations that can run an app are the device manager's to say: listing
+asks it over the bus (``FindLocations``; 503 when it does not answer).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from app_manager import registry
 from app_manager.artifact import ValidatedApp, validate_app_zip
 from app_manager.models import AppRow, AppVersionRow
 from app_manager.references import check_references
-from device_manager import registry as devices
+from device_manager.messages import FindLocations, LocationsFound
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import resources, uploaded_file
+from platform_core.http import ask, resources, uploaded_file
 from platform_sdk.artifacts import AppManifest, app_id_for
 from platform_sdk.errors import Forbidden, PlatformError
 
@@ -39,14 +41,21 @@ def _check_owner(app: AppRow, principal: Principal) -> None:
 # --- JSON ---------------------------------------------------------------------------------------
 
 
-def _locations_for(session: Session, manifest: AppManifest, locations: list[str]) -> list[str]:
-    """Those of ``locations`` with enough devices of every type the app needs (as binding will judge)."""
-    needs = {alias: (need.type, need.count) for alias, need in manifest.devices.items()}
-    return [location for location in locations if not devices.need_problems(session, needs, location)]
-
-
-def _location_names(session: Session) -> list[str]:
-    return [row.name for row in devices.list_locations(session)]
+def _locations(documents: list[dict[str, Any]], manifests: dict[str, AppManifest]) -> None:
+    """Add to each app's document (of ``_app_json``) the locations with enough devices of every
+    type its latest version needs, as binding will judge: the device manager says which."""
+    if not manifests:
+        return
+    needs = {app_id: dict(manifest.devices) for app_id, manifest in manifests.items()}
+    found = ask(
+        "the device manager",
+        resources().bus_requester().bus.topics.device_manager,
+        FindLocations(needs=needs),
+        LocationsFound,
+    )
+    for document in documents:
+        if document["app_id"] in manifests:
+            document["locations"] = found.locations.get(document["app_id"], [])
 
 
 def _uses_json(manifest: AppManifest) -> dict[str, Any]:
@@ -68,11 +77,13 @@ def _version_json(version: AppVersionRow) -> dict[str, Any]:
     }
 
 
-def _app_json(session: Session, app: AppRow, locations: list[str], *, detailed: bool) -> dict[str, Any]:
-    """An app with what its latest version needs and the locations that have it.
+def _app_json(
+    session: Session, app: AppRow, manifests: dict[str, AppManifest], *, detailed: bool
+) -> dict[str, Any]:
+    """An app with what its latest version needs (its manifest is added to ``manifests``, by app
+    id, for ``_locations``).
 
-    ``locations`` are the registered ones; ``detailed`` lists each version with its manifest,
-    otherwise only the version strings.
+    ``detailed`` lists each version with its manifest, otherwise only the version strings.
     """
     versions = registry.list_versions(session, app.app_id)
     latest = registry.latest_version(versions)
@@ -86,7 +97,8 @@ def _app_json(session: Session, app: AppRow, locations: list[str], *, detailed: 
     }
     if latest is not None:
         manifest = AppManifest.model_validate_json(latest.manifest)
-        document |= _uses_json(manifest) | {"locations": _locations_for(session, manifest, locations)}
+        document |= _uses_json(manifest)
+        manifests[app.app_id] = manifest
     if detailed:
         document["versions"] = [
             _version_json(version) | {"manifest": json.loads(version.manifest)} for version in versions
@@ -131,8 +143,8 @@ def _store(accepted: ValidatedApp, label: str, principal: Principal) -> AppVersi
     manifest = accepted.manifest
     app_id = app_id_for(manifest.name)
     key = f"apps/{app_id}/{manifest.version}.zip"
+    check_references(manifest, label=label)  # asks the AI and device managers, before any write
     with resources().database.session() as session:
-        check_references(session, manifest, label=label)
         app = registry.find_app_by_name(session, manifest.name)
         if app is None:
             app = AppRow(app_id=app_id, name=manifest.name, owner=principal.username, description="")
@@ -185,9 +197,10 @@ def _describe(version: AppVersionRow) -> None:
 @allow(*READERS)
 def list_apps() -> flask.Response:
     """Every app with its latest version's needs and the locations that can run it."""
+    manifests: dict[str, AppManifest] = {}
     with resources().database.session() as session:
-        locations = _location_names(session)
-        apps = [_app_json(session, app, locations, detailed=False) for app in registry.list_apps(session)]
+        apps = [_app_json(session, app, manifests, detailed=False) for app in registry.list_apps(session)]
+    _locations(apps, manifests)
     return flask.jsonify(apps=apps)
 
 
@@ -195,9 +208,11 @@ def list_apps() -> flask.Response:
 @allow(*READERS)
 def show_app(app: str) -> flask.Response:
     """One app (by id or name) with every version and its manifest."""
+    manifests: dict[str, AppManifest] = {}
     with resources().database.session() as session:
         row = registry.read_app(session, app)
-        document = _app_json(session, row, _location_names(session), detailed=True)
+        document = _app_json(session, row, manifests, detailed=True)
+    _locations([document], manifests)
     return flask.jsonify(document)
 
 

@@ -2,12 +2,15 @@
 
 The AI manager asks ``ListModelUsers`` before it deletes a model: the apps are the app
 manager's, so it is the one to say which of them name the model (``app_manager.answers``).
+The scheduler asks ``PickAppVersion`` for the app and version a schedule names, when it is
+created (the front door) and when a run starts (the scheduler service).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from platform_sdk.artifacts import AppManifest
 from platform_sdk.envelope import Message
 from platform_sdk.topics import Topics
 
@@ -37,3 +40,26 @@ class ModelUsers(Message):
     message_type = "app-manager.model-users"
     model: str
     apps: list[ModelUser] = Field(default_factory=list)
+
+
+class PickAppVersion(Message):
+    """App ``app`` (by id or name) at ``version``, or at its latest when None (request/reply).
+
+    Answered with ``NotFound`` naming the app, or the versions it has.
+    """
+
+    message_type = "app-manager.pick-version"
+    app: str
+    version: str | None = None
+
+
+class AppVersion(Message):
+    """One stored version of an app: what starting it needs."""
+
+    message_type = "app-manager.app-version"
+    app_id: str
+    name: str
+    version: str
+    artifact_key: str
+    sha256: str
+    manifest: AppManifest

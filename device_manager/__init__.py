@@ -23,7 +23,11 @@ looked up by. Its parts:
 * ``python -m device_manager`` — the service: starts the simulators of simulated
   devices, follows ``DeviceChanged`` (and creates the devices' topics), records every
   device's latest reading or state (``states.StateRecorder``), and runs the MQTT gateway
-  that brings real devices onto the bus.
+  that brings real devices onto the bus;
+* ``answers`` — what other domains ask about the registry, answered by the service on its
+  command topic (nobody else reads these tables): the locations that can run an app
+  (``FindLocations``), what one location lacks for it and its zone (``CheckLocation``),
+  which device types exist (``CheckDeviceTypes``).
 
 Life of a registration: ``POST /api/devices`` (or ``/bulk``) ──▶ document validation
 (422 naming each field) ──▶ names free (409 naming them), types and locations known,

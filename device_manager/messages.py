@@ -1,8 +1,16 @@
-"""What the device manager's service is told (``<prefix>.commands.device-manager``) and answers."""
+"""What the device manager's service is told (``<prefix>.commands.device-manager``) and answers.
+
+Besides the deployer's binds, the front door asks here what the device registry holds: the
+locations that can run an app (``FindLocations``), what one location lacks for it and its time
+zone (``CheckLocation``), which device types exist (``CheckDeviceTypes``). The tables are the
+device manager's; nobody else reads them.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
+
+from pydantic import Field
 
 from platform_sdk.artifacts import DeviceNeed
 from platform_sdk.device_documents import Binding
@@ -46,3 +54,48 @@ class Unbound(Message):
     message_type = "devices.unbound"
     app_instance_id: str
     released: int
+
+
+class FindLocations(Message):
+    """Per key (an app id, say): the registered locations with enough devices of every type its
+    ``needs`` (alias → need) name, as binding will judge (request/reply)."""
+
+    message_type = "devices.find-locations"
+    needs: dict[str, dict[str, DeviceNeed]]
+
+
+class LocationsFound(Message):
+    message_type = "devices.locations-found"
+    locations: dict[str, list[str]] = Field(description="The keys asked about → the locations, by name.")
+
+
+class CheckLocation(Message):
+    """What ``location`` lacks for ``needs`` (alias → need), and its time zone (request/reply).
+
+    Answered with ``NotFound`` (``no location 'x'; …``) when there is no such location.
+    """
+
+    message_type = "devices.check-location"
+    location: str
+    needs: dict[str, DeviceNeed]
+
+
+class LocationCheck(Message):
+    message_type = "devices.location-check"
+    location: str
+    timezone: str
+    problems: list[dict[str, str]] = Field(
+        default_factory=list, description='What it lacks: {"field": "devices.<alias>", "reason"}; empty: all.'
+    )
+
+
+class CheckDeviceTypes(Message):
+    """Which of ``types`` are not registered device types (request/reply)."""
+
+    message_type = "devices.check-types"
+    types: list[str]
+
+
+class DeviceTypesChecked(Message):
+    message_type = "devices.types-checked"
+    unknown: list[str] = Field(default_factory=list)

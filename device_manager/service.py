@@ -8,6 +8,8 @@
         BindDevices            ──▶ the app instance's aliases bound to devices at its location
                                    ──▶ DeviceBindings (request/reply; the deployer asks)
         UnbindDevices          ──▶ its bindings released ──▶ Unbound
+        FindLocations, CheckLocation, CheckDeviceTypes ──▶ what the registry holds, for the front
+                                   door (``device_manager.answers``; request/reply)
     on start ──▶ the same sync (placing a host that runs with the same devices changes nothing)
     each sync, first ──▶ every registered device's topic that holds its latest value exists
     StateRecorder (``device_manager.states``), at start and every 30 s: each device's newest
@@ -31,6 +33,7 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 
 from device_manager import registry
+from device_manager.answers import DeviceManagerAnswers
 from device_manager.messages import BindDevices, DeviceBindings, DeviceChanged, UnbindDevices, Unbound
 from device_manager.models import DeviceTypeRow
 from device_manager.states import StateRecorder, ensure_latest_topics, record_interval
@@ -97,6 +100,7 @@ class DeviceManagerService(Service):
         commands.add_handler(DeviceChanged, lambda change, _envelope: self.changes.put(change))
         commands.add_handler(BindDevices, self.on_bind)
         commands.add_handler(UnbindDevices, self.on_unbind)
+        DeviceManagerAnswers(self.database).add_to(commands)
         commands.start()
         self.own(commands)
         if self.settings.device.mqtt_url:

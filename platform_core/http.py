@@ -30,7 +30,15 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from platform_core.auth import Authenticator, access_rule, check_access
 from platform_core.blobstore import BlobStore
 from platform_sdk.bus import Requester
-from platform_sdk.errors import BadRequest, PayloadTooLarge, PlatformError, Unavailable, ValidationFailed
+from platform_sdk.envelope import Message
+from platform_sdk.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    PlatformError,
+    Timeout,
+    Unavailable,
+    ValidationFailed,
+)
 from platform_sdk.settings import Settings
 
 if TYPE_CHECKING:  # SQLAlchemy only in processes that open the database (not the agents)
@@ -38,6 +46,9 @@ if TYPE_CHECKING:  # SQLAlchemy only in processes that open the database (not th
 
 log = logging.getLogger(__name__)
 B = TypeVar("B", bound=BaseModel)
+R = TypeVar("R", bound=Message)
+# How long a route waits for another domain's answer on the bus before it answers 503.
+ASK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,21 @@ class Resources:
 
 
 _RESOURCES_KEY = "aiot.resources"
+
+
+def ask(domain: str, topic: str, message: Message, reply_cls: type[R], timeout: float | None = None) -> R:
+    """The reply of ``domain`` (``"the device manager"``) to ``message`` on ``topic``.
+
+    Its errors (``NotFound`` …) come through as they are; a domain that does not answer within
+    ``timeout`` (default ``ASK_TIMEOUT_S``) is ``Unavailable`` (503) naming it.
+    """
+    requester = resources().bus_requester()
+    try:
+        return requester.request(
+            topic, message, reply_cls, timeout=ASK_TIMEOUT_S if timeout is None else timeout
+        )
+    except Timeout as exc:
+        raise Unavailable(f"{domain} does not answer ({exc.message}); try again in a moment") from exc
 
 
 def resources() -> Resources:

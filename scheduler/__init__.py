@@ -1,7 +1,9 @@
 """The scheduler: end users' schedules of apps at locations, as persistent cron jobs, and their mail.
 
 It owns the ``schedules`` and ``mails`` tables and APScheduler's ``scheduler_jobs`` table.
-It talks to the deployer (``DeployApp`` / ``StopInstance`` over Kafka), listens to
+It reads no other domain's tables: it asks the app manager which app version to run
+(``PickAppVersion``) and the device manager what a location lacks for it and its time zone
+(``CheckLocation``). It talks to the deployer (``DeployApp`` / ``StopInstance`` over Kafka), listens to
 ``<prefix>.events.app-instances`` and sends mail (SMTP, or the outbox in the database).
 
 * ``timetable`` — the schedule document (``ScheduleSpec``) and when its runs start and end in

@@ -2,10 +2,12 @@
 
 End users schedule apps at locations and see their own schedules, instances and mails;
 platform configurers see and manage everyone's. Creating a schedule is checked in the
-request — the app and its version exist, the location exists and has the device types
-the app needs, the times are valid and not all past — then stored and handed to the
+request — the app and its version exist (the app manager is asked, ``PickAppVersion``), the
+location exists and has the device types the app needs (the device manager is asked,
+``CheckLocation``), the times are valid and not all past — then stored and handed to the
 scheduler service over Kafka; a schedule the scheduler cannot be told about is not kept.
-Instances belong to the deployer: these routes ask it over Kafka.
+A domain that does not answer makes the request 503. Instances belong to the deployer: these
+routes ask it over Kafka.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ import flask
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from app_manager import registry as apps
+from app_manager.messages import AppVersion, PickAppVersion, app_manager_topic
 from deployer.messages import InstanceInfo, Instances, ListInstances, StopInstance
-from device_manager import registry as devices
+from device_manager.messages import CheckLocation, LocationCheck
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import resources
-from platform_sdk.artifacts import AppManifest
+from platform_core.http import ask, resources
 from platform_sdk.errors import BadRequest, Forbidden, NotFound, PlatformError, ValidationFailed
 from scheduler import timetable
 from scheduler.mail import MailView, list_mails, local_mailbox
@@ -111,29 +112,34 @@ def create_schedule() -> tuple[flask.Response, int]:
     spec = _schedule_document()
     principal = current_principal()
     now = datetime.now(UTC)
+    topics = resources().bus_requester().bus.topics
+    app = ask(
+        "the app manager",
+        app_manager_topic(topics),
+        PickAppVersion(app=spec.app, version=spec.version),
+        AppVersion,
+    )
+    location = ask(
+        "the device manager",
+        topics.device_manager,
+        CheckLocation(location=spec.location, needs=app.manifest.devices),
+        LocationCheck,
+    )
+    problems = [{"field": "location", "reason": problem["reason"]} for problem in location.problems]
+    problems += timetable.spec_problems(spec, location.timezone, now)
+    if problems:
+        raise ValidationFailed(
+            f"cannot schedule {app.name!r} at {location.location!r}: "
+            + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
+            details=problems,
+        )
     with resources().database.session() as session:
-        app = apps.read_app(session, spec.app)
-        version = apps.pick_version(session, app.app_id, spec.version)
-        manifest = AppManifest.model_validate_json(version.manifest)
-        location = devices.read_location(session, spec.location)
-        needs = {alias: (need.type, need.count) for alias, need in manifest.devices.items()}
-        problems = [
-            {"field": "location", "reason": problem["reason"]}
-            for problem in devices.need_problems(session, needs, location.name)
-        ]
-        problems += timetable.spec_problems(spec, location.timezone, now)
-        if problems:
-            raise ValidationFailed(
-                f"cannot schedule {app.name!r} at {location.name!r}: "
-                + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
-                details=problems,
-            )
         row = ScheduleRow(
             schedule_id="s" + uuid.uuid4().hex[:11],
             app_id=app.app_id,
             app_name=app.name,
             version=spec.version,
-            location=location.name,
+            location=location.location,
             timezone=location.timezone,
             owner=principal.username,
             email=principal.email,

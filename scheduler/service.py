@@ -4,6 +4,7 @@
     ScheduleChanged ──▶ the schedule's start job in APScheduler (job store: table ``scheduler_jobs``
                         of the platform database, so jobs survive a restart), paused, resumed or removed
     start job fires ──▶ the run it starts (``timetable.run_for_fire_time``): not ended yet?
+                        ──▶ PickAppVersion (the app manager, request/reply): the version to run
                         ──▶ DeployApp(instance ``<schedule>-<run start>``) to the deployer
                         ──▶ a one-off stop job at the run's end
                     ──▶ ended already (the scheduler was down through it) ──▶ recorded as missed
@@ -34,14 +35,12 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
-from sqlalchemy.orm import Session
 
-from app_manager import registry as apps
+from app_manager.messages import AppVersion, PickAppVersion, app_manager_topic
 from deployer.messages import DeployApp, InstanceEvent, StopInstance
 from platform_core.db import Database
 from platform_core.service import PeriodicTask, Service
-from platform_sdk.artifacts import AppManifest
-from platform_sdk.bus import ConsumerLoop, Producer
+from platform_sdk.bus import ConsumerLoop, Producer, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import PlatformError
 from platform_sdk.settings import get_settings
@@ -59,6 +58,7 @@ from scheduler.models import ScheduleRow
 log = logging.getLogger(__name__)
 JOB_TABLE = "scheduler_jobs"
 MAIL_RETRY_INTERVAL_S = 30.0
+APP_MANAGER_TIMEOUT_S = 30.0  # a run's start waits this long for the app manager's answer
 
 
 def start_job_id(schedule_id: str) -> str:
@@ -133,6 +133,9 @@ class SchedulerService(Service):
         self.database.ensure_schema()
         bus.ensure_topics([bus.topics.scheduler, bus.topics.deployer, bus.topics.app_instances])
         self.producer: Producer = bus.producer()
+        self.requester = Requester(bus)
+        self.requester.start()
+        self.own(self.requester)
         self.mailer = Mailer(self.settings.mail)
         self.jobs = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.database.engine, tablename=JOB_TABLE)},
@@ -195,7 +198,10 @@ class SchedulerService(Service):
                     if row is not None:
                         self._plan(row)
             if status != "paused":
-                self._start_runs(schedule_id, fire_times=[], now=datetime.now(UTC))
+                try:
+                    self._start_runs(schedule_id, fire_times=[], now=datetime.now(UTC))
+                except PlatformError as exc:
+                    log.error("schedule %s: cannot start its open run: %s", schedule_id, exc)
 
     def _plan(self, row: ScheduleRow) -> None:
         job_id = start_job_id(row.schedule_id)
@@ -256,7 +262,8 @@ class SchedulerService(Service):
             if fire_times and row.status != "active":
                 return
             plan = _runs_to_start(row, fire_times, now)
-            request = self._deploy_request(session, row, plan.open_run) if plan.open_run else None
+            session.expunge(row)
+        request = self._deploy_request(row, plan.open_run) if plan.open_run else None
         if request is not None and plan.open_run is not None:
             self.producer.send(self.sdk.bus.topics.deployer, request, key=request.instance_id)
             if self.producer.flush(10):
@@ -291,16 +298,21 @@ class SchedulerService(Service):
                     late = (now - plan.open_run.start).total_seconds()
                     _note(row, "started", request.instance_id + (f" ({late:.0f} s late)" if late > 5 else ""))
 
-    @staticmethod
-    def _deploy_request(session: Session, row: ScheduleRow, run: timetable.Run) -> DeployApp:
-        version = apps.pick_version(session, row.app_id, row.version)
+    def _deploy_request(self, row: ScheduleRow, run: timetable.Run) -> DeployApp:
+        """The run's ``DeployApp``, with the version the app manager picks (``NotFound`` when gone)."""
+        version = self.requester.request(
+            app_manager_topic(self.sdk.bus.topics),
+            PickAppVersion(app=row.app_id, version=row.version),
+            AppVersion,
+            timeout=APP_MANAGER_TIMEOUT_S,
+        )
         return DeployApp(
             instance_id=instance_id_for(row.schedule_id, run.start),
             app_id=row.app_id,
             version=version.version,
             artifact_key=version.artifact_key,
             artifact_sha256=version.sha256,
-            manifest=AppManifest.model_validate_json(version.manifest),
+            manifest=version.manifest,
             location=row.location,
             owner=row.owner,
             email=row.email,

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,11 +31,13 @@ import pytest
 import sqlalchemy as sa
 from werkzeug.test import TestResponse
 
+import platform_core.http
 from ai_manager import registry as model_registry
 from ai_manager.models import ModelRow, ModelVersionRow
 from app_manager import registry as app_registry
 from app_manager.artifact import validate_app_zip
 from app_manager.models import AppRow, AppVersionRow
+from bootstrapper.kafka import KafkaBroker
 from device_manager import registry as device_registry
 from platform_core.archive import ArchiveLimits
 from platform_core.auth import Role
@@ -42,10 +45,15 @@ from platform_core.blobstore import LocalBlobStore
 from platform_core.db import Database
 from platform_core.http import HttpServer, resources
 from platform_sdk.artifacts import ModelManifest, app_id_for, model_id_for
+from platform_sdk.bus import Bus, Requester
 from platform_sdk.device_documents import DeviceBundle
 from platform_sdk.errors import ValidationFailed
-from platform_sdk.settings import Settings
-from tests.test_front_door import FrontDoor, error_of, front_door, json_of, seed_registry
+from platform_sdk.settings import Settings, temporary_settings
+from tests.fixtures.registries import Registries, answering
+from tests.test_front_door import FrontDoor, error_of, json_of, seed_registry
+from web.app import build_front_door
+
+pytestmark = pytest.mark.service("kafka")
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE_DETECTOR = ROOT / "examples" / "models" / "face-detector" / "model.json"
@@ -189,25 +197,61 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Answering:
+    """The front door's requester and the AI and device managers' answers, shared by the module."""
+
+    requester: Requester
+    registries: Registries
+
+
+@pytest.fixture(scope="module")
+def answers(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Answering]:
+    home = tmp_path_factory.mktemp("app-upload-bus")
+    overrides = {
+        "home": str(home),
+        "kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}",
+        "kafka.bootstrap_servers": kafka_broker.bootstrap_servers,
+    }
+    with temporary_settings(overrides) as current:
+        bus = Bus(current, source="app-upload-test")
+        nowhere = Database("sqlite://")  # until a test's site names its registry
+        try:
+            with (
+                Requester(bus) as requester,
+                answering(bus, nowhere, ("ai-manager", "device-manager")) as registries,
+            ):
+                yield Answering(requester, registries)
+        finally:
+            nowhere.stop()
+            bus.close()
+
+
 @contextlib.contextmanager
 def open_site(
-    template_db: Path, tmp_path: Path, overrides: Mapping[str, Any] | None = None
+    template_db: Path, tmp_path: Path, answers: Answering, overrides: Mapping[str, Any] | None = None
 ) -> Iterator[Site]:
-    database = tmp_path / "registry.db"
-    shutil.copyfile(template_db, database)
+    path = tmp_path / "registry.db"
+    shutil.copyfile(template_db, path)
     bucket = tmp_path / "bucket"
     settings = {"blob.backend": "local", "blob.local_path": str(bucket), **(overrides or {})}
-    with front_door(f"sqlite:///{database}", settings) as door:
-        with door.app.app_context():
+    with temporary_settings({"database.url": f"sqlite:///{path}", **settings}) as current:
+        app = build_front_door(current, requester=answers.requester)
+        with app.app_context():
+            database = resources().database
             blobs = resources().blobs
         assert isinstance(blobs, LocalBlobStore)
         assert blobs.root == bucket  # the bucket the checks below look into
-        yield Site(door, bucket)
+        answers.registries.serve(database)
+        try:
+            yield Site(FrontDoor(app, app.test_client(), database), bucket)
+        finally:
+            database.stop()
 
 
 @pytest.fixture
-def site(settings: Settings, template_db: Path, tmp_path: Path) -> Iterator[Site]:
-    with open_site(template_db, tmp_path) as opened:
+def site(settings: Settings, template_db: Path, tmp_path: Path, answers: Answering) -> Iterator[Site]:
+    with open_site(template_db, tmp_path, answers) as opened:
         yield opened
 
 
@@ -360,11 +404,11 @@ def test_a_zip_over_the_archive_limits_is_refused() -> None:
 
 
 def test_an_upload_over_the_size_limit_is_too_large(
-    settings: Settings, template_db: Path, tmp_path: Path
+    settings: Settings, template_db: Path, tmp_path: Path, answers: Answering
 ) -> None:
     big = app_zip(**{"static/noise.bin": os.urandom(2 * 1024 * 1024)})
     validate_app_zip(big, label=LABEL)  # valid: only its size is wrong
-    with open_site(template_db, tmp_path, {"web.max_upload_mb": 1}) as limited:
+    with open_site(template_db, tmp_path, answers, {"web.max_upload_mb": 1}) as limited:
         error = error_of(limited.upload(big), 413)
         assert error["message"] == "request body exceeds the 1 MB limit"
         limited.assert_nothing_stored()
@@ -534,6 +578,31 @@ def test_every_registry_problem_is_listed(site: Site) -> None:
     fields = [detail["field"] for detail in error["details"]]
     assert fields == ["models.faces.endpoints.0", "models.x.model", "devices.heat.type"]
     assert "(and 2 more)" in error["message"]
+
+
+def test_an_upload_whose_registries_do_not_answer_is_unavailable_and_stores_nothing(
+    site: Site, kafka_broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(platform_core.http, "ASK_TIMEOUT_S", 1.0)
+    with site.door.app.app_context():
+        door_settings = resources().settings
+    overrides = {"kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}"}  # where nobody answers
+    with temporary_settings(
+        overrides | {"kafka.bootstrap_servers": kafka_broker.bootstrap_servers}
+    ) as current:
+        bus = Bus(current, source="app-upload-test")
+        try:
+            with Requester(bus) as requester:
+                app = build_front_door(door_settings, site.door.database, requester)
+                headers = {"Content-Type": "application/zip", **site.door.auth("appdev")}
+                error = error_of(app.test_client().post("/api/apps", data=app_zip(), headers=headers), 503)
+                assert error["type"] == "Unavailable"  # a 5xx message is only logged
+                assert "POST /api/apps failed: the AI manager does not answer" in caplog.text
+                listed = app.test_client().get("/api/apps", headers=site.door.auth("enduser"))
+                assert json_of(listed) == {"apps": []}  # no app: nobody to ask
+        finally:
+            bus.close()
+    site.assert_nothing_stored()
 
 
 # --- versions, owners and roles -----------------------------------------------------------------

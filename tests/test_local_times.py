@@ -9,7 +9,8 @@ puts it in its ``InstanceEvent``s; the scheduler's mail tells the stop time in i
 Each test runs the parts it needs for real, in this process, on the session's Kafka broker and a
 SQLite registry copied from one seeded per module (users, the sample locations with their zones,
 the comfort model, the smart-home app): the front door (``FrontDoorService``, served over HTTP),
-and the scheduler or the deployer service; the ``aiot`` command runs in-process (typer's runner).
+the device manager's answers (``tests.fixtures.registries``) and the scheduler or the deployer
+service; the ``aiot`` command runs in-process (typer's runner).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from platform_sdk.envelope import Envelope, Message
 from platform_sdk.settings import Settings, temporary_settings
 from scheduler.local_time import local_time
 from scheduler.service import SchedulerService
+from tests.fixtures.registries import answering
 from tests.test_schedule_api import seed
 from web import identity
 from web.service import FrontDoorService
@@ -127,7 +129,8 @@ def site(kafka_settings: Settings, template_db: Path) -> Iterator[Site]:
                 database = Database.from_settings(with_url)
                 bus = Bus(with_url, source="local-times-test")
                 try:
-                    yield Site(with_url, database, front_door.server.url, bus)
+                    with answering(bus, database, ("device-manager",)):
+                        yield Site(with_url, database, front_door.server.url, bus)
                 finally:
                     bus.close()
                     database.stop()

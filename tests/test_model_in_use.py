@@ -4,7 +4,8 @@ The AI manager does not read the app manager's tables: it asks over Kafka which 
 model (``ListModelUsers`` on ``<prefix>.commands.app-manager``), and the app manager answers
 from its own (``app_manager.answers``, run by the front door's process). Here the front door
 (its Flask app) talks to the real broker; the app manager's answers run as in production; a
-stand-in deployer answers ``UndeployModel``. The registry of each test is a copy of one made
+stand-in deployer answers ``UndeployModel``; the device manager's answers (an uploaded app's
+device types) run as in ``tests.fixtures.registries``. The registry of each test is a copy of one made
 per module (``tests.test_schedule_api.seed``): users, the sample devices, the comfort model and
 the smart-home app, which calls comfort.
 """
@@ -38,6 +39,7 @@ from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.net import free_port
 from platform_sdk.settings import Settings, temporary_settings
+from tests.fixtures.registries import Registries, answering
 from tests.test_app_upload import run_aiot
 from tests.test_front_door import bearer, error_of, json_of
 from tests.test_schedule_api import SMART_HOME, seed
@@ -85,6 +87,7 @@ class Platform:
     bus: Bus
     requester: Requester
     deployer: Deployer
+    registries: Registries
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +108,13 @@ def platform(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory
         loop.add_handler(UndeployModel, deployer.undeploy)
         loop.add_handler(ListDeployments, deployer.deployments)
         loop.start()
+        nowhere = Database("sqlite://")  # until a test's site names its registry
         try:
-            with Requester(bus) as requester:
-                yield Platform(settings, bus, requester, deployer)
+            with Requester(bus) as requester, answering(bus, nowhere, ("device-manager",)) as registries:
+                yield Platform(settings, bus, requester, deployer, registries)
         finally:
             loop.stop()
+            nowhere.stop()
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +162,7 @@ def site_without_app_manager(platform: Platform, template_db: Path, tmp_path: Pa
     shutil.copyfile(template_db, path)
     database = Database(f"sqlite:///{path}")
     app = build_front_door(platform.settings, database, platform.requester)
+    platform.registries.serve(database)
     try:
         yield Site(app.test_client(), database, platform)
     finally:

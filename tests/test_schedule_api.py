@@ -11,8 +11,10 @@ user sees the mails to their address and to ``<username>@localhost``, a configur
 
 The registry of each test is a copy of one made per module: users of every role, the sample
 devices of ``configs/devices/sample.json`` (their real time zones), the comfort model's rows
-and the smart-home app, uploaded through ``POST /api/apps``. The broker, the front door's
-``Requester`` and the consumers on the scheduler and deployer topics are shared by the module.
+and the smart-home app's (with its zip), as their uploads leave them. The broker, the front
+door's ``Requester``, the consumers on the scheduler and deployer topics and the app and device
+managers' answers (``tests.fixtures.registries``, on each test's registry) are shared by the
+module.
 One test runs the good path on a fresh PostgreSQL database made the same way.
 """
 
@@ -35,14 +37,18 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+import platform_core.http
 import scheduler.api
 from ai_manager import registry as model_registry
 from ai_manager.models import ModelRow, ModelVersionRow
+from app_manager import registry as app_registry
 from app_manager.artifact import pack_app
+from app_manager.models import AppRow, AppVersionRow
 from bootstrapper.kafka import KafkaBroker
 from deployer.messages import InstanceInfo, Instances, InstanceStatus, ListInstances, StopInstance
 from device_manager import registry as device_registry
 from platform_core.auth import Role
+from platform_core.blobstore import blob_store_from_settings
 from platform_core.db import Database
 from platform_sdk.artifacts import ModelManifest, app_id_for, model_id_for
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
@@ -52,6 +58,7 @@ from platform_sdk.settings import MailSettings, Settings, temporary_settings
 from scheduler.mail import Mailer
 from scheduler.messages import ScheduleChanged
 from scheduler.models import ScheduleRow
+from tests.fixtures.registries import Registries, answering
 from tests.test_front_door import PASSWORD, bearer, error_of, json_of
 from web import identity
 from web.app import build_front_door
@@ -137,6 +144,7 @@ class Platform:
     deployer: Deployer
     changes: list[ScheduleChanged]
     lock: threading.Lock
+    registries: Registries
 
     def changes_of(self, schedule_id: str) -> list[str]:
         with self.lock:
@@ -178,14 +186,17 @@ def platform(platform_settings: Settings) -> Iterator[Platform]:
     deployer_topic.add_handler(StopInstance, deployer.stop)
     requester = Requester(bus)
     started: list[ConsumerLoop | Requester] = []
+    nowhere = Database("sqlite://")  # until a test's site names its registry
     try:
         for part in (scheduler_topic, deployer_topic, requester):
             part.start()
             started.append(part)
-        yield Platform(platform_settings, bus, requester, deployer, changes, lock)
+        with answering(bus, nowhere, ("app-manager", "device-manager")) as registries:
+            yield Platform(platform_settings, bus, requester, deployer, changes, lock, registries)
     finally:
         for part in reversed(started):
             part.stop()
+        nowhere.stop()
 
 
 # --- the registry -------------------------------------------------------------------------------
@@ -222,15 +233,28 @@ def seed(database: Database, settings: Settings) -> None:
         bundle = DeviceBundle.model_validate_json(SAMPLE_DEVICES.read_text())
         device_registry.register_bundle(session, bundle)
     register_comfort_model(database)
-    door = build_front_door(settings, database)  # uploading needs no bus
-    with database.session() as session:
-        token = identity.issue_token(session, identity.read_user(session, "appdev"), "upload").secret
-    uploaded = door.test_client().post(
-        "/api/apps",
-        data=pack_app(SMART_HOME).data,
-        headers={"Content-Type": "application/zip", "X-Filename": "smart-home.zip", **bearer(token)},
-    )
-    assert json_of(uploaded, 201)["app_id"] == SMART_HOME_ID
+    packed = pack_app(SMART_HOME)
+    manifest = packed.manifest
+    key = f"apps/{SMART_HOME_ID}/{manifest.version}.zip"
+    with database.session() as session:  # the rows and the zip POST /api/apps leaves
+        app = AppRow(
+            app_id=SMART_HOME_ID, name=manifest.name, owner="appdev", description=manifest.description
+        )
+        session.add(app)
+        app_registry.create_version(
+            session,
+            app,
+            AppVersionRow(
+                app_id=SMART_HOME_ID,
+                version=manifest.version,
+                manifest=manifest.model_dump_json(),
+                artifact_key=key,
+                sha256=packed.sha256,
+                size=len(packed.data),
+                uploaded_by="appdev",
+            ),
+        )
+    blob_store_from_settings(settings).put(key, packed.data)
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +325,7 @@ def open_site(platform: Platform, template_db: Path, tmp_path: Path, *, bus: boo
     shutil.copyfile(template_db, path)
     database = Database(f"sqlite:///{path}")
     app = build_front_door(platform.settings, database, platform.requester if bus else None)
+    platform.registries.serve(database)
     return Site(app, app.test_client(), database, platform)
 
 
@@ -534,6 +559,37 @@ def test_a_schedule_the_scheduler_cannot_be_told_about_is_not_kept(
         offline.database.stop()
 
 
+def test_a_schedule_whose_app_and_device_managers_do_not_answer_is_unavailable(
+    platform: Platform,
+    template_db: Path,
+    tmp_path: Path,
+    kafka_broker: KafkaBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(platform_core.http, "ASK_TIMEOUT_S", 1.0)
+    overrides = {
+        "kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}",  # where nobody answers
+        "kafka.bootstrap_servers": kafka_broker.bootstrap_servers,
+    }
+    site = open_site(platform, template_db, tmp_path)
+    try:
+        with temporary_settings(overrides) as current:
+            bus = Bus(current, source="schedule-api-test")
+            try:
+                with Requester(bus) as requester:
+                    app = build_front_door(platform.settings, site.database, requester)
+                    headers = site.auth("enduser")
+                    response = app.test_client().post("/api/schedules", json=GOOD, headers=headers)
+                    assert error_of(response, 503)["type"] == "Unavailable"  # a 5xx message is only logged
+                    assert "POST /api/schedules failed: the app manager does not answer" in caplog.text
+            finally:
+                bus.close()
+        site.assert_nothing_stored()
+    finally:
+        site.database.stop()
+
+
 # --- a good schedule ----------------------------------------------------------------------------
 
 
@@ -763,6 +819,7 @@ def postgres_site(platform: Platform, postgres_server: str) -> Iterator[Site]:
     try:
         seed(database, platform.settings)
         app = build_front_door(platform.settings, database, platform.requester)
+        platform.registries.serve(database)
         yield Site(app, app.test_client(), database, platform)
     finally:
         database.stop()

@@ -23,12 +23,12 @@ import pytest
 from pydantic import ValidationError
 
 from ai_manager import registry as model_registry
+from ai_manager.answers import model_problems
 from ai_manager.artifact import validate_model_zip
 from ai_manager.models import ModelRow, ModelVersionRow
 from app_manager import registry as app_registry
 from app_manager.artifact import validate_app_zip
 from app_manager.models import AppRow, AppVersionRow
-from app_manager.references import model_problems
 from deployer.messages import DeployModel, Replica
 from deployer.models import DeploymentRow
 from deployer.service import DeployerService

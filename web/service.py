@@ -1,11 +1,13 @@
 """The front door as a managed platform service: migrate, make sure a configurer exists, serve.
 
-Beside the HTTP server it runs the app manager's answers on the bus (``app_manager.answers``:
-which apps use a model), since the app manager lives in this process.
+Beside the HTTP server it runs the app manager's and the AI manager's answers on the bus
+(``app_manager.answers``: which apps use a model, an app's version; ``ai_manager.answers``: what
+an app names that the model registry lacks), since both live in this process.
 """
 
 from __future__ import annotations
 
+from ai_manager.answers import AiManagerAnswers
 from app_manager.answers import AppManagerAnswers
 from platform_core.db import Database
 from platform_core.http import HttpServer
@@ -37,9 +39,12 @@ class FrontDoorService(Service):
         self.requester = Requester(self.sdk.bus)
         self.requester.start()
         self.own(self.requester)
-        answers = AppManagerAnswers(self.sdk.bus, self.database)
-        answers.start()
-        self.own(answers)
+        for answers in (
+            AppManagerAnswers(self.sdk.bus, self.database),
+            AiManagerAnswers(self.sdk.bus, self.database),
+        ):
+            answers.start()
+            self.own(answers)
         self.server = HttpServer(
             build_front_door(settings, self.database, self.requester),
             settings.web.host,
