@@ -40,6 +40,7 @@ from typing import Any, Literal
 from device_manager import registry
 from device_manager.models import DeviceRow
 from platform_core.db import Database
+from platform_core.service import PeriodicTask
 from platform_sdk.bus import Bus
 from platform_sdk.device_documents import DeviceType
 from platform_sdk.device_messages import DeviceState, Frame, Reading
@@ -154,26 +155,20 @@ class StateRecorder:
         self.database = database
         self.interval = interval
         self.rounds = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task: PeriodicTask | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="aiot-device-states")
-        self._thread.start()
+        self._task = PeriodicTask("device-states", self.interval, self._scheduled_round, at_once=True)
+        self._task.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._task is not None:
+            self._task.stop()
+            self._task = None
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._round(self._stop)
-            except Exception:
-                log.exception("recording the devices' latest states failed; again in %.0fs", self.interval)
-            self._stop.wait(self.interval)
+    def _scheduled_round(self) -> None:
+        assert self._task is not None
+        self._round(self._task.stopping)
 
     def record(self) -> int:
         """Read every registered device's newest record and keep the newer ones; how many rows changed."""

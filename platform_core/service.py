@@ -91,13 +91,20 @@ class Service:
 
 
 class PeriodicTask:
-    """Calls ``work()`` every ``interval_s`` on one named thread until ``stop()``; failures are logged."""
+    """Calls ``work()`` every ``interval_s`` on one named thread until ``stop()``; failures are logged.
 
-    def __init__(self, name: str, interval_s: float, work: Callable[[], None]) -> None:
+    With ``at_once`` the first call is made as the thread starts, not after one interval.
+    Long work may look at ``stopping`` to end early when ``stop()`` is called.
+    """
+
+    def __init__(
+        self, name: str, interval_s: float, work: Callable[[], None], *, at_once: bool = False
+    ) -> None:
         self.name = name
         self.interval_s = interval_s
         self.work = work
-        self._stop = threading.Event()
+        self.at_once = at_once
+        self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -105,14 +112,19 @@ class PeriodicTask:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.work()
-            except Exception:
-                log.exception("%s failed; trying again in %.1fs", self.name, self.interval_s)
+        if self.at_once:
+            self._call()
+        while not self.stopping.wait(self.interval_s):
+            self._call()
+
+    def _call(self) -> None:
+        try:
+            self.work()
+        except Exception:
+            log.exception("%s failed; trying again in %.1fs", self.name, self.interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
