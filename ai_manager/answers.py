@@ -1,9 +1,9 @@
 """The AI manager's answers on the bus: what other domains may ask about models.
 
 The AI manager has no process of its own: its routes and these answers run in the front
-door's (``web.service`` starts ``AiManagerAnswers`` beside the HTTP server).
+door's (``web.service`` runs ``AiManagerAnswers`` on its answers loop, beside the HTTP server).
 
-    <prefix>.commands.ai-manager (group "<prefix>.ai-manager", request/reply)
+    <prefix>.commands.ai-manager (the front door's group "<prefix>.front-door-answers", request/reply)
         CheckModelUses ──▶ ModelUseProblems: the models, pinned versions (compared as PEP 440
                            versions) and endpoints an app.json names that the registry lacks
                            (the app manager asks when an app is uploaded)
@@ -16,10 +16,10 @@ import logging
 from sqlalchemy.orm import Session
 
 from ai_manager import registry
-from ai_manager.messages import CheckModelUses, ModelUseProblems, ai_manager_topic
+from ai_manager.messages import CheckModelUses, ModelUseProblems
 from platform_core.db import Database
 from platform_sdk.artifacts import ModelManifest, ModelUse, find_version, latest
-from platform_sdk.bus import Bus, ConsumerLoop
+from platform_sdk.bus import ConsumerLoop
 from platform_sdk.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -57,26 +57,13 @@ def model_problems(session: Session, alias: str, use: ModelUse) -> list[Problem]
 
 
 class AiManagerAnswers:
-    """Answers the AI manager's requests from its own tables; ``start()``, ``stop()``."""
+    """Answers the AI manager's requests from ``database``; ``add_to(loop)`` registers them."""
 
-    def __init__(self, bus: Bus, database: Database) -> None:
-        self.bus = bus
+    def __init__(self, database: Database) -> None:
         self.database = database
-        self._loop: ConsumerLoop | None = None
 
-    def start(self) -> None:
-        topics = self.bus.topics
-        loop = ConsumerLoop(
-            self.bus, [ai_manager_topic(topics)], group=f"{topics.prefix}.ai-manager", name="ai-manager"
-        )
+    def add_to(self, loop: ConsumerLoop) -> None:
         loop.add_handler(CheckModelUses, self.on_check_model_uses)
-        loop.start()
-        self._loop = loop
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.stop()
-            self._loop = None
 
     def on_check_model_uses(self, request: CheckModelUses, _envelope: Envelope) -> ModelUseProblems:
         with self.database.session() as session:

@@ -1,9 +1,9 @@
 """The app manager's answers on the bus: what other domains may ask about apps.
 
 The app manager has no process of its own: its routes and these answers run in the front
-door's (``web.service`` starts ``AppManagerAnswers`` beside the HTTP server).
+door's (``web.service`` runs ``AppManagerAnswers`` on its answers loop, beside the HTTP server).
 
-    <prefix>.commands.app-manager (group "<prefix>.app-manager", request/reply)
+    <prefix>.commands.app-manager (the front door's group "<prefix>.front-door-answers", request/reply)
         ListModelUsers ──▶ ModelUsers: every app with a version whose app.json names the model
                            (the AI manager asks before it deletes one)
         PickAppVersion ──▶ AppVersion: an app's version (or latest) with its zip and manifest;
@@ -21,11 +21,10 @@ from app_manager.messages import (
     ModelUser,
     ModelUsers,
     PickAppVersion,
-    app_manager_topic,
 )
 from platform_core.db import Database
 from platform_sdk.artifacts import AppManifest
-from platform_sdk.bus import Bus, ConsumerLoop
+from platform_sdk.bus import ConsumerLoop
 from platform_sdk.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -46,27 +45,14 @@ def model_users(database: Database, model: str) -> list[ModelUser]:
 
 
 class AppManagerAnswers:
-    """Answers the app manager's requests from its own tables; ``start()``, ``stop()``."""
+    """Answers the app manager's requests from ``database``; ``add_to(loop)`` registers them."""
 
-    def __init__(self, bus: Bus, database: Database) -> None:
-        self.bus = bus
+    def __init__(self, database: Database) -> None:
         self.database = database
-        self._loop: ConsumerLoop | None = None
 
-    def start(self) -> None:
-        topics = self.bus.topics
-        loop = ConsumerLoop(
-            self.bus, [app_manager_topic(topics)], group=f"{topics.prefix}.app-manager", name="app-manager"
-        )
+    def add_to(self, loop: ConsumerLoop) -> None:
         loop.add_handler(ListModelUsers, self.on_model_users)
         loop.add_handler(PickAppVersion, self.on_pick_version)
-        loop.start()
-        self._loop = loop
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.stop()
-            self._loop = None
 
     def on_model_users(self, request: ListModelUsers, _envelope: Envelope) -> ModelUsers:
         users = model_users(self.database, request.model)

@@ -172,7 +172,9 @@ def site_without_app_manager(platform: Platform, template_db: Path, tmp_path: Pa
 @pytest.fixture
 def site(site_without_app_manager: Site) -> Iterator[Site]:
     """A front door with the app manager's answers running on its database."""
-    answers = AppManagerAnswers(site_without_app_manager.platform.bus, site_without_app_manager.database)
+    bus = site_without_app_manager.platform.bus
+    answers = ConsumerLoop(bus, [app_manager_topic(bus.topics)], group=None, name="app-manager-answers")
+    AppManagerAnswers(site_without_app_manager.database).add_to(answers)
     answers.start()
     try:
         yield site_without_app_manager

@@ -2,17 +2,20 @@
 
 Beside the HTTP server it runs the app manager's and the AI manager's answers on the bus
 (``app_manager.answers``: which apps use a model, an app's version; ``ai_manager.answers``: what
-an app names that the model registry lacks), since both live in this process.
+an app names that the model registry lacks), since both live in this process: one consumer
+loop on both domains' command topics.
 """
 
 from __future__ import annotations
 
 from ai_manager.answers import AiManagerAnswers
+from ai_manager.messages import ai_manager_topic
 from app_manager.answers import AppManagerAnswers
+from app_manager.messages import app_manager_topic
 from platform_core.db import Database
 from platform_core.http import HttpServer
 from platform_core.service import Service
-from platform_sdk.bus import Requester
+from platform_sdk.bus import ConsumerLoop, Requester
 from web.app import build_front_door
 from web.identity import ensure_first_configurer
 
@@ -39,12 +42,18 @@ class FrontDoorService(Service):
         self.requester = Requester(self.sdk.bus)
         self.requester.start()
         self.own(self.requester)
-        for answers in (
-            AppManagerAnswers(self.sdk.bus, self.database),
-            AiManagerAnswers(self.sdk.bus, self.database),
-        ):
-            answers.start()
-            self.own(answers)
+        # One loop answers for both domains: one consumer, not one per domain.
+        bus = self.sdk.bus
+        answers = ConsumerLoop(
+            bus,
+            [app_manager_topic(bus.topics), ai_manager_topic(bus.topics)],
+            group=f"{bus.topics.prefix}.front-door-answers",
+            name="front-door-answers",
+        )
+        AppManagerAnswers(self.database).add_to(answers)
+        AiManagerAnswers(self.database).add_to(answers)
+        answers.start()
+        self.own(answers)
         self.server = HttpServer(
             build_front_door(settings, self.database, self.requester),
             settings.web.host,
