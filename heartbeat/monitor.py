@@ -1,6 +1,7 @@
 """The heartbeat monitor: notices dead or hung services and brings them back, without storms.
 
-    <prefix>.heartbeats ──▶ last-seen time and interval of every service id; how far its view lags
+    <prefix>.heartbeats (read in batches of monitor.beats_batch_ms) ──▶ last-seen time and interval
+                             of every service id; how far its view lags
     <prefix>.events.nodes ──▶ ServiceExited: an agent saw a process exit (immediate, no waiting)
                            ──▶ NodeAnnouncement: which node runs what (to find the node manager itself)
     checker, every monitor.check_interval_s ──▶ silent longer than missed_beats x interval (after its
@@ -41,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -75,6 +76,7 @@ log = logging.getLogger(__name__)
 NODE_MANAGER = "node-manager"
 BUDGET_WINDOW_S = 60.0  # node_restart_budget counts restarts in this window
 PRUNE_EVERY_S = 600.0
+BEATS_BATCH_BYTES = 64 * 1024  # a fetch of heartbeats is answered early only when this much waits
 Verdict = Literal["dead", "hung", "slow", "wait", "unknown"]
 
 
@@ -142,8 +144,17 @@ class HeartbeatMonitor(Service):
         self.failures: QueueWorker[Failure] = QueueWorker("heartbeat-failures", self.handle_failure)
         self.failures.start()
         self.own(self.failures)
+        batch_ms = self.settings.monitor.beats_batch_ms
+        batching: dict[str, Any] = (
+            {"fetch.wait.max.ms": batch_ms, "fetch.min.bytes": BEATS_BATCH_BYTES} if batch_ms else {}
+        )
         beats = ConsumerLoop(
-            bus, [bus.topics.heartbeats], group=None, name="monitor-beats", offset_reset="latest"
+            bus,
+            [bus.topics.heartbeats],
+            group=None,
+            name="monitor-beats",
+            offset_reset="latest",
+            **batching,
         )
         beats.add_handler(Heartbeat, self.on_heartbeat)
         events = ConsumerLoop(

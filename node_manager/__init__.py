@@ -1,7 +1,7 @@
 """Node manager: which nodes exist, how loaded they are, and which service runs where.
 
-- ``node_manager.service``: the service — announcements in, placement requests answered,
-  load polling, node health, roster reconciliation, re-placement, scale-out.
+- ``node_manager.service``: the service — announcements (with each node's load) in, placement
+  requests answered, node health, roster reconciliation, re-placement, scale-out.
 - ``node_manager.placement``: the least-loaded score and choice (pure functions).
 - ``node_manager.registry`` / ``node_manager.models``: the ``nodes`` and ``placements`` tables.
 - the service roster (``configs/roster.toml``) is read by ``platform_core.roster``, which the
@@ -11,6 +11,6 @@ Scale-out and the retirement of lost nodes are the provider's: whoever starts th
 manager hands it those hooks (``bootstrapper.local_node_manager`` for `aiot up`); ``python -m
 node_manager`` runs it without.
 
-It talks to Kafka (agents' events in; StartService/StopService out) and to each agent's
-``/load`` over HTTP. It owns the ``nodes`` and ``placements`` tables.
+It talks to Kafka only (agents' announcements and exits in; StartService/StopService out). It
+owns the ``nodes`` and ``placements`` tables.
 """

@@ -16,6 +16,7 @@ from platform_sdk.errors import NotFound
 
 
 def upsert_node(session: Session, announcement: NodeAnnouncement) -> NodeRow:
+    """The node as its agent announced it: address, capacity, up now, and its load if it sent one."""
     node = session.get(NodeRow, announcement.node_id)
     if node is None:
         node = NodeRow(node_id=announcement.node_id, capacity=announcement.capacity)
@@ -27,6 +28,14 @@ def upsert_node(session: Session, announcement: NodeAnnouncement) -> NodeRow:
     node.capacity = announcement.capacity
     node.state = "up"
     node.last_seen = utcnow()
+    load = announcement.load
+    if load is not None:
+        node.cpu_percent, node.memory_used_mb, node.memory_total_mb = (
+            load.cpu_percent,
+            load.memory_used_mb,
+            load.memory_total_mb,
+        )
+        node.services = load.services
     return node
 
 
@@ -107,19 +116,6 @@ def recorded_state(placement: PlacementRow) -> ServiceState:
         restarts=placement.restarts,
         ports=json.loads(placement.ports or "{}"),
     )
-
-
-def record_load(
-    session: Session, node_id: str, *, cpu: float, memory_used: float, memory_total: float, services: int
-) -> None:
-    node = session.get(NodeRow, node_id)
-    if node is None:
-        return
-    node.cpu_percent, node.memory_used_mb, node.memory_total_mb = cpu, memory_used, memory_total
-    node.services = services
-    node.last_seen = utcnow()
-    if node.state != "up":
-        node.state = "up"
 
 
 def set_node_state(session: Session, node_id: str, state: str) -> None:

@@ -1,12 +1,13 @@
-"""The node manager: node registry, load polling, least-loaded placement, the roster, re-placement, scale-out.
+"""The node manager: node registry and loads, least-loaded placement, the roster, re-placement, scale-out.
 
-    <prefix>.events.nodes ──▶ NodeAnnouncement: register/refresh the node and the states of its services
+    <prefix>.events.nodes ──▶ NodeAnnouncement (every agent.announce_interval_s): register/refresh
+                               the node, its load (placement decides on it) and its services' states
                            ──▶ ServiceExited: record the exit (the heartbeat monitor decides on restarts)
     <prefix>.commands.node-manager (request/reply)
         PlaceService ──▶ choose_node ──▶ StartService to that node's agent ──▶ record ──▶ Placement
         LocateService ──▶ Placement;  UnplaceService ──▶ StopService ──▶ forget
-    control thread, every poll_interval_s:
-        GET <agent>/load for every node ──▶ record; silent nodes become suspect, then down
+    control thread, every check_interval_s:
+        nodes not announced for suspect_after_s / down_after_s become suspect, then down
         a node going down ──▶ the provider retires it ──▶ its services are placed on the others,
             platform services first, then models, apps, simulators; each kind concurrently with
             a short start timeout ──▶ ServiceIncident "replaced" on <prefix>.events.incidents
@@ -35,8 +36,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-
-import requests
 
 from node_manager import registry
 from node_manager.models import NodeRow, PlacementRow
@@ -127,7 +126,7 @@ class NodeManagerService(Service):
         commands.start()
         self.own(commands)
         self._started = time.monotonic()
-        control = PeriodicTask("node-manager", self.settings.node_manager.poll_interval_s, self._control)
+        control = PeriodicTask("node-manager", self.settings.node_manager.check_interval_s, self._control)
         control.start()
         self.own(control)
 
@@ -138,14 +137,17 @@ class NodeManagerService(Service):
             if known is None or known.state != "up":
                 log.info("node %s is up at %s", announcement.node_id, announcement.http_url)
             registry.upsert_node(session, announcement)
+            placements = {
+                row.service_id: row for row in registry.list_placements(session, announcement.node_id)
+            }
             for state in announcement.services:
-                placement = session.get(PlacementRow, state.service_id)
-                if placement is not None and placement.node_id == announcement.node_id:
+                placement = placements.get(state.service_id)
+                if placement is not None:
                     registry.apply_state(placement, state)
             running_here = {state.service_id for state in announcement.services}
             # A start in flight is not announced yet: only placements older than two announcements count.
             settled = utcnow() - timedelta(seconds=2 * self.settings.agent.announce_interval_s + 1)
-            for placement in registry.list_placements(session, announcement.node_id):
+            for placement in placements.values():
                 if placement.service_id not in running_here and placement.placed_at < settled:
                     if placement.state != "missing":
                         log.warning(
@@ -281,7 +283,9 @@ class NodeManagerService(Service):
                 node = session.get(NodeRow, chosen.node_id)
                 host = node.host if node is not None else ""
                 if node is not None:
-                    node.services += 1  # counted now, so the next placement sees it before the next poll
+                    node.services += (
+                        1  # counted now, so the next placement sees it before the next announcement
+                    )
             log.info(
                 "placed %s on %s (score %.2f; scores: %s)",
                 spec.service_id,
@@ -299,7 +303,7 @@ class NodeManagerService(Service):
 
     # control loop ---------------------------------------------------------------------------
     def _control(self) -> None:
-        self._poll_loads()
+        self._check_silence()
         self._rehome()
         self._reconcile_roster()
         self._restore_missing()
@@ -321,41 +325,30 @@ class NodeManagerService(Service):
                 continue
             self._report_moved(placement, "placed again: its node no longer ran it")
 
-    def _poll_loads(self) -> None:
+    def _check_silence(self) -> None:
+        """Nodes whose agent has not announced itself lately become suspect, then down (and retired)."""
         settings = self.settings.node_manager
         with self.database.session() as session:
-            nodes = [(n.node_id, n.http_url, n.state, n.last_seen) for n in registry.list_nodes(session)]
+            nodes = [(n.node_id, n.state, n.last_seen) for n in registry.list_nodes(session)]
         now = datetime.now(UTC)
-        for node_id, url, state, last_seen in nodes:
+        for node_id, state, last_seen in nodes:
             if state == "down":
                 continue
-            try:
-                sample = requests.get(f"{url}/load", timeout=min(1.0, settings.poll_interval_s)).json()
-            except (requests.RequestException, ValueError):
-                silent = (now - last_seen).total_seconds()
-                new_state = (
-                    "down"
-                    if silent > settings.down_after_s
-                    else "suspect"
-                    if silent > settings.suspect_after_s
-                    else state
-                )
-                if new_state != state:
-                    log.warning("node %s is %s (silent for %.1fs)", node_id, new_state, silent)
-                    with self.database.session() as session:
-                        registry.set_node_state(session, node_id, new_state)
-                    if new_state == "down" and self._retire_node is not None:
-                        self._retire_node(node_id)  # its services are moved by _rehome, next
+            silent = (now - last_seen).total_seconds()
+            new_state = (
+                "down"
+                if silent > settings.down_after_s
+                else "suspect"
+                if silent > settings.suspect_after_s
+                else state
+            )
+            if new_state == state:
                 continue
+            log.warning("node %s is %s (silent for %.1fs)", node_id, new_state, silent)
             with self.database.session() as session:
-                registry.record_load(
-                    session,
-                    node_id,
-                    cpu=sample["cpu_percent"],
-                    memory_used=sample["memory_used_mb"],
-                    memory_total=sample["memory_total_mb"],
-                    services=sample["services"],
-                )
+                registry.set_node_state(session, node_id, new_state)
+            if new_state == "down" and self._retire_node is not None:
+                self._retire_node(node_id)  # its services are moved by _rehome, next
 
     def _rehome(self) -> None:
         """Everything placed on a down node is placed on the others, a kind at a time, concurrently.

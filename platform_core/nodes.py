@@ -4,9 +4,10 @@ Every message here is a pydantic ``Message`` sent through ``platform_sdk.bus``:
 
 * to one agent (``topics.commands("agent.<node>")``, request/reply): ``StartService``,
   ``StopService``, ``RestartService``, ``ListServices`` → ``ServiceState`` / ``ServiceStates``;
-* from every agent (``topics.events("nodes")``): ``NodeAnnouncement`` every few
-  seconds (address, capacity, what runs there) and ``ServiceExited`` the moment
-  a process it started exits;
+* from every agent (``topics.events("nodes")``): ``NodeAnnouncement`` every
+  ``agent.announce_interval_s`` (address, capacity, its load, what runs there: the node
+  manager's only news of a node, so a node that stops announcing is silent) and
+  ``ServiceExited`` the moment a process it started exits;
 * to the node manager (``topics.commands("node-manager")``, request/reply):
   ``PlaceService`` → ``Placement``, ``LocateService`` → ``Placement``,
   ``UnplaceService`` → ``Placement``;
@@ -156,8 +157,20 @@ class ServiceStates(Message):
     services: list[ServiceState]
 
 
+class LoadSample(BaseModel):
+    """A node's load as its agent measured it (psutil): announced, and answered on ``GET /load``."""
+
+    node_id: str
+    cpu_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    services: int
+    processes: int
+    capacity: int
+
+
 class NodeAnnouncement(Message):
-    """An agent's periodic 'here I am': where it answers, how much it takes, what it runs."""
+    """An agent's periodic 'here I am': where it answers, how much it takes, its load, what it runs."""
 
     message_type = "node.announcement"
     node_id: str
@@ -167,6 +180,7 @@ class NodeAnnouncement(Message):
     runtime: str
     main: bool
     services: list[ServiceState]
+    load: LoadSample | None = Field(default=None, description="Measured as the announcement was sent.")
 
 
 class ServiceExited(Message):

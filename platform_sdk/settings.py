@@ -270,7 +270,12 @@ class AgentSettings(BaseModel):
         description="CPU and memory of the whole machine, or of this agent's services only "
         "(several agents on one machine, as `aiot up --nodes N` runs them).",
     )
-    announce_interval_s: float = Field(default=2.0, gt=0, description="Seconds between announcements.")
+    announce_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between announcements (address, load, services): the node manager places "
+        "by them and counts a node silent without them (node_manager.suspect_after_s).",
+    )
     stop_timeout_s: float = Field(default=5.0, gt=0, description="Grace before a stopping service is killed.")
     supervise_interval_s: float = Field(default=0.2, gt=0, description="How often exits are looked for.")
     restart_backoff_s: list[float] = Field(
@@ -289,8 +294,15 @@ class AgentSettings(BaseModel):
 class NodeManagerSettings(BaseModel):
     """Placement and node health."""
 
-    poll_interval_s: float = Field(default=1.0, gt=0, description="Seconds between two /load polls per node.")
-    suspect_after_s: float = Field(default=3.0, gt=0, description="A node silent this long is suspect.")
+    check_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two rounds of the control loop: silent nodes, moves, the roster, "
+        "scale-out.",
+    )
+    suspect_after_s: float = Field(
+        default=3.0, gt=0, description="A node not announced this long is silent: suspect, no placements."
+    )
     down_after_s: float = Field(default=6.0, gt=0, description="A node silent this long is down; re-placed.")
     scale_out_load: float = Field(default=0.85, gt=0, le=1, description="Score above which a node is busy.")
     scale_out_after_s: float = Field(
@@ -336,6 +348,14 @@ class MonitorSettings(BaseModel):
     crash_loop_uptime_s: float = Field(default=5.0, gt=0, description="An exit sooner than this is a crash.")
     crash_loop_limit: int = Field(default=3, ge=1, description="Crashes in a row after which it gives up.")
     check_interval_s: float = Field(default=0.25, gt=0, description="How often silences are looked for.")
+    beats_batch_ms: int = Field(
+        default=250,
+        ge=0,
+        le=1000,
+        description="The monitor reads heartbeats in batches: the broker holds its fetch this long "
+        "(unless 64 KB wait) instead of answering each beat alone. Every beat arrives at most this "
+        "much later; the broker answers one fetch where it answered one per beat. 0: one per beat.",
+    )
     probe_interval_s: float = Field(
         default=2.0, gt=0, description="A silent service's process is looked at again after this long."
     )

@@ -3,7 +3,9 @@
     <prefix>.commands.agent.<node> ──▶ ConsumerLoop (manual assignment, no group join)
         StartService / StopService / RestartService / ListServices / ProbeService
             ──▶ Supervisor ──▶ reply
-    GET /load      psutil sample the node manager polls for placement
+    every agent.announce_interval_s ──▶ NodeAnnouncement (with the psutil load sample) on
+        <prefix>.events.nodes: the node manager places by it and counts a node silent without it
+    GET /load      the same load sample, for `aiot status`
     GET /services  what runs here and its state
 
 The HTTP server binds the node's own address (``agent.host``, 127.0.0.1 by
@@ -21,6 +23,7 @@ from platform_core.blobstore import blob_store_from_settings
 from platform_core.http import HttpServer, create_internal_app
 from platform_core.nodes import (
     ListServices,
+    LoadSample,
     ProbeService,
     RestartService,
     ServiceProbe,
@@ -74,6 +77,7 @@ class ServiceAgent(Service):
             lambda: self.server.url,
             host_runtime=self.process_runtime(),
             bundles=BundleCache(self.settings.home_dir / "bundles", blob_store_from_settings(self.settings)),
+            measure_load=self._load,
         )
         self.supervisor.start()
         self.own(self.supervisor)
@@ -110,17 +114,19 @@ class ServiceAgent(Service):
     def _list(self, _command: ListServices, _envelope: Envelope) -> ServiceStates:
         return ServiceStates(node_id=self.settings.agent.node_id, services=self.supervisor.states())
 
+    def _load(self) -> LoadSample:
+        agent = self.settings.agent
+        return self.meter.sample(
+            agent.node_id, self.supervisor.pids(), agent.capacity, self.supervisor.running_count()
+        )
+
     def _http_app(self) -> flask.Flask:
         blueprint = flask.Blueprint("agent", __name__)
 
         @blueprint.get("/load")
         @public
         def load() -> flask.Response:
-            agent = self.settings.agent
-            sample = self.meter.sample(
-                agent.node_id, self.supervisor.pids(), agent.capacity, self.supervisor.running_count()
-            )
-            return flask.jsonify(sample.model_dump())
+            return flask.jsonify(self._load().model_dump())
 
         @blueprint.get("/services")
         @public

@@ -1,4 +1,4 @@
-"""A node's load as the node manager sees it (``GET /load``), measured with psutil."""
+"""A node's load, measured with psutil: announced to the node manager, and answered on ``GET /load``."""
 
 from __future__ import annotations
 
@@ -6,17 +6,8 @@ from collections.abc import Iterable
 from typing import Literal
 
 import psutil
-from pydantic import BaseModel
 
-
-class LoadSample(BaseModel):
-    node_id: str
-    cpu_percent: float
-    memory_used_mb: float
-    memory_total_mb: float
-    services: int
-    processes: int
-    capacity: int
+from platform_core.nodes import LoadSample
 
 
 class LoadMeter:

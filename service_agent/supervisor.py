@@ -4,7 +4,7 @@
 the runtime to start; the supervisor thread notices exits within
 ``agent.supervise_interval_s`` and reports them at once (``ServiceExited``), restarts
 ``restart="agent"`` services itself with growing back-off, and announces the
-node every ``announce_interval_s``.
+node (its address, its load and what it runs) every ``announce_interval_s``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from platform_core.nodes import (
+    LoadSample,
     NodeAnnouncement,
     ProcessState,
     RunState,
@@ -86,6 +87,7 @@ class Supervisor:
         http_url: Callable[[], str],
         host_runtime: Runtime | None = None,
         bundles: BundleCache | None = None,
+        measure_load: Callable[[], LoadSample] | None = None,
     ) -> None:
         self.settings = settings
         self.agent = settings.agent
@@ -97,6 +99,7 @@ class Supervisor:
         if host_runtime is not None:
             self.runtimes.setdefault(host_runtime.name, host_runtime)
         self.http_url = http_url
+        self.measure_load = measure_load  # the node's load, sent with each announcement
         self.bundles = bundles
         self.ports = PortAllocator(self.agent.port_range, self.agent.host)
         self._services: dict[str, Managed] = {}
@@ -363,6 +366,7 @@ class Supervisor:
                 runtime=self.runtime.name,
                 main=self.agent.main,
                 services=self.states(),
+                load=None if self.measure_load is None else self.measure_load(),
             )
         )
 

@@ -32,7 +32,7 @@ from tests.platform_driver import (
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(600)]
 RecordProperty = Callable[[str, object], None]
 # The node manager's defaults (poll every second), and what the scale-out test sets.
-POLL_INTERVAL_S = 1.0
+ANNOUNCE_INTERVAL_S = 1.0  # agent.announce_interval_s: how often the node manager hears of a node
 SCALE_OUT_LOAD = 0.001
 SCALE_OUT_AFTER_S = 2.0
 # A burner (one core of two) adds about 0.25 to its node's score; two light services placed on
@@ -64,8 +64,8 @@ def running_pid(platform: Platform, service_id: str) -> int:
 def recorded_loads(platform: Platform) -> dict[str, tuple[NodeLoad, datetime]]:
     """Each node's load as the node manager recorded it in its registry, and when it last heard of it.
 
-    The loads are what placement and scale-out decide on, recorded by the control loop's poll of
-    each node every ``poll_interval_s``; the time is that of the latest poll (or announcement).
+    The loads are what placement and scale-out decide on, as each node's agent announced them
+    every ``agent.announce_interval_s``; the time is that of the latest announcement.
     """
     database = Database(f"sqlite:///{platform.home / 'registry.db'}")
     try:
@@ -238,8 +238,8 @@ def test_scale_out_adds_a_node_when_every_node_is_busy(tmp_path: Path) -> None:
 
         wait_until(every_node_busy, 30, "the node manager seeing both nodes busy")
         # The control round that would add a node (SCALE_OUT_AFTER_S after the first that saw
-        # both busy) has run once the node manager has heard of both nodes a few polls later.
-        due = both_busy[0] + timedelta(seconds=SCALE_OUT_AFTER_S + 3 * POLL_INTERVAL_S)
+        # both busy) has run once the node manager has heard of both nodes a few announcements later.
+        due = both_busy[0] + timedelta(seconds=SCALE_OUT_AFTER_S + 3 * ANNOUNCE_INTERVAL_S)
         wait_until(
             lambda: all(polled >= due for _, polled in recorded_loads(busy).values()),
             30,

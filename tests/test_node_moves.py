@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from node_manager import registry
-from node_manager.models import PlacementRow
+from node_manager.models import NodeRow, PlacementRow
 from node_manager.service import NodeManagerService
-from platform_core.db import Database
+from platform_core.db import Database, utcnow
 from platform_core.nodes import (
+    LoadSample,
     NodeAnnouncement,
     ServiceIncident,
     ServiceKind,
@@ -238,3 +240,62 @@ def test_a_node_that_does_not_answer_a_move_is_passed_over(
         states = {node.node_id: node.state for node in registry.list_nodes(session)}
         assert session.get(PlacementRow, "deployer") is not None
     assert states["node-1"] == "suspect"
+
+
+def announce(manager: NodeManagerService, node_id: str, *, cpu: float, services: int = 0) -> None:
+    """``node_id``'s agent announces itself with its load, as it does every announce_interval_s."""
+    n = int(node_id.rsplit("-", 1)[-1])
+    load = LoadSample(
+        node_id=node_id,
+        cpu_percent=cpu,
+        memory_used_mb=1000.0,
+        memory_total_mb=8000.0,
+        services=services,
+        processes=services,
+        capacity=6,
+    )
+    announcement = NodeAnnouncement(
+        node_id=node_id,
+        host="127.0.0.1",
+        http_url=f"http://127.0.0.1:{9000 + n}",
+        capacity=6,
+        runtime="process",
+        main=n == 1,
+        services=[],
+        load=load,
+    )
+    manager.on_announcement(announcement, Envelope.wrap(announcement, source=f"agent-{node_id}"))
+
+
+def test_nodes_are_placed_by_their_announced_load_and_a_node_that_stops_announcing_goes_down(
+    manager: NodeManagerService, agents: Agents
+) -> None:
+    retired: list[str] = []
+    manager._retire_node = retired.append
+    announce(manager, "node-1", cpu=95.0)
+    announce(manager, "node-2", cpu=5.0)
+    announce(manager, "node-3", cpu=60.0)
+    assert manager.place(spec("web")).node_id == "node-2"  # the least loaded, as announced
+
+    def silent_for(node_id: str, seconds: float) -> None:
+        with manager.database.session() as session:
+            node = session.get(NodeRow, node_id)
+            assert node is not None
+            node.last_seen = utcnow() - timedelta(seconds=seconds)
+
+    settings = manager.settings.node_manager
+    silent_for("node-2", settings.suspect_after_s + 0.5)
+    silent_for("node-3", settings.down_after_s + 0.5)
+    manager._check_silence()
+
+    with manager.database.session() as session:
+        states = {node.node_id: node.state for node in registry.list_nodes(session)}
+    assert states == {"node-1": "up", "node-2": "suspect", "node-3": "down"}
+    assert retired == ["node-3"]  # the provider retires it; _rehome moves its services next
+    assert manager.place(spec("logger")).node_id == "node-1"  # the only node still announcing
+
+    announce(manager, "node-2", cpu=10.0)  # heard again: up, with its new load
+    with manager.database.session() as session:
+        node = session.get(NodeRow, "node-2")
+        assert node is not None
+        assert (node.state, node.cpu_percent) == ("up", 10.0)

@@ -102,6 +102,10 @@ def test_start_is_idempotent_and_the_service_gets_its_identity_and_port(
     listed = requester.request(agent_topic(bus.topics, "t-node"), ListServices(), ServiceStates, timeout=10)
     assert [s.service_id for s in listed.services] == ["sleeper"]
     wait_for(lambda: any(a.services for a in observed.announcements), what="announcement with the service")
+    announced = next(a for a in observed.announcements if a.services)
+    assert announced.load is not None, "the node manager places by the load each announcement carries"
+    assert (announced.load.node_id, announced.load.services) == ("t-node", 1)
+    assert announced.load.memory_total_mb > 0
     load = requests.get(f"{service.server.url}/load", timeout=5).json()
     assert load["node_id"] == "t-node"
     assert load["services"] == 1
