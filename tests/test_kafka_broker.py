@@ -1,4 +1,6 @@
-"""Apache Kafka's log dir is formatted whatever its random cluster id looks like.
+"""Apache Kafka as `aiot up` starts it: its log dir, and the JVM options the settings choose.
+
+The log dir is formatted whatever its random cluster id looks like.
 
 A KRaft cluster id is 22 URL-safe base64 characters, so one in 64 begins with ``-``; the
 storage tool took such an id for an option and ``aiot up`` failed. Both a leading ``-`` and
@@ -7,11 +9,13 @@ a leading ``_`` are formatted, and the log dir records the id given.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from bootstrapper.kafka import KafkaBroker, jars_dir, jars_ready, java_ok, new_cluster_id
+from bootstrapper.kafka import GC_FLAGS, KafkaBroker, jars_dir, jars_ready, java_ok, new_cluster_id
+from platform_sdk.settings import KafkaSettings
 from tests.conftest import missing_component
 
 pytestmark = pytest.mark.service("kafka")
@@ -28,3 +32,18 @@ def test_a_cluster_id_that_looks_like_an_option_is_formatted(tmp_path: Path, fir
     broker.prepare()
     meta = (broker.data_dir / "meta.properties").read_text()
     assert f"cluster.id={cluster_id}\n" in meta
+
+
+@pytest.mark.parametrize("gc", sorted(GC_FLAGS))
+def test_every_garbage_collector_the_settings_offer_runs_on_this_java(tmp_path: Path, gc: str) -> None:
+    settings = KafkaSettings.model_validate({"gc": gc})
+    broker = KafkaBroker(tmp_path / "kafka", settings)
+    if not java_ok(broker.kafka):
+        missing_component("kafka", f"Apache Kafka needs Java 17+ ('{broker.kafka.java}')")
+    command = broker.command()
+    assert GC_FLAGS[gc] in command
+    # The JVM refuses a collector it was built without (some builds lack Shenandoah).
+    java = subprocess.run(
+        [command[0], GC_FLAGS[gc], "-version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert java.returncode == 0, java.stderr
