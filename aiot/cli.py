@@ -666,7 +666,9 @@ def _report(done: str, generated: str | None) -> None:
     if generated is None:
         out().print(done)
         return
-    Console(stderr=True, highlight=False).print(f"{done}; the generated password, shown once, is on stdout")
+    Console(stderr=True, highlight=False).print(
+        f"{done}; the generated password, shown once, is on stdout", soft_wrap=True
+    )
     typer.echo(generated)
 
 

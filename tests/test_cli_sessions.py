@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from platform_core.auth import Role
-from platform_core.db import Database
+from platform_core.db import Database, utcnow
 from platform_core.http import HttpServer
 from platform_sdk.settings import Settings, temporary_settings
 from web import identity
@@ -50,12 +50,16 @@ class Door:
         env.update({"AIOT_HOME": str(self.home), "AIOT_WEB__URL": self.url, **extra})
         return env
 
-    def aiot(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def aiot(
+        self, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``aiot ARGS`` run as a user runs it; ``stdin``: what is piped to it (else nothing)."""
         return subprocess.run(
             [sys.executable, "-m", "aiot", *args],
             env=self.env(**(env or {})),
             cwd=self.home,
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT_S,
@@ -63,8 +67,10 @@ class Door:
             start_new_session=True,  # no controlling terminal, as in CI or cron
         )
 
-    def ok(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        done = self.aiot(*args, env=env)
+    def ok(
+        self, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = self.aiot(*args, env=env, stdin=stdin)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done
 
@@ -82,14 +88,23 @@ class Door:
         return loaded
 
 
-def serve(settings: Settings, url: str, tmp_path: Path) -> Iterator[Door]:
+def serve(
+    settings: Settings,
+    url: str,
+    tmp_path: Path,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    clock: identity.Clock = utcnow,
+) -> Iterator[Door]:
+    """A front door on ``url`` with ``admin`` and ``ada``, with settings ``overrides``, telling
+    the time by ``clock``."""
     database = Database(url)
     database.migrate()
     with database.session() as session:
         identity.create_user(session, "admin", PASSWORD, Role.PLATFORM_CONFIGURER)
         identity.create_user(session, "ada", ADA_PASSWORD, Role.AI_DEVELOPER)
-    with temporary_settings({"database.url": url}) as current:
-        server = HttpServer(build_front_door(current, database), "127.0.0.1", 0)
+    with temporary_settings({"database.url": url, **(overrides or {})}) as current:
+        server = HttpServer(build_front_door(current, database, clock=clock), "127.0.0.1", 0)
         server.start()
     home = tmp_path / "cli-home"
     home.mkdir()
