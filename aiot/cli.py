@@ -653,8 +653,20 @@ def profiles(as_json: JsonOption = False) -> None:
         out().print(f"commands use the token in {TOKEN_ENV}")
 
 
-def _new_password_or_generated() -> tuple[str, str | None]:
-    """A new password typed twice on a terminal, else a generated one: (password, generated or None)."""
+NewPasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The user's password. Without it: asked for on a terminal, else generated and "
+        "printed once (alone on stdout).",
+        show_default=False,
+    ),
+]
+
+
+def _new_password(given: str | None) -> tuple[str, str | None]:
+    """(password, the generated one or None): ``given``, else typed twice on a terminal, else generated."""
+    if given is not None:
+        return given, None
     if _on_terminal():
         return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True)), None
     generated = secrets.token_urlsafe(12)
@@ -676,20 +688,11 @@ def _report(done: str, generated: str | None) -> None:
 def user_add(
     username: Annotated[str, typer.Argument(help="Lowercase letters, digits, '.', '_' or '-'.")],
     role: Annotated[Role, typer.Option(help="What the user may do.")],
-    password: Annotated[
-        str | None,
-        typer.Option(
-            help="The user's password. Without it: asked for on a terminal, else generated and "
-            "printed once (alone on stdout).",
-            show_default=False,
-        ),
-    ] = None,
+    password: NewPasswordOption = None,
     email: Annotated[str | None, typer.Option(help="Where the platform sends notifications.")] = None,
 ) -> None:
     """Register a user with a role."""
-    generated = None
-    if password is None:
-        password, generated = _new_password_or_generated()
+    password, generated = _new_password(password)
     client = PlatformClient.from_settings(_settings())
     reply = client.post(
         "/api/users",
@@ -701,19 +704,10 @@ def user_add(
 @user_app.command("reset-password")
 def user_reset_password(
     username: Annotated[str, typer.Argument(help="The user whose password you set (not yourself).")],
-    password: Annotated[
-        str | None,
-        typer.Option(
-            help="The new password. Without it: asked for on a terminal, else generated and "
-            "printed once (alone on stdout).",
-            show_default=False,
-        ),
-    ] = None,
+    password: NewPasswordOption = None,
 ) -> None:
     """Set another user's password; every session and token of theirs is revoked."""
-    generated = None
-    if password is None:
-        password, generated = _new_password_or_generated()
+    password, generated = _new_password(password)
     client = PlatformClient.from_settings(_settings())
     reply = client.post(f"/api/users/{username}/password", json={"password": password})
     revoked = reply["revoked_tokens"]

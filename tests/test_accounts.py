@@ -324,6 +324,19 @@ def test_a_user_changes_their_own_password_and_their_other_sessions_end(door: Do
     assert token_of(door, "ada", NEW_PASSWORD)
 
 
+def test_aiot_password_asks_on_a_terminal_and_never_shows_what_is_typed(door: Door) -> None:
+    door.ok("login", "ada", "--password", ADA_PASSWORD)
+    with door.on_terminal("password") as terminal:
+        terminal.answer(b"Current password: ", ADA_PASSWORD)
+        terminal.answer(b"New password: ", NEW_PASSWORD)
+        terminal.answer(b"Repeat for confirmation: ", NEW_PASSWORD)
+        terminal.read_until(b"password changed")
+        assert terminal.wait() == 0, bytes(terminal.seen)
+    assert ADA_PASSWORD.encode() not in terminal.seen
+    assert NEW_PASSWORD.encode() not in terminal.seen
+    assert token_of(door, "ada", NEW_PASSWORD)
+
+
 def test_a_configurer_resets_a_users_password_and_every_token_of_theirs_is_revoked(door: Door) -> None:
     door.ok("login", "admin", "--password", PASSWORD)
     door.ok("login", "ada", "--password", ADA_PASSWORD)
