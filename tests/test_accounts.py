@@ -13,6 +13,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,21 +163,29 @@ def test_failures_from_one_address_lock_the_address_whatever_names_it_tries(
         assert token_of(door, "admin", PASSWORD)
 
 
+def test_wrong_passwords_sent_at_once_get_no_more_tries_than_the_limit(door: Door) -> None:
+    attempts = AuthSettings().login_attempts
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(lambda _: login(door, "ada", "wrong password"), range(4 * attempts)))
+    statuses = sorted(reply.status_code for reply in replies)
+    assert statuses == [401] * attempts + [429] * (3 * attempts)
+
+
 def test_the_throttle_forgets_the_least_recently_failing_keys_beyond_its_bound(clock: Clock) -> None:
     settings = AuthSettings(login_tracked=100, login_attempts=2, login_address_attempts=1000)
     throttle = identity.LoginThrottle(settings, clock)
-    throttle.failed("ada", "10.0.0.1")
-    throttle.failed("ada", "10.0.0.1")
+    throttle.attempt("ada", "10.0.0.1")
+    throttle.attempt("ada", "10.0.0.1")
     with pytest.raises(identity.LoginThrottled):
-        throttle.check("ada", "10.0.0.1")
+        throttle.attempt("ada", "10.0.0.1")
 
     for number in range(1000):  # a flood of names from many addresses
-        throttle.failed(f"user{number}", f"10.1.{number // 256}.{number % 256}")
+        throttle.attempt(f"user{number}", f"10.1.{number // 256}.{number % 256}")
         assert len(throttle) <= settings.login_tracked
 
     # Windows and lock-outs that are over are dropped before anything else.
     clock.advance(settings.login_window_s + settings.login_lockout_s)
-    throttle.failed("grace", "10.0.0.2")
+    throttle.attempt("grace", "10.0.0.2")
     assert len(throttle) == 2
 
 

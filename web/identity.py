@@ -18,6 +18,7 @@ Failed logins are counted per username and per client address by ``LoginThrottle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -25,7 +26,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -318,8 +319,9 @@ class LoginThrottled(PlatformError):
 
 @dataclass
 class _Failures:
-    count: int
+    limit: int
     since: datetime
+    count: int = 0
     locked_until: datetime | None = None
 
 
@@ -330,14 +332,17 @@ class LoginThrottle:
     door's ``Accounts`` (no module state), rather than in the database: the front door runs
     as one process (the roster places one ``web``), so one table sees every login; a wrong
     password then costs no database write; and a restart that forgets the counts gives a
-    guesser one more window at most. The table is ordered by last failure: keys whose window
+    guesser one more window at most. The table is ordered by last attempt: keys whose window
     and lock-out have passed are dropped first, and when it is full the least recently
     failing key goes, so neither a flood of usernames nor of addresses grows it.
 
     A username is locked after ``auth.login_attempts`` failures within ``auth.login_window_s``,
     an address after ``auth.login_address_attempts``, each for ``auth.login_lockout_s``; a
-    locked login is refused before its password is checked. A success clears the username's
-    count, not the address's (one's own account must not wash away guesses at others).
+    locked login is refused before its password is checked. Each attempt counts as a failure
+    from the moment it is let through (``attempt``), so logins checked at once on the server's
+    threads cannot exceed the limit; a success then clears the username's count and takes the
+    attempt back from the address's (one's own account must not wash away guesses at others),
+    and an attempt that ended for another reason (the database down) is taken back (``refund``).
     """
 
     def __init__(self, settings: AuthSettings, clock: Clock = utcnow) -> None:
@@ -349,51 +354,68 @@ class LoginThrottle:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def check(self, username: str, address: str) -> None:
-        """Raise ``LoginThrottled`` while the username or the address is locked out."""
-        now = self.clock()
-        with self._lock:
-            for key, what in (
-                (("user", username), f"user {username!r}"),
-                (("address", address), "this address"),
-            ):
-                entry = self._entries.get(key)
-                if entry is None or entry.locked_until is None:
-                    continue
-                if entry.locked_until <= now:
-                    del self._entries[key]  # served its time: a fresh window
-                    continue
-                wait = max(1, math.ceil((entry.locked_until - now).total_seconds()))
-                raise LoginThrottled(
-                    f"too many failed logins for {what}: try again in {wait} s "
-                    f"(after {entry.locked_until.isoformat(timespec='seconds')})",
-                    wait,
-                )
+    def _keys(self, username: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ("user", username), ("address", address)
 
-    def failed(self, username: str, address: str) -> None:
-        """Count a failed login against the username and the address."""
-        settings = self.settings
+    def attempt(self, username: str, address: str) -> None:
+        """Let a login through, counted as failed until it succeeds; ``LoginThrottled`` while the
+        username or the address is locked out."""
         now = self.clock()
+        user_key, address_key = self._keys(username, address)
         with self._lock:
+            self._refuse_if_locked(user_key, f"user {username!r}", now)
+            self._refuse_if_locked(address_key, "this address", now)
             self._prune(now)
-            self._count(("user", username), settings.login_attempts, now)
-            self._count(("address", address), settings.login_address_attempts, now)
+            self._count(user_key, self.settings.login_attempts, now)
+            self._count(address_key, self.settings.login_address_attempts, now)
 
-    def succeeded(self, username: str) -> None:
+    def succeeded(self, username: str, address: str) -> None:
+        user_key, address_key = self._keys(username, address)
         with self._lock:
-            self._entries.pop(("user", username), None)
+            self._entries.pop(user_key, None)
+            self._take_back(address_key)
+
+    def refund(self, username: str, address: str) -> None:
+        """Take back an attempt that ended neither in success nor in a wrong password."""
+        with self._lock:
+            for key in self._keys(username, address):
+                self._take_back(key)
+
+    def _refuse_if_locked(self, key: tuple[str, str], what: str, now: datetime) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.locked_until is None:
+            return
+        if entry.locked_until <= now:
+            del self._entries[key]  # served its time: a fresh window
+            return
+        wait = max(1, math.ceil((entry.locked_until - now).total_seconds()))
+        raise LoginThrottled(
+            f"too many failed logins for {what}: try again in {wait} s "
+            f"(after {entry.locked_until.isoformat(timespec='seconds')})",
+            wait,
+        )
 
     def _count(self, key: tuple[str, str], limit: int, now: datetime) -> None:
         window = timedelta(seconds=self.settings.login_window_s)
         entry = self._entries.pop(key, None)
         if entry is None or now - entry.since >= window:
-            entry = _Failures(0, now)
+            entry = _Failures(limit, now)
         entry.count += 1
         if entry.count >= limit:
             entry.locked_until = now + timedelta(seconds=self.settings.login_lockout_s)
         while len(self._entries) >= self.settings.login_tracked:
             self._entries.popitem(last=False)
         self._entries[key] = entry
+
+    def _take_back(self, key: tuple[str, str]) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.count -= 1
+        if entry.count < entry.limit:
+            entry.locked_until = None
+        if entry.count <= 0:
+            del self._entries[key]
 
     def _prune(self, now: datetime) -> None:
         """Drop the oldest keys while their window and lock-out are over."""
@@ -409,7 +431,8 @@ class Accounts:
     """The front door's accounts: token checks, logins and passwords under ``auth`` settings.
 
     Holds the clock every expiry is measured with and the ``LoginThrottle``; one per front
-    door app (``web.app.build_front_door``), reached by routes through ``accounts()``.
+    door app (``web.app.build_front_door``), reached by routes through
+    ``web.identity_api.accounts()``.
     """
 
     def __init__(self, database: Database, settings: AuthSettings, clock: Clock = utcnow) -> None:
@@ -432,16 +455,9 @@ class Accounts:
         replaces: str | None = None,
     ) -> IssuedToken:
         """``login`` behind the throttle, issuing a token of ``auth.token_lifetime_s``."""
-        self.throttle.check(username, address)
         expires = self.clock() + timedelta(seconds=self.settings.token_lifetime_s)
-        try:
-            with self.database.session() as session:
-                issued = login(session, username, password, token_name, replaces, expires)
-        except Unauthorized:
-            self.throttle.failed(username, address)
-            raise
-        self.throttle.succeeded(username)
-        return issued
+        with self._throttled(username, address), self.database.session() as session:
+            return login(session, username, password, token_name, replaces, expires)
 
     def issue_named(self, principal: Principal, name: str, expires_in_s: float | None) -> IssuedToken:
         """A named API token of the caller for ``expires_in_s`` (default ``auth.api_token_lifetime_s``)."""
@@ -458,16 +474,27 @@ class Accounts:
 
     def change_password(self, principal: Principal, address: str, current: str, new: str) -> int:
         """``change_password`` behind the throttle: a wrong current password counts as a failed login."""
-        self.throttle.check(principal.username, address)
         try:
-            with self.database.session() as session:
+            with self._throttled(principal.username, address), self.database.session() as session:
                 return change_password(session, principal.user_id, principal.token_id, current, new)
         except Unauthorized:
-            self.throttle.failed(principal.username, address)
             raise ValidationFailed(
                 "the current password is wrong: give the one you log in with "
                 "(forgotten? a platform configurer can reset it)"
             ) from None
+
+    @contextlib.contextmanager
+    def _throttled(self, username: str, address: str) -> Iterator[None]:
+        """A password check as one throttled attempt: ``Unauthorized`` leaves it counted as failed."""
+        self.throttle.attempt(username, address)
+        try:
+            yield
+        except Unauthorized:
+            raise
+        except BaseException:
+            self.throttle.refund(username, address)
+            raise
+        self.throttle.succeeded(username, address)
 
 
 def ensure_first_configurer(database: Database, username: str, password: str | None) -> str | None:
