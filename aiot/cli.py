@@ -521,13 +521,16 @@ def _on_terminal() -> bool:
     return sys.stdin is not None and sys.stdin.isatty()
 
 
-def _read_password(prompt: str) -> str:
-    """A password typed on the terminal (hidden), else the first line of stdin (for scripts)."""
+PASSWORD_SOURCES = "pass --password, pipe it on stdin, or run on a terminal"
+
+
+def _read_password(prompt: str, sources: str = PASSWORD_SOURCES) -> str:
+    """A password typed on the terminal (hidden), else the next line of stdin (for scripts)."""
     if _on_terminal():
         return str(typer.prompt(prompt, hide_input=True))
     line = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
     if not line:
-        raise BadRequest("no password: pass --password, pipe it on stdin, or run on a terminal")
+        raise BadRequest(f"no {prompt.lower()}: {sources}")
     return line
 
 
@@ -650,40 +653,84 @@ def profiles(as_json: JsonOption = False) -> None:
         out().print(f"commands use the token in {TOKEN_ENV}")
 
 
+NewPasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The user's password. Without it: asked for on a terminal, else generated and "
+        "printed once (alone on stdout).",
+        show_default=False,
+    ),
+]
+
+
+def _new_password(given: str | None) -> tuple[str, str | None]:
+    """(password, the generated one or None): ``given``, else typed twice on a terminal, else generated."""
+    if given is not None:
+        return given, None
+    if _on_terminal():
+        return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True)), None
+    generated = secrets.token_urlsafe(12)
+    return generated, generated
+
+
+def _report(done: str, generated: str | None) -> None:
+    """Say ``done``; a generated password goes alone to stdout (for scripts), said once on stderr."""
+    if generated is None:
+        out().print(done)
+        return
+    Console(stderr=True, highlight=False).print(
+        f"{done}; the generated password, shown once, is on stdout", soft_wrap=True
+    )
+    typer.echo(generated)
+
+
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Argument(help="Lowercase letters, digits, '.', '_' or '-'.")],
     role: Annotated[Role, typer.Option(help="What the user may do.")],
-    password: Annotated[
-        str | None,
-        typer.Option(
-            help="The user's password. Without it: asked for on a terminal, else generated and "
-            "printed once (alone on stdout).",
-            show_default=False,
-        ),
-    ] = None,
+    password: NewPasswordOption = None,
     email: Annotated[str | None, typer.Option(help="Where the platform sends notifications.")] = None,
 ) -> None:
     """Register a user with a role."""
-    generated = None
-    if password is None:
-        if _on_terminal():
-            password = str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
-        else:
-            password = generated = secrets.token_urlsafe(12)
+    password, generated = _new_password(password)
     client = PlatformClient.from_settings(_settings())
     reply = client.post(
         "/api/users",
         json={"username": username, "password": password, "role": role.value, "email": email},
     )
-    created = f"user {reply['user']['username']} ({reply['user']['role']}) created"
-    if generated is None:
-        out().print(created)
-        return
-    Console(stderr=True, highlight=False).print(
-        f"{created}; its generated password, shown once, is on stdout"
-    )
-    typer.echo(generated)
+    _report(f"user {reply['user']['username']} ({reply['user']['role']}) created", generated)
+
+
+@user_app.command("reset-password")
+def user_reset_password(
+    username: Annotated[str, typer.Argument(help="The user whose password you set (not yourself).")],
+    password: NewPasswordOption = None,
+) -> None:
+    """Set another user's password; every session and token of theirs is revoked."""
+    password, generated = _new_password(password)
+    client = PlatformClient.from_settings(_settings())
+    reply = client.post(f"/api/users/{username}/password", json={"password": password})
+    revoked = reply["revoked_tokens"]
+    _report(f"password of {username} reset; {_tokens(revoked)} of theirs revoked", generated)
+
+
+def _tokens(count: int) -> str:
+    return f"{count} token" + ("" if count == 1 else "s")
+
+
+@app.command("password")
+def change_password() -> None:
+    """Change your own password: the current one, then the new one twice (on a terminal; else the
+    first two lines of stdin). Your other sessions and tokens are revoked; this one stays."""
+    client = PlatformClient.from_settings(_settings())
+    sources = "pipe the current and the new password on stdin, a line each, or run on a terminal"
+    current = _read_password("Current password", sources)
+    if _on_terminal():
+        new = str(typer.prompt("New password", hide_input=True, confirmation_prompt=True))
+    else:
+        new = _read_password("New password", sources)
+    reply = client.post("/api/auth/password", json={"current_password": current, "new_password": new})
+    out().print(f"password changed; {_tokens(reply['revoked_tokens'])} of your other sessions revoked")
 
 
 @user_app.command("list")
@@ -706,14 +753,14 @@ def user_list(as_json: JsonOption = False) -> None:
 
 @user_app.command("disable")
 def user_disable(username: str) -> None:
-    """Disable a user; their tokens stop working at once."""
+    """Disable a user; their tokens are revoked at once (enabling them again revives none)."""
     PlatformClient.from_settings(_settings()).post(f"/api/users/{username}/disable")
     out().print(f"user {username} disabled")
 
 
 @user_app.command("enable")
 def user_enable(username: str) -> None:
-    """Enable a disabled user."""
+    """Enable a disabled user; they log in anew."""
     PlatformClient.from_settings(_settings()).post(f"/api/users/{username}/enable")
     out().print(f"user {username} enabled")
 

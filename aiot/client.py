@@ -1,10 +1,10 @@
 """HTTP client of the front door, and the sessions the CLI saves for it.
 
 A session is a front door URL, a username and an API token, in a file readable
-by the owner only. One AIOT_HOME holds several, so several users share a
-machine: the default session in ``AIOT_HOME/credentials.json`` (``aiot up``
-logs the first configurer in there), any other in
-``AIOT_HOME/profiles/<profile>.json``. A login goes to the profile chosen with
+by the owner only (0600, in AIOT_HOME and ``profiles`` kept 0700). One AIOT_HOME
+holds several, so several users share a machine: the default session in
+``AIOT_HOME/credentials.json`` (``aiot up`` logs the first configurer in there), any
+other in ``AIOT_HOME/profiles/<profile>.json``. A login goes to the profile chosen with
 ``aiot --as NAME`` or ``AIOT_PROFILE``; without one, to the default session when
 it is free or already that user's, else to a profile named after the user. A
 login that takes a saved session's place asks the front door to revoke its token.
@@ -28,7 +28,7 @@ import requests
 from pydantic import BaseModel, ValidationError
 
 from platform_sdk.errors import BadRequest, Unauthorized, Unavailable, error_from_status
-from platform_sdk.runstate import web_url
+from platform_sdk.runstate import PRIVATE_FILE_MODE, private_dir, web_url
 from platform_sdk.settings import Settings
 
 CREDENTIALS_FILE = "credentials.json"
@@ -62,10 +62,11 @@ def credentials_path(settings: Settings, profile: str = DEFAULT_PROFILE) -> Path
 
 def save_credentials(settings: Settings, credentials: Credentials, profile: str = DEFAULT_PROFILE) -> None:
     path = credentials_path(settings, profile)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(settings.home_dir)
+    private_dir(path.parent)
     # Written beside and renamed into place: never half a file, and the owner's alone from the start.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(credentials.model_dump(), handle)
     os.replace(temporary, path)

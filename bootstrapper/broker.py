@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from platform_sdk.bus import client_config
 from platform_sdk.errors import Unavailable
 from platform_sdk.net import free_port
+from platform_sdk.runstate import PRIVATE_UMASK
 from platform_sdk.settings import KafkaSettings
 
 TANSU_NOTE = "using the bundled Tansu broker: it keeps everything in memory and suits short sessions only"
@@ -109,6 +110,7 @@ class BrokerProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=detach,
+                umask=PRIVATE_UMASK,  # its data and logs are the owner's alone
             )
         finally:
             if self.log_file:

@@ -56,10 +56,12 @@ from platform_sdk.errors import Conflict, PlatformError, Timeout, Unavailable
 from platform_sdk.messages import Heartbeat
 from platform_sdk.net import free_port
 from platform_sdk.runstate import (
+    PRIVATE_UMASK,
     NodeRecord,
     ProcessRecord,
     RunState,
     clear_run_state,
+    private_dir,
     read_run_state,
     write_run_state,
 )
@@ -165,7 +167,9 @@ class LocalPlatform:
             raise Conflict("a platform needs at least one node")
         if self.is_running():
             raise Conflict(f"a platform already runs from {self.home}; stop it first with `aiot down`")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # The home and everything in it are the owner's alone (the processes below get PRIVATE_UMASK).
+        private_dir(self.home)
+        private_dir(self.log_dir)
         state = RunState(runtime=runtime)
         try:
             state.broker = self._start_broker(state, progress, broker)
@@ -291,6 +295,7 @@ class LocalPlatform:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                umask=PRIVATE_UMASK,  # what the agent and the services it runs create is private
             )
         state.nodes.append(node)
         state.processes.append(_record(f"agent-{node_id}", process.pid, command, log_file))

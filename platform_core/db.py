@@ -1,7 +1,8 @@
 """The registry database: engine, sessions, declarative base and migrations.
 
 One SQLAlchemy 2.0 engine per process, on a SQLite file in WAL mode by default
-(``AIOT_HOME/registry.db``) or PostgreSQL by URL. Each service declares its
+(``AIOT_HOME/registry.db``, its owner's alone: 0600, as its ``-wal`` and ``-shm``) or
+PostgreSQL by URL. Each service declares its
 own typed models on ``Base`` in its own package and reaches other services'
 data only through their APIs or events. The schema is owned by the Alembic
 history in ``platform_core/migrations``; ``Database.migrate()`` brings any
@@ -29,14 +30,16 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from platform_sdk.errors import BadRequest, Conflict, Unavailable
+from platform_sdk.runstate import private_dir, private_file
 from platform_sdk.settings import Settings
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-SCHEMA_HEAD = "0005_apps"
+SCHEMA_HEAD = "0006_accounts"
 """The newest migration's revision (a test checks it is Alembic's head): bump it with every migration."""
+SQLITE_SIDE_FILES = ("-wal", "-shm")
 MIGRATION_LOCK_KEY = 0x6169_6F74_6D69_6772  # "aiotmigr"
 """The PostgreSQL advisory lock a migration holds; advisory locks are per database, so other
 databases on the same server migrate freely."""
@@ -104,15 +107,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for ``url``; SQLite files get their folder, WAL and foreign keys."""
+    """An engine for ``url``; SQLite files get their folder, WAL and foreign keys, and are private."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(parsed.database))
         engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """The database file made (or narrowed to) 0600 before SQLite opens it, in a new folder made 0700.
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode; ones an
+    older version left open to others are narrowed here too.
+    """
+    if not path.parent.exists():
+        private_dir(path.parent)
+    private_file(path)
+    for suffix in SQLITE_SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            private_file(side)
 
 
 class Database:

@@ -3,12 +3,17 @@
 ``aiot up`` writes it; every process of that home reads it to find the bus and
 the front door when the settings do not name them. Writes are atomic, so a
 reader never sees half a file.
+
+Everything under AIOT_HOME is its owner's alone: ``private_dir`` makes (or narrows) a folder
+to 0700, ``private_file`` a file to 0600; ``PRIVATE_UMASK`` is the umask ``aiot up`` gives
+the platform's processes, so what they create is private too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -18,6 +23,33 @@ from pydantic import BaseModel, Field
 from platform_sdk.settings import Settings
 
 STATE_FILE = "state.json"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_UMASK = 0o077
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner may enter: made (with any missing parents) 0700, or
+    narrowed to 0700 when it exists."""
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    _narrow(path, PRIVATE_DIR_MODE)  # an older folder may be open to others
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """``path`` as a file only its owner may read: created empty 0600, or narrowed to 0600."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+    _narrow(path, PRIVATE_FILE_MODE)
+    return path
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """Give ``path`` ``mode`` when it is ours and has another (someone else's is left as it is)."""
+    found = path.stat()
+    if found.st_uid == os.getuid() and stat.S_IMODE(found.st_mode) != mode:
+        os.chmod(path, mode)
 
 
 class ProcessRecord(BaseModel):
@@ -67,7 +99,7 @@ def read_run_state(settings: Settings) -> RunState | None:
 
 def write_run_state(settings: Settings, state: RunState) -> None:
     path = state_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
         json.dump(state.model_dump(mode="json"), tmp, indent=2)
     os.replace(tmp.name, path)

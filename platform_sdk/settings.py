@@ -232,13 +232,62 @@ class WebSettings(BaseModel):
     max_upload_mb: int = Field(default=200, ge=1, description="Largest request body accepted.")
 
 
+_TEN_YEARS_S = 10 * 365 * 24 * 3600.0
+
+
 class AuthSettings(BaseModel):
-    """Identity: the first platform configurer and password hashing."""
+    """Identity: the first platform configurer, login throttling and token lifetimes."""
 
     admin_username: str = Field(default="admin", description="Name of the first platform configurer.")
     admin_password: SecretStr | None = Field(
         default=None,
         description="Password of the first configurer. Empty: one is generated and printed once.",
+    )
+    # Accounts: login throttling and token lifetimes (web.identity).
+    login_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Failed logins for one username within login_window_s after which its logins are "
+        "refused (429) for login_lockout_s; a successful login resets the count.",
+    )
+    login_address_attempts: int = Field(
+        default=20,
+        ge=1,
+        description="The same for one client address, whatever usernames it tries.",
+    )
+    login_window_s: float = Field(
+        default=300.0, gt=0, le=_TEN_YEARS_S, description="Window in which failed logins are counted."
+    )
+    login_lockout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=_TEN_YEARS_S,
+        description="How long a username or address is refused once locked out.",
+    )
+    login_tracked: int = Field(
+        default=10_000,
+        ge=100,
+        description="Most usernames and addresses the front door tracks failed logins of (in memory; "
+        "the least recently failing are forgotten first).",
+    )
+    token_lifetime_s: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        le=_TEN_YEARS_S,
+        description="Lifetime of a login token (a CLI session); then it answers 401 and its user "
+        "logs in again.",
+    )
+    api_token_lifetime_s: float = Field(
+        default=90 * 24 * 3600.0,
+        gt=0,
+        le=_TEN_YEARS_S,
+        description="Lifetime of a named API token created without an expiry of its own.",
+    )
+    api_token_max_lifetime_s: float = Field(
+        default=365 * 24 * 3600.0,
+        gt=0,
+        le=_TEN_YEARS_S,
+        description="Longest lifetime a named API token may be created with.",
     )
 
 

@@ -9,6 +9,7 @@ controlling terminal, stdin empty unless a test gives it a pseudo-terminal).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import pytest
 import requests
 
 from platform_core.auth import Role
-from platform_core.db import Database
+from platform_core.db import Database, utcnow
 from platform_core.http import HttpServer
 from platform_sdk.settings import Settings, temporary_settings
 from web import identity
@@ -36,6 +37,36 @@ PASSWORD = "correct horse battery"
 ADA_PASSWORD = "analytical engine"
 CLI_TIMEOUT_S = 60
 PROMPT_TIMEOUT_S = 30
+
+
+@dataclass
+class Terminal:
+    """An ``aiot`` process on a pseudo-terminal: what it wrote so far, and what is typed to it."""
+
+    master: int
+    process: subprocess.Popen[bytes]
+    seen: bytearray = field(default_factory=bytearray)
+
+    def read_until(self, text: bytes) -> None:
+        deadline = time.monotonic() + PROMPT_TIMEOUT_S
+        while text not in self.seen:
+            assert time.monotonic() < deadline, f"no {text!r} on the terminal: {bytes(self.seen)!r}"
+            ready, _, _ = select.select([self.master], [], [], deadline - time.monotonic())
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:  # the terminal closed: the process ended
+                    chunk = b""
+                assert chunk, f"the terminal closed before {text!r}: {bytes(self.seen)!r}"
+                self.seen.extend(chunk)
+
+    def answer(self, prompt: bytes, line: str) -> None:
+        """Wait for ``prompt``, then type ``line`` and Enter."""
+        self.read_until(prompt)
+        os.write(self.master, line.encode() + b"\n")
+
+    def wait(self) -> int:
+        return self.process.wait(CLI_TIMEOUT_S)
 
 
 @dataclass
@@ -50,12 +81,16 @@ class Door:
         env.update({"AIOT_HOME": str(self.home), "AIOT_WEB__URL": self.url, **extra})
         return env
 
-    def aiot(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def aiot(
+        self, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``aiot ARGS`` run as a user runs it; ``stdin``: what is piped to it (else nothing)."""
         return subprocess.run(
             [sys.executable, "-m", "aiot", *args],
             env=self.env(**(env or {})),
             cwd=self.home,
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT_S,
@@ -63,10 +98,33 @@ class Door:
             start_new_session=True,  # no controlling terminal, as in CI or cron
         )
 
-    def ok(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        done = self.aiot(*args, env=env)
+    def ok(
+        self, *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = self.aiot(*args, env=env, stdin=stdin)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done
+
+    @contextlib.contextmanager
+    def on_terminal(self, *args: str) -> Iterator[Terminal]:
+        """``aiot ARGS`` on a pseudo-terminal of its own (killed if still running at the end)."""
+        master, replica = pty.openpty()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aiot", *args],
+            env=self.env(),
+            stdin=replica,
+            stdout=replica,
+            stderr=replica,
+            start_new_session=True,
+        )
+        os.close(replica)
+        try:
+            yield Terminal(master, process)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            os.close(master)
 
     def me(self, token: str) -> requests.Response:
         return requests.get(
@@ -82,14 +140,23 @@ class Door:
         return loaded
 
 
-def serve(settings: Settings, url: str, tmp_path: Path) -> Iterator[Door]:
+def serve(
+    settings: Settings,
+    url: str,
+    tmp_path: Path,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    clock: identity.Clock = utcnow,
+) -> Iterator[Door]:
+    """A front door on ``url`` with ``admin`` and ``ada``, with settings ``overrides``, telling
+    the time by ``clock``."""
     database = Database(url)
     database.migrate()
     with database.session() as session:
         identity.create_user(session, "admin", PASSWORD, Role.PLATFORM_CONFIGURER)
         identity.create_user(session, "ada", ADA_PASSWORD, Role.AI_DEVELOPER)
-    with temporary_settings({"database.url": url}) as current:
-        server = HttpServer(build_front_door(current, database), "127.0.0.1", 0)
+    with temporary_settings({"database.url": url, **(overrides or {})}) as current:
+        server = HttpServer(build_front_door(current, database, clock=clock), "127.0.0.1", 0)
         server.start()
     home = tmp_path / "cli-home"
     home.mkdir()
@@ -144,44 +211,12 @@ def test_user_add_without_a_password_or_a_terminal_prints_a_generated_one_once(d
 
 def test_user_add_asks_for_the_password_on_a_terminal(door: Door) -> None:
     door.ok("login", "--username", "admin", "--password", PASSWORD)
-    master, replica = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aiot", "user", "add", "grace", "--role", "end_user"],
-        env=door.env(),
-        stdin=replica,
-        stdout=replica,
-        stderr=replica,
-        start_new_session=True,
-    )
-    os.close(replica)
-    seen = bytearray()
-
-    def read_until(text: bytes) -> None:
-        deadline = time.monotonic() + PROMPT_TIMEOUT_S
-        while text not in seen:
-            assert time.monotonic() < deadline, f"no {text!r} on the terminal: {bytes(seen)!r}"
-            ready, _, _ = select.select([master], [], [], deadline - time.monotonic())
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # the terminal closed: the process ended
-                    chunk = b""
-                assert chunk, f"the terminal closed before {text!r}: {bytes(seen)!r}"
-                seen.extend(chunk)
-
-    try:
-        read_until(b"Password: ")
-        os.write(master, b"typed on a tty\n")
-        read_until(b"Repeat for confirmation: ")
-        os.write(master, b"typed on a tty\n")
-        read_until(b"user grace (end_user) created")
-        assert process.wait(CLI_TIMEOUT_S) == 0, bytes(seen)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
-    assert b"typed on a tty" not in seen  # hidden input, never echoed or printed
+    with door.on_terminal("user", "add", "grace", "--role", "end_user") as terminal:
+        terminal.answer(b"Password: ", "typed on a tty")
+        terminal.answer(b"Repeat for confirmation: ", "typed on a tty")
+        terminal.read_until(b"user grace (end_user) created")
+        assert terminal.wait() == 0, bytes(terminal.seen)
+    assert b"typed on a tty" not in terminal.seen  # hidden input, never echoed or printed
     reply = requests.post(
         f"{door.url}/api/auth/login", json={"username": "grace", "password": "typed on a tty"}, timeout=10
     )

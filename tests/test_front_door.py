@@ -303,7 +303,10 @@ def test_login_me_tokens_and_logout(fresh_door: FrontDoor) -> None:
     listing = client.get("/api/auth/tokens", headers=bearer(script_token))
     tokens = json_of(listing)["tokens"]
     assert [(token["name"], token["revoked"]) for token in tokens] == [("login", False), ("ci", False)]
-    assert all(set(token) == {"id", "name", "created_at", "last_used_at", "revoked"} for token in tokens)
+    assert all(
+        set(token) == {"id", "name", "created_at", "last_used_at", "expires_at", "revoked"}
+        for token in tokens
+    )
     text = listing.get_data(as_text=True)
     assert login_token not in text
     assert script_token not in text
@@ -320,7 +323,7 @@ def test_login_me_tokens_and_logout(fresh_door: FrontDoor) -> None:
     error_of(client.get("/api/auth/me", headers=bearer(script_token)), 401)
 
 
-def test_disabling_a_user_cuts_their_tokens_at_once(fresh_door: FrontDoor) -> None:
+def test_disabling_a_user_revokes_their_tokens_for_good(fresh_door: FrontDoor) -> None:
     client = fresh_door.client
     with fresh_door.database.session() as session:
         identity.create_user(session, "root", PASSWORD, Role.PLATFORM_CONFIGURER)
@@ -343,7 +346,9 @@ def test_disabling_a_user_cuts_their_tokens_at_once(fresh_door: FrontDoor) -> No
 
     enabled = json_of(client.post("/api/users/bob/enable", headers=admin))["user"]
     assert enabled["disabled"] is False
-    assert json_of(client.get("/api/auth/me", headers=bob))["user"]["username"] == "bob"
+    error_of(client.get("/api/auth/me", headers=bob), 401)  # the old token stays revoked
+    again = json_of(client.post("/api/auth/login", json={"username": "bob", "password": PASSWORD}))
+    assert json_of(client.get("/api/auth/me", headers=bearer(again["token"])))["user"]["username"] == "bob"
 
 
 def test_a_configurer_creates_and_lists_users(door: FrontDoor) -> None:

@@ -140,7 +140,7 @@ def test_a_user_cannot_revoke_someone_elses_token(database: Database) -> None:
     assert authenticate(database, alice_token.secret) is not None
 
 
-def test_a_disabled_users_tokens_stop_working_until_enabled(database: Database) -> None:
+def test_disabling_revokes_a_users_tokens_and_enabling_revives_none(database: Database) -> None:
     add_user(database, "alice")
     token = issue(database, "alice")
     with database.session() as session:
@@ -150,7 +150,8 @@ def test_a_disabled_users_tokens_stop_working_until_enabled(database: Database) 
 
     with database.session() as session:
         identity.set_disabled(session, "alice", disabled=False)
-    assert authenticate(database, token.secret) is not None
+    assert authenticate(database, token.secret) is None  # still revoked
+    assert authenticate(database, login(database, "alice").secret) is not None  # a new login works
 
 
 def test_first_configurer_gets_a_generated_password_shown_once(database: Database) -> None:

@@ -9,13 +9,14 @@ from app_manager.api import blueprint as apps_blueprint
 from device_manager.api import blueprint as devices_blueprint
 from logger.api import blueprint as logs_blueprint
 from platform_core.blobstore import blob_store_from_settings
-from platform_core.db import Database
+from platform_core.db import Database, utcnow
 from platform_core.http import Resources, create_app
 from platform_sdk.bus import Requester
 from platform_sdk.settings import Settings
 from scheduler.api import blueprint as schedules_blueprint
-from web.identity import database_authenticator
+from web.identity import Accounts, Clock
 from web.identity_api import blueprint as identity_blueprint
+from web.identity_api import install_accounts
 
 BLUEPRINTS = (
     identity_blueprint,
@@ -28,14 +29,22 @@ BLUEPRINTS = (
 
 
 def build_front_door(
-    settings: Settings, database: Database | None = None, requester: Requester | None = None
+    settings: Settings,
+    database: Database | None = None,
+    requester: Requester | None = None,
+    *,
+    clock: Clock = utcnow,
 ) -> flask.Flask:
     """The front door app for ``settings``; the caller owns the ``database`` and ``requester`` it passes.
 
-    Without a ``requester`` (no Kafka) the routes that talk to other services answer 503.
+    Without a ``requester`` (no Kafka) the routes that talk to other services answer 503. Its
+    accounts (login throttle, token expiry) tell the time with ``clock``.
     """
     database = database or Database.from_settings(settings)
     resources = Resources(
         settings=settings, database=database, blobs=blob_store_from_settings(settings), requester=requester
     )
-    return create_app("aiot-front-door", BLUEPRINTS, database_authenticator(database), resources)
+    accounts = Accounts(database, settings.auth, clock)
+    app = create_app("aiot-front-door", BLUEPRINTS, accounts.authenticate, resources)
+    install_accounts(app, accounts)
+    return app

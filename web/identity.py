@@ -1,22 +1,34 @@
-"""Identity: users with roles, hashed passwords and revocable API tokens.
+"""Identity: users with roles, hashed passwords and revocable, expiring API tokens.
 
-Layered as schema (typed tables) → CRUD functions taking a session → routes
-(``web.identity_api``). Passwords are hashed with argon2id (argon2-cffi);
-API tokens are random 256-bit secrets shown once and stored only as their
-SHA-256, which is enough for a secret of that strength and keeps the
-per-request check fast. A disabled user's tokens stop working at once. A login
-may name the token it replaces (the CLI's earlier session of the same profile):
+Layered as schema (typed tables) → CRUD functions taking a session → ``Accounts``, the
+front door's object that applies the settings (token lifetimes, login throttling) with
+its clock → routes (``web.identity_api``). Passwords are hashed with argon2id
+(argon2-cffi); API tokens are random 256-bit secrets shown once and stored only as their
+SHA-256, which is enough for a secret of that strength and keeps the per-request check
+fast. Every token expires (``expires_at``): an expired one is refused with a 401 that
+says so. Disabling a user revokes their tokens, so enabling them again revives none; a
+password change revokes the user's other tokens, a reset by a configurer all of them. A
+login may name the token it replaces (the CLI's earlier session of the same profile):
 that token is revoked in the login's transaction, once the password is checked.
+
+Failed logins are counted per username and per client address by ``LoginThrottle``
+(see there for why in memory); past the limit, logins are refused with 429 and a
+``Retry-After`` until the lock-out ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import math
 import re
 import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -25,12 +37,22 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from platform_core.auth import Authenticator, Principal, Role
 from platform_core.db import Base, Database, utcnow
-from platform_sdk.errors import BadRequest, Conflict, NotFound, Unauthorized
+from platform_sdk.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PlatformError,
+    Unauthorized,
+    ValidationFailed,
+)
+from platform_sdk.settings import AuthSettings
 
 USERNAME = re.compile(r"^[a-z][a-z0-9_.-]{1,62}$")
 MIN_PASSWORD_LENGTH = 8
 TOKEN_PREFIX = "aiot_"
 _hasher = PasswordHasher()
+Clock = Callable[[], datetime]
+"""What tells the time (UTC, aware): ``utcnow`` in service, a settable one in tests."""
 
 
 class User(Base):
@@ -55,6 +77,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime]
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,7 @@ class IssuedToken:
     name: str
     secret: str
     user: UserView
+    expires_at: datetime
     replaced: int | None = None
 
 
@@ -135,46 +159,71 @@ def count_users(session: Session) -> int:
 
 
 def set_disabled(session: Session, username: str, disabled: bool = True) -> UserView:
+    """Disable (revoking every token of the user: enabling them again revives none) or enable."""
     user = read_user(session, username)
     user.disabled = disabled
+    if disabled:
+        revoke_all(session, user.id)
     return UserView.of(user)
 
 
-def issue_token(session: Session, user: User, name: str) -> IssuedToken:
+def default_expiry() -> datetime:
+    """When a token issued now expires by the default login-token lifetime."""
+    return utcnow() + timedelta(seconds=AuthSettings().token_lifetime_s)
+
+
+def issue_token(session: Session, user: User, name: str, expires_at: datetime | None = None) -> IssuedToken:
+    """A new token of ``user``, valid until ``expires_at`` (default: ``default_expiry()``)."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken(user_id=user.id, name=name, token_hash=_hash_token(secret))
+    expires = expires_at or default_expiry()
+    token = ApiToken(user_id=user.id, name=name, token_hash=_hash_token(secret), expires_at=expires)
     session.add(token)
     session.flush()
-    return IssuedToken(token.id, name, secret, UserView.of(user))
+    return IssuedToken(token.id, name, secret, UserView.of(user), expires)
+
+
+LOGIN_FAILURE = "wrong username or password, or the user is disabled"
+
+
+def _check_password(user: User | None, password: str) -> User:
+    """``user`` when ``password`` is theirs and they are enabled; else the same 401 for every cause."""
+    if user is None or user.disabled:
+        _hasher.hash(password)  # spend the same time as a real check
+        raise Unauthorized(LOGIN_FAILURE)
+    try:
+        _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise Unauthorized(LOGIN_FAILURE) from None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    return user
 
 
 def login(
-    session: Session, username: str, password: str, token_name: str = "login", replaces: str | None = None
+    session: Session,
+    username: str,
+    password: str,
+    token_name: str = "login",
+    replaces: str | None = None,
+    expires_at: datetime | None = None,
 ) -> IssuedToken:
     """Check a password and issue a token; the same error for every failure, so names don't leak.
 
     ``replaces``, the secret of the token this login takes the place of, is revoked once the
     password is checked (a failed login leaves it working).
     """
-    failure = Unauthorized("wrong username or password, or the user is disabled")
-    user = session.scalar(sa.select(User).where(User.username == username))
-    if user is None or user.disabled:
-        _hasher.hash(password)  # spend the same time as a real check
-        raise failure
-    try:
-        _hasher.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        raise failure from None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
-    issued = issue_token(session, user, token_name)
+    user = _check_password(session.scalar(sa.select(User).where(User.username == username)), password)
+    issued = issue_token(session, user, token_name, expires_at)
     if replaces:
         issued = dataclasses.replace(issued, replaced=revoke_secret(session, replaces))
     return issued
 
 
-def authenticate(session: Session, secret: str) -> Principal | None:
-    """The caller a token belongs to, or None for an unknown, revoked or disabled one."""
+def authenticate(session: Session, secret: str, now: datetime | None = None) -> Principal | None:
+    """The caller a token belongs to, or None for an unknown, revoked or disabled one.
+
+    An expired token raises ``Unauthorized`` saying so, and when: its holder logs in again.
+    """
     row = session.execute(
         sa.select(ApiToken, User)
         .join(User, User.id == ApiToken.user_id)
@@ -185,7 +234,13 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     token, user = row
     if token.revoked_at is not None or user.disabled:
         return None
-    token.last_used_at = utcnow()
+    now = now or utcnow()
+    if token.expires_at <= now:
+        raise Unauthorized(
+            f"token expired at {token.expires_at.isoformat(timespec='seconds')}: log in again with "
+            "`aiot login` (a script's API token: create a new one, POST /api/auth/tokens)"
+        )
+    token.last_used_at = now
     return Principal(user.id, user.username, Role(user.role), token.id, user.email)
 
 
@@ -194,6 +249,38 @@ def revoke_token(session: Session, user_id: int, token_id: int) -> None:
     if token is None or token.user_id != user_id:
         raise NotFound(f"no token {token_id} of this user")
     token.revoked_at = token.revoked_at or utcnow()
+
+
+def revoke_all(session: Session, user_id: int, keep: int | None = None) -> int:
+    """Revoke every live token of a user but ``keep`` (a token id); how many were revoked."""
+    query = sa.update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+    if keep is not None:
+        query = query.where(ApiToken.id != keep)
+    result = session.execute(
+        query.values(revoked_at=utcnow()), execution_options={"synchronize_session": False}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def set_password(session: Session, user: User, password: str) -> None:
+    user.password_hash = _hasher.hash(validate_password(password))
+
+
+def change_password(session: Session, user_id: int, token_id: int, current: str, new: str) -> int:
+    """A user changes their own password (``current`` checked); their tokens but ``token_id`` are
+    revoked. How many were revoked."""
+    user = _check_password(session.get(User, user_id), current)
+    if current == new:
+        raise ValidationFailed("the new password is the current one: choose another")
+    set_password(session, user, new)
+    return revoke_all(session, user.id, keep=token_id)
+
+
+def reset_password(session: Session, username: str, password: str) -> int:
+    """A configurer sets another user's password; every token of that user is revoked (how many)."""
+    user = read_user(session, username)
+    set_password(session, user, password)
+    return revoke_all(session, user.id)
 
 
 def revoke_secret(session: Session, secret: str) -> int | None:
@@ -218,6 +305,196 @@ def database_authenticator(database: Database) -> Authenticator:
             return authenticate(session, secret)
 
     return check
+
+
+class LoginThrottled(PlatformError):
+    """Too many failed logins for a username or from an address: try again after ``retry_after_s``."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, details={"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Failures:
+    limit: int
+    since: datetime
+    count: int = 0
+    locked_until: datetime | None = None
+
+
+class LoginThrottle:
+    """Failed logins per username and per client address, and the lock-outs they earn.
+
+    Kept in memory, in a table of at most ``auth.login_tracked`` keys owned by the front
+    door's ``Accounts`` (no module state), rather than in the database: the front door runs
+    as one process (the roster places one ``web``), so one table sees every login; a wrong
+    password then costs no database write; and a restart that forgets the counts gives a
+    guesser one more window at most. The table is ordered by last attempt: keys whose window
+    and lock-out have passed are dropped first, and when it is full the least recently
+    failing key goes, so neither a flood of usernames nor of addresses grows it.
+
+    A username is locked after ``auth.login_attempts`` failures within ``auth.login_window_s``,
+    an address after ``auth.login_address_attempts``, each for ``auth.login_lockout_s``; a
+    locked login is refused before its password is checked. Each attempt counts as a failure
+    from the moment it is let through (``attempt``), so logins checked at once on the server's
+    threads cannot exceed the limit; a success then clears the username's count and takes the
+    attempt back from the address's (one's own account must not wash away guesses at others),
+    and an attempt that ended for another reason (the database down) is taken back (``refund``).
+    """
+
+    def __init__(self, settings: AuthSettings, clock: Clock = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._entries: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _keys(self, username: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ("user", username), ("address", address)
+
+    def attempt(self, username: str, address: str) -> None:
+        """Let a login through, counted as failed until it succeeds; ``LoginThrottled`` while the
+        username or the address is locked out."""
+        now = self.clock()
+        user_key, address_key = self._keys(username, address)
+        with self._lock:
+            self._refuse_if_locked(user_key, f"user {username!r}", now)
+            self._refuse_if_locked(address_key, "this address", now)
+            self._prune(now)
+            self._count(user_key, self.settings.login_attempts, now)
+            self._count(address_key, self.settings.login_address_attempts, now)
+
+    def succeeded(self, username: str, address: str) -> None:
+        user_key, address_key = self._keys(username, address)
+        with self._lock:
+            self._entries.pop(user_key, None)
+            self._take_back(address_key)
+
+    def refund(self, username: str, address: str) -> None:
+        """Take back an attempt that ended neither in success nor in a wrong password."""
+        with self._lock:
+            for key in self._keys(username, address):
+                self._take_back(key)
+
+    def _refuse_if_locked(self, key: tuple[str, str], what: str, now: datetime) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.locked_until is None:
+            return
+        if entry.locked_until <= now:
+            del self._entries[key]  # served its time: a fresh window
+            return
+        wait = max(1, math.ceil((entry.locked_until - now).total_seconds()))
+        raise LoginThrottled(
+            f"too many failed logins for {what}: try again in {wait} s "
+            f"(after {entry.locked_until.isoformat(timespec='seconds')})",
+            wait,
+        )
+
+    def _count(self, key: tuple[str, str], limit: int, now: datetime) -> None:
+        window = timedelta(seconds=self.settings.login_window_s)
+        entry = self._entries.pop(key, None)
+        if entry is None or now - entry.since >= window:
+            entry = _Failures(limit, now)
+        entry.count += 1
+        if entry.count >= limit:
+            entry.locked_until = now + timedelta(seconds=self.settings.login_lockout_s)
+        while len(self._entries) >= self.settings.login_tracked:
+            self._entries.popitem(last=False)
+        self._entries[key] = entry
+
+    def _take_back(self, key: tuple[str, str]) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.count -= 1
+        if entry.count < entry.limit:
+            entry.locked_until = None
+        if entry.count <= 0:
+            del self._entries[key]
+
+    def _prune(self, now: datetime) -> None:
+        """Drop the oldest keys while their window and lock-out are over."""
+        window = timedelta(seconds=self.settings.login_window_s)
+        while self._entries:
+            entry = next(iter(self._entries.values()))
+            if now - entry.since < window or (entry.locked_until is not None and entry.locked_until > now):
+                return
+            self._entries.popitem(last=False)
+
+
+class Accounts:
+    """The front door's accounts: token checks, logins and passwords under ``auth`` settings.
+
+    Holds the clock every expiry is measured with and the ``LoginThrottle``; one per front
+    door app (``web.app.build_front_door``), reached by routes through
+    ``web.identity_api.accounts()``.
+    """
+
+    def __init__(self, database: Database, settings: AuthSettings, clock: Clock = utcnow) -> None:
+        self.database = database
+        self.settings = settings
+        self.clock = clock
+        self.throttle = LoginThrottle(settings, clock)
+
+    def authenticate(self, secret: str) -> Principal | None:
+        """The ``Authenticator`` of the front door (see ``authenticate``)."""
+        with self.database.session() as session:
+            return authenticate(session, secret, self.clock())
+
+    def login(
+        self,
+        username: str,
+        password: str,
+        address: str,
+        token_name: str = "login",
+        replaces: str | None = None,
+    ) -> IssuedToken:
+        """``login`` behind the throttle, issuing a token of ``auth.token_lifetime_s``."""
+        expires = self.clock() + timedelta(seconds=self.settings.token_lifetime_s)
+        with self._throttled(username, address), self.database.session() as session:
+            return login(session, username, password, token_name, replaces, expires)
+
+    def issue_named(self, principal: Principal, name: str, expires_in_s: float | None) -> IssuedToken:
+        """A named API token of the caller for ``expires_in_s`` (default ``auth.api_token_lifetime_s``)."""
+        longest = self.settings.api_token_max_lifetime_s
+        lifetime = min(self.settings.api_token_lifetime_s, longest) if expires_in_s is None else expires_in_s
+        if lifetime > longest:
+            raise ValidationFailed(
+                f"expires_in_s {expires_in_s:g} is longer than the longest lifetime allowed, "
+                f"{longest:g} s (auth.api_token_max_lifetime_s): ask for less"
+            )
+        expires = self.clock() + timedelta(seconds=lifetime)
+        with self.database.session() as session:
+            return issue_token(session, read_user(session, principal.username), name, expires)
+
+    def change_password(self, principal: Principal, address: str, current: str, new: str) -> int:
+        """``change_password`` behind the throttle: a wrong current password counts as a failed login."""
+        try:
+            with self._throttled(principal.username, address), self.database.session() as session:
+                return change_password(session, principal.user_id, principal.token_id, current, new)
+        except Unauthorized:
+            raise ValidationFailed(
+                "the current password is wrong: give the one you log in with "
+                "(forgotten? a platform configurer can reset it)"
+            ) from None
+
+    @contextlib.contextmanager
+    def _throttled(self, username: str, address: str) -> Iterator[None]:
+        """A password check as one throttled attempt: ``Unauthorized`` leaves it counted as failed."""
+        self.throttle.attempt(username, address)
+        try:
+            yield
+        except Unauthorized:
+            raise
+        except BaseException:
+            self.throttle.refund(username, address)
+            raise
+        self.throttle.succeeded(username, address)
 
 
 def ensure_first_configurer(database: Database, username: str, password: str | None) -> str | None:

@@ -1,4 +1,8 @@
-"""Routes of identity: log in and out, API tokens, and user management (configurers only)."""
+"""Routes of identity: log in and out, API tokens, passwords, and user management (configurers only).
+
+Routes reach the front door's ``identity.Accounts`` (throttle, clock, token lifetimes) through
+``accounts()``; ``web.app.build_front_door`` installs it with ``install_accounts``.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,32 @@ import flask
 from pydantic import BaseModel, Field
 
 from platform_core.auth import Role, allow, allow_any_role, current_principal, public
-from platform_core.http import body_as, resources
+from platform_core.http import body_as, error_response, resources
 from platform_sdk.errors import ValidationFailed
 from web import identity
 
 blueprint = flask.Blueprint("identity", __name__, url_prefix="/api")
+_ACCOUNTS_KEY = "aiot.accounts"
+MAX_PASSWORD_LENGTH = 1024
+
+
+def install_accounts(app: flask.Flask, accounts: identity.Accounts) -> None:
+    app.extensions[_ACCOUNTS_KEY] = accounts
+
+
+def accounts() -> identity.Accounts:
+    """The accounts of the app serving the current request."""
+    found: identity.Accounts = flask.current_app.extensions[_ACCOUNTS_KEY]
+    return found
+
+
+def _client_address() -> str:
+    return flask.request.remote_addr or "unknown"
 
 
 class LoginRequest(BaseModel):
-    username: str
-    password: str
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
     token_name: str = Field(default="login", max_length=64)
     # The token this login takes the place of (a CLI profile's earlier session): revoked on success.
     replaces: str | None = Field(default=None, max_length=256)
@@ -23,13 +43,24 @@ class LoginRequest(BaseModel):
 
 class NewUser(BaseModel):
     username: str
-    password: str
+    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
     role: Role
     email: str | None = Field(default=None, max_length=255)
 
 
 class NewToken(BaseModel):
     name: str = Field(min_length=1, max_length=64)
+    # Seconds the token is valid; default auth.api_token_lifetime_s, at most auth.api_token_max_lifetime_s.
+    expires_in_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=MAX_PASSWORD_LENGTH)
+    new_password: str = Field(max_length=MAX_PASSWORD_LENGTH)
+
+
+class PasswordReset(BaseModel):
+    password: str = Field(max_length=MAX_PASSWORD_LENGTH)
 
 
 def _user_json(user: identity.UserView) -> dict[str, object]:
@@ -52,14 +83,46 @@ def health() -> flask.Response:
 
 @blueprint.post("/auth/login")
 @public
-def login() -> flask.Response:
-    """Exchange a username and password for an API token, revoking the token it ``replaces``."""
+def login() -> flask.Response | tuple[flask.Response, int]:
+    """Exchange a username and password for an API token, revoking the token it ``replaces``.
+
+    Too many failures for the username or from the address: 429 with ``Retry-After``.
+    """
     body = body_as(LoginRequest)
-    with resources().database.session() as session:
-        issued = identity.login(session, body.username, body.password, body.token_name, body.replaces)
+    try:
+        issued = accounts().login(
+            body.username, body.password, _client_address(), body.token_name, body.replaces
+        )
+    except identity.LoginThrottled as throttled:
+        return _throttled(throttled)
     return flask.jsonify(
-        token=issued.secret, token_id=issued.id, user=_user_json(issued.user), replaced=issued.replaced
+        token=issued.secret,
+        token_id=issued.id,
+        user=_user_json(issued.user),
+        replaced=issued.replaced,
+        expires_at=issued.expires_at.isoformat(),
     )
+
+
+def _throttled(throttled: identity.LoginThrottled) -> tuple[flask.Response, int]:
+    response, status = error_response(throttled)
+    response.headers["Retry-After"] = str(throttled.retry_after_s)
+    return response, status
+
+
+@blueprint.post("/auth/password")
+@allow_any_role
+def change_password() -> flask.Response | tuple[flask.Response, int]:
+    """Change the caller's own password (the current one checked); their other tokens are revoked."""
+    body = body_as(PasswordChange)
+    principal = current_principal()
+    try:
+        revoked = accounts().change_password(
+            principal, _client_address(), body.current_password, body.new_password
+        )
+    except identity.LoginThrottled as throttled:
+        return _throttled(throttled)
+    return flask.jsonify(changed=True, revoked_tokens=revoked)
 
 
 @blueprint.post("/auth/logout")
@@ -95,6 +158,7 @@ def list_tokens() -> flask.Response:
                 "name": token.name,
                 "created_at": token.created_at.isoformat(),
                 "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+                "expires_at": token.expires_at.isoformat(),
                 "revoked": token.revoked_at is not None,
             }
             for token in tokens
@@ -105,12 +169,12 @@ def list_tokens() -> flask.Response:
 @blueprint.post("/auth/tokens")
 @allow_any_role
 def create_token() -> tuple[flask.Response, int]:
-    """A new named API token for scripts; its secret is shown once."""
+    """A new named API token for scripts, valid ``expires_in_s`` (capped); its secret is shown once."""
     body = body_as(NewToken)
-    principal = current_principal()
-    with resources().database.session() as session:
-        issued = identity.issue_token(session, identity.read_user(session, principal.username), body.name)
-    return flask.jsonify(token=issued.secret, token_id=issued.id, name=issued.name), 201
+    issued = accounts().issue_named(current_principal(), body.name, body.expires_in_s)
+    return flask.jsonify(
+        token=issued.secret, token_id=issued.id, name=issued.name, expires_at=issued.expires_at.isoformat()
+    ), 201
 
 
 @blueprint.delete("/auth/tokens/<int:token_id>")
@@ -145,7 +209,7 @@ def create_user() -> tuple[flask.Response, int]:
 @blueprint.post("/users/<username>/disable")
 @allow(Role.PLATFORM_CONFIGURER)
 def disable_user(username: str) -> flask.Response:
-    """Disable a user; their tokens stop working at once."""
+    """Disable a user; their tokens are revoked at once (enabling them again revives none)."""
     if username == current_principal().username:
         raise ValidationFailed("you cannot disable yourself; ask another platform configurer")
     with resources().database.session() as session:
@@ -156,7 +220,23 @@ def disable_user(username: str) -> flask.Response:
 @blueprint.post("/users/<username>/enable")
 @allow(Role.PLATFORM_CONFIGURER)
 def enable_user(username: str) -> flask.Response:
-    """Enable a disabled user again."""
+    """Enable a disabled user again; they log in anew (their old tokens stay revoked)."""
     with resources().database.session() as session:
         user = identity.set_disabled(session, username, disabled=False)
     return flask.jsonify(user=_user_json(user))
+
+
+@blueprint.post("/users/<username>/password")
+@allow(Role.PLATFORM_CONFIGURER)
+def reset_password(username: str) -> flask.Response:
+    """Set another user's password; every token of theirs is revoked."""
+    if username == current_principal().username:
+        raise ValidationFailed(
+            "reset another user's password, not your own: change yours with POST /api/auth/password "
+            "(`aiot password`)"
+        )
+    body = body_as(PasswordReset)
+    with resources().database.session() as session:
+        revoked = identity.reset_password(session, username, body.password)
+        user = identity.UserView.of(identity.read_user(session, username))
+    return flask.jsonify(user=_user_json(user), revoked_tokens=revoked)
