@@ -71,6 +71,7 @@ _FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIPPED_DIRS = frozenset({"__pycache__", ".git"})
 _SKIPPED_FILES = frozenset({".DS_Store"})
 _SKIPPED_SUFFIXES = (".pyc",)
+_DAMAGED = "the zip was damaged on its way or by the tool that wrote it; zip the folder again"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _READABLE_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 # What zipfile and the decompressors raise on damaged input (bz2 raises OSError).
@@ -362,19 +363,20 @@ class Archive:
                 while chunk := member.read(CHUNK_SIZE):
                     produced += len(chunk)
                     if produced > limit:
-                        reason = f"content is larger than its header says ({produced} > {limit} bytes)"
+                        reason = (
+                            f"content is larger than its header says ({produced} > {limit} bytes): {_DAMAGED}"
+                        )
                         raise _failure(self.label, [_problem(info.filename, reason)])
                     yield chunk
         except PlatformError:
             raise
         except _CORRUPT as exc:
-            reason = (
-                f"content is corrupt or does not match its header ({exc}): the zip was damaged "
-                "on its way or by the tool that wrote it; zip the folder again"
-            )
+            reason = f"content is corrupt or does not match its header ({exc}): {_DAMAGED}"
             raise _failure(self.label, [_problem(info.filename, reason)]) from exc
         if produced != info.file_size:
-            reason = f"content is shorter than its header says ({produced} < {info.file_size} bytes)"
+            reason = (
+                f"content is shorter than its header says ({produced} < {info.file_size} bytes): {_DAMAGED}"
+            )
             raise _failure(self.label, [_problem(info.filename, reason)])
 
     def _check_open(self) -> None:

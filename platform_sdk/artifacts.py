@@ -105,8 +105,9 @@ def _check_version_text(text: str) -> None:
 
 
 def _version_text(value: Any) -> Any:
-    """A version field's text checked before its pattern, so a refusal says why (non-ASCII digits)."""
-    if isinstance(value, str):
+    """A version field's text with characters that are not ASCII refused saying so (a digit of
+    another script looks like an ASCII one); everything else is left to the field's pattern."""
+    if isinstance(value, str) and not value.isascii():
         _check_version_text(value)
     return value
 

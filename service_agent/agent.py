@@ -67,13 +67,17 @@ class ServiceAgent(Service):
         self.server = HttpServer(self._http_app(), agent.host, agent.http_port, threads=4)
         self.server.start()
         self.own(self.server)
+        bundles = BundleCache(
+            self.settings.home_dir / "bundles" / agent.node_id, blob_store_from_settings(self.settings)
+        )
+        bundles.sweep()  # nothing runs here yet: what is there is a previous run's
         self.supervisor = Supervisor(
             self.settings,
             bus,
             self.make_runtime(),
             lambda: self.server.url,
             host_runtime=self.process_runtime(),
-            bundles=BundleCache(self.settings.home_dir / "bundles", blob_store_from_settings(self.settings)),
+            bundles=bundles,
         )
         self.supervisor.start()
         self.own(self.supervisor)
