@@ -6,9 +6,9 @@
                        ──▶ deploy worker: fetch the artifact ──▶ build the bundle ──▶ for each replica
                            PlaceService to the node manager (a different node where there is one)
                            ──▶ wait for /health ──▶ run the manifest's example ──▶ "deployed"
-        UndeployModel  ──▶ UnplaceService for each replica ──▶ "undeployed" ──▶ its bundle's zip
-                           leaves the blob store (the nodes remove their unpacked copies as
-                           the replicas stop)                                 (request/reply)
+        UndeployModel  ──▶ its bundle's zip leaves the blob store ──▶ UnplaceService for each
+                           replica (each node removes its unpacked copy as the last replica
+                           there stops, the zip being gone) ──▶ "undeployed" (request/reply)
         ResolveModel   ──▶ the live replicas of a model version (``model_call``) (request/reply)
         ListDeployments ──▶ deployments with their stages                     (request/reply)
     <prefix>.events.incidents (group "deployer")
@@ -147,9 +147,9 @@ class DeployerService(Service):
             which = f" of version {request.version}" if request.version else ""
             raise NotFound(f"model {request.model_id!r} has no deployment{which}")
         for deployment_id in ids:
+            self._drop_bundle(deployment_id)  # first: a node keeps a folder whose zip is still there
             self._stop_replicas(deployment_id)
             self._finish(deployment_id, "undeployed", "stopped on request")
-            self._drop_bundle(deployment_id)
         return self.on_list(ListDeployments(model_id=request.model_id), _envelope)
 
     def on_list(self, request: ListDeployments, _envelope: Envelope) -> Deployments:
@@ -280,8 +280,8 @@ class DeployerService(Service):
         return BundleRef(key=key, sha256=sha256)
 
     def _drop_bundle(self, deployment_id: str) -> None:
-        """Remove the bundle zip of a stopped deployment (a new deploy builds it again), unless a live
-        deployment has the same one."""
+        """Remove the bundle zip of a deployment being stopped (a new deploy builds it again), unless
+        another live deployment has the same one."""
         with self.database.session() as session:
             row = session.get(DeploymentRow, deployment_id)
             if row is None or row.bundle_key is None:

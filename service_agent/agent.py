@@ -5,6 +5,8 @@
             ──▶ Supervisor ──▶ reply
     GET /load      psutil sample the node manager polls for placement
     GET /services  what runs here and its state
+    every agent.bundle_check_interval_s: unpacked bundles that no service here runs in and
+        whose zip left the bucket are removed (``service_agent.bundles``)
 
 The HTTP server binds the node's own address (``agent.host``, 127.0.0.1 by
 default) and serves public, node-internal routes only.
@@ -30,7 +32,7 @@ from platform_core.nodes import (
     StopService,
     agent_topic,
 )
-from platform_core.service import Service
+from platform_core.service import PeriodicTask, Service
 from platform_sdk.bus import ConsumerLoop
 from platform_sdk.envelope import Envelope
 from service_agent.bundles import BundleCache
@@ -70,7 +72,7 @@ class ServiceAgent(Service):
         bundles = BundleCache(
             self.settings.home_dir / "bundles" / agent.node_id, blob_store_from_settings(self.settings)
         )
-        bundles.sweep()  # nothing runs here yet: what is there is a previous run's
+        bundles.prune()  # nothing runs here yet: what is there is a previous run's
         self.supervisor = Supervisor(
             self.settings,
             bus,
@@ -81,6 +83,9 @@ class ServiceAgent(Service):
         )
         self.supervisor.start()
         self.own(self.supervisor)
+        pruner = PeriodicTask("bundle-prune", agent.bundle_check_interval_s, bundles.prune)
+        pruner.start()
+        self.own(pruner)
         commands = ConsumerLoop(
             bus,
             [agent_topic(bus.topics, agent.node_id)],

@@ -6,26 +6,32 @@ safe archive reader (into a staging folder renamed into place, so a half-unpacke
 bundle never exists) and later starts reuse the folder. Replicas of one model version
 on one node therefore share one copy, and a restart fetches nothing.
 
-A folder lives as long as a service of this node runs in it: each service holds its
-bundle (``path``) until it is stopped on purpose (``release``), and the last one to let
-go removes the folder. So once a model is undeployed (its deletion undeploys it) or an
-app instance ends, nothing of it stays on the node; a later start fetches the bundle
-again. Each node has its own folder (nodes on one machine share ``AIOT_HOME``), so one
-agent never removes what another's services run in; ``sweep`` clears what a previous run
-of the agent left, before it starts anything.
+A folder stays while a service of this node runs in it (each service holds its bundle from
+``path`` until ``release``) or while its zip is still in the bucket, so the next instance of
+an app starts without fetching it again. Once no service here holds it and its zip is gone
+(the model was deleted, which removes its bundles, or the app was), the folder is removed:
+at once when the last service lets go after the zip went, else by ``prune``, which the agent
+runs every ``agent.bundle_check_interval_s``. Each node has its own folder (nodes on one
+machine share ``AIOT_HOME``), so one agent never removes what another's services run in; an
+agent that starts prunes before it runs anything, which clears what a previous run left (it
+knows no folder's zip yet, so a later start fetches it again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from platform_core.archive import Archive
 from platform_core.blobstore import BlobStore
 from platform_core.nodes import BundleRef
-from platform_sdk.errors import ValidationFailed
+from platform_sdk.errors import PlatformError, ValidationFailed
+
+log = logging.getLogger(__name__)
 
 
 class BundleCache:
@@ -36,6 +42,7 @@ class BundleCache:
         self.blobs = blobs
         self._lock = threading.Lock()
         self._held: dict[str, str] = {}  # service id -> the sha256 of the bundle it runs in
+        self._keys: dict[str, str] = {}  # sha256 -> the blob key of each bundle unpacked here
 
     def path(self, bundle: BundleRef, user: str) -> Path:
         """The unpacked bundle, fetched and unpacked first if this node has not got it; ``user`` holds it."""
@@ -52,36 +59,46 @@ class BundleCache:
                 self.root.mkdir(parents=True, exist_ok=True)
                 with Archive.open(data, label=bundle.key) as archive:
                     archive.extract_to(target)
+            self._keys[bundle.sha256] = bundle.key
             previous = self._held.get(user)
             self._held[user] = bundle.sha256
-            if previous is not None and previous != bundle.sha256:
-                self._remove_unheld(previous)
+        if previous is not None and previous != bundle.sha256:
+            self._prune([previous])
         return target
 
     def release(self, user: str) -> None:
-        """``user`` no longer runs in its bundle; the folder goes when no other service holds it."""
+        """``user`` no longer runs in its bundle: the folder goes if no one holds it and its zip is gone."""
         with self._lock:
             sha256 = self._held.pop(user, None)
-            if sha256 is not None:
-                self._remove_unheld(sha256)
+        if sha256 is not None:
+            self._prune([sha256])
 
-    def held(self) -> set[str]:
-        """The hashes of the bundles some service holds."""
+    def prune(self) -> None:
+        """Remove every folder no service holds whose zip is gone from the bucket (or unknown here)."""
         with self._lock:
-            return set(self._held.values())
+            names = [entry.name for entry in self.root.iterdir()] if self.root.is_dir() else []
+        self._prune(names)
 
-    def sweep(self) -> None:
-        """Remove every folder no service holds (what a previous run of this node left)."""
+    def _prune(self, names: Iterable[str]) -> None:
+        """Remove the entries ``names`` of ``root`` that no service holds and whose zip is gone.
+
+        The bucket is asked outside the lock (starts and stops do not wait for it); an entry held
+        again meanwhile is kept. A bucket that does not answer keeps the folder for the next prune.
+        """
         with self._lock:
-            if not self.root.is_dir():
-                return
-            for entry in self.root.iterdir():
-                if entry.name not in self._held.values():
-                    _remove(entry)
-
-    def _remove_unheld(self, sha256: str) -> None:
-        if sha256 not in self._held.values():
-            _remove(self.root / sha256)
+            candidates = {name: self._keys.get(name) for name in names if name not in self._held.values()}
+        gone = []
+        for name, key in candidates.items():
+            try:
+                if key is None or not self.blobs.exists(key):
+                    gone.append(name)
+            except PlatformError as exc:
+                log.warning("cannot tell whether bundle %s is still in the bucket: %s", key, exc)
+        with self._lock:
+            for name in gone:
+                if name not in self._held.values():
+                    self._keys.pop(name, None)
+                    _remove(self.root / name)
 
 
 def _remove(path: Path) -> None:

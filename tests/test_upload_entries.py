@@ -8,10 +8,11 @@ other scripts' digits are each refused with a 422 naming the zip, the entry or f
 reason; nothing is stored (no row, no blob, no bundle folder). Before these checks a damaged
 entry passed the upload and failed only when a node unpacked it.
 
-Deleting (on Kafka): a node keeps a bundle's unpacked folder exactly while a service of its own
-runs in it, and clears what a previous run left; deleting a model (through the front door, with
-the real deployer) removes its deploy bundle and its zip from the bucket, and a model that apps
-use keeps both until the delete is forced.
+Deleting (on Kafka): a node keeps a bundle's unpacked folder while a service of its own runs in
+it or its zip is still in the bucket (the next start fetches nothing), removes it once neither
+holds (at the last stop, or by its periodic check), and clears what a previous run left;
+deleting a model (through the front door, with the real deployer) removes its deploy bundle and
+its zip from the bucket, and a model that apps use keeps both until the delete is forced.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from service_agent.agent import ServiceAgent
 from tests import test_model_upload as uploads
 from tests.fixtures.registries import answering
 from tests.test_archive import patch_header, with_bad_crc
+from tests.test_bus import wait_for
 from tests.test_front_door import bearer, error_of, seed_registry
 from tests.test_local_times import running
 from tests.test_schedule_api import seed
@@ -187,6 +189,7 @@ SLEEPER = ["{python}", "-c", "import time; time.sleep(120)"]
 @dataclass(frozen=True)
 class Node:
     settings: Settings
+    agent: ServiceAgent
     bus: Bus
     requester: Requester
 
@@ -197,6 +200,10 @@ class Node:
     def command(self, message: StopService | RestartService) -> ServiceStateReply:
         topic = agent_topic(self.bus.topics, "t-node")
         return self.requester.request(topic, message, ServiceStateReply, timeout=30)
+
+    def run(self, service_id: str, bundle: BundleRef) -> None:
+        spec = ServiceSpec(service_id=service_id, kind="model", command=SLEEPER, bundle=bundle)
+        assert start(self.requester, self.bus, spec).state.state == "running"
 
 
 def put_bundle(settings: Settings, files: dict[str, bytes]) -> BundleRef:
@@ -212,44 +219,64 @@ def put_bundle(settings: Settings, files: dict[str, bytes]) -> BundleRef:
 def node(kafka_settings: Settings) -> Iterator[Node]:
     """A service agent (node ``t-node``) in this process, driven over the bus, with leftovers of
     a previous run of its own and a folder of another node beside them."""
-    overrides = {"agent.node_id": "t-node", "agent.port_range": "31200-31299", "agent.stop_timeout_s": 1.0}
+    overrides = {
+        "agent.node_id": "t-node",
+        "agent.port_range": "31200-31299",
+        "agent.stop_timeout_s": 1.0,
+        "agent.bundle_check_interval_s": 0.2,
+    }
     with temporary_settings(overrides) as current:
         bundles = current.home_dir / "bundles"
         (bundles / "t-node" / ("0" * 64)).mkdir(parents=True)
         (bundles / "t-node" / ("0" * 64) / "model.py").write_text("left by a crash")
         (bundles / "other-node" / ("1" * 64)).mkdir(parents=True)
         bus = Bus(current, source="upload-entries-node-manager")
+        agent = ServiceAgent(current)
         try:
-            with running(ServiceAgent(current)), Requester(bus) as requester:
-                yield Node(current, bus, requester)
+            with running(agent), Requester(bus) as requester:
+                yield Node(current, agent, bus, requester)
         finally:
             bus.close()
 
 
 @pytest.mark.service("kafka")
-def test_a_node_keeps_a_bundle_exactly_while_its_services_run_in_it(node: Node) -> None:
+def test_a_node_keeps_a_bundle_while_a_service_runs_in_it_or_its_zip_is_in_the_bucket(node: Node) -> None:
     bundle = put_bundle(node.settings, {"model.py": b"print('served')\n"})
     folder = node.bundles / "t-node" / bundle.sha256
     # What a previous run of this node left is gone; another node's folder is not this node's to clear.
     assert sorted(path.name for path in (node.bundles / "t-node").iterdir()) == []
     assert (node.bundles / "other-node" / ("1" * 64)).is_dir()
 
-    for service_id in ("m-v1-r0", "m-v1-r1"):  # two replicas of one version on one node
-        spec = ServiceSpec(service_id=service_id, kind="model", command=SLEEPER, bundle=bundle)
-        assert start(node.requester, node.bus, spec).state.state == "running"
-    assert (folder / "model.py").read_text() == "print('served')\n"  # one shared copy
-
+    node.run("m-v1-r0", bundle)
+    node.run("m-v1-r1", bundle)  # two replicas of one version on one node: one copy
+    assert (folder / "model.py").read_text() == "print('served')\n"
+    unpacked = folder.stat().st_ino
     node.command(RestartService(service_id="m-v1-r0"))
-    assert folder.is_dir()  # a restart keeps it
     node.command(StopService(service_id="m-v1-r0"))
-    assert folder.is_dir()  # the other replica still runs in it
     node.command(StopService(service_id="m-v1-r1"))
-    assert not folder.exists()  # the last one out removes it
+    node.run("m-v1-r0", bundle)
+    assert folder.stat().st_ino == unpacked  # kept while its zip is in the bucket: not fetched again
+
+    blob_store_from_settings(node.settings).delete(bundle.key)  # the model is being deleted
+    cache = node.agent.supervisor.bundles
+    assert cache is not None
+    cache.prune()  # as the agent does every agent.bundle_check_interval_s
+    assert folder.stat().st_ino == unpacked  # a service still runs in it
+    node.command(StopService(service_id="m-v1-r0"))
+    assert not folder.exists()  # the last one out, its zip gone: removed at once
     assert sorted(path.name for path in (node.bundles / "t-node").iterdir()) == []
 
-    spec = ServiceSpec(service_id="m-v1-r0", kind="model", command=SLEEPER, bundle=bundle)
-    start(node.requester, node.bus, spec)
-    assert (folder / "model.py").is_file()  # fetched again for a new start
+
+@pytest.mark.service("kafka")
+def test_a_bundle_no_service_runs_in_goes_when_its_zip_leaves_the_bucket(node: Node) -> None:
+    bundle = put_bundle(node.settings, {"app.py": b"print('ran')\n"})
+    folder = node.bundles / "t-node" / bundle.sha256
+    node.run("app-i1", bundle)
+    node.command(StopService(service_id="app-i1"))  # the instance ended; the app is still there
+    assert (folder / "app.py").is_file()
+
+    blob_store_from_settings(node.settings).delete(bundle.key)  # the app is deleted
+    wait_for(lambda: not folder.exists(), timeout=10, what="the unused bundle removed by the periodic check")
 
 
 @pytest.mark.service("kafka")
