@@ -221,6 +221,10 @@ class DeleteQuery(BaseModel):
 def delete_model(model: str) -> flask.Response:
     """Undeploy every version, then remove the model, its versions and its zips.
 
+    Undeploying removes each version's deploy bundle from the blob store and stops every
+    replica; each node removes its unpacked copy as the last replica there stops (or at its
+    next bundle check, ``service_agent.bundles``). A refused delete touches nothing.
+
     While apps use the model the delete is refused (409 naming them and ``--force``);
     ``?force=true`` deletes anyway and answers the apps that break (``broken_apps``).
     """

@@ -2,8 +2,9 @@
 
 A model zip is accepted when, in order:
 
-1. the archive is safe (``platform_core.archive``: no absolute paths, ``..``, symlinks,
-   encrypted or duplicate entries; bounded file count, sizes and compression ratio);
+1. the archive is safe (``platform_core.archive``: no absolute paths, ``..``, backslashes,
+   drive letters, control characters, symlinks, encrypted or duplicate entries; bounded file
+   count, sizes and compression ratio) and every entry reads back whole (its CRC and size);
 2. ``model.json`` is at its top level, is JSON, and matches ``ModelManifest``;
 3. the entrypoint's module, and every ``module:function`` pre/post-process step's module,
    is a ``.py`` file or package in the zip;

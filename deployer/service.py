@@ -6,7 +6,9 @@
                        ──▶ deploy worker: fetch the artifact ──▶ build the bundle ──▶ for each replica
                            PlaceService to the node manager (a different node where there is one)
                            ──▶ wait for /health ──▶ run the manifest's example ──▶ "deployed"
-        UndeployModel  ──▶ UnplaceService for each replica ──▶ "undeployed"   (request/reply)
+        UndeployModel  ──▶ its bundle's zip leaves the blob store ──▶ UnplaceService for each
+                           replica (each node removes its unpacked copy as the last replica
+                           there stops, the zip being gone) ──▶ "undeployed" (request/reply)
         ResolveModel   ──▶ the live replicas of a model version (``model_call``) (request/reply)
         ListDeployments ──▶ deployments with their stages                     (request/reply)
     <prefix>.events.incidents (group "deployer")
@@ -145,6 +147,7 @@ class DeployerService(Service):
             which = f" of version {request.version}" if request.version else ""
             raise NotFound(f"model {request.model_id!r} has no deployment{which}")
         for deployment_id in ids:
+            self._drop_bundle(deployment_id)  # first: a node keeps a folder whose zip is still there
             self._stop_replicas(deployment_id)
             self._finish(deployment_id, "undeployed", "stopped on request")
         return self.on_list(ListDeployments(model_id=request.model_id), _envelope)
@@ -275,6 +278,33 @@ class DeployerService(Service):
             if row is not None:
                 row.bundle_key, row.bundle_sha256 = key, sha256
         return BundleRef(key=key, sha256=sha256)
+
+    def _drop_bundle(self, deployment_id: str) -> None:
+        """Remove the bundle zip of a deployment being stopped (a new deploy builds it again), unless
+        another live deployment has the same one."""
+        with self.database.session() as session:
+            row = session.get(DeploymentRow, deployment_id)
+            if row is None or row.bundle_key is None:
+                return
+            key = row.bundle_key
+            shared = session.scalar(
+                sa.select(sa.func.count())
+                .select_from(DeploymentRow)
+                .where(
+                    DeploymentRow.bundle_key == key,
+                    DeploymentRow.deployment_id != deployment_id,
+                    DeploymentRow.status.in_(("queued", "deploying", "deployed")),
+                )
+            )
+            row.bundle_key, row.bundle_sha256 = None, None
+        if shared:
+            return
+        try:
+            self.blobs.delete(key)
+        except NotFound:
+            pass  # removed already
+        except PlatformError as exc:
+            log.warning("cannot remove bundle %s of %s: %s", key, deployment_id, exc)
 
     def _smoke_test(self, url: str, manifest: ModelManifest, archive: Archive) -> None:
         example = manifest.example

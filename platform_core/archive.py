@@ -11,8 +11,9 @@ How a zip flows through it:
 1. ``Archive.open(source, label=..., limits=...)`` opens the bytes (or the
    file) and validates the central directory before any content is read:
    it is a zip at all, it has at least one file, and every entry has a safe
-   relative name (no absolute path, drive letter, ``..`` component or
-   backslash; not longer than ``max_path_length``), is a regular file or a
+   relative name (no absolute path, drive letter, ``..`` component,
+   backslash or control character; not longer than ``max_path_length``), is a
+   regular file or a
    directory (no symlinks or other special files), is not encrypted, uses a
    compression method ``zipfile`` can read, does not appear twice, and stays
    within the size limits by its declared sizes (per entry, in total, and the
@@ -20,11 +21,14 @@ How a zip flows through it:
    are collected and raised together as one ``ValidationFailed`` whose
    message names the archive label, the first offending file and the reason,
    and whose ``details`` lists every ``{"file", "field", "reason"}``.
-2. ``Archive.read(name)`` and ``Archive.extract_to(target)`` stream content in
-   chunks and enforce the sizes again on the bytes actually produced, since
-   the sizes in a zip's headers are the attacker's to choose: an entry that
-   yields more than it declared, fewer than it declared, or fails its CRC is
-   a ``ValidationFailed`` too.
+2. ``Archive.read(name)``, ``Archive.verify()`` and ``Archive.extract_to(target)``
+   stream content in chunks and enforce the sizes again on the bytes actually
+   produced, since the sizes in a zip's headers are the attacker's to choose:
+   an entry that yields more than it declared, fewer than it declared, or
+   fails its CRC is a ``ValidationFailed`` too. ``verify`` reads every file
+   to its end (and keeps nothing), so an upload check finds a damaged entry
+   before anything is stored, not the deploy that unpacks it later; it
+   reports every damaged entry at once.
 3. ``extract_to`` writes into a fresh staging directory beside ``target`` and
    renames it into place only when every file is written, so ``target``
    either appears complete or not at all; on any error the staging directory
@@ -45,6 +49,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -66,6 +71,7 @@ _FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIPPED_DIRS = frozenset({"__pycache__", ".git"})
 _SKIPPED_FILES = frozenset({".DS_Store"})
 _SKIPPED_SUFFIXES = (".pyc",)
+_DAMAGED = "the zip was damaged on its way or by the tool that wrote it; zip the folder again"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _READABLE_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 # What zipfile and the decompressors raise on damaged input (bz2 raises OSError).
@@ -131,8 +137,9 @@ def _name_problems(raw: str, limits: ArchiveLimits) -> list[str]:
         reasons.append(f"path too long ({len(raw)} > {limits.max_path_length} characters)")
     elif any(len(part.encode()) > _MAX_COMPONENT_BYTES for part in raw.split("/")):
         reasons.append(f"a path component is longer than {_MAX_COMPONENT_BYTES} bytes")
-    if any(ord(ch) < 0x20 for ch in raw):
-        reasons.append("path contains a control character")
+    control = next((ch for ch in raw if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:
+        reasons.append(f"path contains a control character (U+{ord(control):04X})")
     return reasons
 
 
@@ -281,6 +288,23 @@ class Archive:
         """The content of file ``name``; its actual size is checked against its header and the limits."""
         return b"".join(self._chunks(name))
 
+    def verify(self) -> None:
+        """Read every file to its end: ``ValidationFailed`` listing each one that is damaged.
+
+        Damaged means a CRC that does not match, content longer or shorter than its header
+        says, or a compressed stream that does not decompress; the reading is bounded by the
+        limits the archive was opened with, and nothing read is kept.
+        """
+        problems: list[dict[str, Any]] = []
+        for name in self._files:
+            try:
+                for _chunk in self._chunks(name):
+                    pass
+            except ValidationFailed as exc:
+                problems.extend(exc.details)
+        if problems:
+            raise _failure(self.label, problems)
+
     def extract_to(self, target: Path) -> None:
         """Write every file under ``target``, which must not exist yet; all or nothing.
 
@@ -339,16 +363,20 @@ class Archive:
                 while chunk := member.read(CHUNK_SIZE):
                     produced += len(chunk)
                     if produced > limit:
-                        reason = f"content is larger than its header says ({produced} > {limit} bytes)"
+                        reason = (
+                            f"content is larger than its header says ({produced} > {limit} bytes): {_DAMAGED}"
+                        )
                         raise _failure(self.label, [_problem(info.filename, reason)])
                     yield chunk
         except PlatformError:
             raise
         except _CORRUPT as exc:
-            reason = f"content is corrupt or does not match its header ({exc})"
+            reason = f"content is corrupt or does not match its header ({exc}): {_DAMAGED}"
             raise _failure(self.label, [_problem(info.filename, reason)]) from exc
         if produced != info.file_size:
-            reason = f"content is shorter than its header says ({produced} < {info.file_size} bytes)"
+            reason = (
+                f"content is shorter than its header says ({produced} < {info.file_size} bytes): {_DAMAGED}"
+            )
             raise _failure(self.label, [_problem(info.filename, reason)])
 
     def _check_open(self) -> None:

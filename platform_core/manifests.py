@@ -1,8 +1,10 @@
 """Validating an uploaded artifact's manifest: the steps model zips and app zips share.
 
 The AI manager (``model.json``) and the app manager (``app.json``) accept a zip the same
-way: ``validate_artifact`` opens it safely (``platform_core.archive``), reads the manifest
-from its top level, parses it as JSON and validates it with the manifest's pydantic type,
+way: ``validate_artifact`` opens it safely (``platform_core.archive``: every entry's name,
+kind and declared sizes), reads every entry to its end (its CRC and true size, so a damaged
+entry is refused before anything is stored, not found by the deploy), reads the manifest
+from its top level with the one reader the runtime uses (``platform_sdk.artifacts.parse_manifest``),
 then runs the artifact's own content checks. Every problem is a ``{"file", "field",
 "reason"}`` dict (``problem``); ``fail`` turns a list of them into one
 ``ValidationFailed`` whose message names the zip, the first problem's file and field and
@@ -146,10 +148,12 @@ def validate_artifact(
 ) -> Validated[M]:
     """``data`` as an accepted artifact, or ``ValidationFailed`` naming file, field and reason.
 
-    In order: the archive is safe, ``file`` is a valid ``manifest_type`` at its top level,
-    and ``check`` finds nothing the manifest names missing from the zip.
+    In order: the archive is safe (names, kinds, declared sizes), every entry reads back
+    whole (CRC, true size), ``file`` is a valid ``manifest_type`` at its top level, and
+    ``check`` finds nothing the manifest names missing from the zip.
     """
     with Archive.open(data, label=label, limits=limits) as archive:
+        archive.verify()
         manifest = read_manifest(archive, label, file, manifest_type, pack_command)
         names = archive.names()
         problems = check(manifest, names)

@@ -41,6 +41,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from packaging.version import InvalidVersion, Version
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -80,16 +81,35 @@ def parse_version(text: str) -> Version:
     or ``.`` before a suffix) and PEP 440 understands: ``2.1-rc1`` is ``2.1rc1``, a release
     candidate; ``1.0-foo`` is refused.
     """
-    if not re.fullmatch(VERSION_PATTERN, text):
-        raise ValueError(
-            f"version {text!r} must match {VERSION_PATTERN} (ASCII digits, e.g. 1.0.0 or 2.1-rc1)"
-        )
+    _check_version_text(text)
     try:
         return Version(text)
     except InvalidVersion:
         raise ValueError(
             f"version {text!r} is not a PEP 440 version (e.g. 1.0.0, 2.1-rc1, 1.0b2, 1.0.post1)"
         ) from None
+
+
+def _check_version_text(text: str) -> None:
+    """``ValueError`` saying what is wrong when ``text`` does not match ``VERSION_PATTERN``."""
+    if re.fullmatch(VERSION_PATTERN, text):
+        return
+    foreign = sorted({ch for ch in text if not ch.isascii()})
+    if foreign:
+        shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in foreign)
+        raise ValueError(
+            f"version {text!r} has characters that are not ASCII: {shown}; "
+            "write it with ASCII digits and letters, e.g. 1.0.0 or 2.1-rc1"
+        )
+    raise ValueError(f"version {text!r} must match {VERSION_PATTERN} (e.g. 1.0.0 or 2.1-rc1)")
+
+
+def _version_text(value: Any) -> Any:
+    """A version field's text with characters that are not ASCII refused saying so (a digit of
+    another script looks like an ASCII one); everything else is left to the field's pattern."""
+    if isinstance(value, str) and not value.isascii():
+        _check_version_text(value)
+    return value
 
 
 def _parsed(text: str) -> Version | None:
@@ -145,7 +165,7 @@ def find_version(items: Iterable[T], wanted: str, version_of: Callable[[T], str]
 
 # A version field. That it is a PEP 440 version is checked where new ones come in (the upload's
 # content checks, ``parse_version``), so that a manifest stored before that check is still read.
-VersionText = Annotated[str, Field(pattern=VERSION_PATTERN, max_length=32)]
+VersionText = Annotated[str, Field(pattern=VERSION_PATTERN, max_length=32), BeforeValidator(_version_text)]
 
 
 # --- reading manifests ----------------------------------------------------------------------

@@ -344,6 +344,12 @@ class AgentSettings(BaseModel):
     docker_base_image: str = Field(
         default="aiot-base:bookworm", description="Base image of generated Dockerfiles (docker runtime)."
     )
+    bundle_check_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the unpacked bundles no service of this node runs in are checked against "
+        "the bucket: those whose zip is gone (a deleted model or app) are removed.",
+    )
 
 
 class NodeManagerSettings(BaseModel):

@@ -7,6 +7,8 @@
         <prefix>.events.nodes: the node manager places by it and counts a node silent without it
     GET /load      the same load sample, for `aiot status`
     GET /services  what runs here and its state
+    every agent.bundle_check_interval_s: unpacked bundles that no service here runs in and
+        whose zip left the bucket are removed (``service_agent.bundles``)
 
 The HTTP server binds the node's own address (``agent.host``, 127.0.0.1 by
 default) and serves public, node-internal routes only.
@@ -33,7 +35,7 @@ from platform_core.nodes import (
     StopService,
     agent_topic,
 )
-from platform_core.service import Service
+from platform_core.service import PeriodicTask, Service
 from platform_sdk.bus import ConsumerLoop
 from platform_sdk.envelope import Envelope
 from service_agent.bundles import BundleCache
@@ -70,17 +72,24 @@ class ServiceAgent(Service):
         self.server = HttpServer(self._http_app(), agent.host, agent.http_port, threads=4)
         self.server.start()
         self.own(self.server)
+        bundles = BundleCache(
+            self.settings.home_dir / "bundles" / agent.node_id, blob_store_from_settings(self.settings)
+        )
+        bundles.prune()  # nothing runs here yet: what is there is a previous run's
         self.supervisor = Supervisor(
             self.settings,
             bus,
             self.make_runtime(),
             lambda: self.server.url,
             host_runtime=self.process_runtime(),
-            bundles=BundleCache(self.settings.home_dir / "bundles", blob_store_from_settings(self.settings)),
+            bundles=bundles,
             measure_load=self._load,
         )
         self.supervisor.start()
         self.own(self.supervisor)
+        pruner = PeriodicTask("bundle-prune", agent.bundle_check_interval_s, bundles.prune)
+        pruner.start()
+        self.own(pruner)
         commands = ConsumerLoop(
             bus,
             [agent_topic(bus.topics, agent.node_id)],

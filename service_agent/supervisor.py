@@ -4,7 +4,9 @@
 the runtime to start; the supervisor thread notices exits within
 ``agent.supervise_interval_s`` and reports them at once (``ServiceExited``), restarts
 ``restart="agent"`` services itself with growing back-off, and announces the
-node (its address, its load and what it runs) every ``announce_interval_s``.
+node (its address, its load and what it runs) every ``announce_interval_s``. A service
+holds its unpacked bundle (``service_agent.bundles``) from its start until it is stopped on
+purpose (or its start fails, or the agent stops); restarts keep it.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ class Supervisor:
             stopper.start()
         for stopper in stoppers:
             stopper.join()
+        for entry in managed:
+            self._release_bundle(entry.spec.service_id)
         if self._producer is not None:
             self._producer.flush(5)
 
@@ -157,6 +161,7 @@ class Supervisor:
         with self._lock:
             self._services.pop(service_id, None)
             self.ports.release(list(entry.ports.values()))
+        self._release_bundle(service_id)
         return self.state_of(entry)
 
     def restart_service(self, service_id: str, *, force: bool = False) -> ServiceState:
@@ -252,6 +257,7 @@ class Supervisor:
             entry.handle = runtime.start(entry.spec, env, ship, workdir)
         except PlatformError:
             entry.state = "failed"
+            self._release_bundle(service_id)
             raise
         entry.state = "running"
         entry.started_at = datetime.now(UTC)
@@ -271,7 +277,11 @@ class Supervisor:
             raise BadRequest(
                 f"node {self.node_id} cannot fetch bundles (no blob store) for {spec.service_id!r}"
             )
-        return self.bundles.path(spec.bundle)
+        return self.bundles.path(spec.bundle, spec.service_id)
+
+    def _release_bundle(self, service_id: str) -> None:
+        if self.bundles is not None:
+            self.bundles.release(service_id)
 
     def _halt(self, entry: Managed, state: RunState, timeout: float | None = None) -> None:
         with self._lock:

@@ -1,7 +1,9 @@
 """Uploading an app as its users meet it: a good app uploads, lists with the device types it
 needs and the locations that have them, shows and deletes; every kind of bad zip is refused
 with a message that names the file, field and reason (by ``validate_app_zip`` and by
-``POST /api/apps`` alike, which then stores nothing: no row, no blob); what ``app.json`` names
+``POST /api/apps`` alike, which then stores nothing: no row, no blob), a damaged entry beside a
+valid ``app.json`` included; a manifest with a byte-order mark is stored and read back as an
+instance reads it; what ``app.json`` names
 is checked against the model and device registries; who may upload, list, show and delete;
 ``aiot app pack``.
 
@@ -39,17 +41,19 @@ from app_manager.artifact import validate_app_zip
 from app_manager.models import AppRow, AppVersionRow
 from bootstrapper.kafka import KafkaBroker
 from device_manager import registry as device_registry
-from platform_core.archive import ArchiveLimits
+from platform_core.archive import Archive, ArchiveLimits
 from platform_core.auth import Role
 from platform_core.blobstore import LocalBlobStore
 from platform_core.db import Database
 from platform_core.http import HttpServer, resources
-from platform_sdk.artifacts import ModelManifest, app_id_for, model_id_for
+from platform_sdk.app import load_manifest
+from platform_sdk.artifacts import AppManifest, ModelManifest, app_id_for, model_id_for
 from platform_sdk.bus import Bus, Requester
 from platform_sdk.device_documents import DeviceBundle
 from platform_sdk.errors import ValidationFailed
 from platform_sdk.settings import Settings, temporary_settings
 from tests.fixtures.registries import Registries, answering
+from tests.test_archive import with_bad_crc
 from tests.test_front_door import FrontDoor, error_of, json_of, seed_registry
 from web.app import build_front_door
 
@@ -393,6 +397,59 @@ def test_a_zip_bomb_is_refused_before_it_is_inflated(site: Site) -> None:
     assert len(data) < 64 * 1024  # 8 MiB that travel as a few KiB
     error = refused(site, data, file="static/video.bin", field=None, reason="(zip bomb?)")
     assert "compression ratio" in error["message"]
+
+
+def test_a_damaged_entry_beside_a_valid_app_json_is_refused_naming_it(site: Site) -> None:
+    data = with_bad_crc(app_zip(**{"static/logo.png": b"\x89PNG" + bytes(range(256)) * 4}), "static/logo.png")
+    error = refused(
+        site, data, file="static/logo.png", field=None, reason="Bad CRC-32 for file 'static/logo.png'"
+    )
+    assert error["message"].endswith("zip the folder again")
+
+
+def test_an_entry_name_with_a_control_character_is_refused(site: Site) -> None:
+    data = app_zip(**{"static/logo\x1b[31m.png": b"x"})
+    error = error_of(site.upload(data), 422)
+    assert (
+        error["message"] == f"{LABEL}: 'static/logo\\x1b[31m.png': path contains a control character (U+001B)"
+    )
+    site.assert_nothing_stored()
+
+
+def test_an_app_json_with_a_byte_order_mark_is_stored_and_read_back_as_an_instance_reads_it(
+    site: Site, tmp_path: Path
+) -> None:
+    files = watcher_files()
+    files["app.json"] = b"\xef\xbb\xbf" + files["app.json"]
+    reply = json_of(site.upload(zip_of(files)), 201)
+    stored = site.bucket / "apps" / WATCHER_ID / "1.0.0.zip"
+    with Archive.open(stored, label="stored") as archive:
+        archive.extract_to(tmp_path / "bundle")
+    manifest = load_manifest(tmp_path / "bundle")  # what python -m platform_sdk.run_app reads
+    assert (manifest.name, manifest.version) == ("watcher", reply["version"])
+    assert manifest == AppManifest.model_validate(watcher_manifest())
+
+
+@pytest.mark.parametrize(
+    ("field", "manifest"),
+    [
+        pytest.param("version", watcher_manifest() | {"version": "\u0661.\u0660"}, id="arabic-indic"),
+        pytest.param(
+            "models.faces.version",
+            watcher_manifest()
+            | {
+                "models": {
+                    "faces": {"model": "face-detector", "version": "\uff11.0.0", "endpoints": ["detect"]}
+                }
+            },
+            id="fullwidth-pin",
+        ),
+    ],
+)
+def test_a_version_in_other_digits_is_refused_saying_to_use_ascii(
+    site: Site, field: str, manifest: dict[str, Any]
+) -> None:
+    refused(site, app_zip(manifest), file="app.json", field=field, reason="characters that are not ASCII")
 
 
 def test_a_zip_over_the_archive_limits_is_refused() -> None:

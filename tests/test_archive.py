@@ -58,6 +58,13 @@ def patch_header(data: bytes, name: str, *, file_size: int, crc: int | None = No
     return bytes(buf)
 
 
+def with_bad_crc(data: bytes, name: str) -> bytes:
+    """``data`` with a wrong CRC-32 recorded for ``name`` (its content and sizes untouched)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo(name)
+    return patch_header(data, name, file_size=info.file_size, crc=info.CRC ^ 0xFFFFFFFF)
+
+
 def assert_rejected(error: ValidationFailed, file: str | None, reason: str) -> None:
     """``error`` names the archive, ``file`` and ``reason`` in its message and lists them in details."""
     assert LABEL in error.message
@@ -199,6 +206,9 @@ def test_extract_to_an_existing_target_is_refused(tmp_path: Path) -> None:
         pytest.param([("dir\\evil.py", b"x")], "dir\\evil.py", "backslash", id="backslash"),
         pytest.param([("a" * 300, b"x")], "a" * 300, "path too long", id="long-path"),
         pytest.param([(symlink_entry("link"), b"/etc/passwd")], "link", "symlink", id="symlink"),
+        pytest.param([("bell\a.py", b"x")], "bell\a.py", "control character (U+0007)", id="c0-control"),
+        pytest.param([("del\x7f.py", b"x")], "del\x7f.py", "control character (U+007F)", id="delete"),
+        pytest.param([("nel\x85.py", b"x")], "nel\x85.py", "control character (U+0085)", id="c1-control"),
     ],
 )
 def test_unsafe_entries_are_refused(entries: list[Entry], file: str, reason: str) -> None:
@@ -331,3 +341,19 @@ def test_corrupt_content_fails_at_read(tmp_path: Path) -> None:
             archive.extract_to(tmp_path / "model")
         assert_rejected(caught.value, "model.py", "corrupt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_reads_every_entry_and_names_each_damaged_one(tmp_path: Path) -> None:
+    content = random.Random(2).randbytes(3000)
+    data = zip_of(("a.py", b"fine"), ("b.bin", content), ("c.bin", content[:100]))
+    with Archive.open(data, label=LABEL) as archive:
+        archive.verify()  # an intact archive reads back whole
+    damaged = with_bad_crc(with_bad_crc(data, "b.bin"), "c.bin")
+    with Archive.open(damaged, label=LABEL) as archive:
+        assert archive.read("a.py") == b"fine"  # only the damaged entries fail
+        with pytest.raises(ValidationFailed) as caught:
+            archive.verify()
+    assert_rejected(caught.value, "b.bin", "Bad CRC-32 for file 'b.bin'")
+    assert [detail["file"] for detail in caught.value.details] == ["b.bin", "c.bin"]
+    assert "zip the folder again" in caught.value.message
+    assert "2 problems" in caught.value.message
