@@ -219,7 +219,11 @@ def show_app(app: str) -> flask.Response:
 @blueprint.delete("/<app>")
 @allow(*WRITERS)
 def delete_app(app: str) -> flask.Response:
-    """Remove the app, its versions and their zips (its owner or a platform configurer)."""
+    """Remove the app, its versions and their zips (its owner or a platform configurer).
+
+    Running instances are not stopped (they end with their window); each node removes its
+    unpacked copy of the zip once no instance there runs in it (``service_agent.bundles``).
+    """
     with resources().database.session() as session:
         row = registry.read_app(session, app)
         _check_owner(row, current_principal())

@@ -72,6 +72,7 @@ _SKIPPED_DIRS = frozenset({"__pycache__", ".git"})
 _SKIPPED_FILES = frozenset({".DS_Store"})
 _SKIPPED_SUFFIXES = (".pyc",)
 _DAMAGED = "the zip was damaged on its way or by the tool that wrote it; zip the folder again"
+_RELATIVE = "zip the folder's contents, with paths relative to it"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _READABLE_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 # What zipfile and the decompressors raise on damaged input (bz2 raises OSError).
@@ -126,20 +127,20 @@ def _name_problems(raw: str, limits: ArchiveLimits) -> list[str]:
     """Why the entry name ``raw`` is unsafe (empty when it is fine)."""
     reasons: list[str] = []
     if "\\" in raw:
-        reasons.append("path contains a backslash")
+        reasons.append("path contains a backslash (a zip tool on Windows? separate folders with '/')")
     if raw.startswith("/"):
-        reasons.append("path is absolute")
+        reasons.append(f"path is absolute ({_RELATIVE})")
     if _DRIVE.match(raw):
-        reasons.append("path starts with a drive letter")
+        reasons.append(f"path starts with a drive letter ({_RELATIVE})")
     if ".." in raw.split("/"):
-        reasons.append("path has a '..' component")
+        reasons.append(f"path has a '..' component ({_RELATIVE})")
     if len(raw) > limits.max_path_length:
         reasons.append(f"path too long ({len(raw)} > {limits.max_path_length} characters)")
     elif any(len(part.encode()) > _MAX_COMPONENT_BYTES for part in raw.split("/")):
         reasons.append(f"a path component is longer than {_MAX_COMPONENT_BYTES} bytes")
     control = next((ch for ch in raw if unicodedata.category(ch) == "Cc"), None)
     if control is not None:
-        reasons.append(f"path contains a control character (U+{ord(control):04X})")
+        reasons.append(f"path contains a control character (U+{ord(control):04X}): rename the file")
     return reasons
 
 
@@ -159,7 +160,7 @@ def _entry_problems(info: zipfile.ZipInfo, limits: ArchiveLimits) -> list[str]:
     reasons: list[str] = []
     kind = stat.S_IFMT(info.external_attr >> 16)
     if kind == stat.S_IFLNK:
-        reasons.append("entry is a symlink")
+        reasons.append("entry is a symlink (zip the file it points to instead)")
     elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
         reasons.append(f"entry is a special file (mode {kind:o})")
     if info.flag_bits & 0x1:
@@ -207,7 +208,7 @@ def _validate(label: str, infos: list[zipfile.ZipInfo], limits: ArchiveLimits) -
             continue
         dirs.update(_parents(name))
         if name in files:
-            problems.append(_problem(raw, f"duplicate name (another entry is also {name!r})"))
+            problems.append(_problem(raw, f"duplicate name (another entry is also {name!r}): keep one"))
             continue
         files[name] = info
         total += info.file_size

@@ -411,7 +411,8 @@ def test_an_entry_name_with_a_control_character_is_refused(site: Site) -> None:
     data = app_zip(**{"static/logo\x1b[31m.png": b"x"})
     error = error_of(site.upload(data), 422)
     assert (
-        error["message"] == f"{LABEL}: 'static/logo\\x1b[31m.png': path contains a control character (U+001B)"
+        error["message"]
+        == f"{LABEL}: 'static/logo\\x1b[31m.png': path contains a control character (U+001B): rename the file"
     )
     site.assert_nothing_stored()
 

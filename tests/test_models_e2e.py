@@ -97,6 +97,16 @@ def redeliver_deploy(platform: Platform, model_id: str, sha256: str) -> Deployme
             )
 
 
+def bundle_folders(platform: Platform, model_id: str) -> list[Path]:
+    """The unpacked bundles of ``model_id`` on the nodes (``AIOT_HOME/bundles/<node>/<sha256>``)."""
+    return [
+        folder
+        for folder in (platform.home / "bundles").glob("*/*")
+        if (folder / "aiot-deploy.json").is_file()
+        and json.loads((folder / "aiot-deploy.json").read_text())["model_id"] == model_id
+    ]
+
+
 def replica_processes(service_id: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():
@@ -196,12 +206,21 @@ def test_deleting_a_model_stops_its_replicas(platform: Platform, client: ModelCl
     assert client.call("comfort-doomed", params=[20.0, 40.0])["ac_on"] is False
     replica = f"{model_id}-v2.0.0-r0"
     assert replica_processes(replica)
+    unpacked = bundle_folders(platform, model_id)
+    assert unpacked, "no unpacked bundle of the model on any node"
+    bucket = platform.home / "bucket"
+    zips = [bucket / "bundles" / f"{folder.name}.zip" for folder in unpacked]
+    assert all(path.is_file() for path in zips)
 
     platform.run("model", "delete", model_id)
     wait_until(lambda: not replica_processes(replica), 30, "the replica stopped")
     with pytest.raises(NotFound):
         client.resolver.resolve("comfort-doomed", None)
     assert "comfort-doomed" not in platform.run("model", "list").stdout
+    # Nothing of it is left: neither its bundle (in the bucket, unpacked on the node) nor its zip.
+    wait_until(lambda: not bundle_folders(platform, model_id), 30, "the unpacked bundle removed")
+    assert [path for path in zips if path.exists()] == []
+    assert not (bucket / "models" / model_id).exists()
 
 
 def test_deployed_models_come_back_after_the_platform_restarts(platform: Platform, tmp_path: Path) -> None:
