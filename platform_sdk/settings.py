@@ -455,6 +455,24 @@ class AppSettings(BaseModel):
     )
 
 
+class SchedulerSettings(BaseModel):
+    """The scheduler: starting scheduled runs, and mailing their users."""
+
+    app_manager_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a run's start waits for the app manager's answer."
+    )
+    start_retry_s: list[float] = Field(
+        default_factory=lambda: [5.0, 15.0, 30.0, 60.0, 120.0],
+        min_length=1,
+        description="A run whose start failed for a passing reason (the app manager or Kafka did not "
+        "answer) is started again after these waits, one after the other (the last repeats) until it "
+        "starts or its window ends.",
+    )
+    mail_retry_interval_s: float = Field(
+        default=30.0, gt=0, description="How often mails the SMTP server did not take are sent again."
+    )
+
+
 class MailSettings(BaseModel):
     """Mail to end users: SMTP when a host is set, else the outbox in the database."""
 
@@ -515,6 +533,7 @@ class Settings(BaseSettings):
     deployer: DeployerSettings = Field(default_factory=DeployerSettings)
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     app: AppSettings = Field(default_factory=AppSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
 
     @classmethod
