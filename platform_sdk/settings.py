@@ -333,6 +333,18 @@ class NodeManagerSettings(BaseModel):
     move_parallelism: int = Field(
         default=8, ge=1, description="A lost node's services are placed again this many at a time."
     )
+    place_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a service that asks for a placement (the deployer) waits for the node "
+        "manager's answer: a first start may build a venv or an image.",
+    )
+    locate_wait_s: float = Field(
+        default=10.0, gt=0, description="How long a LocateService waits for the node manager's answer."
+    )
+    unplace_wait_s: float = Field(
+        default=60.0, gt=0, description="How long an UnplaceService waits for the node manager's answer."
+    )
     settle_s: float = Field(
         default=2.5,
         ge=0,
