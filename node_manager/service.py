@@ -270,15 +270,15 @@ class NodeManagerService(Service):
                 )
                 excluded.add(chosen.node_id)
                 with self._place_lock, self.database.session() as session:
-                    self._starting[chosen.node_id] -= 1
+                    self._start_ended(chosen.node_id)
                     registry.set_node_state(session, chosen.node_id, "suspect")
                 continue
             except BaseException:
                 with self._place_lock:
-                    self._starting[chosen.node_id] -= 1
+                    self._start_ended(chosen.node_id)
                 raise
             with self._place_lock, self.database.session() as session:
-                self._starting[chosen.node_id] -= 1
+                self._start_ended(chosen.node_id)
                 registry.save_placement(session, spec, reply.state)
                 node = session.get(NodeRow, chosen.node_id)
                 host = node.host if node is not None else ""
@@ -324,6 +324,12 @@ class NodeManagerService(Service):
                 log.error("cannot place missing %s again: %s", spec.service_id, exc)
                 continue
             self._report_moved(placement, "placed again: its node no longer ran it")
+
+    def _start_ended(self, node_id: str) -> None:
+        """One start on ``node_id`` is no longer in flight (hold ``_place_lock``); none left: forgotten."""
+        self._starting[node_id] -= 1
+        if self._starting[node_id] <= 0:
+            del self._starting[node_id]
 
     def _check_silence(self) -> None:
         """Nodes whose agent has not announced itself lately become suspect, then down (and retired)."""

@@ -31,9 +31,6 @@ from platform_sdk.errors import NotFound, PlatformError, Unavailable
 from platform_sdk.settings import Settings
 
 log = logging.getLogger(__name__)
-PLACE_TIMEOUT_S = 300.0  # the node manager's start may build a venv or an image first
-LOCATE_TIMEOUT_S = 10.0
-UNPLACE_TIMEOUT_S = 60.0
 
 
 class PlacementClient:
@@ -43,24 +40,27 @@ class PlacementClient:
         self.requester = requester
         self.settings = settings
         self.topic = node_manager_topic(requester.bus.topics)
+        self.waits = settings.node_manager  # place_wait_s, locate_wait_s, unplace_wait_s
 
     def place(self, spec: ServiceSpec, avoid: list[str]) -> Placement:
         """Start ``spec`` on the least-loaded node, not on one of ``avoid`` unless no other has room."""
         try:
             return self.requester.request(
-                self.topic, PlaceService(spec=spec, avoid=avoid), Placement, PLACE_TIMEOUT_S
+                self.topic, PlaceService(spec=spec, avoid=avoid), Placement, self.waits.place_wait_s
             )
         except Unavailable:
             if not avoid:
                 raise
             # Fewer nodes than replicas: share a node rather than not serve.
-            return self.requester.request(self.topic, PlaceService(spec=spec), Placement, PLACE_TIMEOUT_S)
+            return self.requester.request(
+                self.topic, PlaceService(spec=spec), Placement, self.waits.place_wait_s
+            )
 
     def locate(self, service_id: str) -> Placement | None:
         """Where ``service_id`` runs now, with its state; None when it is not placed or nobody answers."""
         try:
             return self.requester.request(
-                self.topic, LocateService(service_id=service_id), Placement, LOCATE_TIMEOUT_S
+                self.topic, LocateService(service_id=service_id), Placement, self.waits.locate_wait_s
             )
         except PlatformError:
             return None
@@ -69,7 +69,7 @@ class PlacementClient:
         """Stop a placed service wherever it runs; one that is not placed is already stopped."""
         try:
             self.requester.request(
-                self.topic, UnplaceService(service_id=service_id), Placement, UNPLACE_TIMEOUT_S
+                self.topic, UnplaceService(service_id=service_id), Placement, self.waits.unplace_wait_s
             )
         except NotFound:
             pass

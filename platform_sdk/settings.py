@@ -388,6 +388,18 @@ class NodeManagerSettings(BaseModel):
     move_parallelism: int = Field(
         default=8, ge=1, description="A lost node's services are placed again this many at a time."
     )
+    place_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a service that asks for a placement (the deployer) waits for the node "
+        "manager's answer: a first start may build a venv or an image.",
+    )
+    locate_wait_s: float = Field(
+        default=10.0, gt=0, description="How long a LocateService waits for the node manager's answer."
+    )
+    unplace_wait_s: float = Field(
+        default=60.0, gt=0, description="How long an UnplaceService waits for the node manager's answer."
+    )
     settle_s: float = Field(
         default=2.5,
         ge=0,
@@ -510,6 +522,24 @@ class AppSettings(BaseModel):
     )
 
 
+class SchedulerSettings(BaseModel):
+    """The scheduler: starting scheduled runs, and mailing their users."""
+
+    app_manager_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a run's start waits for the app manager's answer."
+    )
+    start_retry_s: list[float] = Field(
+        default_factory=lambda: [5.0, 15.0, 30.0, 60.0, 120.0],
+        min_length=1,
+        description="A run whose start failed for a passing reason (the app manager or Kafka did not "
+        "answer) is started again after these waits, one after the other (the last repeats) until it "
+        "starts or its window ends.",
+    )
+    mail_retry_interval_s: float = Field(
+        default=30.0, gt=0, description="How often mails the SMTP server did not take are sent again."
+    )
+
+
 class MailSettings(BaseModel):
     """Mail to end users: SMTP when a host is set, else the outbox in the database."""
 
@@ -570,6 +600,7 @@ class Settings(BaseSettings):
     deployer: DeployerSettings = Field(default_factory=DeployerSettings)
     device: DeviceSettings = Field(default_factory=DeviceSettings)
     app: AppSettings = Field(default_factory=AppSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
 
     @classmethod

@@ -7,6 +7,9 @@
                         ──▶ PickAppVersion (the app manager, request/reply): the version to run
                         ──▶ DeployApp(instance ``<schedule>-<run start>``) to the deployer
                         ──▶ a one-off stop job at the run's end
+                        app manager or Kafka not answering ──▶ a one-off retry job after
+                        ``scheduler.start_retry_s`` (5 s, 15 s, ... 120 s), again until it starts
+                        or its window is over (then recorded as missed, with why)
                     ──▶ ended already (the scheduler was down through it) ──▶ recorded as missed
     stop job fires  ──▶ StopInstance to the deployer
     <prefix>.events.app-instances ──▶ InstanceEvent running / moved / failed ──▶ a mail to its end user
@@ -26,7 +29,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
@@ -42,7 +45,7 @@ from platform_core.db import Database
 from platform_core.service import PeriodicTask, Service
 from platform_sdk.bus import ConsumerLoop, Producer, Requester
 from platform_sdk.envelope import Envelope
-from platform_sdk.errors import PlatformError
+from platform_sdk.errors import PlatformError, Timeout, Unavailable
 from platform_sdk.settings import get_settings
 from scheduler import timetable
 from scheduler.mail import (
@@ -57,12 +60,14 @@ from scheduler.models import ScheduleRow
 
 log = logging.getLogger(__name__)
 JOB_TABLE = "scheduler_jobs"
-MAIL_RETRY_INTERVAL_S = 30.0
-APP_MANAGER_TIMEOUT_S = 30.0  # a run's start waits this long for the app manager's answer
 
 
 def start_job_id(schedule_id: str) -> str:
     return f"start-{schedule_id}"
+
+
+def retry_job_id(schedule_id: str) -> str:
+    return f"retry-{schedule_id}"
 
 
 def stop_job_id(instance_id: str) -> str:
@@ -87,6 +92,15 @@ def start_job(schedule_id: str, context: JobContext | None = None) -> None:
     if context is None:
         raise RuntimeError("scheduler jobs run through the scheduler service's executor")
     context.service.fire_start(schedule_id, context.fire_times)
+
+
+def retry_start_job(
+    schedule_id: str, run_start: str, attempt: int, why: str, context: JobContext | None = None
+) -> None:
+    """The one-off job that tries a run's start again (``run_start`` ISO 8601, ``attempt`` from 1)."""
+    if context is None:
+        raise RuntimeError("scheduler jobs run through the scheduler service's executor")
+    context.service.retry_start(schedule_id, datetime.fromisoformat(run_start), attempt, why)
 
 
 def stop_job(instance_id: str, context: JobContext | None = None) -> None:
@@ -156,7 +170,9 @@ class SchedulerService(Service):
         events.start()
         self.own(events)
         if self.settings.mail.smtp_host:
-            retry = PeriodicTask("mail-retry", MAIL_RETRY_INTERVAL_S, self._deliver_pending)
+            retry = PeriodicTask(
+                "mail-retry", self.settings.scheduler.mail_retry_interval_s, self._deliver_pending
+            )
             retry.start()
             self.own(retry)
 
@@ -248,26 +264,53 @@ class SchedulerService(Service):
         """A start came (with any missed while down): deploy the run still open, plan its stop."""
         self._start_runs(schedule_id, fire_times, datetime.now(UTC))
 
-    def _start_runs(self, schedule_id: str, fire_times: list[datetime], now: datetime) -> None:
+    def retry_start(self, schedule_id: str, run_start: datetime, attempt: int, why: str) -> None:
+        """A retry job came: start the run again, or record it missed if its window is over."""
+        self._start_runs(
+            schedule_id,
+            [run_start],
+            datetime.now(UTC),
+            attempt=attempt,
+            missed_because=f"could not start: {why}",
+        )
+
+    def _start_runs(
+        self,
+        schedule_id: str,
+        fire_times: list[datetime],
+        now: datetime,
+        *,
+        attempt: int = 0,
+        missed_because: str = "ended while the scheduler was down",
+    ) -> None:
         """Start the schedule's open run (the deployer starts an instance id once); record what happened.
 
         Without ``fire_times``, the run in progress, if any (a starting scheduler's catch-up).
         Three steps, so that no database transaction is open while Kafka and APScheduler's job
-        store are written: read what to do, do it, then record it.
+        store are written: read what to do, do it, then record it. A start the app manager or
+        Kafka did not answer is tried again later (``_retry_later``); ``attempt`` counts the tries.
         """
         with self.database.session() as session:
             row = session.get(ScheduleRow, schedule_id)
             if row is None or row.status not in ("active", "finished"):
                 return
-            if fire_times and row.status != "active":
-                return
+            if fire_times and row.status != "active" and not attempt:
+                return  # paused since it fired (a retry's run may be the last: finished is fine)
             plan = _runs_to_start(row, fire_times, now)
             session.expunge(row)
-        request = self._deploy_request(row, plan.open_run) if plan.open_run else None
+        request: DeployApp | None = None
+        delayed: str | None = None
+        try:
+            request = self._deploy_request(row, plan.open_run) if plan.open_run else None
+            if request is not None:
+                self.producer.send(self.sdk.bus.topics.deployer, request, key=request.instance_id)
+                if self.producer.flush(10):
+                    raise Unavailable(f"could not send the start of {request.instance_id}; is Kafka up?")
+        except (Timeout, Unavailable) as exc:  # passing: asked again later
+            assert plan.open_run is not None
+            request, delayed = None, str(exc)
+            self._retry_later(schedule_id, plan.open_run, attempt + 1, delayed)
         if request is not None and plan.open_run is not None:
-            self.producer.send(self.sdk.bus.topics.deployer, request, key=request.instance_id)
-            if self.producer.flush(10):
-                raise PlatformError(f"could not send the start of {request.instance_id}; is Kafka up?")
             self.jobs.add_job(
                 stop_job,
                 trigger=DateTrigger(plan.open_run.end),
@@ -282,14 +325,12 @@ class SchedulerService(Service):
             if row is None:
                 return
             for run in plan.missed:
-                _note(
-                    row,
-                    "missed",
-                    f"the run of {run.start:%Y-%m-%d %H:%M} UTC ended while the scheduler was down",
-                )
+                _note(row, "missed", f"the run of {run.start:%Y-%m-%d %H:%M} UTC {missed_because}")
                 log.warning(
                     "schedule %s: missed the run of %s (it ended at %s)", schedule_id, run.start, run.end
                 )
+            if delayed is not None and attempt == 0 and plan.open_run is not None:
+                _note(row, "delayed", f"the run of {plan.open_run.start:%Y-%m-%d %H:%M} UTC: {delayed}")
             if plan.finished and row.status == "active":
                 row.status = "finished"  # no more starts; the last instance runs to its end
             if request is not None and plan.open_run is not None:
@@ -298,13 +339,29 @@ class SchedulerService(Service):
                     late = (now - plan.open_run.start).total_seconds()
                     _note(row, "started", request.instance_id + (f" ({late:.0f} s late)" if late > 5 else ""))
 
+    def _retry_later(self, schedule_id: str, run: timetable.Run, attempt: int, why: str) -> None:
+        """Plan the ``attempt``-th try at starting ``run`` (``scheduler.start_retry_s``; the last repeats)."""
+        waits = self.settings.scheduler.start_retry_s
+        wait = waits[min(attempt, len(waits)) - 1]
+        log.warning(
+            "schedule %s: the start of its run failed (%s); trying again in %gs", schedule_id, why, wait
+        )
+        self.jobs.add_job(
+            retry_start_job,
+            trigger=DateTrigger(datetime.now(UTC) + timedelta(seconds=wait)),
+            args=[schedule_id, run.start.isoformat(), attempt, why],
+            id=retry_job_id(schedule_id),
+            replace_existing=True,
+            name=f"retry the start of {schedule_id}",
+        )
+
     def _deploy_request(self, row: ScheduleRow, run: timetable.Run) -> DeployApp:
         """The run's ``DeployApp``, with the version the app manager picks (``NotFound`` when gone)."""
         version = self.requester.request(
             app_manager_topic(self.sdk.bus.topics),
             PickAppVersion(app=row.app_id, version=row.version),
             AppVersion,
-            timeout=APP_MANAGER_TIMEOUT_S,
+            timeout=self.settings.scheduler.app_manager_timeout_s,
         )
         return DeployApp(
             instance_id=instance_id_for(row.schedule_id, run.start),

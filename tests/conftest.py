@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.mqtt",
     "tests.fixtures.platforms",
+    "tests.fixtures.sites",
     "tests.fixtures.smtp",
 ]
 

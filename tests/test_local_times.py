@@ -6,168 +6,32 @@ service's tables for it: a schedule has its location's zone; the scheduler puts 
 ``DeployApp`` of each run; the deployer keeps it with the instance (``InstanceInfo.timezone``) and
 puts it in its ``InstanceEvent``s; the scheduler's mail tells the stop time in it.
 
-Each test runs the parts it needs for real, in this process, on the session's Kafka broker and a
-SQLite registry copied from one seeded per module (users, the sample locations with their zones,
-the comfort model, the smart-home app): the front door (``FrontDoorService``, served over HTTP),
-the device manager's answers (``tests.fixtures.registries``) and the scheduler or the deployer
-service; the ``aiot`` command runs in-process (typer's runner).
+Each test runs the parts it needs for real, in this process, on the session's Kafka broker: the
+small site of ``tests.fixtures.sites`` (the front door on a seeded registry, the device manager's
+answers, the ``aiot`` command in-process) and the scheduler or the deployer service.
 """
 
 from __future__ import annotations
 
-import gc
 import json
-import shutil
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from aiot.cli import app as aiot_app
-from aiot.client import Credentials, save_credentials
-from bootstrapper.kafka import KafkaBroker
 from deployer.messages import DeployApp, InstanceEvent
 from deployer.service import DeployerService
-from platform_core.db import Database
-from platform_core.service import Service
 from platform_sdk.artifacts import AppManifest, app_id_for
-from platform_sdk.bus import Bus, ConsumerLoop, Producer
-from platform_sdk.envelope import Envelope, Message
-from platform_sdk.settings import Settings, temporary_settings
 from scheduler.local_time import local_time
 from scheduler.service import SchedulerService
-from tests.fixtures.registries import answering
-from tests.test_schedule_api import seed
-from web import identity
-from web.service import FrontDoorService
+from tests.fixtures.sites import Site, captured, running, wait_for
 
 pytestmark = pytest.mark.service("kafka")
 
 ROOT = Path(__file__).resolve().parents[1]
 SMART_HOME = ROOT / "examples" / "apps" / "smart-home" / "app.json"
-M = TypeVar("M", bound=Message)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen within {timeout:g}s")
-        time.sleep(0.05)
-
-
-# --- a small platform: the registry, the front door, the CLI ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def template_db(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry seeded as ``tests/test_schedule_api.py`` seeds one; each test gets a copy."""
-    home = tmp_path_factory.mktemp("local-times-home")
-    path = home / "registry.db"
-    with temporary_settings({"home": str(home), "blob.backend": "local"}) as settings:
-        database = Database(f"sqlite:///{path}")
-        try:
-            seed(database, settings)
-        finally:
-            database.stop()
-    return path
-
-
-@dataclass
-class Site:
-    """A front door on its own registry copy, topic prefix and home; the ``aiot`` command against it."""
-
-    settings: Settings
-    database: Database
-    url: str
-    bus: Bus
-    tokens: dict[str, str] = field(default_factory=dict)
-
-    def aiot(self, username: str, *args: str) -> Result:
-        """``aiot ARGS`` as ``username``; fails the test when the command fails."""
-        result = self.aiot_unchecked(username, *args)
-        if result.exit_code != 0:
-            problem = f"aiot {' '.join(args)} exited {result.exit_code}: {result.output}{result.exception!r}"
-            # The exception's frames hold the command's HTTP connection, which would keep the front
-            # door's server thread alive after the test.
-            del result
-            raise AssertionError(problem)
-        return result
-
-    def aiot_unchecked(self, username: str, *args: str) -> Result:
-        if username not in self.tokens:
-            with self.database.session() as session:
-                user = identity.read_user(session, username)
-                self.tokens[username] = identity.issue_token(session, user, "cli").secret
-        save_credentials(
-            self.settings, Credentials(url=self.url, username=username, token=self.tokens[username])
-        )
-        return CliRunner().invoke(aiot_app, list(args), env={"COLUMNS": "250", "NO_COLOR": "1"})
-
-    def send(self, topic: str, message: Message, key: str) -> None:
-        producer = Producer(self.bus)
-        producer.send(topic, message, key=key)
-        assert producer.flush(10) == 0, f"{message.message_type} not delivered"
-
-
-@pytest.fixture
-def site(kafka_settings: Settings, template_db: Path) -> Iterator[Site]:
-    home = kafka_settings.home_dir
-    shutil.copyfile(template_db, home / "registry.db")
-    with temporary_settings({"blob.backend": "local", "blob.local_path": str(home / "bucket")}) as settings:
-        front_door = FrontDoorService(settings)
-        front_door.start()
-        try:
-            with temporary_settings({"web.url": front_door.server.url}) as with_url:
-                database = Database.from_settings(with_url)
-                bus = Bus(with_url, source="local-times-test")
-                try:
-                    with answering(bus, database, ("device-manager",)):
-                        yield Site(with_url, database, front_door.server.url, bus)
-                finally:
-                    bus.close()
-                    database.stop()
-        finally:
-            # A command that failed left its error's traceback in a reference cycle with its HTTP
-            # client; the client's open connection would keep the front door's server thread.
-            gc.collect()
-            front_door.stop()
-
-
-@contextmanager
-def running(service: Service) -> Iterator[None]:
-    service.start()
-    try:
-        yield
-    finally:
-        service.stop()
-
-
-@contextmanager
-def captured(bus: Bus, topic: str, kind: type[M]) -> Iterator[list[M]]:
-    """Every ``kind`` message on ``topic`` from its beginning, while the block runs."""
-    seen: list[M] = []
-    lock = threading.Lock()
-
-    def keep(message: M, _envelope: Envelope) -> None:
-        with lock:
-            seen.append(message)
-
-    bus.ensure_topics([topic])
-    loop = ConsumerLoop(bus, [topic], group=None, name=f"capture-{kind.message_type}")
-    loop.add_handler(kind, keep)
-    loop.start()
-    try:
-        yield seen
-    finally:
-        loop.stop()
 
 
 def table_rows(output: str, first_cell: str) -> list[str]:

@@ -6,7 +6,7 @@ each line labelled ``<version>/r<n>``; an instance's are its service's, which th
 whose output stays as it was.
 
 The front door, the deployer service (it answers which replicas a model has and which service
-an instance is) and the ``aiot`` command run for real, as in ``tests/test_local_times.py``. The
+an instance is) and the ``aiot`` command run for real (the ``site`` of ``tests.fixtures.sites``). The
 model's deployments are written to the deployer's table as its deploys leave them (placing
 replicas needs nodes), and the records to the log store as the logger service writes them.
 """
@@ -29,14 +29,10 @@ from platform_core.blobstore import blob_store_from_settings
 from platform_sdk.artifacts import ModelManifest, model_id_for
 from platform_sdk.errors import NotFound
 from platform_sdk.messages import LogRecord
-from tests import test_local_times
-from tests.test_local_times import Site, running, stopped_instance
+from tests.fixtures.sites import Site, running
+from tests.test_local_times import stopped_instance
 
 pytestmark = pytest.mark.service("kafka")
-
-# The fixtures of a small platform: a seeded registry, the front door, the CLI.
-template_db = test_local_times.template_db
-site = test_local_times.site
 
 COMFORT = model_id_for("comfort")
 INSTANCE = "s0123456789a-20261206163000"
