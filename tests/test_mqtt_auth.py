@@ -36,7 +36,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_manager import mqtt_auth, registry
 from device_manager.gateway import MqttGateway
+from device_manager.messages import DeviceChanged
 from device_manager.mqtt_auth import MqttAuthFiles, hash_password, password_matches
+from device_manager.service import DeviceManagerService
 from platform_core.auth import Role
 from platform_core.db import Database
 from platform_sdk.bus import Bus, ConsumerLoop
@@ -517,3 +519,14 @@ def test_non_finite_values_and_oversized_frames_are_not_forwarded(
         assert temp.next(timeout=15).values == {"temperature": 20.0}  # the first to arrive
         assert cam.next(timeout=15).values == {"width": 8, "height": 6}
     assert gateway.stats().get("gateway.forwarded") == 2
+
+
+def test_the_device_manager_rewrites_the_files_when_told_of_new_credentials(secured: Secured) -> None:
+    service = DeviceManagerService(secured.settings)
+    service.database = secured.database
+    service.mqtt_files = MqttAuthFiles.from_settings(secured.settings, secured.database)
+    with secured.database.session() as session:
+        new = mqtt_auth.issue(session, "yard-temp").password
+    service.on_change(DeviceChanged(action="credentials", device="yard-temp"))  # as its worker would
+    wait_for(lambda: login(secured.broker, "yard-temp", new) == "Success", 15, "the new password accepted")
+    assert login(secured.broker, "yard-temp", secured.passwords["yard-temp"]) == REFUSED
