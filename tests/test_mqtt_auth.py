@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -45,8 +46,9 @@ from platform_sdk.bus import Bus, ConsumerLoop
 from platform_sdk.device_documents import Binding, DeviceInstance, Location
 from platform_sdk.devices import DeviceClient
 from platform_sdk.envelope import Envelope
-from platform_sdk.errors import BadRequest
+from platform_sdk.errors import BadRequest, Conflict
 from platform_sdk.settings import Settings, temporary_settings
+from tests import test_local_times
 from tests.conftest import missing_component
 from tests.fixtures.mqtt import PrivateMosquitto
 from tests.test_device_registry import Site, open_site, sample_location, sample_type
@@ -64,17 +66,18 @@ REFUSED = "Not authorized"
 
 
 @pytest.fixture(scope="module")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mqtt-auth-registry") / "registry.db"
     seed_registry(f"sqlite:///{path}", USERS)
     return path
 
 
 @pytest.fixture
-def site(
-    settings: Settings, template_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def door(
+    settings: Settings, users_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Site]:
-    with open_site(template_db, tmp_path, monkeypatch, bus=True) as opened:
+    """The front door's device routes on a copy of ``users_db``, the notices to the service recorded."""
+    with open_site(users_db, tmp_path, monkeypatch, bus=True) as opened:
         json_of(opened.post("/api/devices/types", sample_type("temperature")), 201)
         json_of(opened.post("/api/devices/locations", sample_location("city-bank")), 201)
         yield opened
@@ -84,78 +87,78 @@ def real(name: str, type_name: str = "temperature", **changed: Any) -> dict[str,
     return {"name": name, "type": type_name, "location": "city-bank", "simulated": False} | changed
 
 
-def stored_hash(site: Site, device: str) -> str | None:
-    with site.door.database.session() as session:
+def stored_hash(door: Site, device: str) -> str | None:
+    with door.door.database.session() as session:
         return mqtt_auth.stored_hash(session, device)
 
 
-def test_a_real_device_gets_credentials_once_and_only_their_hash_is_kept(site: Site) -> None:
-    body = json_of(site.post("/api/devices", real("vault-temp")), 201)
+def test_a_real_device_gets_credentials_once_and_only_their_hash_is_kept(door: Site) -> None:
+    body = json_of(door.post("/api/devices", real("vault-temp")), 201)
     credentials = body["mqtt_credentials"]
     assert credentials["username"] == "vault-temp"
     assert len(credentials["password"]) >= 32
-    hashed = stored_hash(site, "vault-temp")
+    hashed = stored_hash(door, "vault-temp")
     assert hashed is not None
     assert hashed.startswith("$7$101$")
     assert credentials["password"] not in hashed
     assert password_matches(credentials["password"], hashed)
     assert not password_matches(credentials["password"] + "x", hashed)
 
-    shown = site.get("/api/devices/vault-temp").get_data(as_text=True)
-    listed = site.get("/api/devices").get_data(as_text=True)
+    shown = door.get("/api/devices/vault-temp").get_data(as_text=True)
+    listed = door.get("/api/devices").get_data(as_text=True)
     assert credentials["password"] not in shown + listed
     assert "mqtt_credentials" not in shown
 
-    simulated = json_of(site.post("/api/devices", real("lobby-temp", simulated=True)), 201)
+    simulated = json_of(door.post("/api/devices", real("lobby-temp", simulated=True)), 201)
     assert "mqtt_credentials" not in simulated
-    assert stored_hash(site, "lobby-temp") is None
+    assert stored_hash(door, "lobby-temp") is None
 
     bundle = {
         "device_types": [sample_type("fan")],
         "devices": [real("vault-fan", "fan"), real("lobby-fan", "fan", simulated=True)],
     }
-    answer = json_of(site.post("/api/devices/bulk", bundle), 201)
+    answer = json_of(door.post("/api/devices/bulk", bundle), 201)
     assert set(answer["mqtt_credentials"]) == {"vault-fan"}
     issued = answer["mqtt_credentials"]["vault-fan"]
     assert issued["username"] == "vault-fan"
-    assert password_matches(issued["password"], stored_hash(site, "vault-fan") or "")
+    assert password_matches(issued["password"], stored_hash(door, "vault-fan") or "")
 
 
-def test_new_credentials_replace_the_old_ones_and_the_service_is_told(site: Site) -> None:
-    first = json_of(site.post("/api/devices", real("vault-temp")), 201)["mqtt_credentials"]
-    site.notices.clear()
-    second = json_of(site.post("/api/devices/vault-temp/mqtt-credentials", None), 201)
+def test_new_credentials_replace_the_old_ones_and_the_service_is_told(door: Site) -> None:
+    first = json_of(door.post("/api/devices", real("vault-temp")), 201)["mqtt_credentials"]
+    door.notices.clear()
+    second = json_of(door.post("/api/devices/vault-temp/mqtt-credentials", None), 201)
     assert second["device"] == "vault-temp"
     assert second["mqtt_credentials"]["username"] == "vault-temp"
-    hashed = stored_hash(site, "vault-temp") or ""
+    hashed = stored_hash(door, "vault-temp") or ""
     assert password_matches(second["mqtt_credentials"]["password"], hashed)
     assert not password_matches(first["password"], hashed)
-    assert site.notices == [("credentials", "vault-temp")]
+    assert door.notices == [("credentials", "vault-temp")]
 
-    json_of(site.post("/api/devices", real("lobby-temp", simulated=True)), 201)
-    site.notices.clear()
-    error = error_of(site.post("/api/devices/lobby-temp/mqtt-credentials", None), 409)
+    json_of(door.post("/api/devices", real("lobby-temp", simulated=True)), 201)
+    door.notices.clear()
+    error = error_of(door.post("/api/devices/lobby-temp/mqtt-credentials", None), 409)
     assert "simulated" in error["message"]
     assert error["details"][0]["field"] == "simulated"
     assert (
         "no device 'ghost'"
-        in error_of(site.post("/api/devices/ghost/mqtt-credentials", None), 404)["message"]
+        in error_of(door.post("/api/devices/ghost/mqtt-credentials", None), 404)["message"]
     )
-    error_of(site.post("/api/devices/vault-temp/mqtt-credentials", None, username="enduser"), 403)
-    assert stored_hash(site, "vault-temp") == hashed
-    assert site.notices == []
+    error_of(door.post("/api/devices/vault-temp/mqtt-credentials", None, username="enduser"), 403)
+    assert stored_hash(door, "vault-temp") == hashed
+    assert door.notices == []
 
 
-def test_a_deleted_device_loses_its_credentials(site: Site) -> None:
-    json_of(site.post("/api/devices", real("vault-temp")), 201)
-    json_of(site.delete("/api/devices/vault-temp"), 200)
-    assert stored_hash(site, "vault-temp") is None
+def test_a_deleted_device_loses_its_credentials(door: Site) -> None:
+    json_of(door.post("/api/devices", real("vault-temp")), 201)
+    json_of(door.delete("/api/devices/vault-temp"), 200)
+    assert stored_hash(door, "vault-temp") is None
 
 
 def test_a_change_the_service_is_not_told_of_keeps_the_old_credentials(
-    settings: Settings, template_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, users_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with open_site(template_db, tmp_path, monkeypatch, bus=False) as busless:
+    with open_site(users_db, tmp_path, monkeypatch, bus=False) as busless:
         with busless.door.database.session() as session:
             registry.create_type(session, TEMPERATURE)
             registry.create_location(session, Location(name="hall", kind="school"))
@@ -530,3 +533,34 @@ def test_the_device_manager_rewrites_the_files_when_told_of_new_credentials(secu
     service.on_change(DeviceChanged(action="credentials", device="yard-temp"))  # as its worker would
     wait_for(lambda: login(secured.broker, "yard-temp", new) == "Success", 15, "the new password accepted")
     assert login(secured.broker, "yard-temp", secured.passwords["yard-temp"]) == REFUSED
+
+
+# --- the aiot command ---------------------------------------------------------------------------
+# A front door served over HTTP on Kafka, and the CLI against it, as tests/test_local_times.py has them.
+template_db = test_local_times.template_db
+site = test_local_times.site
+
+
+def test_the_cli_prints_the_credentials_once_and_issues_new_ones(
+    site: test_local_times.Site, tmp_path: Path
+) -> None:
+    document = tmp_path / "vault-cam.json"
+    document.write_text(json.dumps(real("vault-cam", "camera")))
+    added = site.aiot("admin", "device", "add", str(document)).output
+    found = re.search(r"MQTT credentials of vault-cam: username vault-cam password (\S+)", added)
+    assert found, added
+    assert "shown once" in added
+    with site.database.session() as session:
+        assert password_matches(found.group(1), mqtt_auth.stored_hash(session, "vault-cam") or "")
+
+    issued = json.loads(site.aiot("admin", "device", "credentials", "vault-cam", "--json").output)
+    assert issued["username"] == "vault-cam"
+    with site.database.session() as session:
+        hashed = mqtt_auth.stored_hash(session, "vault-cam") or ""
+    assert password_matches(issued["password"], hashed)
+    assert not password_matches(found.group(1), hashed)
+
+    refused = site.aiot_unchecked("admin", "device", "credentials", "bank-cam")  # a simulated one
+    assert isinstance(refused.exception, Conflict)
+    assert "device 'bank-cam' is simulated" in refused.exception.message
+    del refused  # its traceback holds the command's HTTP connection
