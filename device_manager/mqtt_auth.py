@@ -38,7 +38,6 @@ import re
 import secrets
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from device_manager.models import DeviceRow, DeviceTypeRow, MqttCredentialRow
+from platform_core.blobstore import _write_atomically
 from platform_core.db import Database, utcnow
 from platform_sdk.device_documents import DEVICE_NAME_PATTERN
 from platform_sdk.errors import BadRequest, Conflict
@@ -177,17 +177,7 @@ def write_atomically(path: Path, text: str) -> bool:
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:  # mkstemp makes it 0600
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    _write_atomically(path, [text.encode()], make_folder=True)  # its temporary file is 0600 (mkstemp)
     return True
 
 

@@ -53,7 +53,7 @@ from tests.conftest import missing_component
 from tests.fixtures.mqtt import PrivateMosquitto
 from tests.test_device_registry import Site, open_site, sample_location, sample_type
 from tests.test_front_door import error_of, json_of, seed_registry
-from tests.test_mqtt_gateway import CAMERA, FAN, TEMPERATURE, wait_for
+from tests.test_mqtt_gateway import CAMERA, FAN, TEMPERATURE, gateway_registry, running_gateway, wait_for
 
 GATEWAY_USER = "aiot.gateway"
 USERS = {"admin": Role.PLATFORM_CONFIGURER, "enduser": Role.END_USER}
@@ -333,22 +333,9 @@ def secured(
         "device.mqtt_acl_file": private_mosquitto.acl_file,
         "device.mqtt_pid_file": private_mosquitto.pid_file,
     }
-    database = Database(f"sqlite:///{tmp_path / 'registry.db'}")
-    database.migrate()
+    database = gateway_registry(tmp_path / "registry.db", REAL)
     with database.session() as session:
-        for device_type in (TEMPERATURE, FAN, CAMERA):
-            registry.create_type(session, device_type)
-        registry.create_location(session, Location(name="hall", kind="school"))
-    passwords = {}
-    with database.session() as session:
-        for name, type_name in REAL.items():
-            registry.create_device(
-                session, DeviceInstance(name=name, type=type_name, location="hall", simulated=False)
-            )
-            passwords[name] = mqtt_auth.issue(session, name).password
-        registry.create_device(
-            session, DeviceInstance(name="lobby-temp", type="temperature", location="hall")
-        )
+        passwords = {name: mqtt_auth.issue(session, name).password for name in REAL}
     try:
         with temporary_settings(updates) as current:
             files = MqttAuthFiles(current, database)
@@ -365,15 +352,10 @@ def secured(
 
 @pytest.fixture
 def gateway(secured: Secured) -> Iterator[MqttGateway]:
-    gateway = MqttGateway(
-        secured.settings, Bus(secured.settings, source="gateway-test"), secured.database, refresh_s=0.5
-    )
-    gateway.start()
-    try:
-        assert gateway.wait_ready(30), "the gateway did not log in, subscribe and take its command partitions"
-        yield gateway
-    finally:
-        gateway.stop()
+    """The gateway, logged in as its own user."""
+    bus = Bus(secured.settings, source="gateway-test")
+    with running_gateway(secured.settings, bus, secured.database) as running:
+        yield running
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ side is the SDK's ``DeviceClient``, which cannot tell them from simulated ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -128,24 +129,31 @@ def gateway_settings(kafka_settings: Settings, mqtt_broker: str) -> Iterator[Set
         yield current
 
 
-@pytest.fixture
-def registry_db(tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite registry: the three types, a location, real hall-temp, hall-fan and
-    hall-cam, and a simulated lobby-temp."""
-    database = Database(f"sqlite:///{tmp_path / 'registry.db'}")
+def gateway_registry(path: Path, real: dict[str, str]) -> Database:
+    """A migrated SQLite registry at ``path``: the three types, a location "hall", the ``real``
+    devices (name → type) and a simulated lobby-temp."""
+    database = Database(f"sqlite:///{path}")
     database.migrate()
     with database.session() as session:
         for device_type in (TEMPERATURE, FAN, CAMERA):
             registry.create_type(session, device_type)
         registry.create_location(session, Location(name="hall", kind="school"))
     with database.session() as session:
-        for name, type_name in (("hall-temp", "temperature"), ("hall-fan", "fan"), ("hall-cam", "camera")):
+        for name, type_name in real.items():
             registry.create_device(
                 session, DeviceInstance(name=name, type=type_name, location="hall", simulated=False)
             )
         registry.create_device(
             session, DeviceInstance(name="lobby-temp", type="temperature", location="hall")
         )
+    return database
+
+
+@pytest.fixture
+def registry_db(tmp_path: Path) -> Iterator[Database]:
+    """Real hall-temp, hall-fan and hall-cam, and a simulated lobby-temp (``gateway_registry``)."""
+    real = {"hall-temp": "temperature", "hall-fan": "fan", "hall-cam": "camera"}
+    database = gateway_registry(tmp_path / "registry.db", real)
     yield database
     database.stop()
 
@@ -155,15 +163,22 @@ def bus(gateway_settings: Settings) -> Bus:
     return Bus(gateway_settings, source="gateway-test")
 
 
-@pytest.fixture
-def gateway(gateway_settings: Settings, bus: Bus, registry_db: Database) -> Iterator[MqttGateway]:
-    gateway = MqttGateway(gateway_settings, bus, registry_db, refresh_s=0.5)
+@contextlib.contextmanager
+def running_gateway(settings: Settings, bus: Bus, database: Database) -> Iterator[MqttGateway]:
+    """A gateway that follows the registry every 0.5 s, once it is subscribed and serves commands."""
+    gateway = MqttGateway(settings, bus, database, refresh_s=0.5)
     gateway.start()
     try:
         assert gateway.wait_ready(30), "the gateway did not subscribe and take its command partitions"
         yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture
+def gateway(gateway_settings: Settings, bus: Bus, registry_db: Database) -> Iterator[MqttGateway]:
+    with running_gateway(gateway_settings, bus, registry_db) as running:
+        yield running
 
 
 @pytest.fixture
