@@ -21,7 +21,7 @@ Device → platform (published by the device, QoS 0 or 1, never retained):
     ``{"values": {"temperature": 21.5, "humidity": 40}}``: one reading of a sensor; every
     value is checked against the type's ``outputs`` (``image`` outputs go on ``frame``);
     a number that is not finite (``NaN``, ``Infinity``, or one that overflows a float, such
-    as ``1e999``) is refused, here and in ``state``
+    as ``1e999``) or an integer beyond 64 bits is refused, here and in ``state``
     ──▶ a ``Reading`` on ``<kafka prefix>.devices.<device>.data``.
 ``<prefix>/<device>/frame``
     The raw JPEG or PNG bytes of one frame, from a sensor whose type has an ``image``
@@ -110,6 +110,7 @@ WARN_INTERVAL_S = 10.0
 KEEPALIVE_S = 30
 RECONNECT_MAX_DELAY_S = 30
 _MAX_WARN_KEYS = 1000
+_MAX_INT = 2**63 - 1  # integers in readings and states fit in 64 bits
 
 FORWARDED = "gateway.forwarded"
 REJECTED = "gateway.rejected"
@@ -133,7 +134,8 @@ class _Refused(Exception):
 
 
 class _NonFinite(ValueError):
-    """A number that is not finite: NaN, Infinity, or one too large for a float (1e999)."""
+    """A number that is not finite (NaN, Infinity, one too large for a float: 1e999), or an
+    integer beyond 64 bits."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -147,9 +149,21 @@ def _finite_float(text: str) -> float:
     return number
 
 
+def _bounded_int(text: str) -> int:
+    number = int(text)
+    if abs(number) > _MAX_INT:
+        raise _NonFinite(f"{text[:24]}{'...' if len(text) > 24 else ''} is beyond the 64-bit integer range")
+    return number
+
+
 def _json_object(payload: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+        body = json.loads(
+            payload.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
     except _NonFinite as exc:
         raise _Refused("non-finite", str(exc)) from exc
     except (UnicodeDecodeError, ValueError) as exc:

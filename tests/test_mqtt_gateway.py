@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_manager import registry
-from device_manager.gateway import MqttGateway, _Refused, frame_size, image_size
+from device_manager.gateway import MqttGateway, _Refused, frame_size, image_size, reading_values
 from platform_core.db import Database
 from platform_sdk.bus import Bus, ConsumerLoop
 from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType, Location, ParamSpec
@@ -410,6 +410,7 @@ def test_non_finite_numbers_are_dropped(
         ("hall-temp", "data", b'{"values": {"temperature": -Infinity}}'),
         ("hall-fan", "state", b'{"state": {"on": true, "speed": 1e999}}'),
         ("hall-fan", "state", b'{"state": {"on": true}, "error": NaN}'),
+        ("hall-fan", "state", b'{"state": {"on": true, "speed": 99999999999999999999}}'),  # > 64 bits
     ]
     for device, channel, payload in refused:
         devices.publish(device, channel, payload)
@@ -421,6 +422,8 @@ def test_non_finite_numbers_are_dropped(
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert any("hall-temp" in text and "1e999 is not a finite number" in text for text in warnings), warnings
     assert any("hall-fan" in text and "not a finite number" in text for text in warnings), warnings
+    with pytest.raises(_Refused, match="99999999999999999999 is beyond the 64-bit integer range"):
+        reading_values(TEMPERATURE, b'{"values": {"temperature": 99999999999999999999}}')
 
 
 def test_a_flood_of_refused_messages_is_logged_once_per_reason(
