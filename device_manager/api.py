@@ -18,13 +18,13 @@ Registering a real device (``"simulated": false``) answers its MQTT credentials 
 ``POST /api/devices/<name>/mqtt-credentials`` issues new ones, which replace the old (409
 for a simulated device). The registry keeps only the password's hash (``mqtt_auth``).
 
-After a device is registered or deleted (or gets new credentials) the device-manager service is told with
-``notify_device_change`` (a ``DeviceChanged`` on ``<prefix>.commands.device-manager``).
-The rows are committed first, then the notice is sent; when it cannot be sent (no bus:
-``Unavailable``, 503) the change is undone (what was registered is removed again, a
-deleted device is registered again with its credentials, new credentials give way to the old) and
-the error is raised, so the registry never holds
-a device the service was not told about.
+After a device is registered or deleted (or gets new credentials) the device-manager
+service is told with ``notify_device_change`` (a ``DeviceChanged`` on
+``<prefix>.commands.device-manager``). The rows are committed first, then the notice is
+sent; when it cannot be sent (no bus: ``Unavailable``, 503) the change is undone (what was
+registered is removed again, a deleted device is registered again with its credentials, new
+credentials give way to the old) and the error is raised, so the registry never holds a
+device (or credentials) the service was not told about.
 """
 
 from __future__ import annotations

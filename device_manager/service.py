@@ -117,7 +117,8 @@ class DeviceManagerService(Service):
 
     # commands -----------------------------------------------------------------------------
     def on_change(self, change: DeviceChanged | Literal["start"]) -> None:
-        """A device was added or removed (or the service started): sync the simulator hosts and topics."""
+        """A device was added or removed (or the service started): Mosquitto's files (when kept), then
+        the simulator hosts and topics; new credentials: the files only."""
         if isinstance(change, DeviceChanged):
             log.info("device %s %s", change.device, change.action)
         self._write_mqtt_files()
