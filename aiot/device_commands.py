@@ -1,6 +1,7 @@
 """``aiot device ...`` and ``aiot location ...``: register, list, watch and command devices.
 
-Registrations go to the front door (platform configurers); ``watch`` and ``command``
+Registrations go to the front door (platform configurers), which answers a real device's MQTT
+credentials once (printed; ``credentials`` issues new ones); ``watch`` and ``command``
 go the way an app goes, through the SDK's ``DeviceClient`` over Kafka, with the device
 bound under its own name as alias. ``list`` and ``show`` print each device's latest
 reading, frame or state as the front door reads it (with units and age). A device,
@@ -101,13 +102,30 @@ def _register(file: Path, part: str, single_path: str) -> None:
     document = _read_document(file)
     client = PlatformClient.from_settings(get_settings())
     if isinstance(document, dict) and not ({"device_types", "locations", "devices"} & document.keys()):
-        client.post(single_path, json=document)
+        reply = client.post(single_path, json=document)
         out().print(f"registered {document.get('name', '?')}")
+        if "mqtt_credentials" in reply:
+            _print_credentials({reply["name"]: reply["mqtt_credentials"]})
         return
     bundle = document if isinstance(document, dict) else {part: document}
     reply = client.post("/api/devices/bulk", json=bundle)
     counts = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in reply["counts"].items())
     out().print(f"registered {counts or 'nothing'} from {file}")
+    _print_credentials(reply.get("mqtt_credentials") or {})
+
+
+def _print_credentials(issued: dict[str, dict[str, str]]) -> None:
+    """The MQTT credentials of real devices, as the front door showed them (once)."""
+    for name, credentials in issued.items():
+        out().print(
+            f"MQTT credentials of {name}: username {credentials['username']} password "
+            f"{credentials['password']}",
+            soft_wrap=True,
+        )
+    if issued:
+        out().print(
+            "  shown once: the platform keeps only a hash; `aiot device credentials NAME` issues new ones"
+        )
 
 
 @type_app.command("add")
@@ -251,6 +269,17 @@ def show(name: str, as_json: JsonOption = False) -> None:
         console.print("  no reading or state yet")
     if shown.get("bound_to"):
         console.print(f"  bound to {', '.join(shown['bound_to'])}")
+
+
+@device_app.command("credentials")
+def credentials(name: str, as_json: JsonOption = False) -> None:
+    """Issue new MQTT credentials to a real device (its old ones stop working); printed once."""
+    with cli_hints():
+        reply = PlatformClient.from_settings(get_settings()).post(f"/api/devices/{name}/mqtt-credentials")
+    if as_json:
+        print_json(reply["mqtt_credentials"])
+        return
+    _print_credentials({name: reply["mqtt_credentials"]})
 
 
 @device_app.command("delete")

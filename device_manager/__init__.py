@@ -1,7 +1,7 @@
 """The device manager: the registry of device types, locations and devices, their app bindings and states.
 
-It owns the ``device_types``, ``locations``, ``devices``, ``device_bindings`` and
-``device_states`` tables. The documents it stores are those of
+It owns the ``device_types``, ``locations``, ``devices``, ``device_bindings``,
+``device_states`` and ``mqtt_credentials`` tables. The documents it stores are those of
 ``platform_sdk.device_documents`` (``DeviceType``, ``Location``, ``DeviceInstance``,
 ``DeviceBundle``); each row keeps its document as JSON beside the columns it is
 looked up by. Its parts:
@@ -24,6 +24,9 @@ looked up by. Its parts:
   devices, follows ``DeviceChanged`` (and creates the devices' topics), records every
   device's latest reading or state (``states.StateRecorder``), and runs the MQTT gateway
   that brings real devices onto the bus;
+* ``mqtt_auth`` — real devices' MQTT credentials (issued at registration, shown once, kept as
+  Mosquitto's PBKDF2 hash in ``mqtt_credentials``) and Mosquitto's password and ACL files the
+  service writes from the registry (each device only its own topics; the gateway ``<prefix>/#``);
 * ``answers`` — what other domains ask about the registry, answered by the service on its
   command topic (nobody else reads these tables): the locations that can run an app
   (``FindLocations``), what one location lacks for it and its zone (``CheckLocation``),

@@ -13,12 +13,18 @@ front door's bus (``device_manager.states``); what cannot be read there (nothing
 topic any more, no bus, or the list's ``LIST_READ_BUDGET_S`` spent) is the row the
 device-manager service recorded, or null.
 
-After a device is registered or deleted the device-manager service is told with
-``notify_device_change`` (a ``DeviceChanged`` on ``<prefix>.commands.device-manager``).
-The rows are committed first, then the notice is sent; when it cannot be sent (no bus:
-``Unavailable``, 503) the change is undone (what was registered is removed again, a
-deleted device is registered again) and the error is raised, so the registry never holds
-a device the service was not told about.
+Registering a real device (``"simulated": false``) answers its MQTT credentials once
+(``mqtt_credentials``: ``{"username", "password"}``; per device name from ``/bulk``);
+``POST /api/devices/<name>/mqtt-credentials`` issues new ones, which replace the old (409
+for a simulated device). The registry keeps only the password's hash (``mqtt_auth``).
+
+After a device is registered or deleted (or gets new credentials) the device-manager
+service is told with ``notify_device_change`` (a ``DeviceChanged`` on
+``<prefix>.commands.device-manager``). The rows are committed first, then the notice is
+sent; when it cannot be sent (no bus: ``Unavailable``, 503) the change is undone (what was
+registered is removed again, a deleted device is registered again with its credentials, new
+credentials give way to the old) and the error is raised, so the registry never holds a
+device (or credentials) the service was not told about.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import flask
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
-from device_manager import registry, states
+from device_manager import mqtt_auth, registry, states
 from device_manager.messages import DeviceChanged
 from device_manager.models import DeviceRow, DeviceTypeRow, LocationRow
 from platform_core.auth import Role, allow
@@ -49,8 +55,9 @@ READERS = (Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role
 LIST_READ_BUDGET_S = 5.0  # GET /api/devices reads the devices' topics for this long at most
 
 
-def notify_device_change(action: Literal["added", "removed"], device_name: str) -> None:
-    """Tell the device-manager service a device was added or removed; ``Unavailable`` without a bus."""
+def notify_device_change(action: Literal["added", "removed", "credentials"], device_name: str) -> None:
+    """Tell the device-manager service a device was added or removed (or got new MQTT credentials);
+    ``Unavailable`` without a bus."""
     requester = resources().bus_requester()
     requester.send(
         requester.bus.topics.device_manager,
@@ -230,6 +237,8 @@ def create_device() -> tuple[flask.Response, int]:
     with resources().database.session() as session:
         row = registry.create_device(session, document)
         body = _device_json(row, registry.type_document(registry.read_type(session, row.type)))
+        if not document.simulated:  # shown this once; the registry keeps its hash
+            body["mqtt_credentials"] = mqtt_auth.issue(session, document.name).as_json()
     try:
         notify_device_change("added", document.name)
     except BaseException:
@@ -245,6 +254,11 @@ def register_bundle() -> tuple[flask.Response, int]:
     bundle = body_as(DeviceBundle)
     with resources().database.session() as session:
         registered = registry.register_bundle(session, bundle)
+        credentials = {  # shown this once; the registry keeps their hashes
+            device.name: mqtt_auth.issue(session, device.name).as_json()
+            for device in bundle.devices
+            if not device.simulated
+        }
     told: list[str] = []
     try:
         for name in registered.devices:
@@ -263,7 +277,7 @@ def register_bundle() -> tuple[flask.Response, int]:
         "locations": registered.locations,
         "devices": registered.devices,
     }
-    return flask.jsonify(counts=registered.counts(), names=names), 201
+    return flask.jsonify(counts=registered.counts(), names=names, mqtt_credentials=credentials), 201
 
 
 @blueprint.get("")
@@ -306,11 +320,33 @@ def show_device(name: str) -> flask.Response:
 def delete_device(name: str) -> flask.Response:
     """Delete a device no app instance is bound to (409 naming them otherwise) and tell the service."""
     with resources().database.session() as session:
+        password_hash = mqtt_auth.stored_hash(session, name)
         row = registry.delete_device(session, name)
     document, created_at = registry.device_document(row), row.created_at
+
+    def register_again(session: Session) -> None:
+        registry.create_device(session, document, created_at)
+        mqtt_auth.restore(session, name, password_hash)
+
     try:
         notify_device_change("removed", name)
     except BaseException:
-        _undo(f"deleting {name!r}", lambda session: registry.create_device(session, document, created_at))
+        _undo(f"deleting {name!r}", register_again)
         raise
     return flask.jsonify(name=name, deleted=True)
+
+
+@blueprint.post("/<name>/mqtt-credentials")
+@allow(*WRITERS)
+def issue_mqtt_credentials(name: str) -> tuple[flask.Response, int]:
+    """New MQTT credentials for a real device, replacing its old ones (409 for a simulated device)."""
+    with resources().database.session() as session:
+        registry.read_device(session, name)
+        previous = mqtt_auth.stored_hash(session, name)
+        credentials = mqtt_auth.issue(session, name)
+    try:
+        notify_device_change("credentials", name)
+    except BaseException:
+        _undo(f"new MQTT credentials of {name!r}", lambda session: mqtt_auth.restore(session, name, previous))
+        raise
+    return flask.jsonify(device=name, mqtt_credentials=credentials.as_json()), 201

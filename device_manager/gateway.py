@@ -5,16 +5,30 @@ The device manager runs it when ``device.mqtt_url`` is set (``mqtt://HOST:PORT``
 MQTT topic starts with ``device.mqtt_topic_prefix`` (``<prefix>``, default ``aiot``);
 ``<device>`` is the device's registered name. Payloads are UTF-8 JSON unless said otherwise.
 
+Who may say what is the broker's business: with ``device.mqtt_password_file`` and
+``device.mqtt_acl_file`` set, the device manager keeps Mosquitto's password and ACL files
+(``device_manager.mqtt_auth``): each real device logs in as its name with the password issued
+when it was registered, and may publish only on its own ``data`` and ``frame`` (a sensor) or
+``state`` (a controller) and subscribe only to its own ``commands``; the gateway logs in with
+the ``user:password`` of ``device.mqtt_url`` and may use all of ``<prefix>/#``. So the
+``<device>`` of a topic is the device that published it: Mosquitto refuses anyone else
+(``allow_anonymous false``). Without those files (a broker that lets anyone in) the topic is
+only a claim.
+
 Device → platform (published by the device, QoS 0 or 1, never retained):
 
 ``<prefix>/<device>/data``
     ``{"values": {"temperature": 21.5, "humidity": 40}}``: one reading of a sensor; every
-    value is checked against the type's ``outputs`` (``image`` outputs go on ``frame``)
+    value is checked against the type's ``outputs`` (``image`` outputs go on ``frame``);
+    a number that is not finite (``NaN``, ``Infinity``, or one that overflows a float, such
+    as ``1e999``) or an integer beyond 64 bits is refused, here and in ``state``
     ──▶ a ``Reading`` on ``<kafka prefix>.devices.<device>.data``.
 ``<prefix>/<device>/frame``
     The raw JPEG or PNG bytes of one frame, from a sensor whose type has an ``image``
-    output; content type and size come from the image header ──▶ a ``Frame`` carrying
-    the bytes, on the same Kafka topic.
+    output; content type and size come from the image header (JPEG SOF, PNG IHDR), which
+    must stay within the output's ``max_width`` x ``max_height`` (default 4096x4096) and the
+    frame within its ``max_bytes`` (default 4 MiB) ──▶ a ``Frame`` carrying the bytes, on the
+    same Kafka topic.
 ``<prefix>/<device>/state``
     ``{"state": {"on": true, "speed": 3}, "command_id": "9f1c...", "accepted": true,
     "error": null}``: a controller's state, checked against the type's ``state`` fields.
@@ -96,6 +110,7 @@ WARN_INTERVAL_S = 10.0
 KEEPALIVE_S = 30
 RECONNECT_MAX_DELAY_S = 30
 _MAX_WARN_KEYS = 1000
+_MAX_INT = 2**63 - 1  # integers in readings and states fit in 64 bits
 
 FORWARDED = "gateway.forwarded"
 REJECTED = "gateway.rejected"
@@ -118,13 +133,39 @@ class _Refused(Exception):
         self.reason = reason
 
 
+class _NonFinite(ValueError):
+    """A number that is not finite (NaN, Infinity, one too large for a float: 1e999), or an
+    integer beyond 64 bits."""
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise _NonFinite(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NonFinite(f"{text} is not a finite number (it overflows a 64-bit float)")
+    return number
+
+
+def _bounded_int(text: str) -> int:
+    number = int(text)
+    if abs(number) > _MAX_INT:
+        raise _NonFinite(f"{text[:24]}{'...' if len(text) > 24 else ''} is beyond the 64-bit integer range")
+    return number
 
 
 def _json_object(payload: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        body = json.loads(
+            payload.decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except _NonFinite as exc:
+        raise _Refused("non-finite", str(exc)) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise _Refused("malformed", f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -203,6 +244,26 @@ def image_size(image: bytes) -> tuple[str, int, int]:
             return "image/jpeg", width, height
         index += length
     raise ValueError("a JPEG without a frame header (SOF)")
+
+
+def frame_size(spec: ParamSpec, image: bytes) -> tuple[str, int, int]:
+    """(content type, width, height) of a frame within the limits of image output ``spec``
+    (``ParamSpec.image_limits``); ``_Refused`` otherwise. Only the header is read."""
+    max_width, max_height, max_bytes = spec.image_limits()
+    if len(image) > max_bytes:
+        raise _Refused("too large", f"a frame of {len(image)} bytes; the type accepts at most {max_bytes}")
+    try:
+        content_type, width, height = image_size(image)
+    except ValueError as exc:
+        raise _Refused("invalid", f"not a JPEG or PNG frame: {exc}") from exc
+    if width <= 0 or height <= 0:
+        raise _Refused("invalid", f"the image header says {width}x{height}")
+    if width > max_width or height > max_height:
+        raise _Refused(
+            "too large",
+            f"the image header says {width}x{height}; the type accepts at most {max_width}x{max_height}",
+        )
+    return content_type, width, height
 
 
 @dataclass(frozen=True)
@@ -683,16 +744,12 @@ class MqttGateway:
         return parts[0], parts[1]
 
     def _on_frame(self, publisher: SensorPublisher, device_type: DeviceType, image: bytes) -> None:
-        if not any(spec.type == "image" for spec in device_type.outputs.values()):
+        spec = next((spec for spec in device_type.outputs.values() if spec.type == "image"), None)
+        if spec is None:
             raise _Refused(
                 "wrong kind", f"type {device_type.name!r} has no image output; send readings on data"
             )
-        try:
-            content_type, width, height = image_size(image)
-        except ValueError as exc:
-            raise _Refused("invalid", f"not a JPEG or PNG frame: {exc}") from exc
-        if width <= 0 or height <= 0:
-            raise _Refused("invalid", f"the image header says {width}x{height}")
+        content_type, width, height = frame_size(spec, image)
         publisher.publish_frame(image, width, height, content_type)
 
     def _on_state(self, device: str, device_type: DeviceType, payload: bytes) -> None:

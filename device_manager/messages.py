@@ -18,10 +18,11 @@ from platform_sdk.envelope import Message
 
 
 class DeviceChanged(Message):
-    """A device was registered or deleted: start or stop its simulator, follow or forget its topics."""
+    """A device was registered or deleted: start or stop its simulator, follow or forget its topics;
+    or a real device got new MQTT credentials (``credentials``): rewrite Mosquitto's files."""
 
     message_type = "devices.changed"
-    action: Literal["added", "removed"]
+    action: Literal["added", "removed", "credentials"]
     device: str
 
 

@@ -1,4 +1,5 @@
-"""The device manager's tables: device types, locations, devices, app bindings and latest states.
+"""The device manager's tables: device types, locations, devices, app bindings, latest states and
+the MQTT credentials of real devices.
 
 Types, locations and devices keep their whole document (``platform_sdk.device_documents``)
 as JSON text beside the columns they are looked up by.
@@ -69,3 +70,15 @@ class DeviceStateRow(Base):
     values: Mapped[str] = mapped_column(sa.Text)
     time: Mapped[datetime]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MqttCredentialRow(Base):
+    """A real device's MQTT password, as the hash Mosquitto's password file holds (``mqtt_auth``)."""
+
+    __tablename__ = "mqtt_credentials"
+
+    device: Mapped[str] = mapped_column(
+        NAME, sa.ForeignKey("devices.name", ondelete="CASCADE"), primary_key=True
+    )
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)

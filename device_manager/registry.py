@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from device_manager import mqtt_auth
 from device_manager.models import DeviceBindingRow, DeviceRow, DeviceStateRow, DeviceTypeRow, LocationRow
 from platform_core.db import Base, utcnow
 from platform_sdk.device_documents import DeviceBundle, DeviceInstance, DeviceType, Location
@@ -269,7 +270,7 @@ def list_devices(session: Session, location: str | None = None, type: str | None
 
 
 def delete_device(session: Session, name: str) -> DeviceRow:
-    """Delete a device no app instance is bound to, and its latest state; the deleted row.
+    """Delete a device no app instance is bound to, its latest state and MQTT credentials; the deleted row.
 
     ``Conflict`` naming the app instances bound to it.
     """
@@ -281,6 +282,7 @@ def delete_device(session: Session, name: str) -> DeviceRow:
             details={"app_instances": bound},
         )
     session.execute(sa.delete(DeviceStateRow).where(DeviceStateRow.device == name))
+    mqtt_auth.forget(session, [name])
     session.delete(row)
     return row
 
@@ -379,6 +381,7 @@ def unregister(session: Session, registered: Registered) -> None:
     for name in registered.devices:
         session.execute(sa.delete(DeviceBindingRow).where(DeviceBindingRow.device == name))
         session.execute(sa.delete(DeviceStateRow).where(DeviceStateRow.device == name))
+    mqtt_auth.forget(session, registered.devices)
     _delete_names(session, DeviceRow, DeviceRow.name, registered.devices)
     _delete_names(session, LocationRow, LocationRow.name, registered.locations)
     _delete_names(session, DeviceTypeRow, DeviceTypeRow.name, registered.device_types)

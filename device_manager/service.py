@@ -16,6 +16,9 @@
         record (Bus.recent, one record per device: no stream followed, no camera's every frame)
         ──▶ device_states, one row per device, written when newer
     with device.mqtt_url set: the MQTT gateway (``device_manager.gateway``) bridges real devices
+    with device.mqtt_password_file and device.mqtt_acl_file set: at start and on every DeviceChanged
+        (``credentials`` too) Mosquitto's password and ACL files are rewritten from the registry
+        and Mosquitto reloaded (``device_manager.mqtt_auth``)
 
 A location's simulator host is a managed service like any other (heartbeats, logs,
 restarts), started with its location and its devices (id, type, parameters each) in
@@ -36,6 +39,7 @@ from device_manager import registry
 from device_manager.answers import DeviceManagerAnswers
 from device_manager.messages import BindDevices, DeviceBindings, DeviceChanged, UnbindDevices, Unbound
 from device_manager.models import DeviceTypeRow
+from device_manager.mqtt_auth import MqttAuthFiles
 from device_manager.states import StateRecorder, ensure_latest_topics, record_interval
 from platform_core.db import Database
 from platform_core.nodes import (
@@ -84,6 +88,7 @@ class DeviceManagerService(Service):
         self.requester.start()
         self.own(self.requester)
         self._ensure_device_topics()  # before the recorder's first round reads them
+        self.mqtt_files = MqttAuthFiles.from_settings(self.settings, self.database)
         recorder = StateRecorder(bus, self.database, record_interval(self.settings))
         recorder.start()
         self.own(recorder)
@@ -112,9 +117,13 @@ class DeviceManagerService(Service):
 
     # commands -----------------------------------------------------------------------------
     def on_change(self, change: DeviceChanged | Literal["start"]) -> None:
-        """A device was added or removed (or the service started): sync the simulator hosts and topics."""
+        """A device was added or removed (or the service started): Mosquitto's files (when kept), then
+        the simulator hosts and topics; new credentials: the files only."""
         if isinstance(change, DeviceChanged):
             log.info("device %s %s", change.device, change.action)
+        self._write_mqtt_files()
+        if isinstance(change, DeviceChanged) and change.action == "credentials":
+            return
         self._ensure_device_topics()  # first: placing hosts may take a while
         self._sync_simulators()
 
@@ -203,6 +212,14 @@ class DeviceManagerService(Service):
                         )  # fmt: skip
             except PlatformError as exc:
                 log.error("cannot bring the simulator host of %s in line: %s", location, exc)
+
+    def _write_mqtt_files(self) -> None:
+        if self.mqtt_files is None:
+            return
+        try:
+            self.mqtt_files.write()
+        except (OSError, PlatformError) as exc:
+            log.error("cannot write Mosquitto's password and ACL files: %s", exc)
 
     # state --------------------------------------------------------------------------------
     def _ensure_device_topics(self) -> None:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-SCHEMA_HEAD = "0006_accounts"
+SCHEMA_HEAD = "0007_mqtt_credentials"
 """The newest migration's revision (a test checks it is Alembic's head): bump it with every migration."""
 SQLITE_SIDE_FILES = ("-wal", "-shm")
 MIGRATION_LOCK_KEY = 0x6169_6F74_6D69_6772  # "aiotmigr"

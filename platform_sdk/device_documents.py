@@ -23,6 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DEVICE_NAME_PATTERN = r"^[a-z][a-z0-9-]{1,47}$"
 FIELD_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
 SIMULATORS = ("camera", "light", "temperature", "fan", "display", "ac")
+# What an image output accepts unless its type says otherwise (a frame must fit one Kafka record).
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
+MAX_IMAGE_BYTES_CEILING = 6 * 1024 * 1024
 
 ParamType = Literal["int", "float", "bool", "string", "image"]
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
@@ -49,6 +53,24 @@ class ParamSpec(_Strict):
     choices: list[str | int | float] | None = Field(default=None, description="The allowed values.")
     default: Any = Field(default=None, description="Instance parameters and optional command parameters.")
     required: bool = Field(default=True, description="Command and instance parameters: must be given.")
+    max_width: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description=f"Images: widest frame accepted, in pixels (unset: {MAX_IMAGE_SIDE}).",
+    )
+    max_height: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description=f"Images: tallest frame accepted, in pixels (unset: {MAX_IMAGE_SIDE}).",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_IMAGE_BYTES_CEILING,
+        description=f"Images: largest frame accepted, in bytes (unset: {MAX_IMAGE_BYTES}).",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> ParamSpec:
@@ -56,7 +78,17 @@ class ParamSpec(_Strict):
             raise ValueError(f"min {self.min} is above max {self.max}")
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
             raise ValueError(f"min/max apply to numbers, not {self.type}")
+        if self.type != "image" and (self.max_width or self.max_height or self.max_bytes):
+            raise ValueError(f"max_width/max_height/max_bytes apply to images, not {self.type}")
         return self
+
+    def image_limits(self) -> tuple[int, int, int]:
+        """An image's largest (width, height, bytes): those set, else the defaults."""
+        return (
+            self.max_width or MAX_IMAGE_SIDE,
+            self.max_height or MAX_IMAGE_SIDE,
+            self.max_bytes or MAX_IMAGE_BYTES,
+        )
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` does not fit, or None."""

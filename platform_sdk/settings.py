@@ -510,6 +510,28 @@ class DeviceSettings(BaseModel):
         default=None, description="MQTT broker of real devices, mqtt://HOST:PORT; empty: no gateway."
     )
     mqtt_topic_prefix: str = Field(default="aiot", description="First level of the gateway's MQTT topics.")
+    # MQTT device credentials (device_manager.mqtt_auth; docs/security.md, "MQTT devices").
+    mqtt_password_file: Path | None = Field(
+        default=None,
+        description="Mosquitto's password_file, written by the device manager from the registry: each real "
+        "device's username and PBKDF2-SHA512 hash, and the gateway's (the user:password of mqtt_url); "
+        "empty: not written. Set it together with mqtt_acl_file.",
+    )
+    mqtt_acl_file: Path | None = Field(
+        default=None,
+        description="Mosquitto's acl_file, written by the device manager: each real device may use only "
+        "its own topics, the gateway all of <prefix>/#; empty: not written.",
+    )
+    mqtt_pid_file: Path | None = Field(
+        default=None,
+        description="Mosquitto's pid_file: sent SIGHUP after the files change, so it reloads them (and "
+        "drops clients whose credentials are gone); empty: see mqtt_reload_command.",
+    )
+    mqtt_reload_command: list[str] = Field(
+        default_factory=list,
+        description='Run after the files change instead of the SIGHUP, as JSON, e.g. ["systemctl", '
+        '"reload", "mosquitto"]; neither set: Mosquitto reads the files when it next starts.',
+    )
 
 
 class AppSettings(BaseModel):

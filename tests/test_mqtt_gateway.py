@@ -6,6 +6,7 @@ side is the SDK's ``DeviceClient``, which cannot tell them from simulated ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -22,10 +23,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_manager import registry
-from device_manager.gateway import MqttGateway, image_size
+from device_manager.gateway import MqttGateway, _Refused, frame_size, image_size, reading_values
 from platform_core.db import Database
 from platform_sdk.bus import Bus, ConsumerLoop
-from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType, Location
+from platform_sdk.device_documents import Binding, DeviceInstance, DeviceType, Location, ParamSpec
 from platform_sdk.devices import DeviceClient
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import Timeout, ValidationFailed
@@ -128,24 +129,31 @@ def gateway_settings(kafka_settings: Settings, mqtt_broker: str) -> Iterator[Set
         yield current
 
 
-@pytest.fixture
-def registry_db(tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite registry: the three types, a location, real hall-temp, hall-fan and
-    hall-cam, and a simulated lobby-temp."""
-    database = Database(f"sqlite:///{tmp_path / 'registry.db'}")
+def gateway_registry(path: Path, real: dict[str, str]) -> Database:
+    """A migrated SQLite registry at ``path``: the three types, a location "hall", the ``real``
+    devices (name → type) and a simulated lobby-temp."""
+    database = Database(f"sqlite:///{path}")
     database.migrate()
     with database.session() as session:
         for device_type in (TEMPERATURE, FAN, CAMERA):
             registry.create_type(session, device_type)
         registry.create_location(session, Location(name="hall", kind="school"))
     with database.session() as session:
-        for name, type_name in (("hall-temp", "temperature"), ("hall-fan", "fan"), ("hall-cam", "camera")):
+        for name, type_name in real.items():
             registry.create_device(
                 session, DeviceInstance(name=name, type=type_name, location="hall", simulated=False)
             )
         registry.create_device(
             session, DeviceInstance(name="lobby-temp", type="temperature", location="hall")
         )
+    return database
+
+
+@pytest.fixture
+def registry_db(tmp_path: Path) -> Iterator[Database]:
+    """Real hall-temp, hall-fan and hall-cam, and a simulated lobby-temp (``gateway_registry``)."""
+    real = {"hall-temp": "temperature", "hall-fan": "fan", "hall-cam": "camera"}
+    database = gateway_registry(tmp_path / "registry.db", real)
     yield database
     database.stop()
 
@@ -155,15 +163,22 @@ def bus(gateway_settings: Settings) -> Bus:
     return Bus(gateway_settings, source="gateway-test")
 
 
-@pytest.fixture
-def gateway(gateway_settings: Settings, bus: Bus, registry_db: Database) -> Iterator[MqttGateway]:
-    gateway = MqttGateway(gateway_settings, bus, registry_db, refresh_s=0.5)
+@contextlib.contextmanager
+def running_gateway(settings: Settings, bus: Bus, database: Database) -> Iterator[MqttGateway]:
+    """A gateway that follows the registry every 0.5 s, once it is subscribed and serves commands."""
+    gateway = MqttGateway(settings, bus, database, refresh_s=0.5)
     gateway.start()
     try:
         assert gateway.wait_ready(30), "the gateway did not subscribe and take its command partitions"
         yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture
+def gateway(gateway_settings: Settings, bus: Bus, registry_db: Database) -> Iterator[MqttGateway]:
+    with running_gateway(gateway_settings, bus, registry_db) as running:
+        yield running
 
 
 @pytest.fixture
@@ -368,3 +383,97 @@ def test_without_a_broker_the_gateway_keeps_trying_and_stops_cleanly(
         finally:
             gateway.stop()
     assert any("cannot reach" in record.getMessage() for record in caplog.records)
+
+
+# bounded values and frames ---------------------------------------------------------------------
+def png_header(width: int, height: int) -> bytes:
+    """The first 29 bytes of a PNG whose IHDR claims ``width`` x ``height`` (no pixel data follows)."""
+    size = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + size + b"\x08\x02\x00\x00\x00"
+
+
+def jpeg_header(width: int, height: int) -> bytes:
+    """A JPEG start and a baseline frame header (SOF0) claiming ``width`` x ``height``."""
+    sof = b"\x08" + height.to_bytes(2, "big") + width.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    return b"\xff\xd8\xff\xc0" + (len(sof) + 2).to_bytes(2, "big") + sof
+
+
+def test_non_finite_numbers_are_dropped(
+    gateway: MqttGateway, devices: FakeDevices, app: DeviceClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="device_manager.gateway")
+    temp = app.sensor_stream("temp")
+    refused: list[tuple[str, str, bytes]] = [
+        ("hall-temp", "data", b'{"values": {"temperature": 1e999}}'),  # overflows a float
+        ("hall-temp", "data", b'{"values": {"temperature": -1e400}}'),
+        ("hall-temp", "data", b'{"values": {"temperature": Infinity}}'),
+        ("hall-temp", "data", b'{"values": {"temperature": -Infinity}}'),
+        ("hall-fan", "state", b'{"state": {"on": true, "speed": 1e999}}'),
+        ("hall-fan", "state", b'{"state": {"on": true}, "error": NaN}'),
+        ("hall-fan", "state", b'{"state": {"on": true, "speed": 99999999999999999999}}'),  # > 64 bits
+    ]
+    for device, channel, payload in refused:
+        devices.publish(device, channel, payload)
+    wait_for(lambda: gateway.rejected == len(refused), 10, f"{len(refused)} rejections")
+    assert "gateway.forwarded" not in gateway.stats()
+    devices.publish("hall-temp", "data", {"values": {"temperature": 20.0}})
+    assert temp.next(timeout=15).values == {"temperature": 20.0}  # the first on Kafka
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("hall-temp" in text and "1e999 is not a finite number" in text for text in warnings), warnings
+    assert any("hall-fan" in text and "not a finite number" in text for text in warnings), warnings
+    with pytest.raises(_Refused, match="99999999999999999999 is beyond the 64-bit integer range"):
+        reading_values(TEMPERATURE, b'{"values": {"temperature": 99999999999999999999}}')
+
+
+def test_a_flood_of_refused_messages_is_logged_once_per_reason(
+    gateway: MqttGateway, devices: FakeDevices, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="device_manager.gateway")
+    for _ in range(50):
+        devices.publish("hall-temp", "data", b'{"values": {"temperature": 1e999}}')
+    wait_for(lambda: gateway.rejected == 50, 15, "50 rejections")
+    warned = [record for record in caplog.records if "not a finite number" in record.getMessage()]
+    assert len(warned) == 1
+
+
+def test_frames_beyond_the_types_limits_are_dropped(
+    gateway: MqttGateway, devices: FakeDevices, app: DeviceClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="device_manager.gateway")
+    cam = app.sensor_stream("cam")
+    claims = [
+        png_header(4294967295, 4294967295),
+        png_header(4097, 10),
+        jpeg_header(65535, 65535),
+        jpeg_header(10, 4097),
+    ]
+    for frame in claims:
+        devices.publish("hall-cam", "frame", frame)
+    wait_for(lambda: gateway.rejected == len(claims), 10, f"{len(claims)} rejections")
+    ok, encoded = cv2.imencode(".png", np.zeros((6, 8), dtype=np.uint8))
+    assert ok
+    devices.publish("hall-cam", "frame", encoded.tobytes())
+    assert cam.next(timeout=15).values == {"width": 8, "height": 6}  # the first on Kafka
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(
+        "hall-cam" in text and "4294967295x4294967295; the type accepts at most 4096x4096" in text
+        for text in warnings
+    ), warnings
+
+
+def test_a_frame_is_checked_against_its_image_outputs_limits() -> None:
+    spec = ParamSpec.model_validate({"type": "image", "max_width": 640, "max_height": 480, "max_bytes": 2000})
+    assert frame_size(spec, png_header(640, 480)) == ("image/png", 640, 480)
+    assert frame_size(spec, jpeg_header(1, 1)) == ("image/jpeg", 1, 1)
+    for image, reason in [
+        (png_header(641, 480), "641x480; the type accepts at most 640x480"),
+        (jpeg_header(640, 481), "640x481; the type accepts at most 640x480"),
+        (png_header(10, 10) + bytes(2000), "2029 bytes; the type accepts at most 2000"),
+        (png_header(0, 10), "says 0x10"),
+    ]:
+        with pytest.raises(_Refused, match=reason):
+            frame_size(spec, image)
+    assert ParamSpec(type="image").image_limits() == (4096, 4096, 4 * 1024 * 1024)
+    with pytest.raises(ValueError, match="apply to images"):
+        ParamSpec.model_validate({"type": "float", "max_width": 10})
