@@ -48,8 +48,8 @@ from platform_sdk.devices import DeviceClient
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import BadRequest, Conflict
 from platform_sdk.settings import Settings, temporary_settings
-from tests import test_local_times
 from tests.conftest import missing_component
+from tests.fixtures import sites
 from tests.fixtures.mqtt import PrivateMosquitto
 from tests.test_device_registry import Site, open_site, sample_location, sample_type
 from tests.test_front_door import error_of, json_of, seed_registry
@@ -519,14 +519,10 @@ def test_the_device_manager_rewrites_the_files_when_told_of_new_credentials(secu
 
 
 # --- the aiot command ---------------------------------------------------------------------------
-# A front door served over HTTP on Kafka, and the CLI against it, as tests/test_local_times.py has them.
-template_db = test_local_times.template_db
-site = test_local_times.site
+# A front door served over HTTP on Kafka, and the CLI against it: the site of tests.fixtures.sites.
 
 
-def test_the_cli_prints_the_credentials_once_and_issues_new_ones(
-    site: test_local_times.Site, tmp_path: Path
-) -> None:
+def test_the_cli_prints_the_credentials_once_and_issues_new_ones(site: sites.Site, tmp_path: Path) -> None:
     document = tmp_path / "vault-cam.json"
     document.write_text(json.dumps(real("vault-cam", "camera")))
     added = site.aiot("admin", "device", "add", str(document)).output

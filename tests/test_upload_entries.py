@@ -53,10 +53,10 @@ from platform_sdk.settings import Settings, get_settings, temporary_settings
 from service_agent.agent import ServiceAgent
 from tests import test_model_upload as uploads
 from tests.fixtures.registries import answering
+from tests.fixtures.sites import running
 from tests.test_archive import patch_header, with_bad_crc
 from tests.test_bus import wait_for
 from tests.test_front_door import bearer, error_of, seed_registry
-from tests.test_local_times import running
 from tests.test_schedule_api import seed
 from tests.test_service_agent import start
 from web import identity
