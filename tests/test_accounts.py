@@ -273,9 +273,9 @@ def test_enabling_a_disabled_user_again_revives_none_of_their_tokens(door: Door)
 
 
 def test_the_upgrade_gives_existing_tokens_an_expiry_and_revokes_disabled_users_tokens(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    database = Database(database_url)
     try:
         database.migrate("0005_apps")
         now = datetime.now(UTC)

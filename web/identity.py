@@ -168,7 +168,8 @@ def set_disabled(session: Session, username: str, disabled: bool = True) -> User
 
 
 def default_expiry() -> datetime:
-    """When a token issued now expires by the default login-token lifetime."""
+    """When a token issued now expires by the default of ``auth.token_lifetime_s`` (for callers
+    without settings, such as tests; the front door's ``Accounts`` applies the configured one)."""
     return utcnow() + timedelta(seconds=AuthSettings().token_lifetime_s)
 
 
@@ -262,7 +263,7 @@ def revoke_all(session: Session, user_id: int, keep: int | None = None) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def set_password(session: Session, user: User, password: str) -> None:
+def set_password(user: User, password: str) -> None:
     user.password_hash = _hasher.hash(validate_password(password))
 
 
@@ -272,14 +273,14 @@ def change_password(session: Session, user_id: int, token_id: int, current: str,
     user = _check_password(session.get(User, user_id), current)
     if current == new:
         raise ValidationFailed("the new password is the current one: choose another")
-    set_password(session, user, new)
+    set_password(user, new)
     return revoke_all(session, user.id, keep=token_id)
 
 
 def reset_password(session: Session, username: str, password: str) -> int:
     """A configurer sets another user's password; every token of that user is revoked (how many)."""
     user = read_user(session, username)
-    set_password(session, user, password)
+    set_password(user, password)
     return revoke_all(session, user.id)
 
 
@@ -300,6 +301,8 @@ def list_tokens(session: Session, user_id: int) -> list[ApiToken]:
 
 
 def database_authenticator(database: Database) -> Authenticator:
+    """Token checks on ``database`` by the real clock (the front door uses ``Accounts.authenticate``)."""
+
     def check(secret: str) -> Principal | None:
         with database.session() as session:
             return authenticate(session, secret)
