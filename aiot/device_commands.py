@@ -1,8 +1,9 @@
 """``aiot device ...`` and ``aiot location ...``: register, list, watch and command devices.
 
-Registrations go to the front door (platform configurers); ``watch`` and ``command``
-go the way an app goes, through the SDK's ``DeviceClient`` over Kafka, with the device
-bound under its own name as alias. ``list`` and ``show`` print each device's latest
+Registrations and ``command`` go to the front door (platform configurers; the front door
+checks a command against the controller's type and sends it over Kafka as an app does);
+``watch`` goes the way an app goes, through the SDK's ``DeviceClient`` over Kafka, with the
+device bound under its own name as alias. ``list`` and ``show`` print each device's latest
 reading, frame or state as the front door reads it (with units and age). A device,
 location or type the platform does not know is named with the command that lists what
 it knows (the API's message names its route).
@@ -313,12 +314,15 @@ def command(
         list[str] | None, typer.Argument(help="key=value pairs (values as JSON where they parse).")
     ] = None,
 ) -> None:
-    """Send a command to a controller and print its new state."""
+    """Send a command to a controller and print its new state (platform configurers)."""
     parsed: dict[str, Any] = {}
     for item in params or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BadRequest(f"{item!r} is not key=value")
         parsed[key] = _parse_value(value)
-    with _device_client(name) as client:
-        print_json(client.send_controller(name, action, **parsed))
+    with cli_hints():
+        answer = PlatformClient.from_settings(get_settings()).post(
+            f"/api/devices/{name}/commands", json={"command": action, "params": parsed}
+        )
+    print_json(answer["state"])
