@@ -1,7 +1,9 @@
 """``/api/devices``: register, list, show and delete device types, locations and devices (front door).
 
 Platform configurers write; every other role reads (end users pick locations and devices
-when they schedule apps).
+when they schedule apps). A location may be open to some users only (``Location.users``, set
+with ``PUT /api/devices/locations/<name>/users``); the device manager's answers to the
+scheduler and app listing apply it.
 
 Platform configurers command controllers with ``POST /api/devices/<name>/commands``: checked
 against the type and sent over the bus as the SDK sends it (``command_controller``, the same
@@ -36,7 +38,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import flask
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +51,7 @@ from platform_core.auth import Role, allow
 from platform_core.http import body_as, query_as, resources
 from platform_sdk.bus import Bus
 from platform_sdk.device_documents import (
+    USERNAME_PATTERN,
     Binding,
     DeviceBundle,
     DeviceInstance,
@@ -334,7 +337,7 @@ def delete_device(name: str) -> flask.Response:
     return flask.jsonify(name=name, deleted=True)
 
 
-# --- commands --------------------------------------------------------------------------------
+# --- commands and who may use a location --------------------------------------------------------
 
 
 class CommandRequest(BaseModel):
@@ -343,6 +346,13 @@ class CommandRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     command: str = Field(min_length=1, max_length=100)
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LocationUsers(BaseModel):
+    """``PUT /api/devices/locations/<name>/users``: who may schedule apps there (null: everyone)."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[Annotated[str, Field(pattern=USERNAME_PATTERN)]] | None = Field(max_length=10_000)
 
 
 def _said(error: Timeout | Unavailable) -> tuple[flask.Response, int]:
@@ -390,3 +400,13 @@ def command_device(name: str) -> flask.Response | tuple[flask.Response, int]:
         time=answer.time.isoformat(),
         by=answer.by,
     )
+
+
+@blueprint.put("/locations/<name>/users")
+@allow(*WRITERS)
+def set_location_users(name: str) -> flask.Response:
+    """Open a location to these users only (``{"users": null}``: to every user) → the location."""
+    users = body_as(LocationUsers).users
+    with resources().database.session() as session:
+        body = _document(registry.set_location_users(session, name, users))
+    return flask.jsonify(body)

@@ -69,7 +69,8 @@ def tokens(door: Door) -> dict[str, str]:
     found = {"admin": door.token}
     with door.database.session() as session:
         for username, role in OTHER_ROLES.items():
-            user = identity.create_user(session, username, PASSWORD, role)
+            identity.create_user(session, username, PASSWORD, role)
+            user = identity.read_user(session, username)
             found[username] = identity.issue_token(session, user, "test").secret
     return found
 
