@@ -15,9 +15,6 @@ deployer that answers ``ListInstances`` with no instances (nothing runs in these
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +30,12 @@ from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.settings import Settings
 from tests.fixtures.registries import answering
+from tests.test_device_state import Door as CliDoor
 from tests.test_schedule_api import GOOD, seed
 from web import identity
 from web.app import build_front_door
 
 pytestmark = pytest.mark.service("kafka")
-
-CLI_TIMEOUT_S = 60
 
 
 def no_instances(_query: ListInstances, _envelope: Envelope) -> Instances:
@@ -51,6 +47,7 @@ class Door:
     """The front door at ``url`` on ``database``, with a token per seeded user."""
 
     url: str
+    bus: Bus
     database: Database
     home: Path
     tokens: dict[str, str]
@@ -90,20 +87,8 @@ class Door:
         return locations
 
     def aiot(self, *args: str) -> str:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_")}
-        env.update({"AIOT_HOME": str(self.home), "AIOT_WEB__URL": self.url, "COLUMNS": "250"})
-        done = subprocess.run(
-            [sys.executable, "-m", "aiot", *args],
-            env=env,
-            cwd=self.home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT_S,
-            check=False,
-        )
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-        return done.stdout
+        """What ``aiot *args`` printed, run as ``admin`` (the CLI runner of the device state tests)."""
+        return CliDoor(self.url, self.tokens["admin"], self.bus, self.database, self.home).ok(*args)
 
 
 @pytest.fixture
@@ -132,7 +117,7 @@ def door(kafka_settings: Settings, tmp_path: Path) -> Iterator[Door]:
             (home / "credentials.json").write_text(
                 json.dumps({"url": server.url, "username": "admin", "token": tokens["admin"]})
             )
-            yield Door(server.url, database, home, tokens)
+            yield Door(server.url, bus, database, home, tokens)
     finally:
         for part in reversed(started):
             part.stop()
