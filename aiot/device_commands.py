@@ -1,12 +1,14 @@
 """``aiot device ...`` and ``aiot location ...``: register, list, watch and command devices.
 
-Registrations go to the front door (platform configurers), which answers a real device's MQTT
-credentials once (printed; ``credentials`` issues new ones); ``watch`` and ``command``
-go the way an app goes, through the SDK's ``DeviceClient`` over Kafka, with the device
-bound under its own name as alias. ``list`` and ``show`` print each device's latest
+Registrations and ``command`` go to the front door (platform configurers; the front door
+checks a command against the controller's type and sends it over Kafka as an app does), which
+answers a real device's MQTT credentials once (printed; ``credentials`` issues new ones);
+``watch`` goes the way an app goes, through the SDK's ``DeviceClient`` over Kafka, with the
+device bound under its own name as alias. ``list`` and ``show`` print each device's latest
 reading, frame or state as the front door reads it (with units and age). A device,
 location or type the platform does not know is named with the command that lists what
-it knows (the API's message names its route).
+it knows (the API's message names its route). ``location users`` chooses who may schedule
+apps at a location.
 """
 
 from __future__ import annotations
@@ -165,10 +167,35 @@ def location_list(as_json: JsonOption = False) -> None:
     if as_json:
         print_json(locations)
         return
-    table = Table("name", "kind", "time zone", "address")
+    table = Table("name", "kind", "time zone", "address", "open to")
     for item in locations:
-        table.add_row(item["name"], item["kind"], item["timezone"], item.get("address") or "")
+        users = item.get("users")
+        table.add_row(
+            item["name"],
+            item["kind"],
+            item["timezone"],
+            item.get("address") or "",
+            "every user" if users is None else ", ".join(users) or "configurers only",
+        )
     out().print(table)
+
+
+@location_app.command("users")
+def location_users(
+    name: str,
+    users: Annotated[
+        list[str] | None, typer.Argument(help="The only users who may schedule apps there.")
+    ] = None,
+    everyone: Annotated[bool, typer.Option("--everyone", help="Open it to every user again.")] = False,
+) -> None:
+    """Choose who may schedule apps at a location (platform configurers; they may use every one)."""
+    if everyone == bool(users):
+        raise BadRequest("name the users who may schedule apps there, or pass --everyone")
+    with cli_hints():
+        PlatformClient.from_settings(get_settings()).request(
+            "PUT", f"/api/devices/locations/{name}/users", json={"users": None if everyone else users}
+        )
+    out().print(f"{name}: open to {'every user' if everyone else ', '.join(users or [])}")
 
 
 @device_app.command("add")
@@ -342,12 +369,15 @@ def command(
         list[str] | None, typer.Argument(help="key=value pairs (values as JSON where they parse).")
     ] = None,
 ) -> None:
-    """Send a command to a controller and print its new state."""
+    """Send a command to a controller and print its new state (platform configurers)."""
     parsed: dict[str, Any] = {}
     for item in params or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BadRequest(f"{item!r} is not key=value")
         parsed[key] = _parse_value(value)
-    with _device_client(name) as client:
-        print_json(client.send_controller(name, action, **parsed))
+    with cli_hints():
+        answer = PlatformClient.from_settings(get_settings()).post(
+            f"/api/devices/{name}/commands", json={"command": action, "params": parsed}
+        )
+    print_json(answer["state"])

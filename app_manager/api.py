@@ -6,7 +6,8 @@ one). Uploading validates the zip in the request and what its ``app.json`` names
 the model and device registries (422 naming file, field and reason; nothing stored), then
 registers the version and stores the zip. Nothing is deployed: an app runs when an end user
 schedules it. The locations that can run an app are the device manager's to say: listing
-asks it over the bus (``FindLocations``; 503 when it does not answer).
+asks it over the bus (``FindLocations``, for the caller: only locations open to them, every
+one for a configurer; 503 when it does not answer).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def _check_owner(app: AppRow, principal: Principal) -> None:
 # --- JSON ---------------------------------------------------------------------------------------
 
 
+def _location_user() -> str | None:
+    """Whose locations the listing shows: the caller's, or every one for a platform configurer."""
+    principal = current_principal()
+    return None if principal.role == Role.PLATFORM_CONFIGURER else principal.username
+
+
 def _locations(documents: list[dict[str, Any]], manifests: dict[str, AppManifest]) -> None:
     """Add to each app's document (of ``_app_json``) the locations with enough devices of every
     type its latest version needs, as binding will judge: the device manager says which."""
@@ -50,7 +57,7 @@ def _locations(documents: list[dict[str, Any]], manifests: dict[str, AppManifest
     found = ask(
         "the device manager",
         resources().bus_requester().bus.topics.device_manager,
-        FindLocations(needs=needs),
+        FindLocations(needs=needs, user=_location_user()),
         LocationsFound,
     )
     for document in documents:

@@ -16,7 +16,8 @@ looked up by. Its parts:
   request (``read_latest``; the API does), and recorded one row per device by the service's
   ``StateRecorder`` every 30 s, shown once the topic holds nothing any more;
 * ``api`` — ``/api/devices``, the routes the front door mounts: platform configurers
-  register and delete, every other role reads (end users need locations and devices to
+  register and delete, command controllers (over the bus, as an app does) and choose who
+  may use a location; every other role reads (end users need locations and devices to
   schedule apps); a device is shown with its latest value (``states``). After a device is
   added or removed it tells the device-manager service
   with a ``messages.DeviceChanged`` on ``<prefix>.commands.device-manager``;
@@ -30,6 +31,7 @@ looked up by. Its parts:
 * ``answers`` — what other domains ask about the registry, answered by the service on its
   command topic (nobody else reads these tables): the locations that can run an app
   (``FindLocations``), what one location lacks for it and its zone (``CheckLocation``),
+  both for one user (a location a configurer restricted is not open to the others),
   which device types exist (``CheckDeviceTypes``).
 
 Life of a registration: ``POST /api/devices`` (or ``/bulk``) ──▶ document validation

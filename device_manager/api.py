@@ -1,7 +1,18 @@
 """``/api/devices``: register, list, show and delete device types, locations and devices (front door).
 
 Platform configurers write; every other role reads (end users pick locations and devices
-when they schedule apps). Bodies are the documents of ``platform_sdk.device_documents``:
+when they schedule apps). A location may be open to some users only (``Location.users``, set
+with ``PUT /api/devices/locations/<name>/users``); the device manager's answers to the
+scheduler and app listing apply it.
+
+Platform configurers command controllers with ``POST /api/devices/<name>/commands``: checked
+against the type and sent over the bus as the SDK sends it (``command_controller``, the same
+``DeviceCommand`` request/reply an app's ``send_controller`` uses), answered with the device's
+new state; a rejection is a 422 with the reason, a device that does not answer a 504 saying
+what to check. App instances command the devices bound to them through the SDK on the bus,
+not here (that binding rule is for the bus's ACLs to enforce).
+
+Bodies are the documents of ``platform_sdk.device_documents``:
 a malformed one is a 422 naming each field; a name taken is a 409 naming it; an unknown
 type or location, parameters that do not fit the type, or a simulated device whose type
 has no simulator is a 422 naming the device, the field and the reason; nothing is stored
@@ -33,10 +44,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import flask
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from device_manager import mqtt_auth, registry, states
@@ -45,13 +56,23 @@ from device_manager.models import DeviceRow, DeviceTypeRow, LocationRow
 from platform_core.auth import Role, allow
 from platform_core.http import body_as, query_as, resources
 from platform_sdk.bus import Bus
-from platform_sdk.device_documents import DeviceBundle, DeviceInstance, DeviceType, Location
-from platform_sdk.errors import Unavailable
+from platform_sdk.device_documents import (
+    USERNAME_PATTERN,
+    Binding,
+    DeviceBundle,
+    DeviceInstance,
+    DeviceType,
+    Location,
+)
+from platform_sdk.devices import COMMAND_TIMEOUT_S, command_controller
+from platform_sdk.errors import Timeout, Unavailable, ValidationFailed
 
 log = logging.getLogger(__name__)
 blueprint = flask.Blueprint("devices", __name__, url_prefix="/api/devices")
 WRITERS = (Role.PLATFORM_CONFIGURER,)
 READERS = (Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.END_USER)
+# Who commands devices through the front door; app instances command their bound ones on the bus.
+COMMANDERS = (Role.PLATFORM_CONFIGURER,)
 LIST_READ_BUDGET_S = 5.0  # GET /api/devices reads the devices' topics for this long at most
 
 
@@ -350,3 +371,78 @@ def issue_mqtt_credentials(name: str) -> tuple[flask.Response, int]:
         _undo(f"new MQTT credentials of {name!r}", lambda session: mqtt_auth.restore(session, name, previous))
         raise
     return flask.jsonify(device=name, mqtt_credentials=credentials.as_json()), 201
+
+
+# --- commands and who may use a location --------------------------------------------------------
+
+
+class CommandRequest(BaseModel):
+    """``POST /api/devices/<name>/commands``: one of the controller type's commands and its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: str = Field(min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LocationUsers(BaseModel):
+    """``PUT /api/devices/locations/<name>/users``: who may schedule apps there (null: everyone)."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[Annotated[str, Field(pattern=USERNAME_PATTERN)]] | None = Field(max_length=10_000)
+
+
+def _said(error: Timeout | Unavailable) -> tuple[flask.Response, int]:
+    """A 5xx this route worded itself (what to do, nothing internal): shown, not hidden."""
+    return flask.jsonify(error=error.to_dict(expose=True)), error.status
+
+
+@blueprint.post("/<name>/commands")
+@allow(*COMMANDERS)
+def command_device(name: str) -> flask.Response | tuple[flask.Response, int]:
+    """Send a controller a command over the bus, as an app does, and answer its new state.
+
+    Checked against its type first (422 naming each parameter); the device's rejection is a 422
+    with its reason; a device that does not answer a 504 saying what to check.
+    """
+    request = body_as(CommandRequest)
+    with resources().database.session() as session:
+        row = registry.read_device(session, name)
+        device_type = registry.type_document(registry.read_type(session, row.type))
+        host = (
+            f"its simulator runs in sim-{row.location} (`aiot status`)"
+            if row.simulated
+            else "a real device must be connected to the MQTT gateway"
+        )
+    if device_type.kind != "controller":
+        reason = f"{name!r} is a sensor ({device_type.name}); only controllers take commands"
+        raise ValidationFailed(reason, details=[{"field": "device", "reason": reason}])
+    binding = Binding(device_id=name, type=device_type)
+    try:
+        requester = resources().bus_requester()
+        answer = command_controller(requester, binding, request.command, request.params, alias=name)
+    except Timeout:
+        return _said(
+            Timeout(
+                f"{name} did not answer {request.command!r} within {COMMAND_TIMEOUT_S:g}s: {host}; "
+                f"`aiot device show {name}` shows when it last reported. Send it again once it runs."
+            )
+        )
+    except Unavailable as exc:
+        return _said(Unavailable(f"cannot reach the devices: {exc.message}"))
+    return flask.jsonify(
+        device=name,
+        command=answer.command,
+        state=answer.state,
+        time=answer.time.isoformat(),
+        by=answer.by,
+    )
+
+
+@blueprint.put("/locations/<name>/users")
+@allow(*WRITERS)
+def set_location_users(name: str) -> flask.Response:
+    """Open a location to these users only (``{"users": null}``: to every user) → the location."""
+    users = body_as(LocationUsers).users
+    with resources().database.session() as session:
+        body = _document(registry.set_location_users(session, name, users))
+    return flask.jsonify(body)

@@ -2,8 +2,9 @@
 
 Besides the deployer's binds, the front door asks here what the device registry holds: the
 locations that can run an app (``FindLocations``), what one location lacks for it and its time
-zone (``CheckLocation``), which device types exist (``CheckDeviceTypes``). The tables are the
-device manager's; nobody else reads them.
+zone (``CheckLocation``), which device types exist (``CheckDeviceTypes``). The first two answer
+for one user (``user``): a location a configurer restricted to some users (``Location.users``)
+is not theirs to use otherwise. The tables are the device manager's; nobody else reads them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pydantic import Field
 from platform_sdk.artifacts import DeviceNeed
 from platform_sdk.device_documents import Binding
 from platform_sdk.envelope import Message
+
+# Who asks, for the locations' owner rule (``Location.users``): None for a platform configurer.
+USER_FIELD = "Only the locations open to this user (a username); none: every location (a configurer)."
 
 
 class DeviceChanged(Message):
@@ -63,6 +67,7 @@ class FindLocations(Message):
 
     message_type = "devices.find-locations"
     needs: dict[str, dict[str, DeviceNeed]]
+    user: str | None = Field(default=None, description=USER_FIELD)
 
 
 class LocationsFound(Message):
@@ -73,12 +78,14 @@ class LocationsFound(Message):
 class CheckLocation(Message):
     """What ``location`` lacks for ``needs`` (alias → need), and its time zone (request/reply).
 
-    Answered with ``NotFound`` (``no location 'x'; …``) when there is no such location.
+    Answered with ``NotFound`` (``no location 'x'; …``) when there is no such location, and
+    with ``Forbidden`` naming the location when it is not open to ``user``.
     """
 
     message_type = "devices.check-location"
     location: str
     needs: dict[str, DeviceNeed]
+    user: str | None = Field(default=None, description=USER_FIELD)
 
 
 class LocationCheck(Message):

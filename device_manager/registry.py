@@ -207,6 +207,14 @@ def read_location(session: Session, name: str) -> LocationRow:
     return row
 
 
+def set_location_users(session: Session, name: str, users: list[str] | None) -> LocationRow:
+    """Open ``name`` to ``users`` only (None: to every user); they are kept in its document."""
+    row = read_location(session, name)
+    row.document = _stored(location_document(row).model_copy(update={"users": users}))
+    session.flush()
+    return row
+
+
 def list_locations(session: Session) -> list[LocationRow]:
     return list(session.scalars(sa.select(LocationRow).order_by(LocationRow.name)))
 

@@ -7,7 +7,8 @@ the SDK can validate a controller command before it is sent.
 * ``DeviceType``: a sensor (its output fields, their types and units, its rate) or a
   controller (its commands with typed, ranged parameters, and the state it reports), the
   simulator that plays it, and the parameters an instance of it takes.
-* ``Location``: where devices are (a school, a bank, a junction, a home), with its time zone.
+* ``Location``: where devices are (a school, a bank, a junction, a home), with its time zone
+  and, optionally, the only users who may schedule apps there.
 * ``DeviceInstance``: one device of a type at a location, simulated or real.
 * ``DeviceBundle``: several of each in one file, registered all or nothing.
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEVICE_NAME_PATTERN = r"^[a-z][a-z0-9-]{1,47}$"
 FIELD_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
+USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,62}$"  # as the front door's identity accepts them
 SIMULATORS = ("camera", "light", "temperature", "fan", "display", "ac")
 # What an image output accepts unless its type says otherwise (a frame must fit one Kafka record).
 MAX_IMAGE_SIDE = 4096
@@ -191,6 +193,16 @@ class Location(_Strict):
     address: str | None = Field(default=None, max_length=500)
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
+    users: list[Annotated[str, Field(pattern=USERNAME_PATTERN)]] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="The users (by username) who may schedule apps here; absent: every user. "
+        "Platform configurers may schedule anywhere.",
+    )
+
+    def open_to(self, username: str) -> bool:
+        """May ``username`` (not a platform configurer) schedule apps here?"""
+        return self.users is None or username in self.users
 
     @field_validator("timezone")
     @classmethod

@@ -21,6 +21,10 @@ config), so app code never sees an instance id or a topic:
   type before it is sent; returns the new state, or raises ``ValidationFailed`` when
   the type or the device rejects it;
 * ``controller_state(alias)`` — the controller's latest published state.
+
+``command_controller(requester, binding, command, params, alias=...)`` is ``send_controller``'s
+check and request/reply for one device on a requester of the caller's (the front door's
+``POST /api/devices/<name>/commands`` sends what an app sends).
 """
 
 from __future__ import annotations
@@ -172,6 +176,34 @@ def _details_text(details: Any) -> str:
             for item in details
         )
     return str(details)
+
+
+def command_controller(
+    requester: Requester, binding: Binding, command: str, params: dict[str, Any], *, alias: str
+) -> DeviceState:
+    """Check ``command(**params)`` against the controller's type, send it and return the accepted state.
+
+    ``ValidationFailed`` (naming each field) when the type or the device rejects it; ``Timeout``
+    when the device does not answer within ``COMMAND_TIMEOUT_S``. ``alias`` names the device in
+    messages. ``DeviceClient.send_controller`` and the front door's device command route use it.
+    """
+    problems = binding.type.command_problems(command, params)
+    if problems:
+        raise ValidationFailed(
+            f"{alias!r} ({binding.type.name}) cannot {command}: "
+            + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
+            details=problems,
+        )
+    reply = requester.request(
+        requester.bus.topics.device_commands(binding.device_id),
+        DeviceCommand(device_id=binding.device_id, command=command, params=params),
+        DeviceState,
+        timeout=COMMAND_TIMEOUT_S,
+        key=binding.device_id,  # one partition: commands of every sender are applied in order
+    )
+    if not reply.accepted:
+        raise ValidationFailed(f"{binding.device_id} rejected {command}: {reply.error}")
+    return reply
 
 
 # app side ------------------------------------------------------------------------------------
@@ -425,23 +457,7 @@ class DeviceClient:
     def send_controller(self, alias: str, command: str, **params: Any) -> dict[str, Any]:
         """Send ``command`` and return the controller's new state; ``ValidationFailed`` if rejected."""
         binding = self._binding(alias, "controller")
-        problems = binding.type.command_problems(command, params)
-        if problems:
-            raise ValidationFailed(
-                f"{alias!r} ({binding.type.name}) cannot {command}: "
-                + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
-                details=problems,
-            )
-        reply = self._requester_started().request(
-            self.bus.topics.device_commands(binding.device_id),
-            DeviceCommand(device_id=binding.device_id, command=command, params=params),
-            DeviceState,
-            timeout=COMMAND_TIMEOUT_S,
-            key=binding.device_id,  # one partition: commands of every app are applied in order
-        )
-        if not reply.accepted:
-            raise ValidationFailed(f"{binding.device_id} rejected {command}: {reply.error}")
-        return reply.state
+        return command_controller(self._requester_started(), binding, command, params, alias=alias).state
 
     def controller_state(self, alias: str, timeout: float = 10.0) -> dict[str, Any]:
         binding = self._binding(alias, "controller")

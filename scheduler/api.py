@@ -1,10 +1,13 @@
 """``/api/schedules``, ``/api/instances`` and ``/api/mails`` (mounted on the front door).
 
-End users schedule apps at locations and see their own schedules, instances and mails;
-platform configurers see and manage everyone's. Creating a schedule is checked in the
+End users schedule apps at locations and see, change and cancel their own schedules,
+instances and mails (another user's schedule is a 403 naming it and its owner); platform
+configurers see and manage everyone's. Creating a schedule is checked in the
 request — the app and its version exist (the app manager is asked, ``PickAppVersion``), the
-location exists and has the device types the app needs (the device manager is asked,
-``CheckLocation``), the times are valid and not all past — then stored and handed to the
+location exists, is open to the caller (a configurer may restrict it to some users; a
+configurer may use every one) and has the device types the app needs (the device manager is
+asked, ``CheckLocation``: its 403 naming the location comes through), the times are valid and
+not all past — then stored and handed to the
 scheduler service over Kafka; a schedule the scheduler cannot be told about is not kept.
 A domain that does not answer makes the request 503. Instances belong to the deployer: these
 routes ask it over Kafka.
@@ -49,7 +52,10 @@ def _own_schedule(schedule_id: str) -> ScheduleRow:
         if row is None:
             raise NotFound(f"no schedule {schedule_id!r}; see `aiot schedule list`")
         if not _sees_all(principal) and row.owner != principal.username:
-            raise Forbidden(f"schedule {schedule_id!r} belongs to {row.owner!r}")
+            raise Forbidden(
+                f"schedule {schedule_id!r} belongs to {row.owner!r}: only its owner and platform "
+                "configurers may see or change it (`aiot schedule list` shows yours)"
+            )
         session.expunge(row)
     return row
 
@@ -122,7 +128,11 @@ def create_schedule() -> tuple[flask.Response, int]:
     location = ask(
         "the device manager",
         topics.device_manager,
-        CheckLocation(location=spec.location, needs=app.manifest.devices),
+        CheckLocation(
+            location=spec.location,
+            needs=app.manifest.devices,
+            user=None if _sees_all(principal) else principal.username,
+        ),
         LocationCheck,
     )
     problems = [{"field": "location", "reason": problem["reason"]} for problem in location.problems]
