@@ -151,9 +151,10 @@ class SchedulerService(Service):
         self.requester.start()
         self.own(self.requester)
         self.mailer = Mailer(self.settings.mail)
+        self._executor = _ServiceExecutor(self)
         self.jobs = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.database.engine, tablename=JOB_TABLE)},
-            executors={"default": _ServiceExecutor(self)},
+            executors={"default": self._executor},
             # Our misfire policy needs every missed fire time (fire_start records the ones it skips).
             job_defaults={"coalesce": False, "misfire_grace_time": None, "max_instances": 1},
             timezone=UTC,
@@ -179,6 +180,11 @@ class SchedulerService(Service):
     def stop(self) -> None:
         jobs = getattr(self, "jobs", None)
         if jobs is not None and jobs.running:
+            # A running job may add a job (a run's stop, a retry): it needs the job store's lock,
+            # which APScheduler's shutdown holds while it waits for the executor. So no new job
+            # is handed out, and the running one ends, before the shutdown.
+            jobs.pause()
+            self._executor.shutdown(wait=True)
             jobs.shutdown(wait=True)
         super().stop()
 
