@@ -14,6 +14,7 @@ the SDK can validate a controller command before it is sent.
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DEVICE_NAME_PATTERN = r"^[a-z][a-z0-9-]{1,47}$"
 FIELD_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
 SIMULATORS = ("camera", "light", "temperature", "fan", "display", "ac")
+MAX_INT = 2**63 - 1  # numbers of readings, commands and parameters fit in 64 bits
 
 ParamType = Literal["int", "float", "bool", "string", "image"]
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
@@ -35,7 +37,7 @@ _ARTICLE_TYPE = {"int": "an integer", "float": "a number", "bool": "true or fals
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ParamSpec(_Strict):
@@ -67,6 +69,10 @@ class ParamSpec(_Strict):
         if (isinstance(value, bool) and self.type != "bool") or not isinstance(value, expected):
             return f"must be {_ARTICLE_TYPE[self.type]}, not {value!r}"
         number: Any = value
+        if isinstance(number, float) and not math.isfinite(number):
+            return f"{value} is not a finite number"
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) > MAX_INT:
+            return f"{_ARTICLE_TYPE[self.type]} beyond the 64-bit range is not accepted"
         if self.min is not None and number < self.min:
             return f"{value} is below the minimum {self.min:g}"
         if self.max is not None and number > self.max:
