@@ -214,7 +214,8 @@ def _too_deep(text: str, limit: int) -> bool:
 
 
 class _BadNumber:
-    """A number of a JSON body that no field can hold, with why; found where it stands after parsing."""
+    """A number of a JSON body that no field can hold, with why (never its text: it might be a
+    password); found where it stands after parsing."""
 
     __slots__ = ("reason",)
 
@@ -222,20 +223,16 @@ class _BadNumber:
         self.reason = reason
 
 
-def _shown(literal: str) -> str:
-    return literal if len(literal) <= 24 else f"{literal[:12]}… ({len(literal)} characters)"
-
-
 def _parse_int(literal: str) -> int | _BadNumber:
     value = int(literal) if len(literal.lstrip("-")) <= 19 else None  # int() of 4301 digits raises
     if value is None or abs(value) > _MAX_INT:
-        return _BadNumber(f"{_shown(literal)} is beyond the 64-bit integer range")
+        return _BadNumber("an integer beyond the 64-bit range (±9223372036854775807)")
     return value
 
 
 def _parse_float(literal: str) -> float | _BadNumber:
     value = float(literal)
-    return value if math.isfinite(value) else _BadNumber(f"{_shown(literal)} overflows a 64-bit float")
+    return value if math.isfinite(value) else _BadNumber("a number too large for a 64-bit float")
 
 
 def _parse_constant(name: str) -> _BadNumber:

@@ -42,6 +42,7 @@ from tests.test_front_door import (
     json_of,
     seed_registry,
 )
+from tests.test_schedule_api import GOOD
 
 # Every route that reads a JSON body, with who may call it.
 JSON_ROUTES = [
@@ -60,14 +61,7 @@ FAN = {
     "commands": {"set_speed": {"params": {"speed": {"type": "int", "min": 0, "max": 3}}}},
     "state": {"speed": {"type": "int"}},
 }
-SCHEDULE = {
-    "app": "smart-home",
-    "location": "lake-home",
-    "times": ["08:00", "20:00"],
-    "duration": "1h",
-    "start_date": "2030-03-09",
-    "end_date": "2030-03-12",
-}
+SCHEDULE = GOOD  # a schedule document the front door takes (when the registry has its app)
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +167,10 @@ def test_hostile_json_bodies_get_a_4xx_on_every_json_route(door: FrontDoor, body
         ("NaN", "NaN is not a number: JSON has no NaN or Infinity"),
         ("Infinity", "Infinity is not a number: JSON has no NaN or Infinity"),
         ("-Infinity", "-Infinity is not a number: JSON has no NaN or Infinity"),
-        ("1e400", "1e400 overflows a 64-bit float"),
-        ("-1e400", "-1e400 overflows a 64-bit float"),
-        ("9223372036854775808", "9223372036854775808 is beyond the 64-bit integer range"),
-        ("1" + "0" * 1000, "100000000000… (1001 characters) is beyond the 64-bit integer range"),
+        ("1e400", "a number too large for a 64-bit float"),
+        ("-1e400", "a number too large for a 64-bit float"),
+        ("9223372036854775808", "an integer beyond the 64-bit range (±9223372036854775807)"),
+        ("1" + "0" * 1000, "an integer beyond the 64-bit range (±9223372036854775807)"),
     ],
 )
 def test_a_bound_that_is_no_number_is_refused_naming_it_and_nothing_is_stored(
@@ -197,6 +191,10 @@ def test_a_bound_that_is_no_number_is_refused_naming_it_and_nothing_is_stored(
 def test_a_bad_number_is_refused_on_the_anonymous_login_and_in_schedules(door: FrontDoor) -> None:
     error = error_of(post_raw(door, "/api/auth/login", '{"username": "admin", "password": NaN}', None), 422)
     assert field_names(error) == ["password"]
+    secret = "12345678901234567890123"  # a password sent as a number is not echoed back
+    response = post_raw(door, "/api/auth/login", f'{{"username": "admin", "password": {secret}}}', None)
+    assert field_names(error_of(response, 422)) == ["password"]
+    assert secret not in response.get_data(as_text=True)
     schedule = json.dumps(SCHEDULE)[:-1] + ', "now": Infinity, "extra": [1, -Infinity]}'
     error = error_of(post_raw(door, "/api/schedules", schedule, "enduser"), 422)
     assert field_names(error) == ["now", "extra.1"]
@@ -321,14 +319,17 @@ def serving(door: FrontDoor) -> Iterator[HttpServer]:
         server.stop()
 
 
-def exchange(server: HttpServer, head: str, body_start: bytes = b"") -> tuple[int, dict[str, Any], str]:
-    """Send a request's head and the start of its body, never the rest; the answer the server gives.
+def exchange(
+    server: HttpServer, request_line: str, *headers: str, body_start: bytes = b""
+) -> tuple[int, dict[str, Any], str]:
+    """Send a request's line, headers and the start of its body, never the rest; the server's answer.
 
     Returns the status, the JSON body and the raw head of the answer; a server that waited for
     the rest of the body would time out here.
     """
+    head = "".join(f"{line}\r\n" for line in (f"{request_line} HTTP/1.1", "Host: 127.0.0.1", *headers))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
-        connection.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body_start)
+        connection.sendall(head.encode() + b"\r\n" + body_start)
         answer = b""
         while chunk := connection.recv(65536):  # the server closes the connection after answering
             answer += chunk
@@ -337,57 +338,46 @@ def exchange(server: HttpServer, head: str, body_start: bytes = b"") -> tuple[in
     return status, json.loads(body), raw_head.decode()
 
 
-def head(method: str, path: str, *headers: str) -> str:
-    return "\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *headers, ""])
+ZIP = "Content-Type: application/zip"
+JSON = "Content-Type: application/json"
+CHUNKED = "Transfer-Encoding: chunked"
+HUGE = f"Content-Length: {300 * 2**20}"
 
 
 def test_an_anonymous_300_mb_upload_is_refused_before_its_body_is_read(door: FrontDoor) -> None:
     with serving(door) as server:
         status, body, raw = exchange(
-            server,
-            head("POST", "/api/models", "Content-Type: application/zip", f"Content-Length: {300 * 2**20}"),
-            b"PK\x03\x04" + b"\0" * 1000,
+            server, "POST /api/models", ZIP, HUGE, body_start=b"PK\x03\x04" + b"\0" * 1000
         )
         assert status == 401
         assert body["error"]["type"] == "Unauthorized"
         assert body["error"]["message"].startswith("missing credentials")
         assert "Connection: close" in raw
 
-        forged = exchange(
-            server,
-            head("POST", "/api/models", "Authorization: Bearer forged", "Transfer-Encoding: chunked"),
-            b"10000\r\n" + b"\0" * 1000,
+        forged = "Authorization: Bearer forged"
+        status, body, _ = exchange(
+            server, "POST /api/models", forged, CHUNKED, body_start=b"10000\r\n" + b"\0" * 1000
         )
-        assert forged[0] == 401
-        assert forged[1]["error"]["message"].startswith("invalid, expired or revoked token")
+        assert status == 401
+        assert body["error"]["message"].startswith("invalid, expired or revoked token")
 
-        user = door.token("enduser")
-        denied = exchange(
-            server,
-            head("POST", "/api/models", f"Authorization: Bearer {user}", f"Content-Length: {300 * 2**20}"),
+        status, body, _ = exchange(
+            server, "POST /api/models", f"Authorization: Bearer {door.token('enduser')}", HUGE
         )
-        assert denied[0] == 403
+        assert status == 403
+        assert body["error"]["type"] == "Forbidden"
 
 
 def test_a_declared_length_over_the_limit_is_too_large_before_the_body_is_read(door: FrontDoor) -> None:
-    admin = door.token("admin")
     with serving(door) as server:
         status, body, _ = exchange(
-            server,
-            head("POST", "/api/models", f"Authorization: Bearer {admin}", f"Content-Length: {300 * 2**20}"),
+            server, "POST /api/models", f"Authorization: Bearer {door.token('admin')}", HUGE
         )
         assert status == 413
         assert body["error"]["message"] == "request body exceeds the 200 MB limit"
-        status, body, _ = exchange(
-            server,
-            head(
-                "POST",
-                "/api/auth/login",
-                "Content-Type: application/json",
-                f"Content-Length: {2 * 2**20}",
-            ),
-            b'{"username": "admin", "password": "',
-        )
+
+        two_mb = f"Content-Length: {2 * 2**20}"
+        status, body, _ = exchange(server, "POST /api/auth/login", JSON, two_mb, body_start=b'{"username": "')
         assert status == 413
         assert (
             body["error"]["message"] == "a JSON request body may be at most 1024 KiB (AIOT_WEB__MAX_JSON_KB)"
@@ -398,43 +388,22 @@ def test_a_chunked_json_body_is_cut_off_once_past_its_limit(settings: Settings, 
     with front_door(shared_url, {"web.max_json_kb": 16}) as door, serving(door) as server:
         piece = b"x" * 4096
         chunks = (b"%x\r\n" % len(piece) + piece + b"\r\n") * 8  # 32 KiB, never terminated
-        status, body, _ = exchange(
-            server,
-            head("POST", "/api/auth/login", "Content-Type: application/json", "Transfer-Encoding: chunked"),
-            chunks,
-        )
+        status, body, _ = exchange(server, "POST /api/auth/login", JSON, CHUNKED, body_start=chunks)
         assert status == 413
         assert body["error"]["message"] == "a JSON request body may be at most 16 KiB (AIOT_WEB__MAX_JSON_KB)"
 
 
 def test_bodies_that_are_let_in_still_arrive_whole(door: FrontDoor) -> None:
-    admin = door.token("admin")
+    close = "Connection: close"
     with serving(door) as server:
         garbage = b"not a zip" * 20_000  # 180 KB: most of it arrives after the head was admitted
-        status, body, _ = exchange(
-            server,
-            head(
-                "POST",
-                "/api/models",
-                f"Authorization: Bearer {admin}",
-                "Content-Type: application/zip",
-                f"Content-Length: {len(garbage)}",
-                "Connection: close",
-            ),
-            garbage,
-        )
+        admin = f"Authorization: Bearer {door.token('admin')}"
+        length = f"Content-Length: {len(garbage)}"
+        status, body, _ = exchange(server, "POST /api/models", admin, ZIP, length, close, body_start=garbage)
         assert status == 422, body
-        login = json.dumps({"username": "admin", "password": PASSWORD, "token_name": "t" * 60}).encode()
-        status, body, _ = exchange(
-            server,
-            head(
-                "POST",
-                "/api/auth/login",
-                "Content-Type: application/json",
-                "Transfer-Encoding: chunked",
-                "Connection: close",
-            ),
-            b"%x\r\n" % len(login) + login + b"\r\n0\r\n\r\n",
-        )
+
+        login = json.dumps({"username": "admin", "password": PASSWORD}).encode()
+        chunked = b"%x\r\n" % len(login) + login + b"\r\n0\r\n\r\n"
+        status, body, _ = exchange(server, "POST /api/auth/login", JSON, CHUNKED, close, body_start=chunked)
         assert status == 200, body
         assert body["user"]["username"] == "admin"
