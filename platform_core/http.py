@@ -19,8 +19,10 @@ overflows or an integer beyond 64 bits → 422 naming where it stands.
 one named thread the owning service starts and stops. A request whose body has
 not arrived with its headers is admitted by the same check as soon as its
 headers are in, on the server's I/O thread: a refused one is answered (401,
-403, 413) and its connection closed without reading the body, and a chunked
-body is cut off with 413 once it passes its limit.
+403, 413) without its body being read, and a chunked body is cut off with 413
+once it passes its limit; the connection then stops writing, drops what input
+still comes for a moment (so the client reads the answer rather than a reset)
+and closes.
 """
 
 from __future__ import annotations
@@ -295,9 +297,7 @@ def json_body(not_json: str = NOT_A_JSON_OBJECT) -> Any:
     if not request.is_json:
         raise BadRequest(not_json)
     limits = _limits()
-    limit, too_large = limits.body_limit(request)
-    if (request.content_length or 0) > limit:
-        raise PayloadTooLarge(too_large)
+    limit, too_large = limits.body_limit(request)  # a declared length past it was refused already
     data = request.stream.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(too_large)
@@ -501,6 +501,7 @@ class _AdmittingParser(HTTPRequestParser):  # type: ignore[misc]
         self.error = _Refusal(error)
         self.completed = True
         self.connection_close = True
+        self.expect_continue = False  # the answer is final: no "100 Continue" asks for the body
         return len(data)  # what else came with it is dropped, and nothing more is read
 
 

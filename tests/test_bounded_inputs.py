@@ -367,6 +367,9 @@ def test_an_anonymous_300_mb_upload_is_refused_before_its_body_is_read(door: Fro
         assert status == 403
         assert body["error"]["type"] == "Forbidden"
 
+        status, body, raw = exchange(server, "POST /api/models", ZIP, HUGE, "Expect: 100-continue")
+        assert status == 401  # and no "100 Continue" first, which would ask for the body
+
 
 def test_a_declared_length_over_the_limit_is_too_large_before_the_body_is_read(door: FrontDoor) -> None:
     with serving(door) as server:
