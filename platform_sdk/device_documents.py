@@ -10,6 +10,10 @@ the SDK can validate a controller command before it is sent.
 * ``Location``: where devices are (a school, a bank, a junction, a home), with its time zone.
 * ``DeviceInstance``: one device of a type at a location, simulated or real.
 * ``DeviceBundle``: several of each in one file, registered all or nothing.
+
+Numbers are finite: the documents refuse ``NaN`` and infinities, and a value checked against a
+``ParamSpec`` (an instance parameter, a command parameter, a reading) must be finite and within
+64 bits.
 """
 
 from __future__ import annotations

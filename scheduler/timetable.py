@@ -5,7 +5,9 @@ in ``docs/scheduling.md``) and every computation of run times from it. It is pur
 no bus, no clock (every function takes the instant it reasons about), so the service and the
 front door use the same rules and the tests pin them down.
 
-* ``ScheduleSpec.model_validate(document)`` checks a document on its own; ``validation_problems``
+* ``ScheduleSpec.model_validate(document)`` checks a document on its own, its lists and dates
+  bounded (at most ``MAX_TIMES`` times, seven days, dates from ``FIRST_DATE`` to ``LAST_DATE``,
+  durations and steps that no clock overflows); ``validation_problems``
   turns the ``ValidationError`` into ``{"field", "reason"}`` entries (``times[1]``, ``window.end``).
 * ``spec_problems(spec, tz, now)`` adds the checks that need the location's time zone and the
   clock (an unknown zone, a schedule whose last run is already over).
