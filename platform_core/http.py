@@ -50,7 +50,7 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import IntegerConverter, Map, RequestRedirect
 
 from platform_core.auth import Authenticator, Principal, access_rule, check_access
 from platform_core.blobstore import BlobStore
@@ -192,6 +192,15 @@ _MAX_INT = 2**63 - 1
 _NAMED_AT_MOST = 10  # bad numbers a 422 names
 # What a depth check has to look at: brackets, and strings (whose brackets do not count).
 _JSON_TOKENS = re.compile(r'[\[\]{}]|"[^"\\]*(?:\\.[^"\\]*)*"?')
+
+
+class _Int64Converter(IntegerConverter):
+    """``<int:…>`` path parameters within 64 bits: a longer number matches no route (404) instead
+    of overflowing the database's integers."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", _MAX_INT)
+        super().__init__(url_map, *args, **kwargs)
 
 
 def _limits() -> InputLimits:
@@ -375,6 +384,7 @@ def _base_app(
     app.config["MAX_CONTENT_LENGTH"] = limits.max_upload_mb * 1024 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[_LIMITS_KEY] = limits
+    app.url_map.converters["int"] = _Int64Converter
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     unguarded = sorted(

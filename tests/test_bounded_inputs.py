@@ -21,6 +21,7 @@ socket, so a request is shown to be answered while most of its body was never se
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -304,6 +305,54 @@ def test_a_bad_query_parameter_is_a_bad_request_naming_it(
 def test_the_widest_valid_time_range_reads_the_logs(door: FrontDoor) -> None:
     query = "since=0001-01-02T00:00:00Z&until=9999-12-30T00:00:00Z&limit=10000"
     assert json_of(door.client.get(f"/api/logs?{query}", headers=door.auth("admin"))) == {"records": []}
+
+
+# --- every route ------------------------------------------------------------------------------------
+
+HOSTILE_PATH_VALUES = ("x", "9" * 30, "%ff%00")
+HOSTILE_QUERIES = ("", "since=99999999d&until=-1&limit=1e400&level=%00&force=maybe&location=%ff")
+HOSTILE_BODIES = (
+    b"[" * 100_000,
+    b'{"name": NaN, "app": 1e400, "n": 99999999999999999999}',
+    b"\xff\xfe[",
+    b"[]",
+)
+
+
+def test_no_route_answers_hostile_input_with_a_server_error(door: FrontDoor) -> None:
+    """A bounded generated fuzz of the whole API as a configurer: path values, query parameters
+    and bodies no route expects get a JSON 4xx (503 is this test's missing bus), never a 500."""
+    seen: set[int] = set()
+    for rule in door.app.url_map.iter_rules():
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            headers = door.auth("admin")  # fresh: POST /api/auth/logout revokes the one it is sent with
+            values = HOSTILE_PATH_VALUES if "<" in rule.rule else ("",)
+            for value in values:
+                path = re.sub(r"<[^>]+>", value, rule.rule)
+                for query in HOSTILE_QUERIES:
+                    for body in HOSTILE_BODIES:
+                        response = door.client.open(
+                            f"{path}?{query}",
+                            method=method,
+                            data=body,
+                            content_type="application/json",
+                            headers=headers,
+                        )
+                        seen.add(response.status_code)
+                        assert response.status_code < 500 or response.status_code == 503, (
+                            method,
+                            path,
+                            query,
+                            body[:20],
+                        )
+                        if response.status_code >= 400:  # (308: a path that wants its trailing slash)
+                            error_of(response, response.status_code)
+    assert {400, 404, 422} <= seen
+
+
+def test_an_id_beyond_64_bits_in_a_path_is_not_found(door: FrontDoor) -> None:
+    response = door.client.delete("/api/auth/tokens/" + "9" * 30, headers=door.auth("aidev"))
+    assert error_of(response, 404)["type"] == "NotFound"
 
 
 # --- (d) the real server: refused before the body is read -----------------------------------------
