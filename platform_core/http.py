@@ -18,11 +18,14 @@ overflows or an integer beyond 64 bits → 422 naming where it stands.
 ``HttpServer`` serves an app with waitress (threads, no Flask dev server) on
 one named thread the owning service starts and stops. A request whose body has
 not arrived with its headers is admitted by the same check as soon as its
-headers are in, on the server's I/O thread: a refused one is answered (401,
-403, 413) without its body being read, and a chunked body is cut off with 413
-once it passes its limit; the connection then stops writing, drops what input
-still comes for a moment (so the client reads the answer rather than a reset)
-and closes.
+headers are in (on a worker thread, while the connection reads no more): a
+refused one is answered (401, 403, 413) without its body being read, an
+admitted one reads on (a client that sent ``Expect: 100-continue`` is told to
+go on only then), and a chunked body is cut off with 413 once it passes its
+limit. After a refusal the connection stops writing, drops what input still
+comes for a moment (so the client reads the answer rather than a reset) and
+closes. ``<int:…>`` path parameters are bounded to 64 bits (a longer one is
+404).
 """
 
 from __future__ import annotations
@@ -477,42 +480,66 @@ def _environ(parser: Any) -> dict[str, Any]:
 
 
 class _AdmittingParser(HTTPRequestParser):  # type: ignore[misc]
-    """waitress's request parser, with the app's admission run once the headers are in.
+    """waitress's request parser, holding a request's body until the app has admitted its headers.
 
-    A body that came with its headers is left to the app's own check (nothing is saved by
-    refusing it earlier). Otherwise a refused request is completed at once with its refusal and
-    the rest of the body is never read; a chunked body is cut off once it passes its limit.
+    A body that came whole with its headers is left to the app's own check (nothing is saved by
+    refusing it earlier). Otherwise the parser waits (``awaiting``) while ``_AdmittingChannel``
+    asks the app on a worker thread; what arrives meanwhile is held, and the channel reads no
+    more. A refused request is completed with its refusal and the rest of its body never read; a
+    chunked body is cut off once it passes its limit.
     """
 
-    admit_early: AdmitEarly
+    expect_continue: bool  # waitress's: the client sent "Expect: 100-continue"
+    awaiting = False
+    asked = False
+    held = b""
+    wants_continue = False
     _limit: tuple[int, str] | None = None
 
     def received(self, data: bytes) -> int:
+        if self.awaiting:
+            self.held += data  # at most one read: the channel is not readable meanwhile
+            return len(data)
         consumed: int = super().received(data)
         if self.completed or not self.headers_finished:
             return consumed
         if self._limit is None:
             if not self.chunked and len(data) - consumed >= self.content_length:
                 self._limit = (self.content_length, "")  # here already: the app checks it
-                return consumed
-            try:
-                admitted = self.admit_early(_environ(self))
-            except Exception:  # the app checks it again once the body is in
-                log.exception("could not admit %s %s before its body", self.command, self.path)
-                admitted = (_MAX_INT, "")
-            if isinstance(admitted, PlatformError):
-                return self._refuse(admitted, data)
-            self._limit = admitted
+            else:  # no "100 Continue" before the app has said yes
+                self.awaiting, self.wants_continue, self.expect_continue = True, self.expect_continue, False
         elif self.chunked and self.body_bytes_received > self._limit[0]:
-            return self._refuse(PayloadTooLarge(self._limit[1]), data)
+            self.refuse(PayloadTooLarge(self._limit[1]))
+            return len(data)  # what else came with it is dropped, and nothing more is read
         return consumed
 
-    def _refuse(self, error: PlatformError, data: bytes) -> int:
+    def refuse(self, error: PlatformError) -> None:
         self.error = _Refusal(error)
         self.completed = True
         self.connection_close = True
-        self.expect_continue = False  # the answer is final: no "100 Continue" asks for the body
-        return len(data)  # what else came with it is dropped, and nothing more is read
+        self.awaiting = self.expect_continue = False
+        self.held = b""
+
+
+class _Admission:
+    """A task for waitress's worker threads: ask the app about a request whose headers are in,
+    then hand the answer to its channel on the I/O thread (through the server's trigger)."""
+
+    def __init__(self, channel: _AdmittingChannel, request: _AdmittingParser) -> None:
+        self.channel = channel
+        self.request = request
+
+    def service(self) -> None:
+        answer: PlatformError | tuple[int, str]
+        try:
+            answer = self.channel.admit_early(_environ(self.request))
+        except Exception:  # the app checks it again once the body is in
+            log.exception("could not admit %s %s before its body", self.request.command, self.request.path)
+            answer = (_MAX_INT, "")
+        self.channel.server.trigger.pull_trigger(lambda: self.channel.admitted(self.request, answer))
+
+    def cancel(self) -> None:
+        """The server is stopping: nothing to answer."""
 
 
 # After a refusal, what of the body is still on its way is read and dropped for this long at
@@ -522,18 +549,54 @@ _LINGER_BYTES = 4 * 1024 * 1024
 
 
 class _AdmittingChannel(HTTPChannel):  # type: ignore[misc]
-    """waitress's connection, parsing with ``_AdmittingParser``; after a refusal it closes gently:
-    its answer sent, it stops writing and drops what still comes (``_LINGER_S``, ``_LINGER_BYTES``)
-    before it closes."""
+    """waitress's connection, parsing with ``_AdmittingParser`` and having a request admitted
+    before its body is read; after a refusal it closes gently: its answer sent, it stops writing
+    and drops what still comes (``_LINGER_S``, ``_LINGER_BYTES``) before it closes."""
 
+    admit_early: AdmitEarly
+    request: Any  # waitress's: the request being read (an ``_AdmittingParser``), or None
     _refused = False
     _linger_until: float | None = None
     _dropped = 0
 
     def received(self, data: bytes) -> bool:
         went_on: bool = super().received(data)
-        self._refused = self._refused or any(isinstance(request.error, _Refusal) for request in self.requests)
+        request = self.request
+        if isinstance(request, _AdmittingParser) and request.awaiting and not request.asked:
+            request.asked = True
+            self.server.add_task(_Admission(self, request))
         return went_on
+
+    def readable(self) -> bool:
+        request = self.request
+        waiting = isinstance(request, _AdmittingParser) and request.awaiting
+        return bool(super().readable()) and not waiting
+
+    def admitted(self, request: _AdmittingParser, answer: PlatformError | tuple[int, str]) -> None:
+        """The app's answer about ``request`` (on the I/O thread): refuse it, or read on."""
+        if request is not self.request or not self.connected:
+            return
+        if isinstance(answer, PlatformError):
+            request.refuse(answer)
+            with self.requests_lock:
+                self.requests.append(request)
+                if len(self.requests) == 1:
+                    self.server.add_task(self)
+                self.request = None
+        else:
+            request._limit = answer
+            request.awaiting, request.expect_continue = False, request.wants_continue
+            held, request.held = request.held, b""
+            if held:
+                self.received(held)
+            elif request.expect_continue and not self.requests and not self.sent_continue:
+                self.send_continue()
+        self.server.pull_trigger()  # the loop looks at readable() again
+
+    def service(self) -> None:
+        """Answer the next request (on a worker thread); a refusal makes the close gentle."""
+        self._refused = self._refused or isinstance(self.requests[0].error, _Refusal)
+        super().service()
 
     def handle_close(self) -> None:
         if self._refused and self._linger_until is None and self.connected:
@@ -559,8 +622,8 @@ class _AdmittingChannel(HTTPChannel):  # type: ignore[misc]
 
 
 def _admitting_channel(admit_early: AdmitEarly) -> type[Any]:
-    parser = type("AdmittingParser", (_AdmittingParser,), {"admit_early": staticmethod(admit_early)})
-    channel: type[Any] = type("AdmittingChannel", (_AdmittingChannel,), {"parser_class": parser})
+    namespace = {"admit_early": staticmethod(admit_early), "parser_class": _AdmittingParser}
+    channel: type[Any] = type("AdmittingChannel", (_AdmittingChannel,), namespace)
     return channel
 
 

@@ -459,3 +459,23 @@ def test_bodies_that_are_let_in_still_arrive_whole(door: FrontDoor) -> None:
         status, body, _ = exchange(server, "POST /api/auth/login", JSON, CHUNKED, close, body_start=chunked)
         assert status == 200, body
         assert body["user"]["username"] == "admin"
+
+
+def test_a_client_that_expects_100_continue_is_told_to_go_on_once_admitted(door: FrontDoor) -> None:
+    garbage = b"not a zip" * 1000
+    head = (
+        "POST /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {door.token('admin')}\r\n{ZIP}\r\n"
+        f"Content-Length: {len(garbage)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    with (
+        serving(door) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection,
+    ):
+        connection.sendall(head.encode())
+        assert connection.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        connection.sendall(garbage)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 422 "), answer[:200]
