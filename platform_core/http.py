@@ -536,7 +536,8 @@ class _Admission:
         except Exception:  # the app checks it again once the body is in
             log.exception("could not admit %s %s before its body", self.request.command, self.request.path)
             answer = (_MAX_INT, "")
-        self.channel.server.trigger.pull_trigger(lambda: self.channel.admitted(self.request, answer))
+        with contextlib.suppress(OSError):  # the server stopped meanwhile
+            self.channel.server.trigger.pull_trigger(lambda: self.channel.admitted(self.request, answer))
 
     def cancel(self) -> None:
         """The server is stopping: nothing to answer."""
@@ -591,7 +592,6 @@ class _AdmittingChannel(HTTPChannel):  # type: ignore[misc]
                 self.received(held)
             elif request.expect_continue and not self.requests and not self.sent_continue:
                 self.send_continue()
-        self.server.pull_trigger()  # the loop looks at readable() again
 
     def service(self) -> None:
         """Answer the next request (on a worker thread); a refusal makes the close gentle."""
