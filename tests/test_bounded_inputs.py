@@ -9,9 +9,14 @@
   steps too long for any clock → 422 naming the field, answered at once.
 * Query parameters: ``since=99999999d`` and every other malformed or out-of-range value → 400
   naming the parameter.
+* Every route: a bounded generated fuzz (hostile path values, query parameters and bodies)
+  gets no 500; an id beyond 64 bits in a path is 404.
 * The real server (waitress): an anonymous request is refused (401) as soon as its headers
   are in, without its body being read; a body whose declared length is over its limit gets
-  413 the same way, and a chunked one once it passes the limit. Authorised bodies still arrive.
+  413 the same way, and a chunked one once it passes the limit. Authorised bodies still arrive,
+  and ``Expect: 100-continue`` is answered only once the request is let in.
+* Manifests (``model.json`` in an upload): ``NaN``, infinities, overflowing floats and deep
+  nesting are refused naming the file.
 
 Each test builds the real front door (``tests.test_front_door``) on one migrated SQLite file
 with a user of each role; the server tests serve it with ``HttpServer`` and speak HTTP over a
@@ -26,12 +31,15 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from platform_core.http import HttpServer
+from platform_sdk.artifacts import ModelManifest, parse_manifest
 from platform_sdk.device_documents import DeviceType
+from platform_sdk.errors import ValidationFailed
 from platform_sdk.settings import Settings
 from tests.test_front_door import (
     PASSWORD,
@@ -45,6 +53,7 @@ from tests.test_front_door import (
 )
 from tests.test_schedule_api import GOOD
 
+COMFORT = Path(__file__).resolve().parents[1] / "examples" / "models" / "comfort" / "model.json"
 # Every route that reads a JSON body, with who may call it.
 JSON_ROUTES = [
     ("/api/auth/login", None),
@@ -479,3 +488,31 @@ def test_a_client_that_expects_100_continue_is_told_to_go_on_once_admitted(door:
         while chunk := connection.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 422 "), answer[:200]
+
+
+# --- manifests: the JSON inside an uploaded zip ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ('"tolerance": Infinity', "Infinity is not a number JSON allows"),
+        ('"tolerance": NaN', "NaN is not a number JSON allows"),
+        ('"tolerance": 1e400', "a number too large for a 64-bit float"),
+        ('"deep": ' + "[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_model_manifest_with_a_number_json_cannot_hold_is_refused_naming_the_file(
+    change: str, reason: str
+) -> None:
+    raw = COMFORT.read_text().replace("{", "{" + change + ", ", 1).encode()
+    with pytest.raises(ValidationFailed) as refused:
+        parse_manifest(raw, ModelManifest, file="model.json")
+    assert refused.value.message.startswith("model.json: is not valid JSON")
+    assert reason in refused.value.message
+
+
+def test_manifest_floats_are_finite() -> None:
+    comfort = json.loads(COMFORT.read_text())
+    with pytest.raises(ValueError, match="finite number"):
+        ModelManifest.model_validate(comfort | {"example": comfort["example"] | {"tolerance": float("inf")}})
