@@ -508,7 +508,7 @@ class _AdmittingParser(HTTPRequestParser):  # type: ignore[misc]
                 self._limit = (self.content_length, "")  # here already: the app checks it
             else:  # no "100 Continue" before the app has said yes
                 self.awaiting, self.wants_continue, self.expect_continue = True, self.expect_continue, False
-        elif self.chunked and self.body_bytes_received > self._limit[0]:
+        elif self.chunked and len(self.body_rcv) > self._limit[0]:  # the body so far, unchunked
             self.refuse(PayloadTooLarge(self._limit[1]))
             return len(data)  # what else came with it is dropped, and nothing more is read
         return consumed
