@@ -32,17 +32,23 @@ MAX_LIMIT = 10_000
 
 
 def parse_time(value: str, now: datetime | None = None) -> datetime:
-    """``"10m"``/``"2h"``/``"1d"`` ago, or an ISO 8601 time (UTC when no zone is given)."""
+    """``"10m"``/``"2h"``/``"1d"`` ago, or an ISO 8601 time (UTC when no zone is given), in UTC.
+
+    ``BadRequest`` for anything else, and for a time before year 1 or after year 9999 (``99999999d``).
+    """
     text = value.strip()
+    shown = repr(text if len(text) <= 40 else f"{text[:20]}…")
     relative = _RELATIVE.match(text)
-    if relative:
-        delta = timedelta(**{_UNITS[relative["unit"]]: int(relative["amount"])})
-        return (now or datetime.now(UTC)) - delta
     try:
+        if relative:
+            delta = timedelta(**{_UNITS[relative["unit"]]: int(relative["amount"])})
+            return (now or datetime.now(UTC)) - delta
         parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(f"time {value!r} is neither like '10m', '2h', '1d' nor ISO 8601") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except ValueError:  # also int() of a number of thousands of digits
+        raise BadRequest(f"time {shown} is neither like '10m', '2h', '1d' nor ISO 8601") from None
+    except OverflowError:
+        raise BadRequest(f"time {shown} is out of range (years 1 to 9999)") from None
 
 
 def level_rank(level: str) -> int:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal, TypeVar
@@ -180,12 +181,16 @@ def parse_manifest(raw: bytes, manifest_type: type[M], *, file: str) -> M:
     as ``{"file", "field", "reason"}`` (``field`` is None for the document as a whole).
     """
     try:
-        document = json.loads(raw.decode("utf-8-sig"))
+        document = json.loads(raw.decode("utf-8-sig"), parse_constant=_no_constant, parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise _manifest_failure(file, [(None, f"is not valid JSON (not UTF-8: {exc})")]) from exc
     except json.JSONDecodeError as exc:
         reason = f"is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
         raise _manifest_failure(file, [(None, reason)]) from exc
+    except ValueError as exc:  # a number JSON cannot hold
+        raise _manifest_failure(file, [(None, f"is not valid JSON ({exc})")]) from exc
+    except RecursionError as exc:
+        raise _manifest_failure(file, [(None, "is not valid JSON (nested too deeply)")]) from exc
     try:
         return manifest_type.model_validate(document)
     except ValidationError as exc:
@@ -194,6 +199,17 @@ def parse_manifest(raw: bytes, manifest_type: type[M], *, file: str) -> M:
             for error in exc.errors(include_url=False, include_input=False)
         ]
         raise _manifest_failure(file, problems) from exc
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError("a number too large for a 64-bit float")
+    return value
 
 
 def _manifest_failure(file: str, problems: list[tuple[str | None, str]]) -> ValidationFailed:
@@ -207,7 +223,7 @@ def _manifest_failure(file: str, problems: list[tuple[str | None, str]]) -> Vali
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FieldSpec(_Strict):

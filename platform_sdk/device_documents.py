@@ -11,10 +11,15 @@ the SDK can validate a controller command before it is sent.
   and, optionally, the only users who may schedule apps there.
 * ``DeviceInstance``: one device of a type at a location, simulated or real.
 * ``DeviceBundle``: several of each in one file, registered all or nothing.
+
+Numbers are finite: the documents refuse ``NaN`` and infinities, and a value checked against a
+``ParamSpec`` (an instance parameter, a command parameter, a reading) must be finite and within
+64 bits.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
 from typing import Annotated, Any, Literal
@@ -29,6 +34,7 @@ SIMULATORS = ("camera", "light", "temperature", "fan", "display", "ac")
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 MAX_IMAGE_BYTES_CEILING = 6 * 1024 * 1024
+MAX_INT = 2**63 - 1  # numbers of readings, commands and parameters fit in 64 bits
 
 ParamType = Literal["int", "float", "bool", "string", "image"]
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
@@ -41,7 +47,7 @@ _ARTICLE_TYPE = {"int": "an integer", "float": "a number", "bool": "true or fals
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ParamSpec(_Strict):
@@ -101,6 +107,10 @@ class ParamSpec(_Strict):
         if (isinstance(value, bool) and self.type != "bool") or not isinstance(value, expected):
             return f"must be {_ARTICLE_TYPE[self.type]}, not {value!r}"
         number: Any = value
+        if isinstance(number, float) and not math.isfinite(number):
+            return f"{value} is not a finite number"
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) > MAX_INT:
+            return f"{_ARTICLE_TYPE[self.type]} beyond the 64-bit range is not accepted"
         if self.min is not None and number < self.min:
             return f"{value} is below the minimum {self.min:g}"
         if self.max is not None and number > self.max:

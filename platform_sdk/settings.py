@@ -229,7 +229,26 @@ class WebSettings(BaseModel):
         description="Public base URL clients use. Empty: read from AIOT_HOME's run state.",
     )
     threads: int = Field(default=8, ge=1, description="Worker threads of the WSGI server.")
-    max_upload_mb: int = Field(default=200, ge=1, description="Largest request body accepted.")
+    max_upload_mb: int = Field(
+        default=200,
+        ge=1,
+        description="Largest request body that is not JSON (a model or app upload), in MiB; a bigger "
+        "one is refused with 413 before it is read.",
+    )
+    # Limits on input (docs/api.md, "Limits on input"): a request past one is refused with a 4xx.
+    max_json_kb: int = Field(
+        default=1024,
+        ge=1,
+        description="Largest JSON request body, in KiB; a bigger one is refused with 413 before it is "
+        "read (Content-Length) or once that much has arrived (chunked).",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=2,
+        le=200,
+        description="Deepest nesting of arrays and objects in a JSON request body; deeper is refused "
+        "with 400 before it is parsed.",
+    )
 
 
 _TEN_YEARS_S = 10 * 365 * 24 * 3600.0

@@ -28,7 +28,7 @@ from app_manager.messages import AppVersion, PickAppVersion, app_manager_topic
 from deployer.messages import InstanceInfo, Instances, ListInstances, StopInstance
 from device_manager.messages import CheckLocation, LocationCheck
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import ask, resources
+from platform_core.http import ask, json_body, resources
 from platform_sdk.errors import BadRequest, Forbidden, NotFound, PlatformError, ValidationFailed
 from scheduler import timetable
 from scheduler.mail import MailView, list_mails, local_mailbox
@@ -96,11 +96,14 @@ def _tell_scheduler(schedule_id: str, action: ScheduleAction) -> None:
 
 
 # schedules ---------------------------------------------------------------------------------
+NOT_A_SCHEDULE = "the request body must be a JSON schedule document (see docs/scheduling.md)"
+
+
 def _schedule_document() -> timetable.ScheduleSpec:
-    body = flask.request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON schedule document (see docs/scheduling.md)")
     try:
+        body = json_body(NOT_A_SCHEDULE)
+        if not isinstance(body, dict):
+            raise BadRequest(NOT_A_SCHEDULE)
         return timetable.ScheduleSpec.model_validate(body)
     except ValidationError as exc:
         problems = timetable.validation_problems(exc)

@@ -5,7 +5,9 @@ in ``docs/scheduling.md``) and every computation of run times from it. It is pur
 no bus, no clock (every function takes the instant it reasons about), so the service and the
 front door use the same rules and the tests pin them down.
 
-* ``ScheduleSpec.model_validate(document)`` checks a document on its own; ``validation_problems``
+* ``ScheduleSpec.model_validate(document)`` checks a document on its own, its lists and dates
+  bounded (at most ``MAX_TIMES`` times, seven days, dates from ``FIRST_DATE`` to ``LAST_DATE``,
+  durations and steps that no clock overflows); ``validation_problems``
   turns the ``ValidationError`` into ``{"field", "reason"}`` entries (``times[1]``, ``window.end``).
 * ``spec_problems(spec, tz, now)`` adds the checks that need the location's time zone and the
   clock (an unknown zone, a schedule whose last run is already over).
@@ -43,6 +45,11 @@ DURATION_PATTERN = r"^(?=\d)(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$"
 EVERY_PATTERN = r"^([1-9]\d*)([hm])$"
 MIN_DURATION = timedelta(seconds=10)
 MAX_DURATION = timedelta(days=7)
+# Bounds of the document's lists and dates (published in its JSON Schema): a time a minute is
+# every start a day can have, and the dates leave room for a window past midnight.
+MAX_TIMES = 24 * 60
+FIRST_DATE = date(2000, 1, 1)
+LAST_DATE = date(9998, 12, 31)
 # Runs of `every` are counted within each day, so a step longer than a day would never repeat.
 MAX_EVERY = timedelta(hours=24)
 
@@ -69,10 +76,17 @@ def _error(reason: str) -> PydanticCustomError:
 def parse_duration(text: str) -> timedelta:
     """``"1h30m"`` as a timedelta; ``ValueError`` when it is not that format."""
     match = re.fullmatch(DURATION_PATTERN, text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like 90s, 10m, 2h or 1h30m")
+    if match is None or len(text) > 32:
+        raise ValueError(f"{_shown(text)} is not a duration like 90s, 10m, 2h or 1h30m")
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{_shown(text)} is longer than any duration") from None
+
+
+def _shown(text: str) -> str:
+    return '"' + (text if len(text) <= 32 else text[:16] + "…") + '"'
 
 
 def format_duration(span: timedelta) -> str:
@@ -89,8 +103,9 @@ def format_duration(span: timedelta) -> str:
 def _every_step(text: str) -> timedelta:
     match = re.fullmatch(EVERY_PATTERN, text)
     if match is None:
-        raise ValueError(f'"{text}" is not <N>h or <N>m')
-    count = int(match.group(1))
+        raise ValueError(f"{_shown(text)} is not <N>h or <N>m")
+    digits = match.group(1)
+    count = int(digits) if len(digits) <= 6 else 10**6  # past MAX_EVERY either way
     return timedelta(hours=count) if match.group(2) == "h" else timedelta(minutes=count)
 
 
@@ -101,7 +116,7 @@ def _minutes(clock_time: str) -> int:
 
 def _check_clock_time(value: str) -> str:
     if re.fullmatch(CLOCK_TIME_PATTERN, value) is None:
-        raise _error(f'"{value}" is not HH:MM')
+        raise _error(f"{_shown(value)} is not HH:MM")
     return value
 
 
@@ -109,7 +124,7 @@ def _check_duration(value: str) -> str:
     try:
         span = parse_duration(value)
     except ValueError as exc:
-        raise _error(f'"{value}" is not a duration like 90s, 10m, 2h or 1h30m') from exc
+        raise _error(str(exc)) from exc
     if span < MIN_DURATION:
         raise _error(f"at least {format_duration(MIN_DURATION)}")
     if span > MAX_DURATION:
@@ -206,6 +221,7 @@ class ScheduleSpec(_Strict):
     )
     times: list[ClockTime] | None = Field(
         default=None,
+        max_length=MAX_TIMES,
         description="Mode `times`: a run starts at each of these local times of day, "
         'e.g. ["08:00", "20:00"].',
     )
@@ -224,13 +240,20 @@ class ScheduleSpec(_Strict):
         "Required with now, times and every; a window run lasts the window.",
     )
     start_date: date | None = Field(
-        default=None, description="First day with runs, YYYY-MM-DD (required except with `now`)."
+        default=None,
+        ge=FIRST_DATE,
+        le=LAST_DATE,
+        description="First day with runs, YYYY-MM-DD (required except with `now`).",
     )
     end_date: date | None = Field(
-        default=None, description="Last day with runs, inclusive, YYYY-MM-DD (required except with `now`)."
+        default=None,
+        ge=FIRST_DATE,
+        le=LAST_DATE,
+        description="Last day with runs, inclusive, YYYY-MM-DD (required except with `now`).",
     )
     days: list[Weekday] | None = Field(
         default=None,
+        max_length=len(WEEKDAYS),
         description="The days of the week with runs, of mon..sun (default all; not used with `now`).",
     )
 
@@ -331,10 +354,13 @@ class ScheduleSpec(_Strict):
 
 def _repeats(name: str, values: Sequence[str]) -> list[_Problem]:
     problems: list[_Problem] = []
+    first: dict[str, int] = {}
     for index, value in enumerate(values):
-        if value in values[:index]:
-            reason = f'"{value}" repeats {name}[{values.index(value)}]'
+        if value in first:
+            reason = f'"{value}" repeats {name}[{first[value]}]'
             problems.append(((name, index), reason, value))
+        else:
+            first[value] = index
     return problems
 
 
