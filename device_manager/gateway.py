@@ -83,7 +83,6 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -91,6 +90,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_manager import registry
+from device_manager.mqtt_auth import broker_address
 from device_manager.states import read_latest
 from platform_core.db import Database
 from platform_core.service import PeriodicTask
@@ -302,21 +302,6 @@ def state_message(device_type: DeviceType, payload: bytes) -> StateMessage:
         if problems:
             raise _Refused("invalid", f"state does not fit type {device_type.name!r}: " + "; ".join(problems))
     return StateMessage(state=state, command_id=command_id, accepted=accepted, error=error)
-
-
-def broker_address(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    """(host, port, tls, username, password) of ``mqtt://[user:password@]HOST[:PORT]`` (or ``mqtts://``)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise BadRequest(f"device.mqtt_url {url!r} is not mqtt://HOST:PORT (or mqtts://HOST:PORT)")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise BadRequest(f"device.mqtt_url {url!r}: {exc}") from exc
-    tls = parts.scheme == "mqtts"
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port or (8883 if tls else 1883), tls, username, password
 
 
 class _QuietAfterDisconnect(logging.Filter):

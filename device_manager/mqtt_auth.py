@@ -40,12 +40,13 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from device_manager.models import DeviceRow, DeviceTypeRow, MqttCredentialRow
-from platform_core.blobstore import _write_atomically
+from platform_core.blobstore import write_atomically as write_file_atomically
 from platform_core.db import Database, utcnow
 from platform_sdk.device_documents import DEVICE_NAME_PATTERN
 from platform_sdk.errors import BadRequest, Conflict
@@ -177,16 +178,29 @@ def write_atomically(path: Path, text: str) -> bool:
             return False
     except FileNotFoundError:
         pass
-    _write_atomically(path, [text.encode()], make_folder=True)  # its temporary file is 0600 (mkstemp)
+    write_file_atomically(path, [text.encode()], make_folder=True)  # its temporary file is 0600 (mkstemp)
     return True
+
+
+def broker_address(url: str) -> tuple[str, int, bool, str | None, str | None]:
+    """(host, port, tls, username, password) of ``mqtt://[user:password@]HOST[:PORT]`` (or ``mqtts://``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise BadRequest(f"device.mqtt_url {url!r} is not mqtt://HOST:PORT (or mqtts://HOST:PORT)")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise BadRequest(f"device.mqtt_url {url!r}: {exc}") from exc
+    tls = parts.scheme == "mqtts"
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname, port or (8883 if tls else 1883), tls, username, password
 
 
 class MqttAuthFiles:
     """Mosquitto's password and ACL files, rewritten from the registry by ``write()``."""
 
     def __init__(self, settings: Settings, database: Database) -> None:
-        from device_manager.gateway import broker_address  # paho-mqtt only where it is used
-
         device = settings.device
         if device.mqtt_password_file is None or device.mqtt_acl_file is None:
             raise BadRequest("device.mqtt_password_file and device.mqtt_acl_file are set together")

@@ -153,7 +153,7 @@ class BlobStore(abc.ABC):
 
         The folder of ``path`` must exist. ``NotFound`` leaves ``path`` untouched.
         """
-        _write_atomically(Path(path), self.open(key))
+        write_atomically(Path(path), self.open(key))
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> list[BlobInfo]:
@@ -183,7 +183,7 @@ class BlobStore(abc.ABC):
         self.close()
 
 
-def _write_atomically(target: Path, chunks: Iterable[bytes], *, make_folder: bool = False) -> int:
+def write_atomically(target: Path, chunks: Iterable[bytes], *, make_folder: bool = False) -> int:
     """Write to a temp file beside ``target``, then rename; return the byte count.
 
     The temp file lives in the target's folder because ``os.replace`` is only
@@ -238,7 +238,7 @@ class LocalBlobStore(BlobStore):
             [bytes(data)] if isinstance(data, bytes | bytearray | memoryview) else _iter_chunks(data)
         )
         try:
-            _write_atomically(path, chunks, make_folder=True)
+            write_atomically(path, chunks, make_folder=True)
         except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
             raise Conflict(
                 f"cannot store blob {key!r}: a blob or folder in its path clashes with it "
