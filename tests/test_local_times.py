@@ -102,14 +102,18 @@ class Site:
         return result
 
     def aiot_unchecked(self, username: str, *args: str) -> Result:
+        save_credentials(
+            self.settings, Credentials(url=self.url, username=username, token=self.token(username))
+        )
+        return CliRunner().invoke(aiot_app, list(args), env={"COLUMNS": "250", "NO_COLOR": "1"})
+
+    def token(self, username: str) -> str:
+        """An API token of ``username``, minted on first use."""
         if username not in self.tokens:
             with self.database.session() as session:
                 user = identity.read_user(session, username)
                 self.tokens[username] = identity.issue_token(session, user, "cli").secret
-        save_credentials(
-            self.settings, Credentials(url=self.url, username=username, token=self.tokens[username])
-        )
-        return CliRunner().invoke(aiot_app, list(args), env={"COLUMNS": "250", "NO_COLOR": "1"})
+        return self.tokens[username]
 
     def send(self, topic: str, message: Message, key: str) -> None:
         producer = Producer(self.bus)
