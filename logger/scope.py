@@ -14,7 +14,11 @@ reads no other domain's tables):
     instance ──ListInstances(instance_ids)──▶ the deployer ──▶ who scheduled it, its app
              ──FindAppOwners──▶ the app manager (commands.app-manager)  ──▶ the app's owner
 
-Each question asks about every service of a listing at once. ``LogReaders`` keeps the answers
+A caller's role says which owners are asked at all (``OWNS``: only AI developers and configurers
+upload models; app developers and configurers apps; end users, app developers and configurers
+schedule): an AI developer's read asks the AI manager only, an app developer's or end user's the
+deployer and the app manager, a configurer's nobody. Each question asks about every service of a
+listing at once. ``LogReaders`` keeps the answers
 (known or not) for ``ttl_s`` seconds, at most ``max_entries`` of each kind; the front door app
 holds one (``logger.api``), so they live and die with it.
 """
@@ -26,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from ai_manager.messages import FindModelOwners, ModelOwners, ai_manager_topic
 from app_manager.messages import AppOwners, FindAppOwners, app_manager_topic
@@ -40,6 +44,16 @@ from platform_sdk.messages import LogRecord
 OWNERS_TTL_S = 10.0  # how long an owner's answer is trusted (a model deleted and taken by another)
 OWNERS_MAX_ENTRIES = 4096  # answers kept per kind (models, apps, instances)
 CONFIGURERS_ONLY = "its logs are for platform configurers only"
+MODEL_READERS = "its logs are for the model's owner and platform configurers"
+INSTANCE_READERS = "its logs are for whoever scheduled it, the app's developer and platform configurers"
+Kind = Literal["model", "instance"]
+# What a role can own or schedule at all (who uploads models and apps, who schedules: docs/api.md);
+# its owners are asked about these kinds only.
+OWNS: dict[Role, tuple[Kind, ...]] = {
+    Role.AI_DEVELOPER: ("model",),
+    Role.APP_DEVELOPER: ("instance",),
+    Role.END_USER: ("instance",),
+}
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -154,25 +168,44 @@ class LogReaders:
     def sees_all(principal: Principal) -> bool:
         return principal.role is Role.PLATFORM_CONFIGURER
 
-    def readers(self, service_ids: Iterable[str]) -> dict[str, Readers]:
-        """Who reads each service's logs; one question per domain at most, for all of them."""
+    def readers(
+        self, service_ids: Iterable[str], kinds: Collection[Kind] = ("model", "instance")
+    ) -> dict[str, Readers]:
+        """Who reads each service's logs; one question per domain at most, for all of them.
+
+        Only the owners of ``kinds`` are asked; the other replicas and instances get no readers.
+        """
         wanted = set(service_ids)
         model_of = {service: model for service in wanted if (model := model_of_service(service))}
         instance_of = {service: inst for service in wanted if (inst := instance_of_service(service))}
-        models = self.models.resolve(set(model_of.values()), self.owners.models) if model_of else {}
+        asking_models, asking_instances = "model" in kinds and model_of, "instance" in kinds and instance_of
+        models = self.models.resolve(set(model_of.values()), self.owners.models) if asking_models else {}
         instances = (
-            self.instances.resolve(set(instance_of.values()), self.owners.instances) if instance_of else {}
+            self.instances.resolve(set(instance_of.values()), self.owners.instances)
+            if asking_instances
+            else {}
         )
         app_ids = {found.app_id for found in instances.values() if found is not None}
         apps = self.apps.resolve(app_ids, self.owners.apps) if app_ids else {}
         answer: dict[str, Readers] = {}
         for service in wanted:
             if service in model_of:
-                answer[service] = _model_readers(model_of[service], models[model_of[service]])
+                model_id = model_of[service]
+                answer[service] = (
+                    _model_readers(model_id, models[model_id])
+                    if asking_models
+                    else Readers(frozenset(), f"it is a replica of model {model_id}; {MODEL_READERS}")
+                )
             elif service in instance_of:
-                scheduled = instances[instance_of[service]]
-                app = apps.get(scheduled.app_id) if scheduled is not None else None
-                answer[service] = _instance_readers(instance_of[service], scheduled, app)
+                instance_id = instance_of[service]
+                if asking_instances:
+                    scheduled = instances[instance_id]
+                    app = apps.get(scheduled.app_id) if scheduled is not None else None
+                    answer[service] = _instance_readers(instance_id, scheduled, app)
+                else:
+                    answer[service] = Readers(
+                        frozenset(), f"it is app instance {instance_id!r}; {INSTANCE_READERS}"
+                    )
             else:
                 answer[service] = Readers(frozenset(), f"it is a platform service; {CONFIGURERS_ONLY}")
         return answer
@@ -181,14 +214,14 @@ class LogReaders:
         """The services among ``service_ids`` whose logs ``principal`` may read."""
         if self.sees_all(principal):
             return set(service_ids)
-        found = self.readers(service_ids)
+        found = self.readers(service_ids, OWNS.get(principal.role, ()))
         return {service for service, readers in found.items() if principal.username in readers.users}
 
     def check(self, principal: Principal, service_id: str) -> None:
         """``Forbidden`` naming the service and why, unless ``principal`` may read its logs."""
         if self.sees_all(principal):
             return
-        readers = self.readers([service_id])[service_id]
+        readers = self.readers([service_id], OWNS.get(principal.role, ()))[service_id]
         if principal.username not in readers.users:
             raise Forbidden(
                 f"you ({principal.username}, {principal.role}) may not read the logs of service "
@@ -229,11 +262,7 @@ def _model_readers(model_id: str, model: Owned | None) -> Readers:
             f"it is a replica of model {model_id}, which the AI manager does not know; {CONFIGURERS_ONLY}"
         )
         return Readers(frozenset(), reason)
-    reason = (
-        f"it is a replica of model {model.name!r}; its logs are for the model's owner and "
-        "platform configurers"
-    )
-    return Readers(frozenset({model.owner}), reason)
+    return Readers(frozenset({model.owner}), f"it is a replica of model {model.name!r}; {MODEL_READERS}")
 
 
 def _instance_readers(instance_id: str, scheduled: Scheduled | None, app: Owned | None) -> Readers:
@@ -241,8 +270,5 @@ def _instance_readers(instance_id: str, scheduled: Scheduled | None, app: Owned 
         reason = f"it is app instance {instance_id!r}, which the deployer does not know; {CONFIGURERS_ONLY}"
         return Readers(frozenset(), reason)
     users = {scheduled.owner} | ({app.owner} if app is not None else set())
-    reason = (
-        f"it is app instance {instance_id!r} of app {scheduled.app!r}; its logs are for whoever "
-        "scheduled it, the app's developer and platform configurers"
-    )
+    reason = f"it is app instance {instance_id!r} of app {scheduled.app!r}; {INSTANCE_READERS}"
     return Readers(frozenset(users), reason)

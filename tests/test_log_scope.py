@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+import platform_core.http
 from ai_manager.models import ModelRow
 from app_manager.models import AppRow
 from deployer.messages import deployment_id_for, instance_service_id, replica_service_id
@@ -121,13 +122,18 @@ def collect_every_service(site: Site) -> None:
 
 
 @pytest.fixture
-def scoped(site: Site) -> Iterator[Site]:
-    """The site with both developers of each kind, their instances and every service's logs; the
-    deployer running (it answers which instance is whose)."""
+def unanswered(site: Site) -> Site:
+    """The site with both developers of each kind, their instances and every service's logs."""
     add_second_developers(site)
     collect_every_service(site)
-    with running(DeployerService(site.settings)):
-        yield site
+    return site
+
+
+@pytest.fixture
+def scoped(unanswered: Site) -> Iterator[Site]:
+    """... and the deployer running (it answers which instance is whose)."""
+    with running(DeployerService(unanswered.settings)):
+        yield unanswered
 
 
 def get(site: Site, username: str, path: str, **params: str) -> requests.Response:
@@ -194,6 +200,24 @@ def test_the_cli_shows_the_same(scoped: Site) -> None:
     assert "may not read the logs of service 'node-manager'" in refused.exception.message
     # The instance is enduser's (GET /api/instances/<id> is theirs), its app appdev's: its logs read.
     assert f"{HOME_BY_ENDUSER} line 1" in own_instance
+
+
+def test_a_read_whose_owner_does_not_answer_is_unavailable_and_shows_nothing(
+    unanswered: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No deployer: whose an instance is cannot be told, so app developers' and end users' reads
+    fail naming it; an AI developer's read asks only the AI manager, a configurer's nobody."""
+    monkeypatch.setattr(platform_core.http, "ASK_TIMEOUT_S", 1.0)
+    for username in ("appdev", "enduser"):
+        assert body(get(unanswered, username, "/api/logs"), 503)["error"]["type"] == "Unavailable"
+        body(get(unanswered, username, "/api/logs", service=HOME_BY_ENDUSER), 503)
+    assert "GET /api/logs failed: the deployer does not answer" in caplog.text  # a 5xx message is only logged
+    # A platform service needs nobody's answer: refused at once.
+    body(get(unanswered, "enduser", "/api/logs", service="deployer"), 403)
+    ada = body(get(unanswered, "ada", "/api/logs"))["records"]
+    assert {record["service_id"] for record in ada} == READS["ada"]
+    admin = body(get(unanswered, "admin", "/api/logs"))["records"]
+    assert {record["service_id"] for record in admin} == EVERY_SERVICE
 
 
 # --- the owners' answers are kept briefly, and a bounded number of them --------------------------
