@@ -18,9 +18,9 @@ A caller's role says which owners are asked at all (``OWNS``: only AI developers
 upload models; app developers and configurers apps; end users, app developers and configurers
 schedule): an AI developer's read asks the AI manager only, an app developer's or end user's the
 deployer and the app manager, a configurer's nobody. Each question asks about every service of a
-listing at once. ``LogReaders`` keeps the answers
-(known or not) for ``ttl_s`` seconds, at most ``max_entries`` of each kind; the front door app
-holds one (``logger.api``), so they live and die with it.
+listing at once. ``LogReaders`` keeps the answers (known or not) for ``ttl_s`` seconds, at most
+``max_entries`` of each kind; the front door app holds one (``logger.api``), so they live and
+die with it.
 """
 
 from __future__ import annotations
@@ -178,37 +178,32 @@ class LogReaders:
         wanted = set(service_ids)
         model_of = {service: model for service in wanted if (model := model_of_service(service))}
         instance_of = {service: inst for service in wanted if (inst := instance_of_service(service))}
-        asking_models, asking_instances = "model" in kinds and model_of, "instance" in kinds and instance_of
-        models = self.models.resolve(set(model_of.values()), self.owners.models) if asking_models else {}
-        instances = (
-            self.instances.resolve(set(instance_of.values()), self.owners.instances)
-            if asking_instances
-            else {}
-        )
+        platform = Readers(frozenset(), f"it is a platform service; {CONFIGURERS_ONLY}")
+        found = dict.fromkeys(wanted, platform)
+        if "model" in kinds:
+            found |= self._of_models(model_of)
+        else:
+            found |= _read_by_nobody(model_of, "it is a replica of model {}; " + MODEL_READERS)
+        if "instance" in kinds:
+            found |= self._of_instances(instance_of)
+        else:
+            found |= _read_by_nobody(instance_of, "it is app instance {!r}; " + INSTANCE_READERS)
+        return found
+
+    def _of_models(self, model_of: dict[str, str]) -> dict[str, Readers]:
+        models = self.models.resolve(set(model_of.values()), self.owners.models)
+        return {service: _model_readers(model_id, models[model_id]) for service, model_id in model_of.items()}
+
+    def _of_instances(self, instance_of: dict[str, str]) -> dict[str, Readers]:
+        instances = self.instances.resolve(set(instance_of.values()), self.owners.instances)
         app_ids = {found.app_id for found in instances.values() if found is not None}
-        apps = self.apps.resolve(app_ids, self.owners.apps) if app_ids else {}
-        answer: dict[str, Readers] = {}
-        for service in wanted:
-            if service in model_of:
-                model_id = model_of[service]
-                answer[service] = (
-                    _model_readers(model_id, models[model_id])
-                    if asking_models
-                    else Readers(frozenset(), f"it is a replica of model {model_id}; {MODEL_READERS}")
-                )
-            elif service in instance_of:
-                instance_id = instance_of[service]
-                if asking_instances:
-                    scheduled = instances[instance_id]
-                    app = apps.get(scheduled.app_id) if scheduled is not None else None
-                    answer[service] = _instance_readers(instance_id, scheduled, app)
-                else:
-                    answer[service] = Readers(
-                        frozenset(), f"it is app instance {instance_id!r}; {INSTANCE_READERS}"
-                    )
-            else:
-                answer[service] = Readers(frozenset(), f"it is a platform service; {CONFIGURERS_ONLY}")
-        return answer
+        apps = self.apps.resolve(app_ids, self.owners.apps)
+        found: dict[str, Readers] = {}
+        for service, instance_id in instance_of.items():
+            scheduled = instances[instance_id]
+            app = apps[scheduled.app_id] if scheduled is not None else None
+            found[service] = _instance_readers(instance_id, scheduled, app)
+        return found
 
     def readable(self, principal: Principal, service_ids: Iterable[str]) -> set[str]:
         """The services among ``service_ids`` whose logs ``principal`` may read."""
@@ -254,6 +249,11 @@ class LogReaders:
     def services(self, store: LogStore, principal: Principal) -> list[str]:
         """The services with collected logs that ``principal`` may read."""
         return sorted(self.readable(principal, store.services()))
+
+
+def _read_by_nobody(subjects: dict[str, str], what: str) -> dict[str, Readers]:
+    """Services whose owners were not asked (the caller's role owns none): ``what`` with each id."""
+    return {service: Readers(frozenset(), what.format(subject)) for service, subject in subjects.items()}
 
 
 def _model_readers(model_id: str, model: Owned | None) -> Readers:
