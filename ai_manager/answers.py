@@ -7,6 +7,8 @@ door's (``web.service`` runs ``AiManagerAnswers`` on its answers loop, beside th
         CheckModelUses ──▶ ModelUseProblems: the models, pinned versions (compared as PEP 440
                            versions) and endpoints an app.json names that the registry lacks
                            (the app manager asks when an app is uploaded)
+        FindModelOwners ──▶ ModelOwners: the owner and name of each model asked about that
+                           exists (the logger asks whose a replica's logs are)
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import logging
 from sqlalchemy.orm import Session
 
 from ai_manager import registry
-from ai_manager.messages import CheckModelUses, ModelUseProblems
+from ai_manager.messages import (
+    CheckModelUses,
+    FindModelOwners,
+    ModelOwner,
+    ModelOwners,
+    ModelUseProblems,
+)
 from platform_core.db import Database
 from platform_sdk.artifacts import ModelManifest, ModelUse, find_version, latest
 from platform_sdk.bus import ConsumerLoop
@@ -64,6 +72,7 @@ class AiManagerAnswers:
 
     def add_to(self, loop: ConsumerLoop) -> None:
         loop.add_handler(CheckModelUses, self.on_check_model_uses)
+        loop.add_handler(FindModelOwners, self.on_find_owners)
 
     def on_check_model_uses(self, request: CheckModelUses, _envelope: Envelope) -> ModelUseProblems:
         with self.database.session() as session:
@@ -71,3 +80,10 @@ class AiManagerAnswers:
                 found for alias, use in request.uses.items() for found in model_problems(session, alias, use)
             ]
         return ModelUseProblems(problems=problems)
+
+    def on_find_owners(self, request: FindModelOwners, _envelope: Envelope) -> ModelOwners:
+        with self.database.session() as session:
+            rows = registry.models_by_id(session, request.model_ids)
+            return ModelOwners(
+                models=[ModelOwner(model_id=row.model_id, name=row.name, owner=row.owner) for row in rows]
+            )

@@ -2,12 +2,13 @@
 
 The app manager asks ``CheckModelUses`` when an app is uploaded: the models are the AI
 manager's, so it is the one to say which of the models, versions and endpoints an
-``app.json`` names it lacks (``ai_manager.answers``).
+``app.json`` names it lacks (``ai_manager.answers``). The logger asks ``FindModelOwners``
+whose the models behind replicas' logs are.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from platform_sdk.artifacts import ModelUse
 from platform_sdk.envelope import Message
@@ -32,4 +33,24 @@ class ModelUseProblems(Message):
     problems: list[dict[str, str]] = Field(
         default_factory=list,
         description='{"field": "models.<alias>.model|version|endpoints.<i>", "reason"}, in the order asked.',
+    )
+
+
+class FindModelOwners(Message):
+    """Who owns each of these models (by model id)?"""
+
+    message_type = "ai-manager.find-model-owners"
+    model_ids: list[str]
+
+
+class ModelOwner(BaseModel):
+    model_id: str
+    name: str
+    owner: str
+
+
+class ModelOwners(Message):
+    message_type = "ai-manager.model-owners"
+    models: list[ModelOwner] = Field(
+        default_factory=list, description="The models known; unknown ids left out."
     )

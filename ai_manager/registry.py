@@ -22,6 +22,11 @@ def find_model_by_name(session: Session, name: str) -> ModelRow | None:
     return session.scalar(sa.select(ModelRow).where(ModelRow.name == name))
 
 
+def models_by_id(session: Session, model_ids: list[str]) -> list[ModelRow]:
+    """The models among ``model_ids`` that exist."""
+    return list(session.scalars(sa.select(ModelRow).where(ModelRow.model_id.in_(model_ids))))
+
+
 def list_models(session: Session) -> list[ModelRow]:
     return list(session.scalars(sa.select(ModelRow).order_by(ModelRow.name)))
 

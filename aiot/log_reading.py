@@ -4,6 +4,8 @@
 ``aiot instance logs`` (an app instance's service) share ``print_logs`` and its options.
 The logger answers one service per query: for several, each is asked and the records are
 merged by time; every line names its service, or the label the caller gives it (a replica).
+The front door answers only what the caller may read (``logger.scope``): a service they may
+not read is a ``Forbidden`` naming it; every service's logs leave those out.
 """
 
 from __future__ import annotations

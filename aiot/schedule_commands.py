@@ -27,7 +27,8 @@ from aiot.log_reading import (
     print_logs,
 )
 from aiot.output import JsonOption, out, print_json
-from platform_sdk.errors import BadRequest, PlatformError, Timeout
+from deployer.messages import instance_service_id
+from platform_sdk.errors import BadRequest, Forbidden, PlatformError, Timeout
 from platform_sdk.settings import get_settings
 from scheduler.local_time import local_time_of
 
@@ -246,7 +247,11 @@ def instance_logs(
 ) -> None:
     """Collected logs of an app instance (its service's: the app's log and output lines)."""
     client = _client()
-    service_id = client.get(f"/api/instances/{instance_id}").get("service_id")
+    try:
+        service_id = client.get(f"/api/instances/{instance_id}").get("service_id")
+    except Forbidden:
+        # Someone else's run of your app: the logs route decides whether you read it.
+        service_id = instance_service_id(instance_id)
     if not service_id:
         raise PlatformError(f"the deployer did not name the service of {instance_id}: is it up to date?")
     print_logs(

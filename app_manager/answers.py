@@ -8,6 +8,8 @@ door's (``web.service`` runs ``AppManagerAnswers`` on its answers loop, beside t
                            (the AI manager asks before it deletes one)
         PickAppVersion ──▶ AppVersion: an app's version (or latest) with its zip and manifest;
                            NotFound naming the app or its versions (the scheduler asks)
+        FindAppOwners  ──▶ AppOwners: the owner and name of each app asked about that exists
+                           (the logger asks whose an app instance's logs are)
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import logging
 
 from app_manager import registry
 from app_manager.messages import (
+    AppOwner,
+    AppOwners,
     AppVersion,
+    FindAppOwners,
     ListModelUsers,
     ModelUser,
     ModelUsers,
@@ -53,6 +58,7 @@ class AppManagerAnswers:
     def add_to(self, loop: ConsumerLoop) -> None:
         loop.add_handler(ListModelUsers, self.on_model_users)
         loop.add_handler(PickAppVersion, self.on_pick_version)
+        loop.add_handler(FindAppOwners, self.on_find_owners)
 
     def on_model_users(self, request: ListModelUsers, _envelope: Envelope) -> ModelUsers:
         users = model_users(self.database, request.model)
@@ -70,4 +76,11 @@ class AppManagerAnswers:
                 artifact_key=version.artifact_key,
                 sha256=version.sha256,
                 manifest=AppManifest.model_validate_json(version.manifest),
+            )
+
+    def on_find_owners(self, request: FindAppOwners, _envelope: Envelope) -> AppOwners:
+        with self.database.session() as session:
+            rows = registry.apps_by_id(session, request.app_ids)
+            return AppOwners(
+                apps=[AppOwner(app_id=row.app_id, name=row.name, owner=row.owner) for row in rows]
             )

@@ -3,7 +3,8 @@
 The AI manager asks ``ListModelUsers`` before it deletes a model: the apps are the app
 manager's, so it is the one to say which of them name the model (``app_manager.answers``).
 The scheduler asks ``PickAppVersion`` for the app and version a schedule names, when it is
-created (the front door) and when a run starts (the scheduler service).
+created (the front door) and when a run starts (the scheduler service). The logger asks
+``FindAppOwners`` whose the apps behind app instances' logs are.
 """
 
 from __future__ import annotations
@@ -63,3 +64,21 @@ class AppVersion(Message):
     artifact_key: str
     sha256: str
     manifest: AppManifest
+
+
+class FindAppOwners(Message):
+    """Who owns each of these apps (by app id)?"""
+
+    message_type = "app-manager.find-app-owners"
+    app_ids: list[str]
+
+
+class AppOwner(BaseModel):
+    app_id: str
+    name: str
+    owner: str
+
+
+class AppOwners(Message):
+    message_type = "app-manager.app-owners"
+    apps: list[AppOwner] = Field(default_factory=list, description="The apps known; unknown ids left out.")

@@ -27,6 +27,11 @@ def find_app_by_name(session: Session, name: str) -> AppRow | None:
     return session.scalar(sa.select(AppRow).where(AppRow.name == name))
 
 
+def apps_by_id(session: Session, app_ids: list[str]) -> list[AppRow]:
+    """The apps among ``app_ids`` that exist."""
+    return list(session.scalars(sa.select(AppRow).where(AppRow.app_id.in_(app_ids))))
+
+
 def list_apps(session: Session) -> list[AppRow]:
     return list(session.scalars(sa.select(AppRow).order_by(AppRow.name)))
 

@@ -41,6 +41,8 @@ from deployer.messages import (
     Instances,
     ListInstances,
     StopInstance,
+    instance_of_service,
+    instance_service_id,
 )
 from deployer.models import AppInstanceRow, add_stage, record_stage
 from device_manager.messages import BindDevices, DeviceBindings, UnbindDevices, Unbound
@@ -57,13 +59,6 @@ from platform_sdk.model_client import ModelReplicas, ResolveModel
 log = logging.getLogger(__name__)
 BIND_TIMEOUT_S = 30.0
 ACTIVE = ("queued", "starting", "running")
-
-
-APP_SERVICE_PREFIX = "app-"
-
-
-def instance_service_id(instance_id: str) -> str:
-    return f"{APP_SERVICE_PREFIX}{instance_id}"
 
 
 class AppInstances:
@@ -130,15 +125,15 @@ class AppInstances:
                 query = query.where(AppInstanceRow.schedule_id == request.schedule_id)
             if request.instance_id:
                 query = query.where(AppInstanceRow.instance_id == request.instance_id)
+            if request.instance_ids is not None:
+                query = query.where(AppInstanceRow.instance_id.in_(request.instance_ids))
             return Instances(instances=[_info(row) for row in session.scalars(query)])
 
     def on_incident(self, incident: ServiceIncident, _envelope: Envelope) -> None:
         """Follows a running instance moved to another node, or given up by the heartbeat monitor."""
-        if incident.kind not in ("replaced", "gave_up") or not incident.service_id.startswith(
-            APP_SERVICE_PREFIX
-        ):
+        instance_id = instance_of_service(incident.service_id)
+        if incident.kind not in ("replaced", "gave_up") or instance_id is None:
             return
-        instance_id = incident.service_id.removeprefix(APP_SERVICE_PREFIX)
         with self.database.session() as session:
             row = session.get(AppInstanceRow, instance_id)
             if row is None or row.status != "running":

@@ -1,7 +1,14 @@
-"""What the deployer is told and what it answers (``<prefix>.commands.deployer``, ``events.deployments``)."""
+"""What the deployer is told and what it answers (``<prefix>.commands.deployer``, ``events.deployments``).
+
+Also how it names the services it places, which every record of theirs carries (logs,
+heartbeats, incidents): replica ``n`` of a model version is ``<model_id>-v<version>-r<n>``, an
+app instance ``app-<instance_id>``. ``model_of_service`` and ``instance_of_service`` read them
+back (the logger asks who owns a service's logs with them).
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -11,6 +18,37 @@ from platform_sdk.artifacts import AppManifest, ModelManifest
 from platform_sdk.envelope import Message
 
 DeploymentStatus = Literal["queued", "deploying", "deployed", "failed", "undeploying", "undeployed"]
+APP_SERVICE_PREFIX = "app-"
+# A model id is ``platform_sdk.artifacts.model_id_for``'s ("m" and 11 hex digits); a version
+# matches ``VERSION_PATTERN`` (lowercase ASCII letters, digits, dots and dashes).
+_REPLICA_SERVICE = re.compile(r"^(?P<model_id>m[0-9a-f]{11})-v[a-z0-9.-]+-r\d+$")
+
+
+def deployment_id_for(model_id: str, version: str) -> str:
+    """The deployment of one model version: ``<model_id>-v<version>``."""
+    return f"{model_id}-v{version}".lower()
+
+
+def replica_service_id(deployment_id: str, index: int) -> str:
+    """The service id of replica ``index`` of a deployment."""
+    return f"{deployment_id}-r{index}"
+
+
+def instance_service_id(instance_id: str) -> str:
+    """The service id of an app instance."""
+    return f"{APP_SERVICE_PREFIX}{instance_id}"
+
+
+def model_of_service(service_id: str) -> str | None:
+    """The model id whose replica runs as ``service_id``; None when it is no model replica."""
+    found = _REPLICA_SERVICE.fullmatch(service_id)
+    return found["model_id"] if found else None
+
+
+def instance_of_service(service_id: str) -> str | None:
+    """The app instance that runs as ``service_id``; None when it is no app instance."""
+    instance_id = service_id.removeprefix(APP_SERVICE_PREFIX)
+    return instance_id if instance_id and instance_id != service_id else None
 
 
 class DeployModel(Message):
@@ -113,10 +151,13 @@ class StopInstance(Message):
 
 
 class ListInstances(Message):
+    """The instances that match every field given (``owner``: who scheduled them)."""
+
     message_type = "deployer.list-instances"
     owner: str | None = None
     schedule_id: str | None = None
     instance_id: str | None = None
+    instance_ids: list[str] | None = Field(default=None, description="Any of these instances.")
 
 
 class InstanceInfo(BaseModel):

@@ -48,6 +48,8 @@ from deployer.messages import (
     Replica,
     StopInstance,
     UndeployModel,
+    deployment_id_for,
+    replica_service_id,
 )
 from deployer.models import DeploymentRow, add_stage, record_stage
 from platform_core.archive import Archive
@@ -65,10 +67,6 @@ from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
 DEPLOY_CONFIG = "aiot-deploy.json"
-
-
-def deployment_id_for(model_id: str, version: str) -> str:
-    return f"{model_id}-v{version}".lower()
 
 
 class DeployerService(Service):
@@ -222,7 +220,7 @@ class DeployerService(Service):
         replicas: list[Replica] = []
         for index in range(manifest.replicas):
             spec = ServiceSpec(
-                service_id=f"{deployment_id}-r{index}",
+                service_id=replica_service_id(deployment_id, index),
                 kind="model",
                 module="ai_manager.serving",
                 bundle=bundle,

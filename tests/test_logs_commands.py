@@ -21,9 +21,9 @@ from typer.testing import Result
 
 from ai_manager import registry as model_registry
 from ai_manager.models import ModelRow, ModelVersionRow
-from deployer.messages import Replica
+from deployer.messages import Replica, deployment_id_for, replica_service_id
 from deployer.models import DeploymentRow
-from deployer.service import DeployerService, deployment_id_for
+from deployer.service import DeployerService
 from logger.store import LogStore
 from platform_core.blobstore import blob_store_from_settings
 from platform_sdk.artifacts import ModelManifest, model_id_for
@@ -41,7 +41,7 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 def replica(version: str, index: int) -> str:
     """The service id the deployer gives replica ``index`` of a comfort version."""
-    return f"{deployment_id_for(COMFORT, version)}-r{index}"
+    return replica_service_id(deployment_id_for(COMFORT, version), index)
 
 
 def deploy_comfort(site: Site) -> None:

@@ -33,9 +33,9 @@ from flask.testing import FlaskClient
 from ai_manager.artifact import pack_model, validate_model_zip
 from ai_manager.models import ModelVersionRow
 from bootstrapper.kafka import KafkaBroker
-from deployer.messages import DeployModel
+from deployer.messages import DeployModel, deployment_id_for
 from deployer.models import DeploymentRow
-from deployer.service import DeployerService, deployment_id_for
+from deployer.service import DeployerService
 from platform_core.blobstore import LocalBlobStore, blob_store_from_settings
 from platform_core.db import Database
 from platform_core.nodes import (

@@ -1,9 +1,9 @@
 """The front door as a managed platform service: migrate, make sure a configurer exists, serve.
 
 Beside the HTTP server it runs the app manager's and the AI manager's answers on the bus
-(``app_manager.answers``: which apps use a model, an app's version; ``ai_manager.answers``: what
-an app names that the model registry lacks), since both live in this process: one consumer
-loop on both domains' command topics.
+(``app_manager.answers``: which apps use a model, an app's version, who owns apps;
+``ai_manager.answers``: what an app names that the model registry lacks, who owns models), since
+both live in this process: one consumer loop on both domains' command topics.
 """
 
 from __future__ import annotations
