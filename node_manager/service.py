@@ -7,7 +7,8 @@
         PlaceService ──▶ choose_node ──▶ StartService to that node's agent ──▶ record ──▶ Placement
         LocateService ──▶ Placement;  UnplaceService ──▶ StopService ──▶ forget
     control thread, every check_interval_s:
-        nodes not announced for suspect_after_s / down_after_s become suspect, then down
+        nodes not announced for suspect_after_s / down_after_s become suspect, then down (counted
+            on the bus's clock: while no node at all is heard, the bus stalled and none goes down)
         a node going down ──▶ the provider retires it ──▶ its services are placed on the others,
             platform services first, then models, apps, simulators; each kind concurrently with
             a short start timeout ──▶ ServiceIncident "replaced" on <prefix>.events.incidents
@@ -96,6 +97,10 @@ class NodeManagerService(Service):
         self._busy_since: float | None = None
         self._pending_node: str | None = None
         self._pending_since = 0.0
+        # The bus's clock: when any node's announcement last arrived. While nobody is heard (the
+        # broker paused or restarting), nobody's silence counts: no node is declared down.
+        self._last_announcement = time.monotonic()
+        self._bus_quiet = False
 
     def on_start(self) -> None:
         bus = self.sdk.bus
@@ -132,7 +137,14 @@ class NodeManagerService(Service):
 
     # events ---------------------------------------------------------------------------------
     def on_announcement(self, announcement: NodeAnnouncement, _envelope: Envelope) -> None:
+        now = time.monotonic()
+        gap, self._last_announcement = now - self._last_announcement, now
         with self.database.session() as session:
+            if gap > self.settings.node_manager.suspect_after_s:
+                # Nobody was heard meanwhile: the bus stalled, not every node. Their silences
+                # start again from now (their own announcements follow within an interval).
+                log.warning("announcements arrive again after %.1fs without any: the bus stalled", gap)
+                registry.restart_silence_clocks(session)
             known = session.get(NodeRow, announcement.node_id)
             if known is None or known.state != "up":
                 log.info("node %s is up at %s", announcement.node_id, announcement.http_url)
@@ -332,8 +344,19 @@ class NodeManagerService(Service):
             del self._starting[node_id]
 
     def _check_silence(self) -> None:
-        """Nodes whose agent has not announced itself lately become suspect, then down (and retired)."""
+        """Nodes whose agent has not announced itself lately become suspect, then down (and retired).
+
+        Silence is counted on the bus's clock: while no node at all is heard, the bus is what
+        stalled (a paused or restarting broker), and no node is declared down for it.
+        """
         settings = self.settings.node_manager
+        quiet = time.monotonic() - self._last_announcement
+        if quiet > settings.suspect_after_s:
+            if not self._bus_quiet:
+                log.warning("no node announced itself for %.1fs: has the bus stalled? none goes down", quiet)
+            self._bus_quiet = True
+            return
+        self._bus_quiet = False
         with self.database.session() as session:
             nodes = [(n.node_id, n.state, n.last_seen) for n in registry.list_nodes(session)]
         now = datetime.now(UTC)

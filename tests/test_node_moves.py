@@ -300,3 +300,29 @@ def test_nodes_are_placed_by_their_announced_load_and_a_node_that_stops_announci
         node = session.get(NodeRow, "node-2")
         assert node is not None
         assert (node.state, node.cpu_percent) == ("up", 10.0)
+
+
+def test_while_no_node_is_heard_the_bus_stalled_and_no_node_goes_down(
+    manager: NodeManagerService, agents: Agents
+) -> None:
+    retired: list[str] = []
+    manager._retire_node = retired.append
+    for n in (1, 2, 3):
+        announce(manager, f"node-{n}", cpu=10.0)
+    settings = manager.settings.node_manager
+    # The broker paused longer than down_after_s: no announcement from anyone reached us.
+    stalled_for = settings.down_after_s + 5
+    with manager.database.session() as session:
+        for node in registry.list_nodes(session):
+            node.last_seen = utcnow() - timedelta(seconds=stalled_for)
+    manager._last_announcement -= stalled_for
+
+    manager._check_silence()
+    assert retired == []
+
+    announce(manager, "node-1", cpu=10.0)  # the bus is back: the first announcement arrives
+    manager._check_silence()  # node-2 and node-3 have not announced yet, but their clocks restarted
+    with manager.database.session() as session:
+        states = {node.node_id: node.state for node in registry.list_nodes(session)}
+    assert states == {"node-1": "up", "node-2": "up", "node-3": "up"}
+    assert retired == []
