@@ -9,8 +9,9 @@ what the caller may not read.
 The front door (``FrontDoorService``, over real HTTP, answering for the AI and app managers on
 its answers loop) and the deployer service run for real on the session's Kafka broker, on a
 copy of the small site's registry (``tests.fixtures.sites``) with a second AI developer, a
-second app developer, their model and app, and app instances in the deployer's table as its runs leave them. The
-records go into the log store as the logger service writes them (``LogStore.append``).
+second app developer, their model and app, and app instances in the deployer's table as its
+runs leave them. The records go into the log store as the logger service writes them
+(``LogStore.append``).
 """
 
 from __future__ import annotations
