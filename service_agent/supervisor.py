@@ -1,7 +1,8 @@
 """The table of services one agent runs, and the thread that watches them.
 
 ``Supervisor.start_service`` allocates ports, builds the environment and asks
-the runtime to start; the supervisor thread notices exits within
+the runtime to start (outside the table's lock: a first start may build an image or a venv
+for minutes, and the node's announcements must go on); the supervisor thread notices exits within
 ``agent.supervise_interval_s`` and reports them at once (``ServiceExited``), restarts
 ``restart="agent"`` services itself with growing back-off, and announces the
 node (its address, its load and what it runs) every ``announce_interval_s``. A service
@@ -152,7 +153,12 @@ class Supervisor:
                 entry = Managed(spec=spec, ports={name: self.ports.allocate() for name in spec.ports})
                 self._services[spec.service_id] = entry
             entry.spec = spec
-            self._launch(entry)
+            entry.state = "starting"  # claimed: a start of it meanwhile starts nothing
+        # Outside the lock: a first start may fetch a bundle and build an image for minutes, and
+        # the node's announcements (its liveness for the node manager) and the exit checks of the
+        # other services go on meanwhile.
+        self._launch(entry)
+        with self._lock:
             return self.state_of(entry)
 
     def stop_service(self, service_id: str) -> ServiceState:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -29,6 +32,7 @@ from platform_sdk.messages import LogRecord
 from platform_sdk.settings import Settings, temporary_settings
 from service_agent.agent import ServiceAgent
 from service_agent.runtime import VenvCache
+from service_agent.supervisor import Supervisor
 from tests.test_bus import wait_for
 
 pytestmark = pytest.mark.service("kafka")
@@ -185,3 +189,50 @@ def test_venv_cache_installs_once_per_requirements_set(tmp_path: Path) -> None:
     probe = "import six, platform_sdk, confluent_kafka; print(six.__version__)"
     found = subprocess.run([first, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert found.stdout.strip() == "1.16.0"
+
+
+class _Held:
+    """A started service as a runtime returns it: alive until stopped."""
+
+    pid = None
+    container_id = None
+
+    def exit_code(self) -> int | None:
+        return None
+
+    def stop(self, timeout: float) -> None:
+        pass
+
+
+class HeldRuntime:
+    """A runtime whose start takes until released, as a first docker start building an image does."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def start(
+        self, spec: ServiceSpec, env: dict[str, str], on_output: Any, workdir: Path | None = None
+    ) -> _Held:
+        self.entered.set()
+        self.release.wait(30)
+        return _Held()
+
+
+def test_a_slow_start_does_not_hold_up_what_the_node_says_it_runs(kafka_settings: Settings) -> None:
+    runtime = HeldRuntime()
+    bus = Bus(kafka_settings, source="slow-start-test")
+    supervisor = Supervisor(kafka_settings, bus, runtime, lambda: "http://127.0.0.1:1")
+    spec = ServiceSpec(service_id="slow", command=SLEEPER)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(supervisor.start_service, spec)
+        assert runtime.entered.wait(10)
+        # While the start builds, the node's states (its announcements) are answered at once.
+        states = pool.submit(supervisor.states).result(timeout=2)
+        assert [(state.service_id, state.state) for state in states] == [("slow", "starting")]
+        assert supervisor.start_service(spec).state == "starting"  # a second start starts nothing
+        runtime.release.set()
+        assert first.result(timeout=10).state == "running"
+    bus.close()
