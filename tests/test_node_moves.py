@@ -128,18 +128,7 @@ def manager(
         monkeypatch.setattr(service, "producer", producer, raising=False)
         with service.database.session() as session:
             for n in (1, 2, 3):
-                registry.upsert_node(
-                    session,
-                    NodeAnnouncement(
-                        node_id=f"node-{n}",
-                        host="127.0.0.1",
-                        http_url=f"http://127.0.0.1:{9000 + n}",
-                        capacity=6,
-                        runtime="process",
-                        main=n == 1,
-                        services=[],
-                    ),
-                )
+                registry.upsert_node(session, node_announcement(f"node-{n}"))
         yield service
         service.database.stop()
 
@@ -243,19 +232,10 @@ def test_a_node_that_does_not_answer_a_move_is_passed_over(
     assert states["node-1"] == "suspect"
 
 
-def announce(manager: NodeManagerService, node_id: str, *, cpu: float, services: int = 0) -> None:
-    """``node_id``'s agent announces itself with its load, as it does every announce_interval_s."""
+def node_announcement(node_id: str, load: LoadSample | None = None) -> NodeAnnouncement:
+    """What ``node_id``'s agent announces (capacity 6; node-1 is the main node)."""
     n = int(node_id.rsplit("-", 1)[-1])
-    load = LoadSample(
-        node_id=node_id,
-        cpu_percent=cpu,
-        memory_used_mb=1000.0,
-        memory_total_mb=8000.0,
-        services=services,
-        processes=services,
-        capacity=6,
-    )
-    announcement = NodeAnnouncement(
+    return NodeAnnouncement(
         node_id=node_id,
         host="127.0.0.1",
         http_url=f"http://127.0.0.1:{9000 + n}",
@@ -265,6 +245,20 @@ def announce(manager: NodeManagerService, node_id: str, *, cpu: float, services:
         services=[],
         load=load,
     )
+
+
+def announce(manager: NodeManagerService, node_id: str, *, cpu: float, services: int = 0) -> None:
+    """``node_id``'s agent announces itself with its load, as it does every announce_interval_s."""
+    load = LoadSample(
+        node_id=node_id,
+        cpu_percent=cpu,
+        memory_used_mb=1000.0,
+        memory_total_mb=8000.0,
+        services=services,
+        processes=services,
+        capacity=6,
+    )
+    announcement = node_announcement(node_id, load)
     manager.on_announcement(announcement, Envelope.wrap(announcement, source=f"agent-{node_id}"))
 
 
