@@ -48,8 +48,13 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
+# Two workers (pytest-xdist): most of an end-to-end test is waiting for a platform. Each test module
+# runs on one worker, the models and apps end-to-end modules together (tests/conftest.py);
+# PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
+
 pytest:
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Docker engine and base image for the docker runtime and its tests (tests marked service("docker")).
 #
-#   1. installs docker.io and debootstrap when missing (apt-get update only when something is missing);
+#   1. installs docker.io, debootstrap and docker-compose (Debian's 1.29, the compose deployment's
+#      docker-compose.yml and its test) when missing (apt-get update only when something is missing);
 #   2. starts dockerd in the background when `docker info` does not answer (log: /tmp/aiot-dockerd.log),
 #      and waits up to 60 s for it;
 #   3. builds the base image of every generated Dockerfile, aiot-base:bookworm, when it is absent:
@@ -36,6 +37,7 @@ started=$(now)
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   t=$(now)
   log "installing ${missing[*]}"

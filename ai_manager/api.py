@@ -4,6 +4,8 @@ AI developers upload and manage their own models; platform configurers manage an
 app developers read. Uploading validates the zip in the request (422 naming file,
 field and reason; nothing stored), stores it, registers the version and hands the
 deploy to the deployer over Kafka; ``GET /api/models/<id>`` shows the deploy's stages.
+``POST /api/models/<id>/call`` runs an endpoint once, as an app's ``model_call`` does: the
+deployer is asked for the live replicas (``ResolveModel``), then one of them over HTTP.
 Deleting a model that apps use is refused (409 naming them) unless forced: the apps are
 the app manager's, so it is asked over Kafka which of them name the model
 (``app_manager.messages.ListModelUsers``); this module never reads their tables.
@@ -16,7 +18,7 @@ import json
 from typing import Any
 
 import flask
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ai_manager import registry
 from ai_manager.artifact import ValidatedModel, validate_model_zip
@@ -24,15 +26,14 @@ from ai_manager.models import ModelRow, ModelVersionRow
 from app_manager.messages import ListModelUsers, ModelUser, ModelUsers, app_manager_topic
 from deployer.messages import DeploymentInfo, Deployments, DeployModel, ListDeployments, UndeployModel
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import query_as, resources, uploaded_file
+from platform_core.http import ask, body_as, query_as, resources, shapes, uploaded_file
 from platform_sdk.artifacts import model_id_for
 from platform_sdk.errors import Conflict, Forbidden, NotFound, PlatformError, Timeout, Unavailable
+from platform_sdk.model_client import ModelClient, ModelReplicas, ResolveModel
 
 blueprint = flask.Blueprint("models", __name__, url_prefix="/api/models")
 WRITERS = (Role.AI_DEVELOPER, Role.PLATFORM_CONFIGURER)
 READERS = (Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
-DEPLOYER_TIMEOUT_S = 30.0
-APP_MANAGER_TIMEOUT_S = 15.0
 
 
 def _check_owner(model: ModelRow, principal: Principal) -> None:
@@ -48,7 +49,7 @@ def _deployments(model_id: str | None) -> list[DeploymentInfo] | None:
             requester.bus.topics.deployer,
             ListDeployments(model_id=model_id),
             Deployments,
-            timeout=DEPLOYER_TIMEOUT_S,
+            timeout=resources().settings.web.deployer_timeout_s,
         )
     except PlatformError:
         return None
@@ -73,6 +74,10 @@ def _model_json(
                 "size": version.size,
                 "sha256": version.sha256,
                 "endpoints": [endpoint["name"] for endpoint in json.loads(version.manifest)["endpoints"]],
+                "inputs": {
+                    endpoint["name"]: endpoint.get("inputs", {})
+                    for endpoint in json.loads(version.manifest)["endpoints"]
+                },
                 "status": by_version[version.version].status
                 if version.version in by_version
                 else ("unknown" if deployments is None else "not deployed"),
@@ -92,7 +97,7 @@ def upload_model() -> tuple[flask.Response, int]:
     data, filename = uploaded_file("model zip")
     accepted = validate_model_zip(data, label=filename)
     principal = current_principal()
-    stored = _store(accepted, principal)
+    stored, owner = _store(accepted, principal)
     try:
         requester = resources().bus_requester()
         requester.send(
@@ -103,6 +108,7 @@ def upload_model() -> tuple[flask.Response, int]:
                 artifact_key=stored.artifact_key,
                 artifact_sha256=stored.sha256,
                 manifest=accepted.manifest,
+                owner=owner,
             ),
             key=stored.model_id,
         )
@@ -122,10 +128,11 @@ def upload_model() -> tuple[flask.Response, int]:
     )
 
 
-def _store(accepted: ValidatedModel, principal: Principal) -> ModelVersionRow:
+def _store(accepted: ValidatedModel, principal: Principal) -> tuple[ModelVersionRow, str]:
     """Rows first (a concurrent upload of one version loses there, before the blob is touched), then the blob.
 
-    A failure writing the blob removes the rows again: either both exist or neither.
+    A failure writing the blob removes the rows again: either both exist or neither. Returns the
+    version and the model's owner.
     """
     manifest = accepted.manifest
     model_id = model_id_for(manifest.name)
@@ -143,6 +150,7 @@ def _store(accepted: ValidatedModel, principal: Principal) -> ModelVersionRow:
         else:
             _check_owner(model, principal)
         version = registry.create_version(session, model, _version_row(accepted, key, principal))
+        owner = model.owner
         session.flush()
         session.expunge(version)
     try:
@@ -150,7 +158,7 @@ def _store(accepted: ValidatedModel, principal: Principal) -> ModelVersionRow:
     except BaseException:
         _unstore(version, delete_blob=False)
         raise
-    return version
+    return version, owner
 
 
 def _version_row(accepted: ValidatedModel, key: str, principal: Principal) -> ModelVersionRow:
@@ -212,6 +220,41 @@ def show_model(model: str) -> flask.Response:
     return flask.jsonify(_model_json(row, versions, _deployments(row.model_id)))
 
 
+class ModelCallRequest(BaseModel):
+    """``POST /api/models/<model>/call``: one call of an endpoint (an image input: base64)."""
+
+    endpoint: str | None = Field(default=None, max_length=64, description="Default: the model's first.")
+    version: str | None = Field(default=None, max_length=32, description="Default: the latest deployed.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The endpoint's input fields.")
+
+
+class ModelCallAnswer(BaseModel):
+    output: dict[str, Any] = Field(description="The endpoint's output fields.")
+
+
+class _DeployerResolver:
+    """Replicas of a model as the deployer says now (``ResolveModel``), asked through the front door."""
+
+    def resolve(self, model: str, version: str | None) -> ModelReplicas:
+        topics = resources().bus_requester().bus.topics
+        return ask("the deployer", topics.deployer, ResolveModel(model=model, version=version), ModelReplicas)
+
+
+@blueprint.post("/<model>/call")
+@allow(*READERS)
+@shapes(response=ModelCallAnswer)
+def call_model(model: str) -> flask.Response:
+    """Run an endpoint of a deployed model once on ``inputs`` (the portal's "try it"); the model's
+    own 4xx (a missing or wrong input) comes through as it is, 503 when no replica answers."""
+    body = body_as(ModelCallRequest)
+    with resources().database.session() as session:
+        registry.read_model(session, model)  # 404 naming it before the bus is asked
+    settings = resources().settings.model
+    with ModelClient(_DeployerResolver(), timeout=settings.call_timeout_s, ttl=0) as client:
+        output = client.call(model, body.endpoint, body.inputs, version=body.version)
+    return flask.jsonify(output=output)
+
+
 class DeleteQuery(BaseModel):
     force: bool = False
 
@@ -267,7 +310,7 @@ def _model_users(name: str, *, force: bool) -> list[ModelUser] | None:
             app_manager_topic(requester.bus.topics),
             ListModelUsers(model=name),
             ModelUsers,
-            timeout=APP_MANAGER_TIMEOUT_S,
+            timeout=resources().settings.web.app_manager_timeout_s,
         )
     except (Timeout, Unavailable) as exc:
         if force:

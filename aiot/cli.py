@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -63,6 +64,7 @@ from aiot.model_commands import deploy_examples, model_app
 from aiot.output import JsonOption, out, print_json
 from aiot.schedule_commands import instance_app, mail_app, schedule_app
 from platform_sdk.errors import BadRequest, NotFound, PlatformError, Unauthorized, Unavailable
+from platform_sdk.principals import kafka_credential
 from platform_sdk.roles import Role
 from platform_sdk.runstate import RunState, kafka_address, read_run_state
 from platform_sdk.settings import Settings, get_settings, settings_reference
@@ -70,7 +72,6 @@ from platform_sdk.settings import Settings, get_settings, settings_reference
 if TYPE_CHECKING:
     from bootstrapper.local import LocalPlatform
 
-LIVE_REFRESH_S = 2.0
 
 app = typer.Typer(
     help="AIoT platform: run it, and manage users, models, devices and apps.",
@@ -205,12 +206,15 @@ def up(
         )
     state = result.state
     console.print(f"[green]platform up[/] from {settings.home_dir}")
-    console.print(f"  front door  {state.web_url}")
+    console.print(f"  portal      {state.web_url}/  (sign in with a platform user in a browser)")
+    console.print(f"  API         {state.web_url}/api  (document: {state.web_url}/api/openapi.json)")
     console.print(f"  kafka       {state.broker}{_broker_label(state)}")
     if state.broker_embedded and state.broker_kind == "tansu":
         from bootstrapper.broker import TANSU_NOTE
 
         console.print(f"[yellow]{TANSU_NOTE}[/]")
+    if not state.bus_authenticated:
+        console.print(f"[yellow]{UNAUTHENTICATED_BUS}[/]")
     _log_in_first_configurer(settings, state.web_url or "", result.generated_password, console)
     if demo:
         console.print("demo: sample models")
@@ -255,13 +259,13 @@ def _wait_until_interrupted_or_dead(platform: LocalPlatform, settings: Settings,
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Live(console=console, refresh_per_second=1, transient=True) as live:
-            while not interrupted.wait(LIVE_REFRESH_S):
+            while not interrupted.wait(settings.cli.live_refresh_s):
                 dead = [process.name for process in platform.status() if not process.running]
                 if dead:
                     console.print(f"[red]{', '.join(dead)} exited; stopping the platform[/]")
                     return
                 if console.is_terminal:
-                    live.update(_status_view(_status_document(settings)))
+                    live.update(_status_view(status_document(settings)))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -277,7 +281,95 @@ def down() -> None:
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
-def _status_document(settings: Settings) -> dict[str, Any]:
+class ProviderName(StrEnum):
+    ssh = "ssh"
+
+
+@app.command()
+def bootstrap(
+    provider: Annotated[ProviderName, typer.Option(help="Where the hosts come from.")],
+    config: Annotated[
+        Path, typer.Option(help="The provider's config: for ssh, an inventory file (docs/deploy.md).")
+    ],
+) -> None:
+    """Install the platform on a provider's hosts over SSH and start it there (again: changes nothing)."""
+    from bootstrapper.ssh import SshProvider  # lazy: see _local_platform
+
+    settings = _settings()
+    console = out()
+    platform = SshProvider.from_file(config, settings)
+    runner = platform.bootstrapper(console.print)
+    record = platform.bootstrap_with(runner)
+    console.print(f"[green]platform up[/] on {', '.join(node.name for node in record.nodes)}")
+    console.print(f"  portal      {record.web_url}/")
+    console.print(f"  kafka       {record.broker}")
+    _log_in_first_configurer(settings, record.web_url or "", runner.generated_password, console)
+
+
+def nodes_document(settings: Settings) -> list[dict[str, Any]]:
+    """The bootstrapped hosts' nodes, each asked for its load and services (`aiot nodes --json`)."""
+    from bootstrapper.remote import read_record
+
+    record = read_record(settings)
+    if record is None:
+        raise NotFound("no platform was bootstrapped from this AIOT_HOME; see `aiot bootstrap --help`")
+    views = []
+    for node in record.nodes:
+        view = _node_view(node.name, node.http_url)
+        views.append(
+            {**view["node"], "address": node.address, "main": node.main, "services": view["services"]}
+        )
+    return views
+
+
+@app.command()
+def nodes(as_json: JsonOption = False) -> None:
+    """The nodes of the platform `aiot bootstrap` installed: up or unreachable, load, services."""
+    document = nodes_document(_settings())
+    if as_json:
+        print_json(document)
+        return
+    table = Table("node", "address", "state", "cpu %", "memory MB", "services", title="nodes")
+    for node in document:
+        load = node.get("load") or {}
+        table.add_row(
+            node["node_id"] + (" (main)" if node["main"] else ""),
+            node["address"],
+            "[green]up[/]" if node["reachable"] else "[red]unreachable[/]",
+            str(load.get("cpu_percent", "")),
+            str(load.get("memory_used_mb", "")),
+            ", ".join(service["service_id"] for service in node["services"]),
+        )
+    out().print(table)
+
+
+@app.command()
+def destroy(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="The inventory; default: the one `aiot bootstrap` used from this home."),
+    ] = None,
+) -> None:
+    """Stop exactly what `aiot bootstrap` started on each host (the main host first)."""
+    from bootstrapper.remote import clear_record, read_record
+    from bootstrapper.ssh import SshProvider
+
+    settings = _settings()
+    record = read_record(settings)
+    if config is None:
+        if record is None:
+            raise NotFound(
+                "no platform was bootstrapped from this AIOT_HOME: name its inventory with --config"
+            )
+        config = Path(record.config)
+    console = out()
+    stopped = SshProvider.from_file(config, settings).destroy(console.print)
+    clear_record(settings)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def status_document(settings: Settings) -> dict[str, Any]:
+    """What `aiot status --json` prints for the home of ``settings``."""
     state = read_run_state(settings)
     processes = _local_platform(settings).status()
     nodes = [_node_view(node.node_id, node.http_url) for node in state.nodes] if state else []
@@ -286,6 +378,7 @@ def _status_document(settings: Settings) -> dict[str, Any]:
         "running": any(process.running for process in processes),
         "web_url": state.web_url if state else None,
         "broker": state.broker if state else None,
+        "bus_authenticated": state.bus_authenticated if state else None,
         "runtime": state.runtime if state else None,
         "processes": [
             {"name": p.name, "pid": p.pid, "running": p.running, "log_file": p.log_file} for p in processes
@@ -297,29 +390,28 @@ def _status_document(settings: Settings) -> dict[str, Any]:
 
 
 INCIDENTS_SHOWN = 10
+UNAUTHENTICATED_BUS = (
+    "the bus is unauthenticated: single-user, anyone who reaches the broker can send anything "
+    "(docs/security.md)"
+)
 
 
 def _recent_incidents(settings: Settings, broker: str | None) -> list[dict[str, Any]]:
     """The newest incidents (the heartbeat monitor's decisions, the node manager's moves), oldest first."""
     if not broker:
         return []
-    from platform_core.nodes import ServiceIncident
+    from platform_core.nodes import recent_incidents
     from platform_sdk.bus import Bus
 
     bus = Bus(
         settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker})})
     )
     try:
-        envelopes = bus.recent(bus.topics.incidents, INCIDENTS_SHOWN, timeout=3.0)
+        return [note.model_dump(mode="json") for note in recent_incidents(bus, INCIDENTS_SHOWN, 3.0)]
     except PlatformError:
         return []  # the broker does not answer: the services' table says enough
     finally:
         bus.close()
-    incidents = []
-    for envelope in envelopes:
-        incident = envelope.open(ServiceIncident)
-        incidents.append({"time": envelope.time.isoformat(), **incident.model_dump(exclude={"message_type"})})
-    return incidents
 
 
 def _status_view(document: dict[str, Any]) -> Group:
@@ -360,7 +452,9 @@ def _status_view(document: dict[str, Any]) -> Group:
                 incident["detail"].splitlines()[0][:100],
             )
         parts.append(incident_table)
-    parts.append(Text(f"front door {document['web_url']}   kafka {document['broker']}"))
+    parts.append(Text(f"portal {document['web_url']}/   kafka {document['broker']}"))
+    if document["bus_authenticated"] is False:
+        parts.append(Text(UNAUTHENTICATED_BUS, style="yellow"))
     return Group(*parts)
 
 
@@ -368,7 +462,7 @@ def _status_view(document: dict[str, Any]) -> Group:
 def status(as_json: JsonOption = False) -> None:
     """Show what runs for this AIOT_HOME: processes, nodes with their load, services with their state."""
     settings = _settings()
-    document = _status_document(settings)
+    document = status_document(settings)
     if as_json:
         print_json(document)
         return
@@ -440,7 +534,7 @@ def broker(ctx: typer.Context, as_json: JsonOption = False) -> None:
         from bootstrapper.broker import wait_for_broker  # lazy: see _local_platform
 
         try:
-            wait_for_broker(address, timeout=3)
+            wait_for_broker(address, timeout=3, credential=kafka_credential(settings, address))
             document["reachable"] = True
         except Unavailable as exc:
             document["error"] = exc.message

@@ -22,8 +22,8 @@ from rich.text import Text
 
 from aiot.client import PlatformClient
 from aiot.output import out, print_json
+from platform_sdk.settings import get_settings
 
-FOLLOW_POLL_S = 1.0
 LEVEL_STYLES = {
     "DEBUG": "dim",
     "INFO": "",
@@ -100,7 +100,7 @@ def print_logs(
 
     show(records)
     while follow:
-        time.sleep(FOLLOW_POLL_S)
+        time.sleep(get_settings().cli.follow_poll_s)
         newest = records[-1]["time"] if records else None
         records = read({**params, "since": newest or since}) or records
         show(records)

@@ -37,7 +37,6 @@ instance_app = typer.Typer(help="App instances: what runs where.", no_args_is_he
 mail_app = typer.Typer(
     help="Mail the platform sent you (the outbox when no SMTP is set).", no_args_is_help=True
 )
-WAIT_TIMEOUT_S = 300.0
 
 
 def _client() -> PlatformClient:
@@ -138,7 +137,8 @@ def schedule_create(
 
 def wait_running(client: PlatformClient, schedule_id: str) -> dict[str, Any]:
     console = out()
-    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    wait_s = get_settings().cli.schedule_wait_s
+    deadline = time.monotonic() + wait_s
     last_stage = ""
     with console.status("waiting for the scheduler to start it…") as status:
         while time.monotonic() < deadline:
@@ -154,7 +154,7 @@ def wait_running(client: PlatformClient, schedule_id: str) -> dict[str, Any]:
                 if instance["status"] == "failed":
                     raise PlatformError(f"{instance['instance_id']} failed: {instance['error']}")
             time.sleep(0.5)
-    raise Timeout(f"schedule {schedule_id} has no running instance after {WAIT_TIMEOUT_S:.0f}s")
+    raise Timeout(f"schedule {schedule_id} has no running instance after {wait_s:.0f}s")
 
 
 @schedule_app.command("schema")

@@ -76,6 +76,7 @@ class AppManagerAnswers:
                 artifact_key=version.artifact_key,
                 sha256=version.sha256,
                 manifest=AppManifest.model_validate_json(version.manifest),
+                owner=app.owner,
             )
 
     def on_find_owners(self, request: FindAppOwners, _envelope: Envelope) -> AppOwners:

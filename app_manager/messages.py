@@ -64,6 +64,7 @@ class AppVersion(Message):
     artifact_key: str
     sha256: str
     manifest: AppManifest
+    owner: str = Field(default="", description="Who uploaded the app (its owner).")
 
 
 class FindAppOwners(Message):

@@ -11,7 +11,7 @@ the domains that own what it names, over the bus, before anything is written:
   (``devices.<alias>.type``).
 
 Problems are ``{"file": "app.json", "field", "reason"}`` like the zip's own. A domain that does
-not answer within ``platform_core.http.ASK_TIMEOUT_S`` makes the upload 503.
+not answer within ``web.ask_timeout_s`` makes the upload 503.
 """
 
 from __future__ import annotations

@@ -95,6 +95,7 @@ from platform_sdk.device_messages import Frame, Reading
 from platform_sdk.devices import DeviceClient, SensorData, SensorPublisher, SensorStream
 from platform_sdk.envelope import ENCODING_HEADER, ENVELOPE_HEADER, Envelope
 from platform_sdk.errors import Unavailable
+from platform_sdk.principals import write_bus_secrets
 from platform_sdk.settings import get_settings, temporary_settings
 from platform_sdk.topics import Topics
 
@@ -1332,6 +1333,8 @@ def start_broker(kind: str, home: Path, stack: contextlib.ExitStack) -> tuple[Br
     kafka = KafkaBroker(home / "kafka", settings, log_file=home / "kafka.log")
     kafka.start(detach=True)
     stack.callback(kafka.stop)
+    # The cases' clients (home = this home) speak as the broker's super user, from the secrets file.
+    write_bus_secrets(home / "secrets" / "kafka.json", kafka.bus_secrets())
     return kafka, (
         f"Apache Kafka {settings.kafka_version} (KRaft, one node, as `aiot up` starts it: "
         f"bootstrapper.kafka.KafkaBroker, heap {settings.heap_mb} MB, JIT {settings.jit}, GC {settings.gc})"

@@ -159,6 +159,8 @@ class BenchPlatform:
         self.home = home
         self.env = clean_environment()
         self.env.update({"AIOT_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"})
+        # The probe is a plain command line, which agents run only when allowed to.
+        self.env["AIOT_AGENT__ALLOW_COMMANDS"] = "true"
         # (pid, create time, name) of what `aiot up` recorded, kept for the check after `down`.
         self.recorded: list[tuple[int, float, str]] = []
 
@@ -400,8 +402,10 @@ class Beats:
 
 
 @contextlib.contextmanager
-def watching(broker: str) -> Iterator[tuple[Bus, Beats, Requester]]:
-    with temporary_settings({"kafka.bootstrap_servers": broker, "kafka.topic_prefix": TOPIC_PREFIX}) as s:
+def watching(broker: str, home: Path) -> Iterator[tuple[Bus, Beats, Requester]]:
+    # The platform's home: its secrets file has the bus credential of its owner.
+    updates = {"home": str(home), "kafka.bootstrap_servers": broker, "kafka.topic_prefix": TOPIC_PREFIX}
+    with temporary_settings(updates) as s:
         bus = Bus(s, source="bench-node-layer")
     beats = Beats(bus)
     requester = Requester(bus)
@@ -666,7 +670,11 @@ class Starter:
 
 def probe_spec(service_id: str, requirements: list[str] | None = None) -> ServiceSpec:
     return ServiceSpec(
-        service_id=service_id, kind="app", command=["{python}", "-c", PROBE], requirements=requirements or []
+        service_id=service_id,
+        kind="app",
+        owner="bench",
+        command=["{python}", "-c", PROBE],
+        requirements=requirements or [],
     )
 
 
@@ -807,6 +815,7 @@ def docker_agent(platform: BenchPlatform, broker: str) -> Iterator[None]:
         "agent.http_port": 0,
         "agent.port_range": DOCKER_PORT_RANGE,
         "agent.load_scope": "services",
+        "agent.allow_commands": True,  # the probe is a plain command line
     }
     with temporary_settings(updates) as settings:
         agent = ServiceAgent(settings)
@@ -898,7 +907,7 @@ def measure(platform: BenchPlatform, plan: Plan, params: dict[str, Any]) -> list
     broker = platform.state().broker
     if broker is None:
         raise RuntimeError("the run state names no broker")
-    with watching(broker) as (bus, beats, requester):
+    with watching(broker, platform.home) as (bus, beats, requester):
         recovery = Recovery(platform, beats, SERVICE)
         killed = recovery.trials(signal.SIGKILL, plan.trials)
         hung = recovery.trials(signal.SIGSTOP, plan.trials)

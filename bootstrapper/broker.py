@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from platform_sdk.bus import client_config
 from platform_sdk.errors import Unavailable
 from platform_sdk.net import free_port
+from platform_sdk.principals import KafkaCredential
 from platform_sdk.runstate import PRIVATE_UMASK
 from platform_sdk.settings import KafkaSettings
 
@@ -56,12 +57,18 @@ def broker_binary() -> str:
     return resolved
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 15.0, alive: Callable[[], bool] = lambda: True) -> None:
+def wait_for_broker(
+    bootstrap: str,
+    timeout: float = 15.0,
+    alive: Callable[[], bool] = lambda: True,
+    credential: KafkaCredential | None = None,
+) -> None:
     """Return once ``bootstrap`` answers a metadata request, else raise ``Unavailable``.
 
     ``alive`` says whether the broker's process still runs: one that exited fails at once.
+    ``credential``: a broker with SASL is asked as that principal.
     """
-    admin = AdminClient(client_config(KafkaSettings(), bootstrap))
+    admin = AdminClient(client_config(KafkaSettings(), bootstrap, credential))
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:

@@ -37,12 +37,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from bootstrapper.broker import BrokerProcess, wait_for_broker
 from platform_sdk.errors import Unavailable
 from platform_sdk.net import free_port
+from platform_sdk.principals import BusSecrets, KafkaCredential, new_secret
+from platform_sdk.runstate import private_dir, private_file
 from platform_sdk.settings import KafkaSettings
 
 Progress = Callable[[str], None]
+ADMIN_USER = "admin"  # the broker's super user (SCRAM, created when the log dir is formatted)
+SCRAM_MECHANISM = "SCRAM-SHA-256"
 STOP_GRACE_S = 20.0
 GC_FLAGS = {  # kafka.gc → the JVM's collector
     "serial": "-XX:+UseSerialGC",
@@ -153,6 +159,11 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def _jaas(module: str, username: str, password: str, **extra: str) -> str:
+    options = {"username": username, "password": password, **extra}
+    return f"{module} required " + " ".join(f'{key}="{value}"' for key, value in options.items()) + ";"
+
+
 @dataclass(frozen=True)
 class Voter:
     node_id: int
@@ -162,9 +173,12 @@ class Voter:
 
 @dataclass
 class KafkaBroker(BrokerProcess):
-    """One Apache Kafka process (broker and controller) on 127.0.0.1, its log dir under ``directory``.
+    """One Apache Kafka process (broker and controller) on ``kafka.host`` (127.0.0.1 by default), its
+    log dir under ``directory``.
 
     Alone by default; ``voters`` (with a shared ``cluster_id``) make it one member of a cluster.
+    ``listen_host`` and ``advertised_host`` put its client listener elsewhere (the compose
+    deployment's broker: ``0.0.0.0``, advertised as ``kafka``); its controller stays on ``kafka.host``.
     """
 
     directory: Path
@@ -176,17 +190,38 @@ class KafkaBroker(BrokerProcess):
     cluster_id: str = ""
     log_file: Path | None = None
     stop_grace_s: float = STOP_GRACE_S
+    listen_host: str | None = None  # None: kafka.host
+    advertised_host: str | None = None  # None: kafka.host
+    # The super user's password (SCRAM on the client listener, PLAIN on the controller's): random
+    # per broker (a cluster's members share one); the config that holds it is 0600.
+    admin_password: str = field(default_factory=new_secret, repr=False)
 
     def __post_init__(self) -> None:
-        self.port = self.port or free_port()
-        self.controller_port = self.controller_port or free_port()
+        self.port = self.port or free_port(self.kafka.host)
+        self.controller_port = self.controller_port or free_port(self.kafka.host)
         self.cluster_id = self.cluster_id or new_cluster_id()
         if not self.voters:
             self.voters = [Voter(self.node_id, self.port, self.controller_port)]
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.kafka.host}:{self.port}"
+
+    @property
+    def admin_credential(self) -> KafkaCredential:
+        """The super user's credential (what sets up principals and ACLs)."""
+        return KafkaCredential(
+            username=ADMIN_USER, password=SecretStr(self.admin_password), mechanism=SCRAM_MECHANISM
+        )
+
+    def bus_secrets(self) -> BusSecrets:
+        """A secrets file naming this broker and its super user, for the platform to add its principals to."""
+        return BusSecrets(
+            bootstrap=self.bootstrap_servers,
+            admin=ADMIN_USER,
+            mechanism=SCRAM_MECHANISM,
+            principals={ADMIN_USER: SecretStr(self.admin_password)},
+        )
 
     @property
     def config_file(self) -> Path:
@@ -204,13 +239,36 @@ class KafkaBroker(BrokerProcess):
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": ",".join(
-                f"{voter.node_id}@127.0.0.1:{voter.controller_port}" for voter in self.voters
+                f"{voter.node_id}@{self.kafka.host}:{voter.controller_port}" for voter in self.voters
             ),
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            # Clients and brokers speak SASL/SCRAM on the one client listener (inter-broker traffic
+            # too, as the super user); the controllers' listener takes SASL/PLAIN with the super
+            # user's password from this file (SCRAM credentials live in the metadata log, which a
+            # controller needs before it can read them). Nothing on either port is anonymous.
+            "listeners": (
+                f"SASL_PLAINTEXT://{self.listen_host or self.kafka.host}:{self.port},"
+                f"CONTROLLER://{self.kafka.host}:{self.controller_port}"
+            ),
+            "advertised.listeners": f"SASL_PLAINTEXT://{self.advertised_host or self.kafka.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": _jaas(
+                "org.apache.kafka.common.security.scram.ScramLoginModule", ADMIN_USER, self.admin_password
+            ),
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": _jaas(
+                "org.apache.kafka.common.security.plain.PlainLoginModule",
+                ADMIN_USER,
+                self.admin_password,
+                **{f"user_{ADMIN_USER}": self.admin_password},
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{ADMIN_USER}",
             "log.dirs": str(self.data_dir),
             # Topics the platform creates carry their own class's configs (Topics.config_of);
             # these bound any other (auto-created or internal) topic.
@@ -279,14 +337,18 @@ class KafkaBroker(BrokerProcess):
             )
         if fresh and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text("".join(f"{key}={value}\n" for key, value in self.properties().items()))
+        private_dir(self.directory)
+        # The config holds the super user's password: the owner's alone.
+        private_file(self.config_file).write_text(
+            "".join(f"{key}={value}\n" for key, value in self.properties().items())
+        )
         if (self.data_dir / "meta.properties").exists():
             return
         result = subprocess.run(
             self.java_command(
                 "kafka.tools.StorageTool", "format",
                 f"--cluster-id={self.cluster_id}", "-c", str(self.config_file),
+                "--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={self.admin_password}]",
             ),
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
@@ -307,7 +369,9 @@ class KafkaBroker(BrokerProcess):
     def wait(self, timeout: float | None = None) -> None:
         wait = timeout or self.kafka.start_timeout_s
         try:
-            wait_for_broker(self.bootstrap_servers, wait, alive=self.running)
+            wait_for_broker(
+                self.bootstrap_servers, wait, alive=self.running, credential=self.admin_credential
+            )
         except Unavailable as exc:
             raise Unavailable(f"{exc}\n{self._tail()}") from exc
 
@@ -330,6 +394,7 @@ class KafkaCluster:
     def __post_init__(self) -> None:
         voters = [Voter(node_id, free_port(), free_port()) for node_id in range(1, self.size + 1)]
         cluster_id = new_cluster_id()
+        admin_password = new_secret()
         self.brokers = [
             KafkaBroker(
                 self.directory / f"broker-{voter.node_id}",
@@ -339,6 +404,7 @@ class KafkaCluster:
                 controller_port=voter.controller_port,
                 voters=voters,
                 cluster_id=cluster_id,
+                admin_password=admin_password,
                 log_file=self.directory / f"broker-{voter.node_id}.log",
             )
             for voter in voters
@@ -347,6 +413,13 @@ class KafkaCluster:
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(broker.bootstrap_servers for broker in self.brokers)
+
+    @property
+    def admin_credential(self) -> KafkaCredential:
+        return self.brokers[0].admin_credential
+
+    def bus_secrets(self) -> BusSecrets:
+        return self.brokers[0].bus_secrets().model_copy(update={"bootstrap": self.bootstrap_servers})
 
     def start(self, timeout: float | None = None) -> None:
         """Start every member at once (the quorum needs a majority) and wait for each."""

@@ -26,12 +26,15 @@ time matches the record, so a reused pid is never hit.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +44,7 @@ import requests
 
 from bootstrapper.broker import TANSU_NOTE, TansuBroker, wait_for_broker
 from bootstrapper.kafka import KafkaBroker, fetch_jars, jars_ready, java_ok
+from platform_core.bus_access import BusAccess
 from platform_core.db import Database
 from platform_core.nodes import (
     ServiceSpec,
@@ -55,6 +59,14 @@ from platform_sdk.envelope import Envelope
 from platform_sdk.errors import Conflict, PlatformError, Timeout, Unavailable
 from platform_sdk.messages import Heartbeat
 from platform_sdk.net import free_port
+from platform_sdk.principals import (
+    BusSecrets,
+    agent_principal,
+    kafka_credential,
+    read_bus_secrets,
+    secrets_path,
+    write_bus_secrets,
+)
 from platform_sdk.runstate import (
     PRIVATE_UMASK,
     NodeRecord,
@@ -69,11 +81,21 @@ from platform_sdk.settings import Settings, temporary_settings
 from platform_sdk.topics import Topics
 
 BROKER = "broker"
+UNAUTHENTICATED_NOTE = (
+    "the bus is unauthenticated (Tansu, or a Kafka without SASL): the platform is single-user, "
+    "anyone who reaches the broker can send anything (docs/security.md)"
+)
+log = logging.getLogger(__name__)
 STOP_GRACE_S = 15.0
 READY_TIMEOUT_S = 90.0
-PORTS_PER_NODE = 1000
-FIRST_SERVICE_PORT = 20000
+PORTS_PER_NODE = 1000  # from node_manager.first_service_port, node by node
 Progress = Callable[[str], None]
+UNSANDBOXED_NOTE = (
+    "WARNING: not run as root, so models and apps run UNSANDBOXED as your user and can read "
+    "whatever you can (this home's registry and sessions included): fine for one team that trusts "
+    "what it uploads. Run `aiot up` as root for a sandbox per owner, or set "
+    "AIOT_SANDBOX__ALLOW_UNSANDBOXED=false to refuse models and apps instead."
+)
 # Environment an agent gives each service; a process started from one must not inherit it.
 _PER_PROCESS = ("AIOT_AGENT_PID", "AIOT_NODE_ID", "AIOT_PORT_", "AIOT_AGENT__")
 
@@ -138,6 +160,8 @@ class LocalPlatform:
         self.settings = settings
         self.home = settings.home_dir
         self.log_dir = self.home / "logs"
+        # The main node's id: node-1 on one machine; a host's own name when `aiot bootstrap` installs it.
+        self.main_node = settings.agent.node_id
 
     # what runs ---------------------------------------------------------------------------
     def status(self) -> list[ProcessStatus]:
@@ -161,8 +185,12 @@ class LocalPlatform:
         runtime: str = "process",
         timeout: float = READY_TIMEOUT_S,
         broker: str | None = None,
+        remote_nodes: Sequence[str] = (),
     ) -> UpResult:
-        """Start everything and return once it all answers; on failure stop what was started."""
+        """Start everything and return once it all answers; on failure stop what was started.
+
+        ``remote_nodes``: the nodes of other hosts that will join this platform (``join``), whose
+        agents' bus principals are made here with the others."""
         if nodes < 1:
             raise Conflict("a platform needs at least one node")
         if self.is_running():
@@ -170,11 +198,27 @@ class LocalPlatform:
         # The home and everything in it are the owner's alone (the processes below get PRIVATE_UMASK).
         private_dir(self.home)
         private_dir(self.log_dir)
-        state = RunState(runtime=runtime)
+        if self._unsandboxed():
+            progress(UNSANDBOXED_NOTE)
+        state = RunState(
+            runtime=runtime,
+            agent_allow_commands=self.settings.agent.allow_commands,
+            agent_allowed_modules=self.settings.agent.allowed_modules,
+        )
         try:
-            state.broker = self._start_broker(state, progress, broker)
+            state.broker, secrets = self._start_broker(state, progress, broker)
+            if secrets is not None:
+                progress("creating the bus's principals and ACLs")
+                self._add_principals(secrets, [*self._node_ids(nodes), *remote_nodes])
+            elif state.broker_embedded and self.settings.kafka.secrets_file is None:
+                # Tansu: the home's earlier Kafka passwords are not to be offered to it (on the same port).
+                secrets_path(self.settings).unlink(missing_ok=True)
             write_run_state(self.settings, state)
             with temporary_settings({"kafka.bootstrap_servers": state.broker}) as settings:
+                state.bus_authenticated = Bus(settings, source="aiot-up").credential is not None
+                if not state.bus_authenticated:
+                    progress(UNAUTHENTICATED_NOTE)
+                    log.warning(UNAUTHENTICATED_NOTE)
                 topics = Topics.from_settings(settings).platform_topics()
                 Bus(settings, source="aiot-up").ensure_topics(topics)
                 generated = self._prepare_database(settings, progress)
@@ -183,12 +227,12 @@ class LocalPlatform:
                 write_run_state(self.settings, state)
                 bus = Bus(settings, source="aiot-up")
                 with _HeartbeatWatch(bus) as beats:
-                    for index in range(1, nodes + 1):
-                        progress(f"starting node-{index}")
-                        self._start_agent(state, index)
+                    for index, node_id in enumerate(self._node_ids(nodes), start=1):
+                        progress(f"starting {node_id}")
+                        self._start_agent(state, index, node_id)
                     write_run_state(self.settings, state)
                     beats.wait_for([f"agent-{node.node_id}" for node in state.nodes], state, self, timeout)
-                    progress("starting the node manager and the heartbeat monitor on node-1")
+                    progress(f"starting the node manager and the heartbeat monitor on {self.main_node}")
                     self._start_core(bus)
                     progress("the node manager places the platform's services")
                     expected = [spec.service_id for spec in CORE_SERVICES] + self._roster_ids(settings)
@@ -201,12 +245,65 @@ class LocalPlatform:
             raise
         return UpResult(state, generated)
 
-    def _start_broker(self, state: RunState, progress: Progress, requested: str | None) -> str:
+    def _node_ids(self, nodes: int) -> list[str]:
+        return [self.main_node, *(f"node-{index}" for index in range(2, nodes + 1))]
+
+    def join(self, broker: str, web_url: str, progress: Progress = lambda _step: None) -> RunState:
+        """Start this host's one agent (``agent.node_id``, not the main node) for the platform whose
+        broker and front door are given, and return once its HTTP answers; its bus credential is
+        in this home's secrets file (``aiot bootstrap`` wrote it)."""
+        if self.is_running():
+            raise Conflict(f"a node already runs from {self.home}; stop it first with `aiot down`")
+        private_dir(self.home)
+        private_dir(self.log_dir)
+        state = RunState(
+            broker=broker,
+            web_url=web_url,
+            main=False,
+            agent_allow_commands=self.settings.agent.allow_commands,
+            agent_allowed_modules=self.settings.agent.allowed_modules,
+        )
+        try:
+            progress(f"checking Kafka at {broker}")
+            timeout = self.settings.bootstrap.ready_timeout_s
+            wait_for_broker(broker, timeout=timeout, credential=kafka_credential(self.settings, broker))
+            progress(f"starting {self.main_node}")
+            node = self._start_agent(state, 1, self.main_node, main=False)
+            write_run_state(self.settings, state)
+            self._wait_http(state, f"{node.http_url}/load", timeout)
+        except BaseException:
+            progress("start-up failed; stopping what was started")
+            self._stop_everything(state, progress)
+            clear_run_state(self.settings)
+            raise
+        return state
+
+    def _add_principals(self, secrets: BusSecrets, nodes: Sequence[str]) -> None:
+        """The platform services' and the agents' principals and ACLs, their passwords in the
+        home's secrets file (0600) where each process finds its own."""
+        with temporary_settings({"kafka.bootstrap_servers": secrets.bootstrap}) as settings:
+            write_bus_secrets(secrets_path(settings), secrets)  # the super user's, for what follows
+            access = BusAccess(Bus(settings, source="aiot-up"))
+            services = [spec.service_id for spec in CORE_SERVICES] + self._roster_ids(settings)
+            access.add_platform(secrets, services, nodes)
+            write_bus_secrets(secrets_path(settings), secrets)
+            access.wait_usable(secrets, agent_principal(settings.kafka.topic_prefix, nodes[-1]))
+
+    def _start_broker(
+        self, state: RunState, progress: Progress, requested: str | None
+    ) -> tuple[str, BusSecrets | None]:
+        """Start (or check) the broker: its address, and the secrets to add the platform's
+        principals to: the new broker's super user, or for a configured cluster the secrets file
+        given for it (kafka.secrets_file naming a principal that may create others). None: Tansu,
+        or a cluster reached without a secrets file (its own SASL settings, or none)."""
         configured = self.settings.kafka.bootstrap_servers
         if configured:
             progress(f"checking Kafka at {configured}")
-            wait_for_broker(configured, timeout=10)
-            return configured
+            wait_for_broker(configured, timeout=10, credential=kafka_credential(self.settings, configured))
+            given = read_bus_secrets(self.settings)
+            if self.settings.kafka.sasl_username or given is None or given.bootstrap != configured:
+                return configured, None
+            return configured, given
         kind = self._broker_kind(requested or self.settings.kafka.broker, progress)
         state.broker_embedded = True
         state.broker_kind = kind
@@ -214,20 +311,22 @@ class LocalPlatform:
             kafka_settings = self.settings.kafka
             if not jars_ready(kafka_settings):
                 fetch_jars(kafka_settings, progress)
-            progress(f"starting Apache Kafka {kafka_settings.kafka_version} (KRaft) on 127.0.0.1")
+            progress(f"starting Apache Kafka {kafka_settings.kafka_version} (KRaft) on {kafka_settings.host}")
             kafka = KafkaBroker(self.home / "kafka", kafka_settings, log_file=self.log_dir / f"{BROKER}.out")
             kafka.start(detach=True)
             pid, command, log_file = kafka.pid, kafka.command(), kafka.log_file
             address = kafka.bootstrap_servers
+            secrets: BusSecrets | None = kafka.bus_secrets()
         else:
             progress("starting the bundled Tansu broker")
             tansu = TansuBroker(log_file=self.log_dir / f"{BROKER}.out")
             tansu.start(detach=True)
             pid, command, log_file = tansu.pid, tansu.command(), tansu.log_file
             address = tansu.bootstrap_servers
+            secrets = None
         assert pid is not None
         state.processes.append(_record(BROKER, pid, command, log_file))
-        return address
+        return address, secrets
 
     def _broker_kind(self, requested: str, progress: Progress) -> Literal["kafka", "tansu"]:
         """``kafka``/``tansu`` as asked; ``auto``: Apache Kafka where Java 17+ runs, else Tansu."""
@@ -257,15 +356,24 @@ class LocalPlatform:
     def _roster_ids(self, settings: Settings) -> list[str]:
         return [spec.service_id for spec in load_roster(settings)]
 
-    def _start_agent(self, state: RunState, index: int) -> NodeRecord:
-        """One more node: a service agent process with its own HTTP port and port range."""
-        node_id = f"node-{index}"
+    def _start_agent(
+        self, state: RunState, index: int, node_id: str, *, main: bool | None = None, added: bool = False
+    ) -> NodeRecord:
+        """One more node: a service agent process with its own HTTP port and port range (the
+        lowest range no node of ``state`` uses)."""
         http_port = free_port(self.settings.agent.host)
-        low = FIRST_SERVICE_PORT + (index - 1) * PORTS_PER_NODE
+        taken = {node.port_range for node in state.nodes}
+        first = self.settings.node_manager.first_service_port
+        low = next(
+            low
+            for slot in itertools.count()
+            if f"{(low := first + slot * PORTS_PER_NODE)}-{low + PORTS_PER_NODE - 1}" not in taken
+        )
         node = NodeRecord(
             node_id=node_id,
             http_url=f"http://{self.settings.agent.host}:{http_port}",
             port_range=f"{low}-{low + PORTS_PER_NODE - 1}",
+            added=added,
         )
         assert state.broker is not None
         assert state.web_url is not None
@@ -277,14 +385,21 @@ class LocalPlatform:
             "AIOT_KAFKA__BOOTSTRAP_SERVERS": state.broker,
             "AIOT_WEB__PORT": state.web_url.rsplit(":", 1)[1],
             "AIOT_AGENT__NODE_ID": node_id,
-            "AIOT_AGENT__MAIN": "true" if index == 1 else "false",
+            "AIOT_AGENT__MAIN": "true" if (index == 1 if main is None else main) else "false",
+            "AIOT_AGENT__HOST": self.settings.agent.host,
             "AIOT_AGENT__HTTP_PORT": str(http_port),
             "AIOT_AGENT__PORT_RANGE": node.port_range,
             "AIOT_AGENT__RUNTIME": state.runtime,
             # Several agents share this machine: each reports the load of its own services.
             "AIOT_AGENT__LOAD_SCOPE": "services",
+            # What the agent may run (the rest of this process's AIOT_AGENT__* is not the agent's).
+            # From the run state: the node manager adding a node has no agent settings of its own.
+            "AIOT_AGENT__ALLOW_COMMANDS": "true" if state.agent_allow_commands else "false",
+            "AIOT_AGENT__ALLOWED_MODULES": json.dumps(state.agent_allowed_modules),
             "PYTHONUNBUFFERED": "1",
         }
+        if self._unsandboxed():
+            env["AIOT_SANDBOX__ALLOW_UNSANDBOXED"] = "true"
         command = [sys.executable, "-m", "service_agent"]
         log_file = self.log_dir / f"agent-{node_id}.out"
         with open(log_file, "ab") as output:
@@ -298,27 +413,40 @@ class LocalPlatform:
                 umask=PRIVATE_UMASK,  # what the agent and the services it runs create is private
             )
         state.nodes.append(node)
+        state.nodes_started = max(state.nodes_started, index)
         state.processes.append(_record(f"agent-{node_id}", process.pid, command, log_file))
         return node
+
+    def _unsandboxed(self) -> bool:
+        """Whether this platform's models and apps run unsandboxed: `aiot up` by a user other than root
+        (who cannot run code as other uids), unless sandbox.allow_unsandboxed says otherwise."""
+        sandbox = self.settings.sandbox
+        return os.geteuid() != 0 and sandbox.enabled and "allow_unsandboxed" not in sandbox.model_fields_set
 
     def _start_core(self, bus: Bus) -> None:
         with Requester(bus) as requester:
             for spec in CORE_SERVICES:
                 requester.request(
-                    agent_topic(bus.topics, "node-1"), StartService(spec=spec), ServiceStateReply, timeout=60
+                    agent_topic(bus.topics, self.main_node),
+                    StartService(spec=spec),
+                    ServiceStateReply,
+                    timeout=60,
                 )
 
     def _wait_front_door(self, state: RunState, timeout: float) -> None:
+        self._wait_http(state, f"{state.web_url}/api/health", timeout)
+
+    def _wait_http(self, state: RunState, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             self.raise_if_exited(state)
             try:
-                if requests.get(f"{state.web_url}/api/health", timeout=1).ok:
+                if requests.get(url, timeout=1).ok:
                     return
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise Timeout(f"the front door at {state.web_url} did not answer within {timeout:.0f}s")
+                raise Timeout(f"{url} did not answer within {timeout:.0f}s")
             time.sleep(0.1)
 
     def raise_if_exited(self, state: RunState) -> None:
@@ -334,9 +462,43 @@ class LocalPlatform:
         state = read_run_state(self.settings)
         if state is None or state.broker is None:
             return None
-        node = self._start_agent(state, len(state.nodes) + 1)
+        index = _next_index(state)
+        node_id = f"node-{index}"
+        secrets = read_bus_secrets(self.settings)
+        if secrets is not None and secrets.bootstrap == state.broker:
+            # The node manager (this process) may create principals: the new agent's, in the file.
+            access = BusAccess(Bus(self.settings, source=self.settings.service_id or "aiot"))
+            access.add_agent(secrets, node_id)
+            write_bus_secrets(secrets_path(self.settings), secrets)
+            access.wait_usable(secrets, agent_principal(self.settings.kafka.topic_prefix, node_id))
+        node = self._start_agent(state, index, node_id, added=True)
         write_run_state(self.settings, state)
         return node.node_id
+
+    def added_nodes(self) -> list[str]:
+        """The nodes scale-out added (the ones scale-in may remove)."""
+        state = read_run_state(self.settings)
+        return [node.node_id for node in state.nodes if node.added] if state is not None else []
+
+    def remove_node(self, node_id: str) -> None:
+        """Stop a drained node's agent (and whatever of it is left), remove its bus principal, and
+        forget it in the run state (scale-in). Only a node scale-out added can be removed."""
+        state = read_run_state(self.settings)
+        node = next((node for node in state.nodes if node.node_id == node_id), None) if state else None
+        if state is None or node is None or not node.added:
+            raise Conflict(f"node {node_id!r} was not added by scale-out here: it cannot be removed")
+        agents = [record for record in state.processes if record.name == f"agent-{node_id}"]
+        _terminate(agents, lambda _step: None)
+        self.retire_node(node_id)
+        secrets = read_bus_secrets(self.settings)
+        if secrets is not None and secrets.bootstrap == state.broker:
+            BusAccess(Bus(self.settings, source=self.settings.service_id or "aiot")).remove_agent(
+                secrets, node_id
+            )
+            write_bus_secrets(secrets_path(self.settings), secrets)
+        state.nodes.remove(node)
+        state.processes = [record for record in state.processes if record not in agents]
+        write_run_state(self.settings, state)
 
     def retire_node(self, node_id: str) -> None:
         """Make a lost node's loss complete: what still runs of it here is stopped.
@@ -361,13 +523,16 @@ class LocalPlatform:
     def _stop_everything(self, state: RunState, progress: Progress) -> list[str]:
         brokers = [record for record in state.processes if record.name == BROKER]
         agents = [record for record in state.processes if record.name != BROKER]
-        if state.broker and any(_alive(record) for record in agents):
+        if state.main and state.broker and any(_alive(record) for record in agents):
             progress("stopping the node manager and the heartbeat monitor")
             self._stop_core(state.broker)
         stopped = _terminate(agents, progress)
         self._sweep(progress)
         self._remove_containers(progress)
         stopped += _terminate(brokers, progress)
+        from service_agent.sandbox import remove_root
+
+        remove_root(self.settings)  # the sandboxes' bundle copies, scratch folders and venvs
         return stopped
 
     def _stop_core(self, broker: str) -> None:
@@ -378,7 +543,7 @@ class LocalPlatform:
                 for spec in reversed(CORE_SERVICES):
                     with contextlib.suppress(PlatformError):
                         requester.request(
-                            agent_topic(bus.topics, "node-1"),
+                            agent_topic(bus.topics, self.main_node),
                             StopService(service_id=spec.service_id),
                             ServiceStateReply,
                             timeout=20,
@@ -387,20 +552,27 @@ class LocalPlatform:
     def _sweep(
         self, progress: Progress, *, node_id: str | None = None, signum: signal.Signals = signal.SIGTERM
     ) -> bool:
-        """Stop any managed process of this home still running (a service whose agent was killed).
+        """Stop any managed process of this home still running (a service whose agent was killed);
+        with ``node_id``, only that node's: its agent and the services it started.
 
         Managed processes carry both AIOT_HOME and AIOT_SERVICE_ID; a user's shell that merely
-        exports AIOT_HOME is left alone.
+        exports AIOT_HOME is left alone. An agent carries its node in AIOT_AGENT__NODE_ID, the
+        services it starts in AIOT_NODE_ID.
         """
         leftovers = []
         ourselves = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
         for process in psutil.process_iter():
             try:
                 env = process.environ()
+                on_node = node_id is None or node_id in (
+                    env.get("AIOT_NODE_ID"),
+                    env.get("AIOT_AGENT__NODE_ID"),
+                )
                 if (
                     process.pid not in ourselves
                     and env.get("AIOT_HOME") == str(self.home)
                     and env.get("AIOT_SERVICE_ID")
+                    and on_node
                 ):
                     leftovers.append(process)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -423,11 +595,16 @@ class LocalPlatform:
 
 
 class _HeartbeatWatch:
-    """Collects the service ids that send heartbeats, from before anything starts."""
+    """Collects the service ids that send heartbeats once it started (before anything starts)."""
 
     def __init__(self, bus: Bus) -> None:
         self.seen: set[str] = set()
-        self._loop = ConsumerLoop(bus, [bus.topics.heartbeats], group=None, name="aiot-up-heartbeats")
+        # From the end: on a broker that outlived an earlier start (a configured Kafka, the compose
+        # deployment's) the beats of that start's agents are still there, and counting them sent
+        # commands to agents not yet listening.
+        self._loop = ConsumerLoop(
+            bus, [bus.topics.heartbeats], group=None, name="aiot-up-heartbeats", offset_reset="latest"
+        )
         self._loop.add_handler(Heartbeat, self._on_heartbeat)
 
     def _on_heartbeat(self, beat: Heartbeat, _envelope: Envelope) -> None:
@@ -451,6 +628,17 @@ class _HeartbeatWatch:
                 missing = ", ".join(sorted(expected - self.seen))
                 raise Timeout(f"no heartbeat from {missing} within {timeout:.0f}s; see {platform.log_dir}")
             time.sleep(0.1)
+
+
+def _next_index(state: RunState) -> int:
+    """The number of the next node: above every node's started for this platform (a removed
+    node's id is never reused)."""
+    numbers = [
+        int(number)
+        for node in state.nodes
+        if (number := node.node_id.removeprefix("node-")).isdigit() and node.node_id.startswith("node-")
+    ]  # a bootstrapped main host's node is named after its host
+    return max([*numbers, state.nodes_started]) + 1
 
 
 def _terminate(records: list[ProcessRecord], progress: Progress) -> list[str]:

@@ -2,8 +2,9 @@
 
 The local provider (``bootstrapper.local``) starts the node manager on the main node's agent
 with this module, which hands it the provider's hooks: ``add_node`` (scale-out: one more
-service agent on this machine) and ``retire_node`` (what still runs of a lost node here is
-ended). The node manager knows nothing of providers; whoever starts it injects one
+service agent on this machine), ``retire_node`` (what still runs of a lost node here is
+ended), ``added_nodes`` and ``remove_node`` (scale-in: a drained node's agent stopped and
+forgotten). The node manager knows nothing of providers; whoever starts it injects one
 (``python -m node_manager`` runs it without).
 """
 
@@ -17,7 +18,13 @@ from platform_sdk.settings import get_settings
 def main() -> None:
     settings = get_settings()
     provider = LocalPlatform(settings)
-    NodeManagerService(settings, scale_out=provider.add_node, retire_node=provider.retire_node).run()
+    NodeManagerService(
+        settings,
+        scale_out=provider.add_node,
+        retire_node=provider.retire_node,
+        remove_node=provider.remove_node,
+        added_nodes=provider.added_nodes,
+    ).run()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
         ──▶ row "queued" (a redelivered request finds its row: nothing starts twice)
         ──▶ worker: BindDevices to the device manager (aliases → devices at the location)
             ──▶ each model alias resolved to a deployed model (refused when one is not deployed)
-            ──▶ the instance config (``AppInstanceConfig``) in ``AIOT_APP__INSTANCE``
+            ──▶ the instance config (``AppInstanceConfig``) in ``AIOT_APP__INSTANCE``, and its
+                bus grants (``ServiceSpec.bus``: its sensors' data and controllers' state to
+                read, its controllers' commands to write; the node manager grants them)
             ──▶ PlaceService ``app-<instance>`` (``python -m platform_sdk.run_app`` in the app's zip,
                 the node manager picks the least-loaded node) ──▶ its health path answers
             ──▶ "running" with node and address ──▶ InstanceEvent on ``events.app-instances``
@@ -29,11 +31,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from app_manager.messages import AppOwners, FindAppOwners, app_manager_topic
 from deployer.messages import (
     DeployApp,
     InstanceEvent,
@@ -47,7 +50,7 @@ from deployer.messages import (
 from deployer.models import AppInstanceRow, add_stage, record_stage
 from device_manager.messages import BindDevices, DeviceBindings, UnbindDevices, Unbound
 from platform_core.db import Database
-from platform_core.nodes import BundleRef, ServiceIncident, ServiceSpec
+from platform_core.nodes import BundleRef, BusGrants, ServiceIncident, ServiceSpec
 from platform_core.placement_client import PlacementClient
 from platform_sdk.artifacts import AppInstanceConfig, ModelBinding
 from platform_sdk.bus import Producer, Requester
@@ -55,6 +58,7 @@ from platform_sdk.device_documents import Binding
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError
 from platform_sdk.model_client import ModelReplicas, ResolveModel
+from platform_sdk.topics import Topics
 
 log = logging.getLogger(__name__)
 BIND_TIMEOUT_S = 30.0
@@ -211,6 +215,7 @@ class AppInstances:
         spec = ServiceSpec(
             service_id=instance_service_id(instance_id),
             kind="app",
+            owner=request.app_owner or self._app_owner(request.app_id),
             module="platform_sdk.run_app",
             bundle=BundleRef(key=request.artifact_key, sha256=request.artifact_sha256),
             requirements=manifest.requirements,
@@ -218,6 +223,7 @@ class AppInstances:
             cpu_limit=manifest.resources.cpu,
             memory_mb=manifest.resources.memory_mb,
             env={"AIOT_APP__INSTANCE": config.model_dump_json()},
+            bus=_bus_grants(self.topics, devices.values()),
         )
         self._stage(instance_id, "placing", "on the least-loaded node")
         placement = self.placements.place(spec, avoid=[])
@@ -252,6 +258,16 @@ class AppInstances:
             DeviceBindings,
             timeout=BIND_TIMEOUT_S,
         )
+
+    def _app_owner(self, app_id: str) -> str:
+        """Who owns the app, from the app manager (a ``DeployApp`` sent before it carried ``app_owner``)."""
+        answer = self.requester.request(
+            app_manager_topic(self.topics), FindAppOwners(app_ids=[app_id]), AppOwners, timeout=BIND_TIMEOUT_S
+        )
+        owners = [app.owner for app in answer.apps if app.app_id == app_id]
+        if not owners:
+            raise NotFound(f"app {app_id!r} is not known to the app manager: it was deleted")
+        return owners[0]
 
     def _check_deployed(self, alias: str, model: str, version: str | None) -> None:
         try:
@@ -304,6 +320,19 @@ class AppInstances:
             self.producer.flush(5)
         except PlatformError as exc:
             log.warning("cannot publish %s of %s: %s", status, instance_id, exc)
+
+
+def _bus_grants(topics: Topics, devices: Iterable[Binding]) -> BusGrants:
+    """What an instance bound to ``devices`` may use of the bus besides its own topics: its sensors'
+    data and its controllers' state to read, its controllers' commands to write."""
+    read, write = [], []
+    for binding in devices:
+        if binding.type.kind == "sensor":
+            read.append(topics.device_data(binding.device_id))
+        else:
+            read.append(topics.device_state(binding.device_id))
+            write.append(topics.device_commands(binding.device_id))
+    return BusGrants(read=sorted(set(read)), write=sorted(set(write)))
 
 
 def _flatten(bindings: dict[str, list[Binding]]) -> dict[str, Binding]:

@@ -60,6 +60,11 @@ class DeployModel(Message):
     artifact_key: str
     artifact_sha256: str
     manifest: ModelManifest
+    owner: str = Field(
+        default="",
+        description="Who owns the model (its replicas run sandboxed as this owner's uid); empty: the "
+        "deployer asks the AI manager.",
+    )
 
 
 class UndeployModel(Message):
@@ -133,6 +138,11 @@ class DeployApp(Message):
     manifest: AppManifest
     location: str
     owner: str
+    app_owner: str = Field(
+        default="",
+        description="Who owns the app (its instances run sandboxed as this owner's uid; ``owner`` is who "
+        "scheduled it); empty: the deployer asks the app manager.",
+    )
     email: str | None = None
     schedule_id: str | None = None
     stop_at: datetime | None = Field(default=None, description="When the scheduler will stop it.")

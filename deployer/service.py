@@ -10,6 +10,9 @@
                            replica (each node removes its unpacked copy as the last replica
                            there stops, the zip being gone) ──▶ "undeployed" (request/reply)
         ResolveModel   ──▶ the live replicas of a model version (``model_call``) (request/reply)
+    <prefix>.inst.*.requests (group "deployer.instances"; ``platform_core.instances``)
+        ResolveModel from a model replica or app instance with its own principal; anything else
+                       ──▶ refused (an error reply, or the dead-letter topic)
         ListDeployments ──▶ deployments with their stages                     (request/reply)
     <prefix>.events.incidents (group "deployer")
         ServiceIncident of an app instance ──▶ moved (new address) or given up (failed) (``deployer.apps``)
@@ -36,6 +39,7 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
+from ai_manager.messages import FindModelOwners, ModelOwners, ai_manager_topic
 from deployer.apps import AppInstances
 from deployer.messages import (
     DeployApp,
@@ -55,18 +59,25 @@ from deployer.models import DeploymentRow, add_stage, record_stage
 from platform_core.archive import Archive
 from platform_core.blobstore import BlobStore, blob_store_from_settings
 from platform_core.db import Database
+from platform_core.instances import instance_loop
 from platform_core.nodes import BundleRef, ServiceIncident, ServiceSpec
 from platform_core.placement_client import PlacementClient
 from platform_core.service import QueueWorker, Service
 from platform_sdk.artifacts import ModelManifest, find_version, latest
 from platform_sdk.bus import ConsumerLoop, Producer, Requester
 from platform_sdk.envelope import Envelope
-from platform_sdk.errors import NotFound, PlatformError, Unavailable
+from platform_sdk.errors import BadRequest, NotFound, PlatformError, Unavailable
 from platform_sdk.model_client import EndpointInfo, ModelReplicas, ResolveModel
 from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
 DEPLOY_CONFIG = "aiot-deploy.json"
+
+
+def _refused_from_an_instance(envelope: Envelope) -> None:
+    raise BadRequest(
+        f"an instance may ask the deployer {ResolveModel.message_type!r} only, not {envelope.type!r}"
+    )
 
 
 class DeployerService(Service):
@@ -101,7 +112,9 @@ class DeployerService(Service):
             self.worker.put(model_request)
         for app_request in self.apps.unfinished():
             self.worker.put(app_request)
-        commands = ConsumerLoop(bus, [bus.topics.deployer], group="deployer", name=self.service_id)
+        commands = ConsumerLoop(
+            bus, [bus.topics.deployer], group=f"{bus.topics.prefix}.deployer", name=self.service_id
+        )
         commands.add_handler(DeployModel, self.on_deploy)
         commands.add_handler(UndeployModel, self.on_undeploy)
         commands.add_handler(ResolveModel, self.on_resolve)
@@ -111,8 +124,23 @@ class DeployerService(Service):
         commands.add_handler(ListInstances, self.apps.on_list)
         commands.start()
         self.own(commands)
+        # A model replica's or app instance's own requests topic: ResolveModel only.
+        instance_requests = instance_loop(
+            bus,
+            "requests",
+            group=f"{bus.topics.prefix}.deployer.instances",
+            name=f"{self.service_id}-instances",
+            offset_reset="earliest",
+        )
+        instance_requests.add_handler(ResolveModel, self.on_resolve)
+        instance_requests.on_any(_refused_from_an_instance)
+        instance_requests.start()
+        self.own(instance_requests)
         incidents = ConsumerLoop(
-            bus, [bus.topics.incidents], group="deployer", name=f"{self.service_id}-incidents"
+            bus,
+            [bus.topics.incidents],
+            group=f"{bus.topics.prefix}.deployer",
+            name=f"{self.service_id}-incidents",
         )
         incidents.add_handler(ServiceIncident, self.apps.on_incident)
         incidents.start()
@@ -217,11 +245,13 @@ class DeployerService(Service):
             raise PlatformError(f"artifact {request.artifact_key} changed since upload: upload it again")
         self._stage(deployment_id, "bundling")
         bundle = self._bundle(artifact, deployment_id, request)
+        owner = request.owner or self._model_owner(request.model_id)
         replicas: list[Replica] = []
         for index in range(manifest.replicas):
             spec = ServiceSpec(
                 service_id=replica_service_id(deployment_id, index),
                 kind="model",
+                owner=owner,
                 module="ai_manager.serving",
                 bundle=bundle,
                 requirements=manifest.requirements,
@@ -247,6 +277,19 @@ class DeployerService(Service):
             if row is not None:
                 row.endpoints = json.dumps([endpoint.name for endpoint in manifest.endpoints])
         self._finish(deployment_id, "deployed", f"{len(replicas)} replica(s)")
+
+    def _model_owner(self, model_id: str) -> str:
+        """Who owns the model, from the AI manager (a ``DeployModel`` sent before it carried ``owner``)."""
+        answer = self.requester.request(
+            ai_manager_topic(self.sdk.bus.topics),
+            FindModelOwners(model_ids=[model_id]),
+            ModelOwners,
+            timeout=self.settings.kafka.request_timeout_s,
+        )
+        owners = [model.owner for model in answer.models if model.model_id == model_id]
+        if not owners:
+            raise NotFound(f"model {model_id!r} is not known to the AI manager: it was deleted")
+        return owners[0]
 
     def _bundle(self, artifact: bytes, deployment_id: str, request: DeployModel) -> BundleRef:
         """The artifact's files plus the generated deploy config, as one zip in the blob store."""

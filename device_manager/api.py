@@ -21,7 +21,7 @@ then. ``POST /api/devices/bulk`` registers a ``DeviceBundle`` all or nothing.
 A device's latest reading, frame summary or state (``state``, in ``GET /api/devices/<name>``
 and for each device of ``GET /api/devices``) is read from its topic when asked, through the
 front door's bus (``device_manager.states``); what cannot be read there (nothing on the
-topic any more, no bus, or the list's ``LIST_READ_BUDGET_S`` spent) is the row the
+topic any more, no bus, or the list's ``web.device_list_budget_s`` spent) is the row the
 device-manager service recorded, or null.
 
 Registering a real device (``"simulated": false``) answers its MQTT credentials once
@@ -64,7 +64,7 @@ from platform_sdk.device_documents import (
     DeviceType,
     Location,
 )
-from platform_sdk.devices import COMMAND_TIMEOUT_S, command_controller
+from platform_sdk.devices import command_controller
 from platform_sdk.errors import Timeout, Unavailable, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ WRITERS = (Role.PLATFORM_CONFIGURER,)
 READERS = (Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.END_USER)
 # Who commands devices through the front door; app instances command their bound ones on the bus.
 COMMANDERS = (Role.PLATFORM_CONFIGURER,)
-LIST_READ_BUDGET_S = 5.0  # GET /api/devices reads the devices' topics for this long at most
 
 
 def notify_device_change(action: Literal["added", "removed", "credentials"], device_name: str) -> None:
@@ -133,6 +132,7 @@ def _latest_states(
     timeout, and the whole list at most ``budget_s``.
     """
     bus = _bus()
+    read_timeout_s = resources().settings.device.state_read_timeout_s
     deadline = time.monotonic() + budget_s
     found: dict[str, dict[str, Any] | None] = {}
     for row in rows:
@@ -141,9 +141,7 @@ def _latest_states(
         if bus is None or remaining <= 0:
             continue
         try:
-            live = states.read_latest(
-                bus, row.name, device_type.kind, timeout=min(states.READ_TIMEOUT_S, remaining)
-            )
+            live = states.read_latest(bus, row.name, device_type.kind, timeout=min(read_timeout_s, remaining))
         except Unavailable as exc:
             log.warning("cannot read the latest state of %s from the bus: %s", row.name, exc)
             continue
@@ -314,7 +312,7 @@ def list_devices() -> flask.Response:
             registry.read_type(session, wanted.type)
         rows = registry.list_devices(session, location=wanted.location, type=wanted.type)
         types = _all_types(session)
-    latest = _latest_states(rows, types, LIST_READ_BUDGET_S)
+    latest = _latest_states(rows, types, resources().settings.web.device_list_budget_s)
     devices = [body | {"state": latest[body["name"]]} for body in _devices_json(rows, types)]
     return flask.jsonify(devices=devices)
 
@@ -327,7 +325,7 @@ def show_device(name: str) -> flask.Response:
         row = registry.read_device(session, name)
         device_type = registry.type_document(registry.read_type(session, row.type))
         bound_to = registry.bound_instances(session, name)
-    latest = _latest_states([row], {row.type: device_type}, states.READ_TIMEOUT_S)
+    latest = _latest_states([row], {row.type: device_type}, resources().settings.device.state_read_timeout_s)
     body = _device_json(row, device_type) | {
         "device_type": device_type.model_dump(mode="json", exclude_none=True),
         "state": latest[name],
@@ -423,7 +421,8 @@ def command_device(name: str) -> flask.Response | tuple[flask.Response, int]:
     except Timeout:
         return _said(
             Timeout(
-                f"{name} did not answer {request.command!r} within {COMMAND_TIMEOUT_S:g}s: {host}; "
+                f"{name} did not answer {request.command!r} within "
+                f"{requester.bus.settings.device.command_timeout_s:g}s: {host}; "
                 f"`aiot device show {name}` shows when it last reported. Send it again once it runs."
             )
         )

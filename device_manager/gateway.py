@@ -94,6 +94,7 @@ from device_manager.mqtt_auth import broker_address
 from device_manager.states import read_latest
 from platform_core.db import Database
 from platform_core.service import PeriodicTask
+from platform_sdk import json_numbers
 from platform_sdk.bus import Bus, ConsumerLoop, Producer
 from platform_sdk.device_documents import DeviceType, ParamSpec
 from platform_sdk.device_messages import DeviceCommand, DeviceState
@@ -104,13 +105,7 @@ from platform_sdk.settings import Settings
 
 log = logging.getLogger(__name__)
 
-COMMAND_TIMEOUT_S = 5.0
-REFRESH_INTERVAL_S = 3.0
-WARN_INTERVAL_S = 10.0
-KEEPALIVE_S = 30
-RECONNECT_MAX_DELAY_S = 30
 _MAX_WARN_KEYS = 1000
-_MAX_INT = 2**63 - 1  # integers in readings and states fit in 64 bits
 
 FORWARDED = "gateway.forwarded"
 REJECTED = "gateway.rejected"
@@ -133,43 +128,20 @@ class _Refused(Exception):
         self.reason = reason
 
 
-class _NonFinite(ValueError):
-    """A number that is not finite (NaN, Infinity, one too large for a float: 1e999), or an
-    integer beyond 64 bits."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise _NonFinite(f"{name} is not a finite number")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise _NonFinite(f"{text} is not a finite number (it overflows a 64-bit float)")
-    return number
-
-
-def _bounded_int(text: str) -> int:
-    number = int(text)
-    if abs(number) > _MAX_INT:
-        raise _NonFinite(f"{text[:24]}{'...' if len(text) > 24 else ''} is beyond the 64-bit integer range")
-    return number
-
-
 def _json_object(payload: bytes) -> dict[str, Any]:
+    """The payload's JSON object, refused when it holds a number that does not fit (NaN, Infinity,
+    a float that overflows, an integer beyond 64 bits): the first one is named with its value."""
     try:
-        body = json.loads(
-            payload.decode("utf-8"),
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            parse_int=_bounded_int,
-        )
-    except _NonFinite as exc:
-        raise _Refused("non-finite", str(exc)) from exc
+        body = json_numbers.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise _Refused("malformed", f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise _Refused("malformed", f"expected a JSON object, not {type(body).__name__}")
+    if bad := json_numbers.bad_numbers(body):
+        path, number = bad[0]
+        literal = number.literal if len(number.literal) <= 24 else f"{number.literal[:24]}..."
+        said = number.reason if number.reason.startswith(literal) else f"{literal} is {number.reason}"
+        raise _Refused("non-finite", f"{'.'.join(map(str, path))}: {said}")
     return body
 
 
@@ -363,9 +335,6 @@ class MqttGateway:
         settings: Settings,
         bus: Bus,
         database: Database,
-        *,
-        refresh_s: float = REFRESH_INTERVAL_S,
-        command_timeout_s: float = COMMAND_TIMEOUT_S,
     ) -> None:
         if not settings.device.mqtt_url:
             raise BadRequest("the MQTT gateway needs device.mqtt_url (mqtt://HOST:PORT)")
@@ -374,8 +343,9 @@ class MqttGateway:
         self.database = database
         self.url = settings.device.mqtt_url
         self.prefix = settings.device.mqtt_topic_prefix.strip("/")
-        self.refresh_s = refresh_s
-        self.command_timeout_s = command_timeout_s
+        self.refresh_s = settings.device.gateway_refresh_s
+        self.command_timeout_s = settings.device.gateway_command_timeout_s
+        self.warn_interval_s = settings.device.gateway_warn_interval_s
         self.counts: Counter[str] = Counter()
         self._address = broker_address(self.url)
         self._lock = threading.Lock()  # the maps below, read by paho's thread and the command loops
@@ -404,7 +374,7 @@ class MqttGateway:
             self._client = self._new_client()
             self.refresh()
             host, port, _tls, _user, _password = self._address
-            self._client.connect_async(host, port, keepalive=KEEPALIVE_S)
+            self._client.connect_async(host, port, keepalive=self.settings.device.mqtt_keepalive_s)
             self._client.loop_start()
             self._refresher = PeriodicTask("mqtt-gateway-refresh", self.refresh_s, self.refresh)
             self._refresher.start()
@@ -501,7 +471,7 @@ class MqttGateway:
         )
         for name in new_controllers:  # its state topic is newer than the recorded row (if any)
             with contextlib.suppress(PlatformError):
-                found = read_latest(self.bus, name, "controller")
+                found = read_latest(self.bus, name, "controller", self.settings.device.state_read_timeout_s)
                 if found is not None:
                     states[name] = dict(found.values)
         for name in new_sensors:
@@ -613,7 +583,7 @@ class MqttGateway:
             clean_session=True,
         )
         client.enable_logger(_PAHO_LOG)
-        client.reconnect_delay_set(1, RECONNECT_MAX_DELAY_S)
+        client.reconnect_delay_set(1, self.settings.device.mqtt_reconnect_max_s)
         if tls:
             client.tls_set()
         if username is not None:
@@ -800,19 +770,19 @@ class MqttGateway:
         return parts[-2] if len(parts) >= 2 else topic
 
     def _warn(self, topic: str, category: str, text: str, *args: Any) -> None:
-        """Log a warning at most once per topic and category every WARN_INTERVAL_S."""
+        """Log a warning at most once per topic and category every ``device.gateway_warn_interval_s``."""
         now = time.monotonic()
         key = (topic, category)
         with self._lock:
             if len(self._warned) > _MAX_WARN_KEYS:
                 self._warned.clear()
             last, suppressed = self._warned.get(key, (-math.inf, 0))
-            if now - last < WARN_INTERVAL_S:
+            if now - last < self.warn_interval_s:
                 self._warned[key] = (last, suppressed + 1)
                 return
             self._warned[key] = (now, 0)
         if suppressed:
-            text += f" (and {suppressed} more like it in the last {WARN_INTERVAL_S:g} s)"
+            text += f" (and {suppressed} more like it in the last {self.warn_interval_s:g} s)"
         log.warning(text, *args)
 
     def bridged(self) -> dict[str, str]:

@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 HASH_ITERATIONS = 101  # mosquitto_passwd's default
 SALT_BYTES = 12  # mosquitto_passwd's salt length
 PASSWORD_BYTES = 24  # random bytes of an issued password (32 URL-safe characters)
-RELOAD_TIMEOUT_S = 10.0
 # What Mosquitto's file parsers take as one token: no whitespace, no ':' (the password file's
 # separator), no MQTT wildcard in a topic prefix.
 _USERNAME = re.compile(r"[^\s:#+]{1,64}")
@@ -232,6 +231,7 @@ class MqttAuthFiles:
         self.acl_file = device.mqtt_acl_file.expanduser()
         self.pid_file = device.mqtt_pid_file.expanduser() if device.mqtt_pid_file else None
         self.reload_command = list(device.mqtt_reload_command)
+        self.reload_timeout_s = device.mqtt_reload_timeout_s
         self._gateway_password = password
         self._gateway = _User(username, hash_password(password), "gateway")
 
@@ -297,7 +297,9 @@ class MqttAuthFiles:
         """Tell Mosquitto to read the files again: SIGHUP to its pid, or the reload command."""
         if self.reload_command:
             try:
-                subprocess.run(self.reload_command, check=True, timeout=RELOAD_TIMEOUT_S, capture_output=True)
+                subprocess.run(
+                    self.reload_command, check=True, timeout=self.reload_timeout_s, capture_output=True
+                )
             except (OSError, subprocess.SubprocessError) as exc:
                 log.error("cannot reload Mosquitto with %s: %s", self.reload_command, exc)
             return

@@ -58,7 +58,6 @@ from platform_sdk.errors import NotFound, PlatformError
 from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
-PLACE_TIMEOUT_S = 120.0
 
 
 def simulator_service_id(location: str) -> str:
@@ -100,7 +99,10 @@ class DeviceManagerService(Service):
         self.own(self.changes)
         self.changes.put("start")  # the start's sync: every location's simulator host placed
         commands = ConsumerLoop(
-            bus, [bus.topics.device_manager], group="device-manager", name=self.service_id
+            bus,
+            [bus.topics.device_manager],
+            group=f"{bus.topics.prefix}.device-manager",
+            name=self.service_id,
         )
         commands.add_handler(DeviceChanged, lambda change, _envelope: self.changes.put(change))
         commands.add_handler(BindDevices, self.on_bind)
@@ -179,12 +181,14 @@ class DeviceManagerService(Service):
     def _sync_simulators(self) -> None:
         """Bring every location's simulator host in line with its registered simulated devices."""
         node_manager = node_manager_topic(self.sdk.bus.topics)
+        # Its first look may come before the node manager answers at all: it waits as long as a placement.
+        waits = self.settings.node_manager
         for location, spec in self._wanted_hosts().items():
             service_id = simulator_service_id(location)
             try:
                 try:
                     current: Placement | None = self.requester.request(
-                        node_manager, LocateService(service_id=service_id), Placement, timeout=PLACE_TIMEOUT_S
+                        node_manager, LocateService(service_id=service_id), Placement, waits.place_wait_s
                     )
                 except NotFound:
                     current = None
@@ -193,7 +197,7 @@ class DeviceManagerService(Service):
                         node_manager,
                         UnplaceService(service_id=service_id),
                         Placement,
-                        timeout=PLACE_TIMEOUT_S,
+                        timeout=waits.unplace_wait_s,
                     )
                     log.info(
                         "stopped the simulator host of %s (%s)",
@@ -202,7 +206,7 @@ class DeviceManagerService(Service):
                     )
                 if spec is not None:
                     placement = self.requester.request(
-                        node_manager, PlaceService(spec=spec), Placement, PLACE_TIMEOUT_S
+                        node_manager, PlaceService(spec=spec), Placement, waits.place_wait_s
                     )
                     if current is None or current.spec != spec:
                         devices = json.loads(spec.env["AIOT_DEVICE__SIMULATED"])

@@ -50,8 +50,6 @@ from platform_sdk.settings import Settings
 from platform_sdk.topics import Topics
 
 log = logging.getLogger(__name__)
-READ_TIMEOUT_S = 2.0  # one device's topic: metadata, offsets and the fetch of its last record
-RECORD_INTERVAL_S = 30.0
 Source = Literal["bus", "registry"]
 
 
@@ -105,10 +103,11 @@ def observed(envelope: Envelope) -> Observed | None:
     return None
 
 
-def read_latest(bus: Bus, device: str, kind: str, timeout: float = READ_TIMEOUT_S) -> Observed | None:
+def read_latest(bus: Bus, device: str, kind: str, timeout: float) -> Observed | None:
     """The newest record of ``device``'s topic, or None when it holds none (yet, or any more).
 
-    ``Unavailable`` when the bus cannot be read within ``timeout`` (or the topic does not exist).
+    ``Unavailable`` when the bus cannot be read within ``timeout`` (or the topic does not exist);
+    callers pass ``device.state_read_timeout_s`` or what is left of a budget.
     """
     for envelope in reversed(bus.recent(latest_topic(bus.topics, device, kind), 1, timeout=timeout)):
         found = observed(envelope)
@@ -139,7 +138,7 @@ def state_json(
 def record_interval(settings: Settings) -> float:
     """How often the recorder reads every device: well inside the data topics' retention."""
     retention_s = settings.kafka.retention.device_data.retention_ms / 1000
-    return min(RECORD_INTERVAL_S, retention_s / 4)
+    return min(settings.device.state_record_interval_s, retention_s / 4)
 
 
 class StateRecorder:
@@ -184,7 +183,7 @@ class StateRecorder:
             if stopping is not None and stopping.is_set():
                 return 0
             try:
-                found = read_latest(self.bus, device, kind)
+                found = read_latest(self.bus, device, kind, self.bus.settings.device.state_read_timeout_s)
             except Unavailable:
                 unreadable.append(device)
                 continue

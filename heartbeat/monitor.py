@@ -2,6 +2,8 @@
 
     <prefix>.heartbeats (read in batches of monitor.beats_batch_ms) ──▶ last-seen time and interval
                              of every service id; how far its view lags
+    <prefix>.inst.*.heartbeats (group <prefix>.heartbeat.instances) ──▶ the same, under the
+                             service id the topic names (``platform_core.instances``)
     <prefix>.events.nodes ──▶ ServiceExited: an agent saw a process exit (immediate, no waiting)
                            ──▶ NodeAnnouncement: which node runs what (to find the node manager itself)
     checker, every monitor.check_interval_s ──▶ silent longer than missed_beats x interval (after its
@@ -48,6 +50,7 @@ import sqlalchemy as sa
 
 from heartbeat.models import IncidentRow
 from platform_core.db import Database
+from platform_core.instances import file_under_owner, instance_loop
 from platform_core.nodes import (
     IncidentKind,
     LocateService,
@@ -157,12 +160,17 @@ class HeartbeatMonitor(Service):
             **batching,
         )
         beats.add_handler(Heartbeat, self.on_heartbeat)
+        # Model replicas and app instances with principals beat on their own topics: filed by topic.
+        own_beats = instance_loop(
+            bus, "heartbeats", group=f"{bus.topics.prefix}.heartbeat.instances", name="monitor-own-beats"
+        )
+        file_under_owner(own_beats, Heartbeat, self.on_heartbeat)
         events = ConsumerLoop(
             bus, [node_events_topic(bus.topics)], group=None, name="monitor-events", offset_reset="latest"
         )
         events.add_handler(ServiceExited, self.on_exit)
         events.add_handler(NodeAnnouncement, self.on_announcement)
-        for loop in (beats, events):
+        for loop in (beats, own_beats, events):
             loop.start()
             self.own(loop)
         checker = PeriodicTask("heartbeat-checker", self.settings.monitor.check_interval_s, self._check)

@@ -2,32 +2,45 @@
 
 Each caller reads only the logs the rule of ``logger.scope`` gives them: a service they may not
 read is a 403 naming it and why; a query across services, and the list of services, leave out
-what they may not read. The app holds the ``LogReaders`` that applies it (installed when this
-blueprint is registered), so the owners' answers it keeps live and die with the app.
+what they may not read. The app holds the ``LogReaders`` that applies it (made at the first read,
+keeping owners' answers ``web.log_owners_ttl_s``), so the answers it keeps live and die with the app.
 """
 
 from __future__ import annotations
 
 import flask
-from flask.blueprints import BlueprintSetupState
+from pydantic import BaseModel
 
 from logger.scope import LogReaders
 from logger.store import LogQuery, LogStore
 from platform_core.auth import Role, allow, current_principal
-from platform_core.http import query_as, resources
+from platform_core.http import query_as, resources, shapes
+from platform_sdk.messages import LogRecord
 
 blueprint = flask.Blueprint("logs", __name__, url_prefix="/api/logs")
 READERS = (Role.PLATFORM_CONFIGURER, Role.AI_DEVELOPER, Role.APP_DEVELOPER, Role.END_USER)
 _READERS_KEY = "aiot.log-readers"
 
 
-@blueprint.record_once
-def _install_readers(state: BlueprintSetupState) -> None:
-    state.app.extensions[_READERS_KEY] = LogReaders()
+class LogRecords(BaseModel):
+    """``GET /api/logs``: oldest first."""
+
+    records: list[LogRecord]
+
+
+class ServiceIds(BaseModel):
+    """``GET /api/logs/services``."""
+
+    services: list[str]
 
 
 def _readers() -> LogReaders:
-    found: LogReaders = flask.current_app.extensions[_READERS_KEY]
+    """The app's one ``LogReaders``, made at its first read with the front door's settings."""
+    extensions = flask.current_app.extensions
+    found: LogReaders | None = extensions.get(_READERS_KEY)
+    if found is None:
+        made = LogReaders(ttl_s=resources().settings.web.log_owners_ttl_s)
+        found = extensions.setdefault(_READERS_KEY, made)  # atomic: two first reads keep one
     return found
 
 
@@ -37,6 +50,7 @@ def _store() -> LogStore:
 
 @blueprint.get("")
 @allow(*READERS)
+@shapes(response=LogRecords)
 def query_logs() -> flask.Response:
     """Records matching ``service``, ``level``, ``since``, ``until``, ``grep``, ``limit``; oldest first."""
     records = _readers().query(_store(), query_as(LogQuery), current_principal())
@@ -45,6 +59,7 @@ def query_logs() -> flask.Response:
 
 @blueprint.get("/services")
 @allow(*READERS)
+@shapes(response=ServiceIds)
 def list_services() -> flask.Response:
     """Service ids that have collected logs the caller may read."""
     return flask.jsonify(services=_readers().services(_store(), current_principal()))

@@ -18,9 +18,9 @@ A caller's role says which owners are asked at all (``OWNS``: only AI developers
 upload models; app developers and configurers apps; end users, app developers and configurers
 schedule): an AI developer's read asks the AI manager only, an app developer's or end user's the
 deployer and the app manager, a configurer's nobody. Each question asks about every service of a
-listing at once. ``LogReaders`` keeps the answers (known or not) for ``ttl_s`` seconds, at most
-``max_entries`` of each kind; the front door app holds one (``logger.api``), so they live and
-die with it.
+listing at once. ``LogReaders`` keeps the answers (known or not) for ``ttl_s`` seconds
+(``web.log_owners_ttl_s``), at most ``max_entries`` of each kind; the front door app holds one
+(``logger.api``), so they live and die with it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from platform_core.http import ask, resources
 from platform_sdk.errors import Forbidden
 from platform_sdk.messages import LogRecord
 
-OWNERS_TTL_S = 10.0  # how long an owner's answer is trusted (a model deleted and taken by another)
 OWNERS_MAX_ENTRIES = 4096  # answers kept per kind (models, apps, instances)
 CONFIGURERS_ONLY = "its logs are for platform configurers only"
 MODEL_READERS = "its logs are for the model's owner and platform configurers"
@@ -155,7 +154,7 @@ class LogReaders:
         self,
         owners: Owners | None = None,
         *,
-        ttl_s: float = OWNERS_TTL_S,
+        ttl_s: float,
         max_entries: int = OWNERS_MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -1,6 +1,8 @@
 """The logger service: consumes every process's log records and stores them in batches.
 
     SDK log handler ──Kafka <prefix>.logs──▶ ConsumerLoop (group <prefix>.logger)
+    an instance's ──<prefix>.inst.<id>.logs──▶ ConsumerLoop (group <prefix>.logger.instances),
+        filed under <id> whatever the record claims (``platform_core.instances``)
         ──▶ LogBatcher.add ──(every flush_interval_s, or batch_size records)──▶ LogStore.append
         ──▶ blob store: logs/<service>/<day>/<hour>/<part>.jsonl
 
@@ -17,6 +19,7 @@ import threading
 
 from logger.store import LogStore
 from platform_core.blobstore import blob_store_from_settings
+from platform_core.instances import file_under_owner, instance_loop
 from platform_core.service import Service
 from platform_sdk.bus import ConsumerLoop
 from platform_sdk.envelope import Envelope
@@ -100,3 +103,14 @@ class LoggerService(Service):
         self.consumer.add_handler(LogRecord, self.batcher.add)
         self.consumer.start()
         self.own(self.consumer)
+        # From its first record: a new instance's topic may join after its first lines were sent.
+        own_logs = instance_loop(
+            bus,
+            "logs",
+            group=f"{bus.topics.prefix}.logger.instances",
+            name="logger-instances",
+            offset_reset="earliest",
+        )
+        file_under_owner(own_logs, LogRecord, self.batcher.add)
+        own_logs.start()
+        self.own(own_logs)

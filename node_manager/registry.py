@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 from node_manager.models import NodeRow, PlacementRow
 from node_manager.placement import NodeLoad
 from platform_core.db import utcnow
-from platform_core.nodes import NodeAnnouncement, RunState, ServiceSpec, ServiceState
+from platform_core.nodes import (
+    NodeAnnouncement,
+    NodeReport,
+    PlacedService,
+    RunState,
+    ServiceSpec,
+    ServiceState,
+)
 from platform_sdk.errors import NotFound
 
 
@@ -26,7 +33,8 @@ def upsert_node(session: Session, announcement: NodeAnnouncement) -> NodeRow:
     node.runtime = announcement.runtime
     node.main = announcement.main
     node.capacity = announcement.capacity
-    node.state = "up"
+    if node.state != "draining":  # a node being drained for removal stays out of placement
+        node.state = "up"
     node.last_seen = utcnow()
     load = announcement.load
     if load is not None:
@@ -37,6 +45,12 @@ def upsert_node(session: Session, announcement: NodeAnnouncement) -> NodeRow:
         )
         node.services = load.services
     return node
+
+
+def delete_node(session: Session, node_id: str) -> None:
+    """Forget a removed node (scale-in) and any placement still recorded on it."""
+    session.execute(sa.delete(PlacementRow).where(PlacementRow.node_id == node_id))
+    session.execute(sa.delete(NodeRow).where(NodeRow.node_id == node_id))
 
 
 def restart_silence_clocks(session: Session) -> None:
@@ -52,17 +66,44 @@ def list_nodes(session: Session) -> list[NodeRow]:
     return list(session.scalars(sa.select(NodeRow).order_by(NodeRow.node_id)))
 
 
+def _load_of(node: NodeRow) -> dict[str, Any]:
+    """What a node row says of its state and load (``NodeLoad`` and ``NodeReport`` share it)."""
+    return {
+        "node_id": node.node_id,
+        "state": node.state,
+        "main": node.main,
+        "capacity": node.capacity,
+        "cpu_percent": node.cpu_percent,
+        "memory_used_mb": node.memory_used_mb,
+        "memory_total_mb": node.memory_total_mb,
+    }
+
+
 def node_loads(session: Session) -> list[NodeLoad]:
+    return [NodeLoad(**_load_of(node), services=node.services) for node in list_nodes(session)]
+
+
+def nodes_report(session: Session) -> list[NodeReport]:
+    """Every node with its recorded load and the services placed on it (``ListNodes``)."""
+    placed: dict[str, list[PlacedService]] = {}
+    for placement in list_placements(session):
+        spec = ServiceSpec.model_validate_json(placement.spec)
+        placed.setdefault(placement.node_id, []).append(
+            PlacedService(
+                service_id=placement.service_id,
+                kind=spec.kind,
+                state=cast(RunState, placement.state),
+                restarts=placement.restarts,
+                started_at=placement.started_at,
+            )
+        )
     return [
-        NodeLoad(
-            node_id=node.node_id,
-            state=node.state,
-            main=node.main,
-            capacity=node.capacity,
-            services=node.services,
-            cpu_percent=node.cpu_percent,
-            memory_used_mb=node.memory_used_mb,
-            memory_total_mb=node.memory_total_mb,
+        NodeReport(
+            **_load_of(node),
+            host=node.host,
+            runtime=node.runtime,
+            last_seen=node.last_seen,
+            services=placed.get(node.node_id, []),
         )
         for node in list_nodes(session)
     ]

@@ -6,9 +6,11 @@
     <prefix>.commands.node-manager (request/reply)
         PlaceService ──▶ choose_node ──▶ StartService to that node's agent ──▶ record ──▶ Placement
         LocateService ──▶ Placement;  UnplaceService ──▶ StopService ──▶ forget
+        ListNodes ──▶ NodesReport: every node, its load and the services placed on it
     control thread, every check_interval_s:
         nodes not announced for suspect_after_s / down_after_s become suspect, then down (counted
-            on the bus's clock: while no node at all is heard, the bus stalled and none goes down)
+            on the bus's clock: while no node at all is heard, the bus stalled and none goes down;
+            and only once its agent does not answer over HTTP either: a node heard late is alive)
         a node going down ──▶ the provider retires it ──▶ its services are placed on the others,
             platform services first, then models, apps, simulators; each kind concurrently with
             a short start timeout ──▶ ServiceIncident "replaced" on <prefix>.events.incidents
@@ -17,6 +19,10 @@
         the roster ──▶ every roster service without a placement is placed
         placements a node's announcement lacks (the node restarted) ──▶ "missing" ──▶ placed again
         every node busier than scale_out_load for scale_out_after_s ──▶ ask the provider for a node
+        every node idler than scale_in_load for scale_in_after_s (none added or removed within
+            scale_cooldown_s) ──▶ one node the provider added is drained: "draining" (no new
+            placements), its services placed on the others (each started there before it is
+            stopped here, "replaced" incidents as for a lost node) ──▶ the provider removes it
 
 Placements run concurrently (``place``): the node is chosen under a lock that counts the
 starts in flight, the start runs outside it, and a service whose start is in flight is not
@@ -24,6 +30,12 @@ started a second time (the monitor and this loop may both move it).
 
 Placements live in the registry database, so a restarted node manager knows
 what runs where; agents' announcements keep the recorded states fresh.
+
+A model replica or app instance on a bus with principals (`aiot up`'s Kafka) gets its own at
+each placement (``BusAccess.add_instance``: its topics, ``<prefix>.inst.<service id>`` with a new
+password, ACLs for its own topics and the device topics of its spec's ``bus`` grants); the
+credential travels in the ``StartService`` to its agent only (the recorded spec and the
+``Placement`` answers carry none). Unplacing it removes principal, ACLs and topics.
 """
 
 from __future__ import annotations
@@ -33,18 +45,23 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import requests
+
 from node_manager import registry
 from node_manager.models import NodeRow, PlacementRow
 from node_manager.placement import choose_node
+from platform_core.bus_access import BusAccess
 from platform_core.db import Database, utcnow
 from platform_core.nodes import (
+    ListNodes,
     LocateService,
     NodeAnnouncement,
+    NodesReport,
     Placement,
     PlaceService,
     ServiceExited,
@@ -65,10 +82,14 @@ from platform_core.service import PeriodicTask, Service
 from platform_sdk.bus import ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.errors import NotFound, PlatformError, Timeout, Unavailable
+from platform_sdk.principals import UPLOADED_KINDS, read_bus_secrets
 from platform_sdk.settings import get_settings
 
 log = logging.getLogger(__name__)
 ScaleOut = Callable[[], str | None]
+RemoveNode = Callable[[str], None]  # scale-in: the provider stops a drained node's agent and forgets it
+AddedNodes = Callable[[], Collection[str]]  # the nodes the provider added (scale-out): removable ones
+REMOVED_REMEMBERED = 64  # removed nodes whose late announcements are ignored
 # The order in which a lost node's services are moved: what everyone needs first.
 MOVE_ORDER: tuple[ServiceKind, ...] = ("platform", "model", "app", "simulator")
 RetireNode = Callable[[str], None]
@@ -84,11 +105,18 @@ class NodeManagerService(Service):
         *args: object,
         scale_out: ScaleOut | None = None,
         retire_node: RetireNode | None = None,
+        remove_node: RemoveNode | None = None,
+        added_nodes: AddedNodes | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._scale_out = scale_out
         self._retire_node = retire_node
+        self._remove_node = remove_node
+        self._added_nodes = added_nodes
+        self._idle_since: float | None = None
+        self._last_scaled = float("-inf")  # when a node was last added or removed (monotonic)
+        self._removed: collections.deque[str] = collections.deque(maxlen=REMOVED_REMEMBERED)
         # Guards the choice of nodes: starts in flight per node, and placements in flight per service.
         self._place_lock = threading.Lock()
         self._stranded: set[str] = set()  # services of lost nodes for which no node had room
@@ -101,6 +129,9 @@ class NodeManagerService(Service):
         # broker paused or restarting), nobody's silence counts: no node is declared down.
         self._last_announcement = time.monotonic()
         self._bus_quiet = False
+        self._answering: set[str] = set()  # silent nodes whose agents still answer (logged once)
+        self._next_sweep = time.monotonic() + self.settings.node_manager.instance_sweep_s
+        self.bus_access: BusAccess | None = None  # made at start where the bus has principals
 
     def on_start(self) -> None:
         bus = self.sdk.bus
@@ -111,6 +142,12 @@ class NodeManagerService(Service):
             registry.restart_silence_clocks(session)
         self.roster = load_roster(self.settings)
         bus.ensure_topics([bus.topics.incidents])
+        found = read_bus_secrets(self.settings)
+        managed = (
+            bus.credential is not None and found is not None and found.bootstrap == bus.bootstrap_servers
+        )
+        # Principals per instance where the bus has them (`aiot up`'s Kafka); none on Tansu.
+        self.bus_access = BusAccess(bus) if managed else None
         self.producer = bus.producer()
         self.requester = Requester(bus)
         self.requester.start()
@@ -128,6 +165,7 @@ class NodeManagerService(Service):
         commands.add_handler(PlaceService, self.on_place)
         commands.add_handler(LocateService, self.on_locate)
         commands.add_handler(UnplaceService, self.on_unplace)
+        commands.add_handler(ListNodes, self.on_list_nodes)
         commands.start()
         self.own(commands)
         self._started = time.monotonic()
@@ -139,6 +177,8 @@ class NodeManagerService(Service):
     def on_announcement(self, announcement: NodeAnnouncement, _envelope: Envelope) -> None:
         now = time.monotonic()
         gap, self._last_announcement = now - self._last_announcement, now
+        if announcement.node_id in self._removed:
+            return  # sent before its removal: it must not come back as a node
         with self.database.session() as session:
             if gap > self.settings.node_manager.suspect_after_s:
                 # Nobody was heard meanwhile: the bus stalled, not every node. Their silences
@@ -184,6 +224,10 @@ class NodeManagerService(Service):
             row = registry.read_placement(session, command.service_id)
             return _placement(row, session.get(NodeRow, row.node_id))
 
+    def on_list_nodes(self, _command: ListNodes, _envelope: Envelope) -> NodesReport:
+        with self.database.session() as session:
+            return NodesReport(nodes=registry.nodes_report(session))
+
     def on_unplace(self, command: UnplaceService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
             row = registry.read_placement(session, command.service_id)
@@ -201,6 +245,7 @@ class NodeManagerService(Service):
             leftover = session.get(PlacementRow, command.service_id)
             if leftover is not None:
                 session.delete(leftover)
+        self._remove_instance(placement.spec)
         return placement
 
     def place(
@@ -233,6 +278,10 @@ class NodeManagerService(Service):
             placed = self._start_somewhere(spec, excluded, wait)
         except BaseException as exc:
             mine.set_exception(exc)
+            with self.database.session() as session:
+                placed_before = session.get(PlacementRow, spec.service_id) is not None
+            if not placed_before:
+                self._remove_instance(spec)
             raise
         else:
             mine.set_result(placed)
@@ -251,7 +300,30 @@ class NodeManagerService(Service):
                 return _placement(existing, node)
         return None
 
+    def _with_credential(self, spec: ServiceSpec) -> ServiceSpec:
+        """What the agent is sent: a model replica or app instance, on a bus with principals, with its
+        own topics, principal (a new password) and ACLs made, and its credential in its env."""
+        credential = self.sdk.bus.credential
+        if spec.kind not in UPLOADED_KINDS or self.bus_access is None or credential is None:
+            return spec
+        own = self.bus_access.add_instance(spec.service_id, spec.bus, credential)
+        return spec.model_copy(
+            update={"env": {**spec.env, **own.environment(), "AIOT_KAFKA__OWN_TOPICS": "true"}}
+        )
+
+    def _remove_instance(self, spec: ServiceSpec) -> None:
+        """A model replica's or app instance's principal, ACLs and topics, gone (when it has some)."""
+        if spec.kind not in UPLOADED_KINDS or self.bus_access is None:
+            return
+        try:
+            self.bus_access.remove_instance(spec.service_id)
+        except PlatformError as exc:
+            log.warning("cannot remove the bus principal of %s: %s", spec.service_id, exc)
+
     def _start_somewhere(self, spec: ServiceSpec, excluded: set[str], timeout: float) -> Placement:
+        """Start ``spec`` on the least-loaded node not in ``excluded``; its credential (if it gets
+        one) goes to the agent only: ``spec`` as given is what is recorded and answered."""
+        sent = self._with_credential(spec)
         while True:
             with self._place_lock:
                 with self.database.session() as session:
@@ -269,7 +341,7 @@ class NodeManagerService(Service):
             try:
                 reply = self.requester.request(
                     agent_topic(self.sdk.bus.topics, chosen.node_id),
-                    StartService(spec=spec),
+                    StartService(spec=sent),
                     ServiceStateReply,
                     timeout=timeout,
                 )
@@ -320,6 +392,34 @@ class NodeManagerService(Service):
         self._reconcile_roster()
         self._restore_missing()
         self._consider_scale_out()
+        self._consider_scale_in()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.settings.node_manager.instance_sweep_s
+            self.sweep_instances()
+
+    def sweep_instances(self) -> list[str]:
+        """Remove the principals and topics of instances that are neither placed nor being placed
+        (a node manager stopped between two steps; a late reply's topic auto-created again): the
+        broker's principals and topics stay bounded by what runs. Returns the ids swept."""
+        if self.bus_access is None:
+            return []
+        try:
+            found = self.bus_access.instances()
+        except PlatformError as exc:
+            log.warning("cannot list the instances' principals and topics: %s", exc)
+            return []
+        with self._place_lock:
+            placing = set(self._in_flight)
+        with self.database.session() as session:
+            placed = {row.service_id for row in registry.list_placements(session)}
+        orphans = sorted(found - placed - placing)
+        for service_id in orphans:
+            log.info("removing the principal and topics of %s: it is no longer placed", service_id)
+            try:
+                self.bus_access.remove_instance(service_id)
+            except PlatformError as exc:
+                log.warning("cannot remove the bus principal of %s: %s", service_id, exc)
+        return orphans
 
     def _restore_missing(self) -> None:
         """Start again what a node lost without an exit to report (it restarted): models, apps, the roster."""
@@ -371,6 +471,20 @@ class NodeManagerService(Service):
                 if silent > settings.suspect_after_s
                 else state
             )
+            if new_state == "down" and self._agent_answers(node_id):
+                # Its agent is alive: only its announcements are late (a partition of the events
+                # topic not led yet, its producer recovering after a broker stall). Moving its
+                # services now would run each twice; it stays suspect until it is heard or is gone.
+                if node_id not in self._answering:
+                    log.warning(
+                        "node %s silent for %.1fs on the bus, but its agent answers: kept suspect",
+                        node_id,
+                        silent,
+                    )
+                self._answering.add(node_id)
+                new_state = "suspect"
+            else:
+                self._answering.discard(node_id)
             if new_state == state:
                 continue
             log.warning("node %s is %s (silent for %.1fs)", node_id, new_state, silent)
@@ -378,6 +492,18 @@ class NodeManagerService(Service):
                 registry.set_node_state(session, node_id, new_state)
             if new_state == "down" and self._retire_node is not None:
                 self._retire_node(node_id)  # its services are moved by _rehome, next
+
+    def _agent_answers(self, node_id: str) -> bool:
+        """Whether the agent of ``node_id`` answers its HTTP ``/services`` within the probe timeout."""
+        with self.database.session() as session:
+            node = session.get(NodeRow, node_id)
+            url = node.http_url if node is not None else ""
+        if not url:
+            return False
+        try:
+            return requests.get(f"{url}/services", timeout=self.settings.node_manager.down_probe_timeout_s).ok
+        except requests.RequestException:
+            return False
 
     def _rehome(self) -> None:
         """Everything placed on a down node is placed on the others, a kind at a time, concurrently.
@@ -387,7 +513,6 @@ class NodeManagerService(Service):
         time with ``move_timeout_s`` per start. What finds no room stays on the list (tried
         again each round) and makes the provider add a node.
         """
-        settings = self.settings.node_manager
         with self.database.session() as session:
             down = {node.node_id for node in registry.list_nodes(session) if node.state == "down"}
             lost = [
@@ -395,30 +520,39 @@ class NodeManagerService(Service):
                 for row in registry.list_placements(session)
                 if row.node_id in down
             ]
-        stranded: set[str] = set()
+        stranded = self._move_in_order(lost, sorted(down), "lost node")
+        self._stranded = stranded
+
+    def _move_in_order(self, moves: list[tuple[str, ServiceSpec]], avoid: list[str], what: str) -> set[str]:
+        """Place each ``(node_id, spec)`` on a node outside ``avoid``, a kind at a time (``MOVE_ORDER``),
+        ``move_parallelism`` at a time; each move is reported as a "replaced" incident. Returns the
+        ids of the services no node took."""
+        settings = self.settings.node_manager
+        unmoved: set[str] = set()
 
         def move(node_id: str, spec: ServiceSpec) -> None:
             try:
-                placement = self.place(spec, avoid=sorted(down), timeout=settings.move_timeout_s)
+                placement = self.place(spec, avoid=avoid, timeout=settings.move_timeout_s)
             except PlatformError as exc:
-                stranded.add(spec.service_id)
+                unmoved.add(spec.service_id)
                 if spec.service_id not in self._stranded:
-                    log.error("cannot move %s off lost node %s yet: %s", spec.service_id, node_id, exc)
+                    log.error("cannot move %s off %s %s yet: %s", spec.service_id, what, node_id, exc)
                 return
-            log.warning("moved %s from lost node %s to %s", spec.service_id, node_id, placement.node_id)
-            self._report_moved(placement, f"moved off lost node {node_id}")
+            log.warning("moved %s from %s %s to %s", spec.service_id, what, node_id, placement.node_id)
+            self._report_moved(placement, f"moved off {what} {node_id}")
 
         for kind in MOVE_ORDER:
-            batch = [(node_id, spec) for node_id, spec in lost if spec.kind == kind]
+            batch = [(node_id, spec) for node_id, spec in moves if spec.kind == kind]
             if not batch:
                 continue
-            log.warning("moving %d %s services off lost nodes %s", len(batch), kind, ", ".join(sorted(down)))
+            nodes = ", ".join(sorted({node_id for node_id, _ in batch}))
+            log.warning("moving %d %s services off %s %s", len(batch), kind, what, nodes)
             with ThreadPoolExecutor(
                 min(len(batch), settings.move_parallelism), thread_name_prefix="move"
             ) as pool:
                 for future in [pool.submit(move, node_id, spec) for node_id, spec in batch]:
                     future.result()
-        self._stranded = stranded
+        return unmoved
 
     def _report_moved(self, placement: Placement, why: str) -> None:
         """A service runs elsewhere now (a new address): told on events.incidents, as the monitor's moves."""
@@ -473,11 +607,99 @@ class NodeManagerService(Service):
         log.warning("%s: adding a node", why)
         self._pending_node = self._scale_out()
         self._pending_since = now
+        self._last_scaled = now
         self._busy_since = None
         log.warning(
             "scale-out: %s",
             f"node {self._pending_node} started" if self._pending_node else "the provider added none",
         )
+
+    def _consider_scale_in(self) -> None:
+        """One node the provider added goes when every node has stayed idle long enough."""
+        if self._remove_node is None or self._added_nodes is None:
+            return
+        settings = self.settings.node_manager
+        with self.database.session() as session:
+            loads = [load for load in registry.node_loads(session) if load.state == "up"]
+        now = time.monotonic()
+        busy = any(load.score >= settings.scale_in_load for load in loads)
+        if len(loads) < 2 or busy or self._pending_node is not None or self._stranded:
+            self._idle_since = None
+            return
+        self._idle_since = self._idle_since or now
+        idle_s = now - self._idle_since
+        if idle_s < settings.scale_in_after_s or now - self._last_scaled < settings.scale_cooldown_s:
+            return
+        added = set(self._added_nodes())
+        candidates = [load for load in loads if load.node_id in added and not load.main]
+        if not candidates:
+            return
+        # The one running least (the newest among equals): the fewest moves.
+        victim = min(candidates, key=lambda load: (load.services, load.score, -_index(load.node_id)))
+        scores = ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads)
+        log.warning(
+            "every node idler than %.2f for %.0fs (%s): removing %s",
+            settings.scale_in_load,
+            idle_s,
+            scores,
+            victim.node_id,
+        )
+        self._idle_since = None
+        self._last_scaled = now
+        self.drain_and_remove(victim.node_id)
+
+    def drain_and_remove(self, node_id: str) -> bool:
+        """Move everything off ``node_id`` and have the provider remove it (scale-in).
+
+        The node is "draining" meanwhile (no new placements; its announcements keep it so). Each
+        service is started on another node before it is stopped here. When some service finds no
+        room the node stays (up again) and False is returned.
+        """
+        with self.database.session() as session:
+            registry.set_node_state(session, node_id, "draining")
+            moves = [
+                (node_id, ServiceSpec.model_validate_json(row.spec))
+                for row in registry.list_placements(session, node_id)
+            ]
+        unmoved = self._move_in_order(moves, [node_id], "removed node")
+        for _, spec in moves:
+            if spec.service_id not in unmoved:
+                self._stop_on(node_id, spec.service_id)
+        if unmoved:
+            log.error(
+                "scale-in of %s abandoned: no node took %s; it stays", node_id, ", ".join(sorted(unmoved))
+            )
+            with self.database.session() as session:
+                registry.set_node_state(session, node_id, "up")
+            return False
+        self._removed.append(node_id)
+        assert self._remove_node is not None
+        try:
+            self._remove_node(node_id)
+        except Exception:  # the provider failed: the node is forgotten here either way, and said so
+            log.exception("the provider could not remove node %s", node_id)
+        with self.database.session() as session:
+            registry.delete_node(session, node_id)
+        log.warning("scale-in: node %s drained and removed", node_id)
+        return True
+
+    def _stop_on(self, node_id: str, service_id: str) -> None:
+        """Stop ``service_id`` on ``node_id``'s agent (it runs elsewhere now); a failure is logged."""
+        try:
+            self.requester.request(
+                agent_topic(self.sdk.bus.topics, node_id),
+                StopService(service_id=service_id),
+                ServiceStateReply,
+                timeout=self.settings.node_manager.move_timeout_s,
+            )
+        except PlatformError as exc:
+            log.warning("stopping %s on %s after its move: %s", service_id, node_id, exc)
+
+
+def _index(node_id: str) -> int:
+    """The number of ``node-N`` (0 for another name)."""
+    number = node_id.rpartition("-")[2]
+    return int(number) if number.isdigit() else 0
 
 
 def _placement(row: PlacementRow, node: NodeRow | None) -> Placement:

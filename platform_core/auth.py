@@ -4,7 +4,10 @@ Each view declares who may call it, with ``@allow(Role...)``, ``@allow_any_role`
 or ``@public``. The HTTP app factory refuses to build an app with a route that
 declares nothing, and its request hook enforces the rule: no, unknown or
 revoked token (logged out, or replaced by a newer login) → 401, a role not
-allowed → 403. Who a token belongs to is answered by the
+allowed → 403. An ``/api`` route takes its token from ``Authorization: Bearer``
+only; a portal page (marked ``@page``) only from the ``aiot_session`` cookie, so a
+cookie never authenticates an API call (no cross-site request can ride on it).
+Who a token belongs to is answered by the
 ``Authenticator`` the app is built with (``web.identity`` provides the
 database-backed one), so this module holds the mechanism, not the users.
 """
@@ -31,7 +34,10 @@ __all__ = [
     "allow_any_role",
     "check_access",
     "current_principal",
+    "is_page",
+    "page",
     "public",
+    "session_token",
 ]
 
 ALL_ROLES = frozenset(Role)
@@ -52,6 +58,8 @@ class Principal:
 Authenticator = Callable[[str], Principal | None]
 View = TypeVar("View", bound=Callable[..., Any])
 ACCESS_ATTR = "_aiot_access"
+PAGE_ATTR = "_aiot_page"
+SESSION_COOKIE = "aiot_session"
 
 
 def allow(*roles: Role) -> Callable[[View], View]:
@@ -78,6 +86,21 @@ def public(view: View) -> View:
     return view
 
 
+def page(view: View) -> View:
+    """The view is a portal page: its caller's token is the session cookie, never a bearer header."""
+    setattr(view, PAGE_ATTR, True)
+    return view
+
+
+def is_page(view: Callable[..., Any]) -> bool:
+    return bool(getattr(view, PAGE_ATTR, False))
+
+
+def session_token(request: flask.Request) -> str | None:
+    """The portal session's token (an API token of the same kind, held in an HttpOnly cookie)."""
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
 def access_rule(view: Callable[..., Any]) -> frozenset[Role] | None:
     rule: frozenset[Role] | None = getattr(view, ACCESS_ATTR, None)
     return rule
@@ -100,7 +123,12 @@ def check_access(
         raise Forbidden(f"route {request.path} declares no role rule")
     if rule is PUBLIC or not rule:
         return None
-    token = bearer_token(request)
+    if is_page(view):
+        token = session_token(request)
+        if token is None:
+            raise Unauthorized("not signed in: sign in at /login")
+    else:
+        token = bearer_token(request)
     if token is None:
         raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>' (see `aiot login`)")
     principal = authenticate(token)

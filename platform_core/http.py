@@ -35,7 +35,6 @@ import http
 import io
 import json
 import logging
-import math
 import re
 import socket
 import threading
@@ -57,6 +56,7 @@ from werkzeug.routing import IntegerConverter, Map, RequestRedirect
 
 from platform_core.auth import Authenticator, Principal, access_rule, check_access
 from platform_core.blobstore import BlobStore
+from platform_sdk import json_numbers
 from platform_sdk.bus import Requester
 from platform_sdk.envelope import Message
 from platform_sdk.errors import (
@@ -67,6 +67,7 @@ from platform_sdk.errors import (
     Unavailable,
     ValidationFailed,
 )
+from platform_sdk.json_numbers import MAX_INT
 from platform_sdk.settings import Settings, WebSettings
 
 if TYPE_CHECKING:  # SQLAlchemy only in processes that open the database (not the agents)
@@ -75,8 +76,6 @@ if TYPE_CHECKING:  # SQLAlchemy only in processes that open the database (not th
 log = logging.getLogger(__name__)
 B = TypeVar("B", bound=BaseModel)
 R = TypeVar("R", bound=Message)
-# How long a route waits for another domain's answer on the bus before it answers 503.
-ASK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -102,13 +101,13 @@ def ask(domain: str, topic: str, message: Message, reply_cls: type[R], timeout: 
     """The reply of ``domain`` (``"the device manager"``) to ``message`` on ``topic``.
 
     Its errors (``NotFound`` …) come through as they are; a domain that does not answer within
-    ``timeout`` (default ``ASK_TIMEOUT_S``) is ``Unavailable`` (503) naming it.
+    ``timeout`` (default ``web.ask_timeout_s``) is ``Unavailable`` (503) naming it.
     """
-    requester = resources().bus_requester()
+    found = resources()
+    requester = found.bus_requester()
+    wait = found.settings.web.ask_timeout_s if timeout is None else timeout
     try:
-        return requester.request(
-            topic, message, reply_cls, timeout=ASK_TIMEOUT_S if timeout is None else timeout
-        )
+        return requester.request(topic, message, reply_cls, timeout=wait)
     except Timeout as exc:
         raise Unavailable(f"{domain} does not answer ({exc.message}); try again in a moment") from exc
 
@@ -191,7 +190,6 @@ class InputLimits:
 
 _LIMITS_KEY = "aiot.input-limits"
 _ADMIT_KEY = "aiot.admit"
-_MAX_INT = 2**63 - 1
 _NAMED_AT_MOST = 10  # bad numbers a 422 names
 # What a depth check has to look at: brackets, and strings (whose brackets do not count).
 _JSON_TOKENS = re.compile(r'[\[\]{}]|"[^"\\]*(?:\\.[^"\\]*)*"?')
@@ -202,7 +200,7 @@ class _Int64Converter(IntegerConverter):
     of overflowing the database's integers."""
 
     def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("max", _MAX_INT)
+        kwargs.setdefault("max", MAX_INT)
         super().__init__(url_map, *args, **kwargs)
 
 
@@ -227,46 +225,15 @@ def _too_deep(text: str, limit: int) -> bool:
     return False
 
 
-class _BadNumber:
-    """A number of a JSON body that no field can hold, with why (never its text: it might be a
-    password); found where it stands after parsing."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _parse_int(literal: str) -> int | _BadNumber:
-    value = int(literal) if len(literal.lstrip("-")) <= 19 else None  # int() of 4301 digits raises
-    if value is None or abs(value) > _MAX_INT:
-        return _BadNumber("an integer beyond the 64-bit range (±9223372036854775807)")
-    return value
-
-
-def _parse_float(literal: str) -> float | _BadNumber:
-    value = float(literal)
-    return value if math.isfinite(value) else _BadNumber("a number too large for a 64-bit float")
-
-
-def _parse_constant(name: str) -> _BadNumber:
-    return _BadNumber(f"{name} is not a number: JSON has no NaN or Infinity")
-
-
 def _bad_numbers(document: Any) -> list[InitErrorDetails]:
-    """Where ``document`` holds a ``_BadNumber``, in document order, as pydantic errors."""
-    found: list[InitErrorDetails] = []
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), document)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, _BadNumber):
-            error = PydanticCustomError("json_number", "{reason}", {"reason": value.reason})
-            found.append(InitErrorDetails(type=error, loc=path, input=None))
-        elif isinstance(value, dict):
-            stack.extend(((*path, key), item) for key, item in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend(((*path, index), item) for index, item in reversed(list(enumerate(value))))
-    return found
+    """Where ``document`` holds a number no field can hold, in document order, as pydantic errors
+    (with why, never the number's text: it might be a password)."""
+    return [
+        InitErrorDetails(
+            type=PydanticCustomError("json_number", "{reason}", {"reason": bad.reason}), loc=path, input=None
+        )
+        for path, bad in json_numbers.bad_numbers(document)
+    ]
 
 
 def parse_json(data: bytes, max_depth: int, not_json: str) -> Any:
@@ -283,9 +250,7 @@ def parse_json(data: bytes, max_depth: int, not_json: str) -> Any:
             "(AIOT_WEB__MAX_JSON_DEPTH)"
         )
     try:
-        document = json.loads(
-            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
-        )
+        document = json_numbers.loads(text)
     except ValueError as exc:
         raise BadRequest(not_json, details=[{"loc": [], "msg": str(exc)}]) from None
     if bad := _bad_numbers(document):
@@ -325,6 +290,51 @@ def uploaded_file(what: str) -> tuple[bytes, str]:
     if not data:
         raise BadRequest(f"send the {what} as the request body (Content-Type: application/zip)")
     return data, flask.request.headers.get("X-Filename", "upload.zip")
+
+
+# --- what a route takes and answers, for the OpenAPI document (``platform_core.openapi``) -------
+
+
+@dataclass(frozen=True)
+class RouteShapes:
+    """What a route takes and answers where its code does not show it to the OpenAPI document.
+
+    The document finds ``body_as(Model)``, ``query_as(Model)`` and ``uploaded_file`` in a view's
+    own code and its success status in a ``return ..., 201``; ``@shapes`` names what a view reads
+    through a helper (``body``, ``query``), the model its answer is (``response``: a pydantic model
+    or any type a ``TypeAdapter`` takes, e.g. a ``TypedDict``) or a status it cannot show.
+    """
+
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None
+    status: int | None = None
+
+
+SHAPES_ATTR = "_aiot_shapes"
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def shapes(
+    *,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: Any = None,
+    status: int | None = None,
+) -> Callable[[View], View]:
+    """Declare what a view takes and answers for the OpenAPI document (see ``RouteShapes``)."""
+
+    def mark(view: View) -> View:
+        setattr(view, SHAPES_ATTR, RouteShapes(body, query, response, status))
+        return view
+
+    return mark
+
+
+def route_shapes(view: Callable[..., Any]) -> RouteShapes:
+    """What ``view`` declared with ``@shapes`` (nothing: an empty ``RouteShapes``)."""
+    declared: RouteShapes = getattr(view, SHAPES_ATTR, RouteShapes())
+    return declared
 
 
 class RouteWithoutRule(RuntimeError):
@@ -535,7 +545,7 @@ class _Admission:
             answer = self.channel.admit_early(_environ(self.request))
         except Exception:  # the app checks it again once the body is in
             log.exception("could not admit %s %s before its body", self.request.command, self.request.path)
-            answer = (_MAX_INT, "")
+            answer = (MAX_INT, "")
         with contextlib.suppress(OSError):  # the server stopped meanwhile
             self.channel.server.trigger.pull_trigger(lambda: self.channel.admitted(self.request, answer))
 
@@ -685,12 +695,19 @@ class HttpServer:
             return
         if isinstance(server, BaseWSGIServer):
             sockets = server._map
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+            # A closed trigger pipe (OSError): the loop cannot be woken; it has ended or ends on its
+            # next select, and the sockets are closed below.
+            with contextlib.suppress(OSError):
+                server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
         else:
             server.close()
         server.task_dispatcher.shutdown()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-        if isinstance(server, BaseWSGIServer) and server._map:  # the loop had ended: nobody ran the thunk
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(5)
+        ended = thread is None or not thread.is_alive()
+        # The loop had ended before its trigger was pulled: nobody ran the thunk. (While the loop
+        # still runs, it alone closes its sockets: closing them here too could close a number
+        # the process has since given to another file.)
+        if isinstance(server, BaseWSGIServer) and server._map and ended:
             wasyncore.close_all(server._map)

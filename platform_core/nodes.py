@@ -10,7 +10,8 @@ Every message here is a pydantic ``Message`` sent through ``platform_sdk.bus``:
   ``ServiceExited`` the moment a process it started exits;
 * to the node manager (``topics.commands("node-manager")``, request/reply):
   ``PlaceService`` → ``Placement``, ``LocateService`` → ``Placement``,
-  ``UnplaceService`` → ``Placement``;
+  ``UnplaceService`` → ``Placement``, ``ListNodes`` → ``NodesReport`` (the front door's
+  ``GET /api/nodes`` and the portal's nodes page);
 * from the heartbeat monitor (``topics.incidents``): ``ServiceIncident`` for every
   failure it saw and what it did; from the node manager, "replaced" for each service
   it moved off a lost node (the deployer follows its app instances there).
@@ -24,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from platform_sdk.bus import Producer
+from platform_sdk.bus import Bus, Producer
 from platform_sdk.envelope import Message
 from platform_sdk.errors import BadRequest, PlatformError
 from platform_sdk.topics import Topics
@@ -46,6 +47,18 @@ class BundleRef(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Its hash; also its cache key on a node.")
 
 
+class BusGrants(BaseModel):
+    """What a model replica or app instance may use on the bus besides its own topics: its bound
+    devices' (the deployer computes them; the node manager grants them to its principal)."""
+
+    read: list[str] = Field(
+        default_factory=list, description="Topics it may read: its sensors' data, its controllers' state."
+    )
+    write: list[str] = Field(
+        default_factory=list, description="Topics it may write: its controllers' commands."
+    )
+
+
 class ServiceSpec(BaseModel):
     """Everything an agent needs to run a service, whichever node it lands on."""
 
@@ -53,6 +66,12 @@ class ServiceSpec(BaseModel):
         pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Unique id of the running service."
     )
     kind: ServiceKind = "platform"
+    owner: str = Field(
+        default="",
+        max_length=256,
+        description="Who uploaded the model or app (kind model/app): its sandbox runs as this owner's "
+        "uid on every node (docs/security.md). Platform services and simulators have none.",
+    )
     module: str | None = Field(default=None, description="Run as `python -m MODULE` (platform services).")
     command: list[str] | None = Field(default=None, description="Or run this command line.")
     bundle: BundleRef | None = Field(
@@ -64,6 +83,10 @@ class ServiceSpec(BaseModel):
         default_factory=list, description="pip specifiers; one cached venv per set."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment of the process.")
+    bus: BusGrants = Field(
+        default_factory=BusGrants,
+        description="Device topics a model replica or app instance may read and write (kind model/app).",
+    )
     ports: list[str] = Field(default_factory=list, description="Named ports to allocate: AIOT_PORT_<NAME>.")
     cpu_limit: float | None = Field(default=None, gt=0, description="CPUs (docker runtime).")
     memory_mb: int | None = Field(default=None, gt=0, description="Memory limit in MB (docker runtime).")
@@ -231,6 +254,43 @@ class UnplaceService(Message):
     service_id: str
 
 
+class ListNodes(Message):
+    """Every node the node manager knows, with its load and the services placed on it."""
+
+    message_type = "nodes.list"
+
+
+class PlacedService(BaseModel):
+    """A service placed on a node, as its agent last announced it."""
+
+    service_id: str
+    kind: ServiceKind
+    state: RunState
+    restarts: int = Field(description="Restarts by its agent since it was placed.")
+    started_at: datetime | None
+
+
+class NodeReport(BaseModel):
+    """A node as the node manager last heard of it."""
+
+    node_id: str
+    host: str
+    runtime: str
+    main: bool
+    state: str = Field(description="up, suspect or down.")
+    capacity: int
+    cpu_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    last_seen: datetime
+    services: list[PlacedService]
+
+
+class NodesReport(Message):
+    message_type = "nodes.report"
+    nodes: list[NodeReport]
+
+
 class Placement(Message):
     message_type = "nodes.placement"
     service_id: str
@@ -244,6 +304,27 @@ class Placement(Message):
         """``http://host:port`` of the service's ``http`` port; empty when it has none (yet)."""
         port = self.state.ports.get("http") if self.state else None
         return f"http://{self.host or '127.0.0.1'}:{port}" if port else ""
+
+
+class IncidentNote(BaseModel):
+    """One incident as `aiot status` and the portal's nodes page show it: when, and what happened."""
+
+    time: datetime
+    service_id: str
+    node_id: str | None
+    kind: IncidentKind
+    detail: str
+
+
+def recent_incidents(bus: Bus, count: int, timeout: float) -> list[IncidentNote]:
+    """The ``count`` newest incidents on ``bus`` (the monitor's decisions, the node manager's moves),
+    oldest first; ``Unavailable`` when the broker does not answer within ``timeout``."""
+    return [
+        IncidentNote(
+            time=envelope.time, **envelope.open(ServiceIncident).model_dump(exclude={"message_type"})
+        )
+        for envelope in bus.recent(bus.topics.incidents, count, timeout=timeout)
+    ]
 
 
 def agent_topic(topics: Topics, node_id: str) -> str:

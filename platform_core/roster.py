@@ -37,3 +37,12 @@ def load_roster(settings: Settings) -> list[ServiceSpec]:
     if duplicates:
         raise ValidationFailed(f"service roster {path} lists {', '.join(duplicates)} more than once")
     return roster.service
+
+
+def roster_modules(settings: Settings) -> set[str]:
+    """The modules the roster runs (agents allow them beside ``agent.allowed_modules``); none
+    when the roster cannot be read here."""
+    try:
+        return {spec.module for spec in load_roster(settings) if spec.module}
+    except ValidationFailed:
+        return set()

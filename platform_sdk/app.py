@@ -15,8 +15,9 @@ The deployer starts an app instance as ``python -m platform_sdk.run_app`` in its
     SIGTERM (the window's end, ``aiot instance stop``) ──▶ ``app.stopping`` is set, ``serve``
         returns, the entrypoint returns, the process exits.
 
-The instance's devices are read in its own consumer groups (``<prefix>.app.<instance>``), so
-two instances bound to one camera both get every frame. Commands a controller applies carry
+The instance's devices are read in its own consumer group (``<prefix>.inst.<service id>.devices``
+where it has its own principal, else ``<prefix>.app.<instance>``), so two instances bound to one
+camera both get every frame. Commands a controller applies carry
 the sending instance's service id, ``app-<instance id>`` (``DeviceState.by``), so shared
 controllers say who set what.
 """
@@ -56,7 +57,12 @@ class App:
         self.manifest = manifest
         self.config = config
         self.settings: Settings = runtime.settings
-        group = f"{runtime.bus.topics.prefix}.app.{config.instance_id}"
+        topics = runtime.bus.topics
+        group = (
+            topics.instance_groups(topics.instance)[1]
+            if topics.instance
+            else f"{topics.prefix}.app.{config.instance_id}"
+        )
         self.devices = DeviceClient(runtime.bus, config.devices, group=group)
         self.models = models
         self.log = logging.getLogger(f"app.{manifest.name}")

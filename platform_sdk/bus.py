@@ -48,6 +48,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import BadRequest, PlatformError, Timeout, Unavailable, error_from_status
+from platform_sdk.principals import KafkaCredential, kafka_credential
 from platform_sdk.runstate import broker_kind, kafka_address
 from platform_sdk.settings import KafkaSettings, Settings, get_settings
 from platform_sdk.topics import Topics
@@ -85,6 +86,12 @@ _NOT_YET_KNOWN = (
     confluent_kafka.KafkaError._UNKNOWN_PARTITION,
 )
 _METADATA_WAIT_S = 10.0
+# What the broker answers a create of a topic the principal may not create (Kafka 4.4 answers
+# TOPIC_AUTHORIZATION_FAILED, for a topic that exists but is not its to see as well).
+_NOT_MINE_TO_CREATE = (
+    confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    confluent_kafka.KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+)
 
 
 def topic_partitions(
@@ -118,8 +125,15 @@ def end_offset(
         time.sleep(0.05)
 
 
-def client_config(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> dict[str, Any]:
-    """librdkafka properties shared by producers, consumers and admin clients."""
+def client_config(
+    kafka: KafkaSettings, bootstrap: str, credential: KafkaCredential | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """librdkafka properties shared by producers, consumers and admin clients.
+
+    ``credential`` (``principals.kafka_credential``) authenticates the client with SASL; without
+    one it connects as PLAINTEXT (kafka.security_protocol may still ask for more, with
+    kafka.extra's properties).
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "socket.nagle.disable": True,
@@ -130,6 +144,10 @@ def client_config(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> dic
         "logger": logging.getLogger("librdkafka"),
         **kafka.extra,
     }
+    if kafka.security_protocol is not None:
+        config["security.protocol"] = kafka.security_protocol
+    if credential is not None:
+        config.update(credential.client_properties())
     config.update(overrides)
     return config
 
@@ -157,6 +175,7 @@ class Bus:
         self.topics = Topics.from_settings(self.settings)
         self._bootstrap = kafka_address(self.settings)
         self.broker_kind = broker_kind(self.settings, self._bootstrap)
+        self.credential = kafka_credential(self.settings, self._bootstrap)
 
     @property
     def fetch_wait_max_ms(self) -> int:
@@ -177,7 +196,7 @@ class Bus:
         return servers
 
     def config(self, **overrides: Any) -> dict[str, Any]:
-        return client_config(self.settings.kafka, self.bootstrap_servers, **overrides)
+        return client_config(self.settings.kafka, self.bootstrap_servers, self.credential, **overrides)
 
     def admin(self) -> AdminClient:
         return AdminClient(self.config())
@@ -191,9 +210,11 @@ class Bus:
         kind fixes it (``Topics.partitions_of``: one per device topic, ``kafka.reply_partitions``
         for the replies topic). Every topic gets its class's retention by time and bytes
         (``Topics.config_of``), so nothing the bus carries grows without bound. Existing
-        topics are kept as they are.
+        topics are kept as they are. A subscription pattern (a name starting with ``^``) names
+        no topic and is skipped. A topic this process may not create (a model replica's or app
+        instance's principal creates none) is left to the platform: the broker's refusal is logged.
         """
-        wanted = sorted(set(names))
+        wanted = sorted({name for name in names if not name.startswith("^")})
         if not wanted:
             return
         admin = self.admin()
@@ -224,7 +245,10 @@ class Bus:
             except TimeoutError as exc:
                 raise Unavailable(f"Kafka did not create topic {name!r} within {timeout:g}s") from exc
             except confluent_kafka.KafkaException as exc:
-                if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                code = exc.args[0].code()
+                if code in _NOT_MINE_TO_CREATE:
+                    log.info("topic %r is missing and not this process's to create: %s", name, exc)
+                elif code != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
                     raise Unavailable(f"cannot create topic {name!r}: {exc}") from exc
 
     def delete_topics(self, names: Iterable[str], timeout: float = 5.0) -> None:
@@ -298,7 +322,7 @@ class Bus:
             self._reader = confluent_kafka.Consumer(
                 self.config(
                     **{
-                        "group.id": f"{self.topics.prefix}.latest.{uuid.uuid4().hex}",
+                        "group.id": self.topics.assigned_group("latest"),
                         "enable.auto.commit": False,
                         # Its last fetch outlives unassign() in the broker, which answers nothing else
                         # on the connection meanwhile: a long wait made every next read wait for it (2 s).
@@ -472,8 +496,11 @@ class ConsumerLoop:
 
     With ``group`` the loop joins that consumer group on ``topics`` (each group
     gets every message), and ``add_topics()`` widens the subscription while it
-    runs; without, it reads all partitions of ``topics`` by manual assignment,
-    which needs no group join and suits private topics.
+    runs; ``topics`` may then hold patterns (``Topics.instance_pattern``: a name
+    starting with ``^``), whose new topics the loop finds at its metadata refresh
+    (``topic.metadata.refresh.interval.ms`` in ``overrides``). Without a group, it
+    reads all partitions of ``topics`` by manual assignment, which needs no group
+    join and suits private topics.
 
     Its thread keeps the process alive until ``stop()``: whoever starts a loop stops it.
     ``daemon=True`` is for a loop that an ``atexit`` handler stops (``model_call``'s
@@ -497,6 +524,8 @@ class ConsumerLoop:
         self.daemon = daemon
         self.only_partitions = None if only_partitions is None else set(only_partitions)
         self.topics = sorted(set(topics))
+        if group is None and any(topic.startswith("^") for topic in self.topics):
+            raise ValueError("a subscription pattern needs a consumer group")
         self.group = group
         self.name = name or group or "assigned"
         self.partitions = partitions
@@ -522,7 +551,7 @@ class ConsumerLoop:
         settings = bus.settings.kafka
         self._config = bus.config(
             **{
-                "group.id": group or f"{bus.topics.prefix}.assigned.{uuid.uuid4().hex}",
+                "group.id": group or bus.topics.assigned_group("assigned"),
                 "enable.auto.commit": group is not None,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": offset_reset,

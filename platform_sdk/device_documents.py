@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from platform_sdk.json_numbers import MAX_INT
+
 DEVICE_NAME_PATTERN = r"^[a-z][a-z0-9-]{1,47}$"
 FIELD_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,47}$"
 USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,62}$"  # as the front door's identity accepts them
@@ -34,7 +36,6 @@ SIMULATORS = ("camera", "light", "temperature", "fan", "display", "ac")
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 MAX_IMAGE_BYTES_CEILING = 6 * 1024 * 1024
-MAX_INT = 2**63 - 1  # numbers of readings, commands and parameters fit in 64 bits
 
 ParamType = Literal["int", "float", "bool", "string", "image"]
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {

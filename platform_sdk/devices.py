@@ -43,7 +43,6 @@ from platform_sdk.envelope import Envelope
 from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, ValidationFailed
 
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
-COMMAND_TIMEOUT_S = 10.0
 STREAM_START_TIMEOUT_S = 30.0
 
 
@@ -184,7 +183,7 @@ def command_controller(
     """Check ``command(**params)`` against the controller's type, send it and return the accepted state.
 
     ``ValidationFailed`` (naming each field) when the type or the device rejects it; ``Timeout``
-    when the device does not answer within ``COMMAND_TIMEOUT_S``. ``alias`` names the device in
+    when the device does not answer within ``device.command_timeout_s``. ``alias`` names the device in
     messages. ``DeviceClient.send_controller`` and the front door's device command route use it.
     """
     problems = binding.type.command_problems(command, params)
@@ -198,7 +197,7 @@ def command_controller(
         requester.bus.topics.device_commands(binding.device_id),
         DeviceCommand(device_id=binding.device_id, command=command, params=params),
         DeviceState,
-        timeout=COMMAND_TIMEOUT_S,
+        timeout=requester.bus.settings.device.command_timeout_s,
         key=binding.device_id,  # one partition: commands of every sender are applied in order
     )
     if not reply.accepted:

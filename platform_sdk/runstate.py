@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from platform_sdk.settings import Settings
+from platform_sdk.settings import PLATFORM_MODULES, Settings
 
 STATE_FILE = "state.json"
 PRIVATE_DIR_MODE = 0o700
@@ -68,6 +68,9 @@ class NodeRecord(BaseModel):
     node_id: str
     http_url: str
     port_range: str
+    added: bool = Field(
+        default=False, description="Started by scale-out (the node manager may remove it when idle)."
+    )
 
 
 class RunState(BaseModel):
@@ -78,8 +81,32 @@ class RunState(BaseModel):
     broker_kind: Literal["kafka", "tansu"] = Field(
         default="kafka", description="Apache Kafka (or any Kafka cluster), or the bundled Tansu."
     )
+    bus_authenticated: bool = Field(
+        default=True,
+        description="Whether clients authenticate to the broker (SASL with ACLs); False: Tansu or a "
+        "Kafka without SASL, where the platform is single-user.",
+    )
     web_url: str | None = None
     runtime: str = "process"
+    nodes_started: int = Field(
+        default=0,
+        description="Nodes (agents) started for this platform so far: node ids are never reused, a "
+        "removed node's (scale-in) included.",
+    )
+    agent_allow_commands: bool = Field(
+        default=False,
+        description="agent.allow_commands of the agents `aiot up` started, so those added later "
+        "(scale-out, by the node manager, which has no agent settings of its own) run the same.",
+    )
+    agent_allowed_modules: list[str] = Field(
+        default_factory=lambda: list(PLATFORM_MODULES),
+        description="agent.allowed_modules of those agents, for the same reason.",
+    )
+    main: bool = Field(
+        default=True,
+        description="Whether this home runs the main node (its agent runs the node manager and the "
+        "monitor); False: a host that joined another host's platform (`aiot bootstrap`).",
+    )
     nodes: list[NodeRecord] = Field(default_factory=list)
     processes: list[ProcessRecord] = Field(default_factory=list)
 
@@ -89,11 +116,12 @@ def state_path(settings: Settings) -> Path:
 
 
 def read_run_state(settings: Settings) -> RunState | None:
-    """The recorded state, or None when this home has never been started or was stopped."""
+    """The recorded state, or None when this home has never been started or was stopped, or is not
+    this process's to read (a sandboxed model or app: its settings come in its environment)."""
     path = state_path(settings)
     try:
         return RunState.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return None
 
 

@@ -123,6 +123,11 @@ class KafkaSettings(BaseModel):
         "where Java 17+ is found, else Tansu). With bootstrap servers, `tansu` says they are a "
         "Tansu broker (clients then use a short fetch wait and no idempotence).",
     )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the broker `aiot up` starts listens on and announces (a main host's own "
+        "address when `aiot bootstrap` installs it, so the other hosts reach it).",
+    )
     kafka_version: str = Field(default="4.4.0", description="Apache Kafka release whose jars are fetched.")
     jars_dir: Path | None = Field(
         default=None,
@@ -177,6 +182,19 @@ class KafkaSettings(BaseModel):
         description="How often every client refreshes topic metadata (errors such as a lost leader "
         "refresh it at once).",
     )
+    instance_topics_refresh_ms: int = Field(
+        default=1000,
+        ge=100,
+        description="How often the readers of every model replica's and app instance's own topics "
+        "(the heartbeat monitor, the logger, the deployer) look for new ones: their consumers' "
+        "metadata refresh, a request for the whole topic list each time.",
+    )
+    own_topics: bool = Field(
+        default=False,
+        description="This process is a model replica or app instance that speaks on topics of its own "
+        "(<prefix>.inst.<service id>.heartbeats|logs|replies|requests). Set by the node manager with "
+        "the instance's own bus credential; never set it by hand.",
+    )
     fetch_wait_max_ms: int | None = Field(
         default=None,
         description="Longest time the broker may hold a fetch. Empty: 2000 on Apache Kafka (it answers "
@@ -185,9 +203,30 @@ class KafkaSettings(BaseModel):
     request_timeout_s: float = Field(
         default=10.0, gt=0, description="Default timeout of a request/reply call."
     )
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        default=None,
+        description="How clients reach the brokers. Empty: SASL_PLAINTEXT with SCRAM when a bus "
+        "credential is found (sasl_username, or this home's secrets file for this broker), else "
+        "PLAINTEXT (Tansu, or an external cluster without SASL: unauthenticated, single-user).",
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
+        default="SCRAM-SHA-256", description="SASL mechanism of sasl_username (an external cluster's)."
+    )
+    sasl_username: str | None = Field(
+        default=None,
+        description="This process's bus principal. Empty: a platform process of this home takes "
+        "its own from the secrets file (kafka.secrets_file); a model or app instance is given its own "
+        "by its agent.",
+    )
+    sasl_password: SecretStr | None = Field(default=None, description="Password of sasl_username.")
+    secrets_file: Path | None = Field(
+        default=None,
+        description="The bus's principals and passwords (JSON, 0600) for this home's platform "
+        "processes, written by `aiot up`. Empty: AIOT_HOME/secrets/kafka.json.",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra librdkafka properties (security.protocol, sasl.* for Event Hubs, ...).",
+        description="Extra librdkafka properties (ssl.ca.location, sasl.* for Event Hubs, ...).",
     )
 
 
@@ -248,6 +287,43 @@ class WebSettings(BaseModel):
         le=200,
         description="Deepest nesting of arrays and objects in a JSON request body; deeper is refused "
         "with 400 before it is parsed.",
+    )
+    # How long a route waits on the bus for another domain before it answers 503 (or does without).
+    ask_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a route waits for another domain's answer on the bus (the device manager, "
+        "the app manager, the AI manager, the deployer's instances for log scoping) before it answers 503.",
+    )
+    deployer_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the model and schedule routes wait for the deployer's deployments and "
+        "instances (a model listing then shows none; a schedule route answers 503).",
+    )
+    app_manager_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long deleting a model waits for the app manager to name the apps using it "
+        "(503 unless forced).",
+    )
+    log_owners_ttl_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long the log routes trust an owner's answer (a model deleted and uploaded again "
+        "by someone else changes who reads its logs within this).",
+    )
+    incidents_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long `GET /api/nodes` (and the portal's nodes page, polling it) reuses the "
+        "newest incidents it read from the bus before reading them again (0: every request).",
+    )
+    device_list_budget_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="GET /api/devices reads the devices' latest readings and states for this long at "
+        "most; devices not read by then show the last recorded value.",
     )
 
 
@@ -329,6 +405,22 @@ class LoggingSettings(BaseModel):
     batch_size: int = Field(default=1000, ge=1, description="Records that trigger an early flush.")
 
 
+# What an agent runs (agent.allowed_modules): the platform's services and the runners of uploaded code.
+PLATFORM_MODULES = (
+    "bootstrapper.local_node_manager",
+    "node_manager",
+    "heartbeat",
+    "logger",
+    "web",
+    "deployer",
+    "device_manager",
+    "scheduler",
+    "simulators",
+    "ai_manager.serving",
+    "platform_sdk.run_app",
+)
+
+
 class AgentSettings(BaseModel):
     """One node's service agent."""
 
@@ -369,6 +461,58 @@ class AgentSettings(BaseModel):
         description="How often the unpacked bundles no service of this node runs in are checked against "
         "the bucket: those whose zip is gone (a deleted model or app) are removed.",
     )
+    allowed_modules: list[str] = Field(
+        default_factory=lambda: list(PLATFORM_MODULES),
+        description="The modules a StartService may run (`python -m MODULE`): the platform's own services "
+        "and runners (model replicas and app instances run their uploaded bundle through one). The "
+        "roster's modules are allowed too. Anything else is refused.",
+    )
+    allow_commands: bool = Field(
+        default=False,
+        description="Run a StartService's command line instead of a module. For tests and benchmarks "
+        "only: the agent then runs whatever anyone allowed to write its command topic asks.",
+    )
+
+
+class SandboxSettings(BaseModel):
+    """How an agent confines uploaded code: model replicas and app instances (docs/security.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run every model replica and app instance as an unprivileged user of its owner's "
+        "(no capabilities, no new privileges, its bundle read-only and a scratch folder; on docker a "
+        "read-only container with only its bundle mounted). Needs an agent running as root.",
+    )
+    allow_unsandboxed: bool = Field(
+        default=False,
+        description="Where the agent cannot sandbox (not root, or sandbox.enabled false), run models "
+        "and apps as the agent's own user anyway, for one team that trusts what it uploads; false: "
+        "such an agent refuses to start them. `aiot up` run by a user other than root sets it true "
+        "(saying so loudly) unless it is set.",
+    )
+    uid_base: int = Field(
+        default=200_000,
+        ge=1000,
+        description="First uid (and gid) handed to an owner's sandboxes; no /etc/passwd entry is needed.",
+    )
+    uid_count: int = Field(
+        default=100_000, ge=1, description="Size of the uid range: at most this many owners per node."
+    )
+    root: Path | None = Field(
+        default=None,
+        description="Where the sandboxes' bundles (a copy per owner), scratch folders and venvs live, "
+        "outside AIOT_HOME (which they cannot enter); every folder above it must be enterable by "
+        "others. Empty: /tmp/aiot-sandbox-<hash of AIOT_HOME>. Production: e.g. /var/lib/aiot-sandbox.",
+    )
+    python: Path | None = Field(
+        default=None,
+        description="Interpreter the process runtime's sandboxes run on (their venvs are made from it). "
+        "Empty: the platform's own when others may run it, else /usr/bin/python3.X of the same version.",
+    )
+    setpriv: Path = Field(
+        default=Path("/usr/bin/setpriv"),
+        description="util-linux setpriv, which drops to the sandbox's uid on the process runtime.",
+    )
 
 
 class NodeManagerSettings(BaseModel):
@@ -383,12 +527,54 @@ class NodeManagerSettings(BaseModel):
     suspect_after_s: float = Field(
         default=3.0, gt=0, description="A node not announced this long is silent: suspect, no placements."
     )
-    down_after_s: float = Field(default=6.0, gt=0, description="A node silent this long is down; re-placed.")
+    instance_sweep_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often principals and topics of model replicas and app instances that are no "
+        "longer placed are looked for and removed (left by a crash between steps, or a topic a late "
+        "reply created again).",
+    )
+    down_after_s: float = Field(
+        default=6.0,
+        gt=0,
+        description="A node silent this long is down and re-placed, unless its agent still answers over "
+        "HTTP (node_manager.down_probe_timeout_s): then only its announcements are late on the bus.",
+    )
+    down_probe_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long the agent of a node about to be declared down has to answer its HTTP "
+        "`/services` (an answer keeps the node suspect instead).",
+    )
     scale_out_load: float = Field(default=0.85, gt=0, le=1, description="Score above which a node is busy.")
     scale_out_after_s: float = Field(
         default=30.0, gt=0, description="All nodes busy this long: ask the provider for one more."
     )
     max_nodes: int = Field(default=4, ge=1, description="Scale-out stops at this many nodes.")
+    scale_in_load: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Score under which a node is idle. Every node idle for scale_in_after_s: one node "
+        "the provider added (scale-out) is drained (its services moved) and removed.",
+    )
+    scale_in_after_s: float = Field(
+        default=300.0, gt=0, description="How long every node must stay idle before one added node goes."
+    )
+    scale_cooldown_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="No scale-in this long after a node was added or removed (and no second removal): "
+        "a load that comes and goes does not add and remove nodes in turn.",
+    )
+    first_service_port: int = Field(
+        default=20000,
+        ge=1,
+        le=64535,
+        description="Ports of the nodes `aiot up` and scale-out start on this machine: node-N hands its "
+        "services 1000 ports from this one + (N-1)·1000. Platforms sharing a machine (parallel test "
+        "workers) take different ones.",
+    )
     scale_out_join_s: float = Field(
         default=60.0, gt=0, description="How long a node the provider started has to announce itself."
     )
@@ -410,8 +596,9 @@ class NodeManagerSettings(BaseModel):
     place_wait_s: float = Field(
         default=300.0,
         gt=0,
-        description="How long a service that asks for a placement (the deployer) waits for the node "
-        "manager's answer: a first start may build a venv or an image.",
+        description="How long a service that asks for a placement (the deployer; the device manager for "
+        "a location's simulator host, also when it asks where that runs) waits for the node manager's "
+        "answer: a first start may build a venv or an image.",
     )
     locate_wait_s: float = Field(
         default=10.0, gt=0, description="How long a LocateService waits for the node manager's answer."
@@ -551,6 +738,52 @@ class DeviceSettings(BaseModel):
         description='Run after the files change instead of the SIGHUP, as JSON, e.g. ["systemctl", '
         '"reload", "mosquitto"]; neither set: Mosquitto reads the files when it next starts.',
     )
+    mqtt_reload_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time mqtt_reload_command has to finish before it counts as failed."
+    )
+    mqtt_keepalive_s: int = Field(
+        default=30, ge=5, description="MQTT keep-alive of the gateway's connection to the broker."
+    )
+    mqtt_reconnect_max_s: int = Field(
+        default=30,
+        ge=1,
+        description="Longest wait between the gateway's reconnection attempts (from 1 s, doubling).",
+    )
+    command_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a controller command waits for the device's answer (an app's command "
+        "through the SDK, the front door's POST /api/devices/<name>/commands).",
+    )
+    gateway_command_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long the MQTT gateway waits for a real controller's state after forwarding it "
+        "a command, before it answers that the device did not take it.",
+    )
+    gateway_refresh_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="How often the MQTT gateway rereads which real devices are registered.",
+    )
+    gateway_warn_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="The gateway logs a dropped message at most once per topic and reason this often "
+        "(then with the count of the others).",
+    )
+    state_read_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Reading one device's latest reading or state from its topic (metadata, offsets and "
+        "the fetch of its last record).",
+    )
+    state_record_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the device manager records every device's newest reading or state in "
+        "the registry (at most a quarter of the device data topics' retention).",
+    )
 
 
 class AppSettings(BaseModel):
@@ -578,6 +811,83 @@ class SchedulerSettings(BaseModel):
     )
     mail_retry_interval_s: float = Field(
         default=30.0, gt=0, description="How often mails the SMTP server did not take are sent again."
+    )
+
+
+class CliSettings(BaseModel):
+    """The `aiot` command's own waits."""
+
+    live_refresh_s: float = Field(
+        default=2.0, gt=0, description="How often `aiot up` in the foreground checks its processes."
+    )
+    schedule_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long `aiot schedule create --now --wait` waits for the first instance to run.",
+    )
+    follow_poll_s: float = Field(
+        default=1.0, gt=0, description="How often `aiot logs --follow` asks for new records."
+    )
+
+
+class BootstrapSettings(BaseModel):
+    """`aiot bootstrap`: installing the platform on hosts over SSH (bootstrapper.remote)."""
+
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long an SSH connection (and its login) may take."
+    )
+    command_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long one remote step (an install, a start) may take."
+    )
+    ready_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="How long a host's platform may take to answer once started (the main host's "
+        "broker, services and front door; another host's agent announcing itself).",
+    )
+    install_root: str = Field(
+        default="/opt/aiot",
+        description="Where a host's platform lives when its inventory entry names no root: the "
+        "release's venv, the wheelhouse, settings and AIOT_HOME.",
+    )
+
+
+class AzureSettings(BaseModel):
+    """The azure provider's waits (`aiot bootstrap --provider azure`); its subscription, region and
+    sizes are in its own config file (docs/deploy-azure.md)."""
+
+    poll_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a long-running Azure operation (a VM, a network) is asked for its state "
+        "when Azure names no Retry-After.",
+    )
+    retry_total: int = Field(
+        default=6,
+        ge=0,
+        description="Retries of one Azure request that failed for a passing reason "
+        "(429 throttled, 5xx, a dropped connection).",
+    )
+    retry_backoff_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Backoff of those retries: the first is at once, the n-th waits this·2^(n-1) s (at "
+        "most retry_backoff_max_s); a Retry-After from Azure wins.",
+    )
+    retry_backoff_max_s: float = Field(default=60.0, gt=0, description="Longest wait between two retries.")
+    read_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long one Azure request may wait for its answer."
+    )
+    operation_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="How long one long-running operation (creating a VM, deleting a network) may take "
+        "before `aiot bootstrap` or `aiot destroy` gives up on it, naming the host and step.",
+    )
+    progress_every_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="While an operation runs, a progress line every this long (host, step, state, time).",
     )
 
 
@@ -635,6 +945,7 @@ class Settings(BaseSettings):
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     node_manager: NodeManagerSettings = Field(default_factory=NodeManagerSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -643,6 +954,9 @@ class Settings(BaseSettings):
     app: AppSettings = Field(default_factory=AppSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     mail: MailSettings = Field(default_factory=MailSettings)
+    cli: CliSettings = Field(default_factory=CliSettings)
+    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -736,16 +1050,25 @@ def settings_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe_settings(model: type[BaseModel] = Settings, env_prefix: str = "AIOT_") -> list[dict[str, str]]:
-    """Every leaf setting: its environment variable, type, default and description (for docs and the CLI)."""
+def describe_settings(
+    model: type[BaseModel] = Settings, env_prefix: str = "AIOT_", defaults: BaseModel | None = None
+) -> list[dict[str, str]]:
+    """Every leaf setting: its environment variable, type, default and description (for docs and the CLI).
+
+    ``defaults`` is the default value of ``model`` where its parent field has one (a topic class's
+    retention): its values are the defaults shown, not those of the model's own fields.
+    """
     rows: list[dict[str, str]] = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         variable = f"{env_prefix}{name.upper()}"
+        default = (
+            getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+        )
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe_settings(annotation, f"{variable}__"))
+            nested = default if isinstance(default, BaseModel) else None
+            rows.extend(describe_settings(annotation, f"{variable}__", nested))
             continue
-        default = field.get_default(call_default_factory=True)
         rows.append(
             {
                 "variable": variable,

@@ -22,13 +22,13 @@ from typing import Any, Literal
 
 import flask
 import sqlalchemy as sa
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app_manager.messages import AppVersion, PickAppVersion, app_manager_topic
 from deployer.messages import InstanceInfo, Instances, ListInstances, StopInstance
 from device_manager.messages import CheckLocation, LocationCheck
 from platform_core.auth import Principal, Role, allow, current_principal
-from platform_core.http import ask, json_body, resources
+from platform_core.http import ask, json_body, query_as, resources, shapes
 from platform_sdk.errors import BadRequest, Forbidden, NotFound, PlatformError, ValidationFailed
 from scheduler import timetable
 from scheduler.mail import MailView, list_mails, local_mailbox
@@ -37,8 +37,19 @@ from scheduler.models import ScheduleRow
 
 blueprint = flask.Blueprint("schedules", __name__, url_prefix="/api")
 SCHEDULERS = (Role.END_USER, Role.APP_DEVELOPER, Role.PLATFORM_CONFIGURER)
-DEPLOYER_TIMEOUT_S = 30.0
 ScheduleAction = Literal["created", "paused", "resumed", "cancelled"]
+
+
+class InstanceList(BaseModel):
+    """``GET /api/instances``."""
+
+    instances: list[InstanceInfo]
+
+
+class MailList(BaseModel):
+    """``GET /api/mails``: newest first."""
+
+    mails: list[MailView]
 
 
 def _sees_all(principal: Principal) -> bool:
@@ -114,13 +125,11 @@ def _schedule_document() -> timetable.ScheduleSpec:
         ) from exc
 
 
-@blueprint.post("/schedules")
-@allow(*SCHEDULERS)
-def create_schedule() -> tuple[flask.Response, int]:
-    """Check and store a schedule, then hand it to the scheduler service."""
-    spec = _schedule_document()
+def _checked(spec: timetable.ScheduleSpec, now: datetime) -> tuple[AppVersion, LocationCheck]:
+    """The app version and location ``spec`` names, checked as a run would use them (the app's
+    devices at the location, who may use it, something left to run); ``ValidationFailed`` naming
+    every field and reason."""
     principal = current_principal()
-    now = datetime.now(UTC)
     topics = resources().bus_requester().bus.topics
     app = ask(
         "the app manager",
@@ -146,6 +155,62 @@ def create_schedule() -> tuple[flask.Response, int]:
             + "; ".join(f"{problem['field']}: {problem['reason']}" for problem in problems),
             details=problems,
         )
+    return app, location
+
+
+class PreviewQuery(BaseModel):
+    """``POST /schedules/preview``'s query: how many of the next runs to show."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: int = Field(default=5, ge=1, le=50, description="how many of the next runs")
+
+
+class PreviewRun(BaseModel):
+    start: datetime
+    end: datetime
+    local_start: datetime = Field(description="the start in the location's time zone, with its offset")
+
+
+class SchedulePreview(BaseModel):
+    """A schedule document checked as ``POST /schedules`` checks it, with its next runs; nothing saved."""
+
+    app: str
+    version: str
+    location: str
+    timezone: str
+    runs: list[PreviewRun]
+
+
+@blueprint.post("/schedules/preview")
+@allow(*SCHEDULERS)
+@shapes(body=timetable.ScheduleSpec, query=PreviewQuery, response=SchedulePreview)
+def preview_schedule() -> flask.Response:
+    """What ``POST /schedules`` would store, checked the same way, and its next runs; nothing is saved."""
+    count = query_as(PreviewQuery).runs
+    spec = _schedule_document()
+    now = datetime.now(UTC)
+    app, location = _checked(spec, now)
+    runs = timetable.upcoming_runs(spec, location.timezone, now, now, count)
+    preview = SchedulePreview(
+        app=app.name,
+        version=app.version,
+        location=location.location,
+        timezone=location.timezone,
+        runs=[PreviewRun(start=run.start, end=run.end, local_start=run.local_start) for run in runs],
+    )
+    return flask.jsonify(preview.model_dump(mode="json"))
+
+
+@blueprint.post("/schedules")
+@allow(*SCHEDULERS)
+@shapes(body=timetable.ScheduleSpec)
+def create_schedule() -> tuple[flask.Response, int]:
+    """Check and store a schedule, then hand it to the scheduler service."""
+    spec = _schedule_document()
+    principal = current_principal()
+    now = datetime.now(UTC)
+    app, location = _checked(spec, now)
     with resources().database.session() as session:
         row = ScheduleRow(
             schedule_id="s" + uuid.uuid4().hex[:11],
@@ -245,8 +310,9 @@ def cancel_schedule(schedule_id: str) -> flask.Response:
 # instances ---------------------------------------------------------------------------------
 def _instances(**query: str | None) -> list[InstanceInfo]:
     requester = resources().bus_requester()
+    timeout = resources().settings.web.deployer_timeout_s
     reply = requester.request(
-        requester.bus.topics.deployer, ListInstances(**query), Instances, timeout=DEPLOYER_TIMEOUT_S
+        requester.bus.topics.deployer, ListInstances(**query), Instances, timeout=timeout
     )
     return reply.instances
 
@@ -268,6 +334,7 @@ def _stop(instance_id: str, reason: str) -> InstanceInfo:
 
 @blueprint.get("/instances")
 @allow(*SCHEDULERS)
+@shapes(response=InstanceList)
 def list_instances() -> flask.Response:
     principal = current_principal()
     owner = None if _sees_all(principal) else principal.username
@@ -286,12 +353,14 @@ def _own_instance(instance_id: str) -> InstanceInfo:
 
 @blueprint.get("/instances/<instance_id>")
 @allow(*SCHEDULERS)
+@shapes(response=InstanceInfo)
 def show_instance(instance_id: str) -> flask.Response:
     return flask.jsonify(_own_instance(instance_id).model_dump(mode="json"))
 
 
 @blueprint.post("/instances/<instance_id>/stop")
 @allow(*SCHEDULERS)
+@shapes(response=InstanceInfo)
 def stop_instance(instance_id: str) -> flask.Response:
     _own_instance(instance_id)
     return flask.jsonify(_stop(instance_id, "stopped on request").model_dump(mode="json"))
@@ -300,6 +369,7 @@ def stop_instance(instance_id: str) -> flask.Response:
 # mail --------------------------------------------------------------------------------------
 @blueprint.get("/mails")
 @allow(*SCHEDULERS, Role.AI_DEVELOPER)
+@shapes(response=MailList)
 def list_outbox() -> flask.Response:
     """The caller's mails (a configurer: everyone's), newest first."""
     principal = current_principal()

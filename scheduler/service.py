@@ -162,11 +162,15 @@ class SchedulerService(Service):
         self.jobs.start(paused=True)
         self._reconcile()
         self.jobs.resume()
-        commands = ConsumerLoop(bus, [bus.topics.scheduler], group="scheduler", name=self.service_id)
+        commands = ConsumerLoop(
+            bus, [bus.topics.scheduler], group=f"{bus.topics.prefix}.scheduler", name=self.service_id
+        )
         commands.add_handler(ScheduleChanged, self.on_change)
         commands.start()
         self.own(commands)
-        events = ConsumerLoop(bus, [bus.topics.app_instances], group="scheduler.mail", name="instance-mail")
+        events = ConsumerLoop(
+            bus, [bus.topics.app_instances], group=f"{bus.topics.prefix}.scheduler.mail", name="instance-mail"
+        )
         events.add_handler(InstanceEvent, self.on_instance)
         events.start()
         self.own(events)
@@ -378,6 +382,7 @@ class SchedulerService(Service):
             manifest=version.manifest,
             location=row.location,
             owner=row.owner,
+            app_owner=version.owner,
             email=row.email,
             schedule_id=row.schedule_id,
             stop_at=run.end,

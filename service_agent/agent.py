@@ -41,6 +41,7 @@ from platform_sdk.envelope import Envelope
 from service_agent.bundles import BundleCache
 from service_agent.load import LoadMeter
 from service_agent.runtime import ProcessRuntime, Runtime, VenvCache
+from service_agent.sandbox import Sandboxes, sandbox_python
 from service_agent.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,21 @@ class ServiceAgent(Service):
 
     def process_runtime(self) -> ProcessRuntime:
         home = self.settings.home_dir
-        return ProcessRuntime(VenvCache(home / "venvs"), home / "work" / self.settings.agent.node_id)
+        return ProcessRuntime(
+            VenvCache(home / "venvs"),
+            home / "work" / self.settings.agent.node_id,
+            sandbox_venvs=VenvCache(
+                self.sandboxes.venv_root, str(sandbox_python(self.settings)), shared=True
+            ),
+            setpriv=self.settings.sandbox.setpriv,
+        )
 
     def on_start(self) -> None:
         agent = self.settings.agent
         bus = self.sdk.bus
+        # Whether this node can confine models and apps is said once, loudly when it cannot.
+        self.sandboxes = Sandboxes(self.settings, process_runtime=agent.runtime == "process")
+        self.sandboxes.check()
         self.meter = LoadMeter(agent.load_scope)
         self.server = HttpServer(self._http_app(), agent.host, agent.http_port, threads=4)
         self.server.start()
@@ -84,6 +95,7 @@ class ServiceAgent(Service):
             host_runtime=self.process_runtime(),
             bundles=bundles,
             measure_load=self._load,
+            sandboxes=self.sandboxes,
         )
         self.supervisor.start()
         self.own(self.supervisor)

@@ -22,10 +22,13 @@ Life of a start (``DockerRuntime.start``):
    the ones no container uses.
 2. **Container.** Host networking (services bind 127.0.0.1 as on the process runtime);
    the environment the agent generated, minus the host's path-like variables (``PATH``,
-   ``HOME``, ``PYTHONPATH``, ...) that mean nothing inside; ``AIOT_HOME`` bind-mounted
-   read-write at the same path, the working directory ``AIOT_HOME/work/<node>`` as on the
-   process runtime, and the agent's uid/gid, so files written there belong to the agent's
-   user; ``--init`` (tini as PID 1 forwards SIGTERM to the service's process group, which
+   ``HOME``, ``PYTHONPATH``, ...) that mean nothing inside. A platform service gets
+   ``AIOT_HOME`` bind-mounted read-write at the same path, the working directory
+   ``AIOT_HOME/work/<node>`` as on the process runtime, and the agent's uid/gid, so files
+   written there belong to the agent's user. A model or app (``sandbox``) gets its owner's
+   uid, a read-only root filesystem, no capabilities, ``no-new-privileges``, and only its
+   bundle copy (read-only) and scratch folder mounted (``DockerRuntime.confinement``);
+   ``--init`` (tini as PID 1 forwards SIGTERM to the service's process group, which
    a Python PID 1 would ignore); the spec's CPU and memory limits; labels
    ``aiot.platform``, ``aiot.home``, ``aiot.node_id``, ``aiot.service_id``.
 3. **Output.** One thread per container (``aiot-docker-output-<service>``) follows the
@@ -74,6 +77,7 @@ from platform_core.nodes import ServiceSpec
 from platform_sdk.errors import BadRequest, PlatformError, Unavailable
 from platform_sdk.settings import Settings
 from service_agent.runtime import OutputSink, RunningService
+from service_agent.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +147,12 @@ HOST_ONLY_VARIABLES = frozenset(
     }
 )
 
+# The build context's files are made readable by everyone (the agent's umask is 077) and COPY
+# keeps their modes: a sandboxed container runs as its owner's uid and must read the platform.
 DOCKERFILE = """\
 FROM {base}
 LABEL aiot.platform=1
+# platform files: readable by every uid
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off \\
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 {ca}RUN python3 -m venv {venv} \\
@@ -393,6 +400,7 @@ class DockerRuntime:
                 target = context / "platform" / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
+            _readable_by_all(context)
             stream = self.client.api.build(
                 path=str(context),
                 tag=tag,
@@ -433,14 +441,17 @@ class DockerRuntime:
 
     # containers ---------------------------------------------------------------------------------
     def start(
-        self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink, workdir: Path | None = None
+        self,
+        spec: ServiceSpec,
+        env: dict[str, str],
+        on_output: OutputSink,
+        workdir: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> RunningService:
         command = spec.argv(IMAGE_PYTHON)
         image = self.image_for(spec.requirements, on_output)
         node_id = self.settings.agent.node_id
         home = _resolved(env.get("AIOT_HOME") or self.settings.home_dir)
-        node_workdir = Path(home) / "work" / node_id
-        node_workdir.mkdir(parents=True, exist_ok=True)
         environment = {
             key: value for key, value in env.items() if key in spec.env or key not in HOST_ONLY_VARIABLES
         }
@@ -453,6 +464,14 @@ class DockerRuntime:
             limits["nano_cpus"] = round(spec.cpu_limit * 1e9)
         if spec.memory_mb is not None:
             limits["mem_limit"] = f"{spec.memory_mb}m"
+        if sandbox is not None:
+            limits.update(self.confinement(sandbox, environment))
+            working_dir = str(workdir or sandbox.scratch)
+        else:
+            node_workdir = Path(home) / "work" / node_id
+            node_workdir.mkdir(parents=True, exist_ok=True)
+            limits.update(volumes={home: {"bind": home, "mode": "rw"}}, user=f"{os.getuid()}:{os.getgid()}")
+            working_dir = str(workdir or node_workdir)
         with translated(f"starting {spec.service_id!r} in a container"):
             container = self.client.containers.create(
                 image,
@@ -466,9 +485,7 @@ class DockerRuntime:
                     LABEL_SERVICE: spec.service_id,
                 },
                 network_mode="host",
-                volumes={home: {"bind": home, "mode": "rw"}},
-                working_dir=str(workdir or node_workdir),
-                user=f"{os.getuid()}:{os.getgid()}",
+                working_dir=working_dir,
                 init=True,
                 log_config=docker.types.LogConfig(
                     type="json-file", config={"max-size": "10m", "max-file": "2"}
@@ -484,6 +501,36 @@ class DockerRuntime:
                     container.remove(force=True)
                 raise
         return DockerService(container, stream, on_output, spec.service_id)
+
+    @staticmethod
+    def confinement(sandbox: Sandbox, environment: dict[str, str]) -> dict[str, Any]:
+        """A model's or app's container: its owner's uid, nothing writable but its scratch folder.
+
+        Non-root ``--user`` (the agent's own where it runs unsandboxed), ``--read-only`` root
+        filesystem, ``--cap-drop ALL``, ``no-new-privileges``; mounted: its bundle (read-only) and
+        its scratch folder (``HOME``, ``TMPDIR``), each at its host path, and a small ``/tmp``
+        tmpfs. No ``AIOT_HOME``. The network stays the host's: the broker listens on 127.0.0.1.
+        """
+        volumes = {str(sandbox.scratch): {"bind": str(sandbox.scratch), "mode": "rw"}}
+        if sandbox.bundle is not None:
+            volumes[str(sandbox.bundle)] = {"bind": str(sandbox.bundle), "mode": "ro"}
+        uid = sandbox.uid if sandbox.uid is not None else os.getuid()
+        gid = sandbox.gid if sandbox.gid is not None else os.getgid()
+        environment.update(HOME=str(sandbox.scratch), TMPDIR=str(sandbox.scratch))
+        return {
+            "user": f"{uid}:{gid}",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "volumes": volumes,
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=64m"},
+        }
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Folders 0755 and files 0644 under ``folder`` (itself included): COPY keeps the modes."""
+    for path in (folder, *folder.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 class DockerService:

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from platform_core.nodes import ServiceSpec
 from platform_sdk.errors import BadRequest, Unavailable
+from service_agent.sandbox import Sandbox
 
 OutputSink = Callable[[str], None]
 
@@ -48,9 +49,17 @@ class Runtime(Protocol):
     name: str
 
     def start(
-        self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink, workdir: Path | None = None
+        self,
+        spec: ServiceSpec,
+        env: dict[str, str],
+        on_output: OutputSink,
+        workdir: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> RunningService:
-        """Start ``spec`` in ``workdir`` (its unpacked bundle), else in the node's work directory."""
+        """Start ``spec`` in ``workdir`` (its unpacked bundle), else in the node's work directory.
+
+        With ``sandbox`` (a model or app): as its uid, in its bundle copy, with no capabilities.
+        """
         ...
 
 
@@ -59,10 +68,16 @@ class VenvCache:
 
     The key is a hash of the sorted requirement lines, so two services with the same
     requirements share a venv and the second starts without installing anything.
+
+    A ``shared`` cache (the sandboxes') builds every venv, one without requirements too, on
+    ``base`` (an interpreter other users may run), readable by everyone and writable by none
+    but the agent's user (umask 022; the sandboxes run as other uids).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, base: str | None = None, *, shared: bool = False) -> None:
         self.root = root
+        self.base = base or sys.executable
+        self.shared = shared
         self._lock = threading.Lock()
 
     @staticmethod
@@ -70,19 +85,27 @@ class VenvCache:
         canonical = "\n".join(sorted(line.strip() for line in requirements if line.strip()))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    def folder(self, requirements: Sequence[str]) -> Path:
+        """The venv of ``requirements`` on this cache's base interpreter."""
+        if self.base == sys.executable:
+            return self.root / self.key(requirements)
+        return self.root / f"{hashlib.sha256(self.base.encode()).hexdigest()[:8]}-{self.key(requirements)}"
+
     def python(self, requirements: Sequence[str]) -> str:
         """The interpreter to run with: the platform's own, or a cached venv's."""
-        if not any(line.strip() for line in requirements):
+        if not self.shared and not any(line.strip() for line in requirements):
             return sys.executable
-        venv = self.root / self.key(requirements)
+        venv = self.folder(requirements)
         python = venv / "bin" / "python"
         with self._lock:
             if python.exists():
                 return str(python)
             staging = venv.with_suffix(".tmp")
-            self._run(["uv", "venv", "--quiet", "--python", sys.executable, str(staging)])
-            installer = ["uv", "pip", "install", "--quiet", "--python", str(staging / "bin" / "python")]
-            self._run([*installer, *requirements])
+            self._run(["uv", "venv", "--quiet", "--python", self.base, str(staging)])
+            installer = ["uv", "pip", "install", "--quiet", "--compile-bytecode"]
+            wanted = [line.strip() for line in requirements if line.strip()]
+            if wanted:
+                self._run([*installer, "--python", str(staging / "bin" / "python"), *wanted])
             self._link_platform(staging)
             os.replace(staging, venv)
         return str(python)
@@ -98,12 +121,20 @@ class VenvCache:
         platform_root = str(Path(__file__).resolve().parents[1])
         paths = [path for path in sys.path if path.endswith("site-packages")] + [platform_root]
         for site_packages in venv.glob("lib/python*/site-packages"):
-            (site_packages / "aiot-platform.pth").write_text("\n".join(paths) + "\n")
+            pth = site_packages / "aiot-platform.pth"
+            pth.write_text("\n".join(paths) + "\n")
+            pth.chmod(0o644)
 
-    @staticmethod
-    def _run(command: list[str]) -> None:
+    def _run(self, command: list[str]) -> None:
         try:
-            subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+            subprocess.run(
+                command,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                umask=0o022 if self.shared else -1,
+            )
         except FileNotFoundError as exc:
             raise Unavailable("uv is not installed on this node: pip install uv") from exc
         except subprocess.CalledProcessError as exc:
@@ -153,18 +184,44 @@ class ProcessService:
 
 
 class ProcessRuntime:
-    """Runs each service as a subprocess of the agent, with a cached venv for its requirements."""
+    """Runs each service as a subprocess of the agent, with a cached venv for its requirements.
+
+    A sandboxed one (``sandbox`` with a uid) runs on a venv of ``sandbox_venvs`` through
+    ``setpriv``: its owner's uid and gid, no supplementary groups, no capabilities (inheritable
+    and bounding sets emptied), no new privileges (``PR_SET_NO_NEW_PRIVS``: setuid files do nothing).
+    """
 
     name = "process"
 
-    def __init__(self, venvs: VenvCache, workdir: Path) -> None:
+    def __init__(
+        self,
+        venvs: VenvCache,
+        workdir: Path,
+        sandbox_venvs: VenvCache | None = None,
+        setpriv: Path = Path("/usr/bin/setpriv"),
+    ) -> None:
         self.venvs = venvs
         self.workdir = workdir
+        self.sandbox_venvs = sandbox_venvs
+        self.setpriv = setpriv
 
     def start(
-        self, spec: ServiceSpec, env: dict[str, str], on_output: OutputSink, workdir: Path | None = None
+        self,
+        spec: ServiceSpec,
+        env: dict[str, str],
+        on_output: OutputSink,
+        workdir: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> RunningService:
-        command = spec.argv(self.venvs.python(spec.requirements))
+        confined = sandbox is not None and sandbox.confined
+        if confined and self.sandbox_venvs is None:
+            raise Unavailable(f"cannot sandbox {spec.service_id!r}: this runtime has no sandbox venvs")
+        venvs = self.sandbox_venvs if confined and self.sandbox_venvs is not None else self.venvs
+        python = venvs.python(spec.requirements)
+        command = spec.argv(python)
+        if sandbox is not None and sandbox.uid is not None and sandbox.gid is not None:
+            command = [*self.confinement(sandbox.uid, sandbox.gid), *command]
+            env = {**env, "PATH": f"{Path(python).parent}:{env.get('PATH', '')}"}
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The child stops itself when this agent dies, as it would with a lost node (see the heartbeat).
         env = {**env, "AIOT_AGENT_PID": str(os.getpid())}
@@ -181,3 +238,17 @@ class ProcessRuntime:
         except OSError as exc:
             raise BadRequest(f"cannot start {spec.service_id!r}: {exc}") from exc
         return ProcessService(process, on_output, spec.service_id)
+
+    def confinement(self, uid: int, gid: int) -> list[str]:
+        """The ``setpriv`` prefix that runs a command as ``uid:gid`` with no privileges at all."""
+        return [
+            str(self.setpriv),
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]

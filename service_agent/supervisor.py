@@ -7,7 +7,9 @@ for minutes, and the node's announcements must go on); the supervisor thread not
 ``restart="agent"`` services itself with growing back-off, and announces the
 node (its address, its load and what it runs) every ``announce_interval_s``. A service
 holds its unpacked bundle (``service_agent.bundles``) from its start until it is stopped on
-purpose (or its start fails, or the agent stops); restarts keep it.
+purpose (or its start fails, or the agent stops); restarts keep it. A model replica or app
+instance also holds its sandbox (``service_agent.sandbox``: its owner's copy of the bundle, its
+scratch folder) as long, and gets ``sandbox_environment``, not the agent's.
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ from platform_core.nodes import (
     ServiceState,
     node_events_topic,
 )
+from platform_core.roster import roster_modules
 from platform_sdk.bus import Bus, Producer
-from platform_sdk.errors import BadRequest, NotFound, PlatformError
+from platform_sdk.errors import BadRequest, Forbidden, NotFound, PlatformError
 from platform_sdk.messages import LogRecord
+from platform_sdk.principals import UPLOADED_KINDS
 from platform_sdk.settings import Settings
 from service_agent.bundles import BundleCache
 from service_agent.ports import PortAllocator
 from service_agent.runtime import RunningService, Runtime
+from service_agent.sandbox import SANDBOXED_KINDS, Sandbox, Sandboxes, sandbox_environment
 
 log = logging.getLogger(__name__)
 # Worst first: the state a probe reports for a tree is the worst of its processes'.
@@ -57,6 +62,16 @@ _PSUTIL_STATES: dict[str, ProcessState] = {
     psutil.STATUS_RUNNING: "running",
 }
 OUTPUT_LINES_KEPT = 30
+# What of a model's or app's spec env says how it reaches the bus (set by the node manager).
+INSTANCE_BUS_KEYS = frozenset(
+    {
+        "AIOT_KAFKA__SASL_USERNAME",
+        "AIOT_KAFKA__SASL_PASSWORD",
+        "AIOT_KAFKA__SECURITY_PROTOCOL",
+        "AIOT_KAFKA__SASL_MECHANISM",
+        "AIOT_KAFKA__OWN_TOPICS",
+    }
+)
 
 
 @dataclass
@@ -91,6 +106,7 @@ class Supervisor:
         host_runtime: Runtime | None = None,
         bundles: BundleCache | None = None,
         measure_load: Callable[[], LoadSample] | None = None,
+        sandboxes: Sandboxes | None = None,
     ) -> None:
         self.settings = settings
         self.agent = settings.agent
@@ -104,6 +120,7 @@ class Supervisor:
         self.http_url = http_url
         self.measure_load = measure_load  # the node's load, sent with each announcement
         self.bundles = bundles
+        self.sandboxes = sandboxes  # None: this supervisor runs no model or app
         self.ports = PortAllocator(self.agent.port_range, self.agent.host)
         self._services: dict[str, Managed] = {}
         self._lock = threading.RLock()
@@ -111,6 +128,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._producer: Producer | None = None
         self._host = socket.gethostname()
+        self._allowed_modules = set(self.agent.allowed_modules) | roster_modules(settings)
 
     # life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,11 +158,28 @@ class Supervisor:
             stopper.join()
         for entry in managed:
             self._release_bundle(entry.spec.service_id)
+        if self.sandboxes is not None:
+            self.sandboxes.close()
         if self._producer is not None:
             self._producer.flush(5)
 
     # commands -----------------------------------------------------------------------------
+    def check_allowed(self, spec: ServiceSpec) -> None:
+        """Refuse what is not the platform's own: a module outside ``agent.allowed_modules`` (and the
+        roster's), a command line unless ``agent.allow_commands``, environment beyond ``AIOT_*``."""
+        if spec.module is not None and spec.module not in self._allowed_modules:
+            raise Forbidden(f"node {self.node_id} runs only the platform's modules, not {spec.module!r}")
+        if spec.module is None and not self.agent.allow_commands:
+            raise Forbidden(
+                f"node {self.node_id} runs no command lines, only the platform's modules "
+                f"({spec.service_id!r} names a command)"
+            )
+        foreign = sorted(key for key in spec.env if not key.startswith("AIOT_"))
+        if foreign:
+            raise Forbidden(f"a service's environment sets only AIOT_* variables, not {', '.join(foreign)}")
+
     def start_service(self, spec: ServiceSpec) -> ServiceState:
+        self.check_allowed(spec)
         with self._lock:
             entry = self._services.get(spec.service_id)
             if entry is not None and entry.state in ("starting", "running"):
@@ -225,8 +260,16 @@ class Supervisor:
 
     # running ------------------------------------------------------------------------------
     def environment(self, entry: Managed) -> dict[str, str]:
+        """What the service runs with: a platform service inherits the agent's environment (minus its
+        ``AIOT_AGENT__*``); a model or app nothing of it (``_launch`` narrows this to
+        ``sandbox_environment``)."""
         settings = self.settings
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_AGENT__")}
+        inherited = entry.spec.kind not in SANDBOXED_KINDS
+        env = {
+            key: value
+            for key, value in (os.environ.items() if inherited else ())
+            if not key.startswith("AIOT_AGENT__")
+        }
         env.update(
             {
                 "AIOT_HOME": str(settings.home_dir),
@@ -240,7 +283,27 @@ class Supervisor:
         )
         env.update({f"AIOT_PORT_{name.upper()}": str(port) for name, port in entry.ports.items()})
         env.update(entry.spec.env)
+        env.update(self.bus_environment(entry))
         return env
+
+    def bus_environment(self, entry: Managed) -> dict[str, str]:
+        """How the service authenticates to the bus: only AIOT_KAFKA__* variables.
+
+        A platform service finds its own principal in the home's secrets file (by its service id),
+        so it is told where that file is when the agent's settings name one. A model replica or
+        an app instance never reads that file: its credential is the one its spec carries (the
+        node manager made its principal, ``<prefix>.inst.<service id>``, at its placement:
+        AIOT_KAFKA__SASL_USERNAME, AIOT_KAFKA__SASL_PASSWORD, AIOT_KAFKA__SECURITY_PROTOCOL,
+        AIOT_KAFKA__SASL_MECHANISM, with AIOT_KAFKA__OWN_TOPICS), and nothing else: without one
+        (a bus without SASL) it speaks PLAINTEXT, never as anyone else.
+        """
+        if entry.spec.kind in UPLOADED_KINDS:
+            given = {key: value for key, value in entry.spec.env.items() if key in INSTANCE_BUS_KEYS}
+            if "AIOT_KAFKA__SASL_USERNAME" not in given:
+                return {"AIOT_KAFKA__SECURITY_PROTOCOL": "PLAINTEXT"}
+            return given
+        secrets_file = self.settings.kafka.secrets_file
+        return {"AIOT_KAFKA__SECRETS_FILE": str(secrets_file)} if secrets_file is not None else {}
 
     def _launch(self, entry: Managed) -> None:
         service_id = entry.spec.service_id
@@ -258,9 +321,15 @@ class Supervisor:
         try:
             workdir = self._bundle_dir(entry.spec)
             env = self.environment(entry)
+            sandbox = self._sandbox(entry.spec, workdir)
+            if sandbox is not None:
+                workdir = sandbox.bundle
+                env = sandbox_environment(
+                    env, entry.spec, self.settings, broker_kind=self.bus.broker_kind, scratch=sandbox.scratch
+                )
             if workdir is not None:
                 env["AIOT_BUNDLE_DIR"] = str(workdir)
-            entry.handle = runtime.start(entry.spec, env, ship, workdir)
+            entry.handle = runtime.start(entry.spec, env, ship, workdir, sandbox)
         except PlatformError:
             entry.state = "failed"
             self._release_bundle(service_id)
@@ -285,7 +354,17 @@ class Supervisor:
             )
         return self.bundles.path(spec.bundle, spec.service_id)
 
+    def _sandbox(self, spec: ServiceSpec, bundle: Path | None) -> Sandbox | None:
+        """The sandbox of a model or app (None for the platform's own services)."""
+        if spec.kind not in SANDBOXED_KINDS:
+            return None
+        if self.sandboxes is None:
+            raise BadRequest(f"node {self.node_id} runs no models or apps ({spec.service_id!r})")
+        return self.sandboxes.prepare(spec, bundle)
+
     def _release_bundle(self, service_id: str) -> None:
+        if self.sandboxes is not None:
+            self.sandboxes.release(service_id)
         if self.bundles is not None:
             self.bundles.release(service_id)
 

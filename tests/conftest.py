@@ -14,13 +14,15 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from platform_sdk.settings import Settings, temporary_settings
+from tests import platform_driver
 
 pytest_plugins = [
     "tests.fixtures.components",
@@ -64,12 +66,27 @@ def no_leftovers() -> Iterator[None]:
             and not t.name.startswith(_FOREIGN_THREAD_PREFIXES)
         ]
         children = [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before]
-        children = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        children = [p for p in children if _still_running(p)]
         if (not threads and not children) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not threads, f"test left threads running: {threads}"
-    assert not children, f"test left processes running: {[p.cmdline() for p in children]}"
+    assert not children, f"test left processes running: {[_command_of(p) for p in children]}"
+
+
+def _still_running(process: psutil.Process) -> bool:
+    """Whether ``process`` runs (not a zombie); one that ends while it is asked does not."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _command_of(process: psutil.Process) -> list[str] | str:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return f"pid {process.pid} (ended)"
 
 
 @pytest.fixture
@@ -88,8 +105,93 @@ def settings(aiot_home: Path) -> Iterator[Settings]:
         yield current
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# The groups `make test` (pytest -n 2 --dist loadfile) hands its two workers first, longest first
+# (minutes of a whole run): the rest follow in collection order, each to the worker free first.
+LONGEST_FIRST = (
+    "e2e-platform",
+    "test_cli_platform",
+    "test_compose",  # its images' first build on a fresh machine takes minutes
+    "test_kafka_cluster",
+    "test_ssh_bootstrap",
+    "test_devices_e2e",
+    "test_node_layer",
+    "test_docker_runtime",
+)
+# Modules that load the whole machine on purpose (CPU burners on twice the cores): they run last,
+# alone, once every other worker is done; next to another worker's platform their faults are not
+# the ones under test.
+ALONE = ("test_chaos",)
+
+
+def module_group(path: str | Path) -> str:
+    """The group of a test module: its name, or one group for the modules sharing the end-to-end platform."""
+    from tests.fixtures.platforms import SHARING_MODULES
+
+    stem = Path(path).stem
+    return "e2e-platform" if stem in SHARING_MODULES else stem
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with the modules that share the end-to-end platform as one unit, ALONE last.
+
+    Each group runs on one worker, in its order: module fixtures are made once, a module's tests
+    never run at the same time, and the shared platform is started once per runtime. A group of
+    ALONE is handed out only when no other worker has more than the one test a worker keeps until
+    it hears what follows; the others are then told to finish.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist is untyped
+        def _split_scope(self, nodeid: str) -> str:
+            return module_group(nodeid.split("::", 1)[0])
+
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down or not self.workqueue or self._pending_of(self.assigned_work[node]) > 2:
+                super()._reschedule(node)
+                return
+            if next(iter(self.workqueue)) not in ALONE:
+                super()._reschedule(node)
+                return
+            others = [other for other in self.assigned_work if other is not node]
+            if any(self._pending_of(self.assigned_work[other]) > 1 for other in others):
+                return  # asked again when its next test completes, or another worker's does
+            self._assign_work_unit(node)
+            if not self.workqueue:
+                for other in others:
+                    if not other.shutting_down:
+                        other.shutdown()
+
+    return ModuleScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep on the item whether its test failed, for fixtures that say more about a failure."""
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[platform_driver.FAILED] = True
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Check the service markers; in a worker of a parallel run, put the longest groups first, ALONE last."""
     for item in items:
         for marker in item.iter_markers("service"):
             if not marker.args:
                 raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.service needs a name")
+    yield  # every other hook orders the items (the shared platform's tests last)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+
+        def rank(item: pytest.Item) -> int:
+            group = module_group(item.path)
+            if group in ALONE:
+                return len(LONGEST_FIRST) + 1
+            return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+        items.sort(key=rank)  # stable: each group keeps its order

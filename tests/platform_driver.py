@@ -10,14 +10,20 @@ import sys
 import threading
 import time
 import tomllib
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from aiot.client import PlatformClient
+from logger.store import LogQuery, LogStore
+from platform_core.blobstore import LocalBlobStore
+from platform_core.instances import file_under_owner, instance_loop
 from platform_core.roster import DEFAULT_ROSTER
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
@@ -25,6 +31,19 @@ from platform_sdk.messages import Heartbeat
 from platform_sdk.settings import temporary_settings
 
 AIOT = [sys.executable, "-m", "aiot"]
+FAILED = pytest.StashKey[bool]()  # set on a test item whose test failed (tests/conftest.py)
+
+
+def worker_ports() -> dict[str, str]:
+    """Service ports of this pytest-xdist worker's platforms: gw0 from 20000 (the default), gw1 from 16000...
+
+    Two workers may start platforms at once; an agent hands out ports nobody listens on yet, so two
+    platforms on one range could give the same port to two services starting together. Each worker
+    below gw0 has 4000 ports (four nodes, node_manager.max_nodes), under the kernel's ephemeral ports.
+    """
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    base = int(os.environ.get("AIOT_TEST_PORT_BASE", "20000"))  # another pytest run beside: its own
+    return {"AIOT_NODE_MANAGER__FIRST_SERVICE_PORT": str(base - 4000 * (index % 5))}
 
 
 class Platform:
@@ -34,6 +53,7 @@ class Platform:
         self.home = home
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("AIOT_")}
         self.env.update({"AIOT_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"})
+        self.env.update(worker_ports())
         self.up_args: tuple[str, ...] = ()
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -76,10 +96,50 @@ class Platform:
                 continue
         return found
 
+    def troubles(self, since: str, limit: int = 80) -> str:
+        """The platform's own warnings and errors (not librdkafka's) logged at or after the ISO time
+        ``since`` (UTC), oldest first: what a failed end-to-end test prints to say what the platform
+        saw. Read with the logger's own store and query."""
+        store = LogStore(LocalBlobStore(self.home / "bucket"))
+        query = LogQuery(
+            since=datetime.fromisoformat(since).replace(tzinfo=UTC), level="WARNING", limit=10_000
+        )
+        lines = [
+            f"{record.time.isoformat()[11:23]} {record.service_id} {record.level} {record.message[:240]}"
+            for record in store.query(query)
+            if record.logger != "librdkafka"
+        ]
+        return "\n".join(lines[-limit:])
+
     def status(self) -> dict[str, Any]:
-        document = self.json("status")
-        assert isinstance(document, dict)
-        return document
+        """What `aiot status --json` shows, made in this process with this platform's settings.
+
+        Tests poll it in loops: a CLI process per poll cost a second of CPU and up to several of
+        wall time on a loaded machine. The command itself is tested through the CLI
+        (``json("status")``) where its output is what is under test.
+        """
+        from aiot.cli import status_document
+
+        updates = {
+            key.removeprefix("AIOT_").lower().replace("__", "."): value
+            for key, value in self.env.items()
+            if key.startswith("AIOT_")
+        }
+        with temporary_settings(updates) as settings:
+            return status_document(settings)
+
+    def bus_settings(self, broker: str | None = None) -> dict[str, Any]:
+        """Settings overrides that reach this platform's bus as its owner (its secrets file's super user)."""
+        return {
+            "kafka.bootstrap_servers": broker or self.status()["broker"],
+            "kafka.topic_prefix": "aiot",
+            "kafka.secrets_file": str(self.home / "secrets" / "kafka.json"),
+        }
+
+    def admin(self) -> AdminClient:
+        """An admin client of this platform's broker, as its super user."""
+        with temporary_settings(self.bus_settings()) as settings:
+            return Bus(settings, source="test-admin").admin()
 
     def service(self, service_id: str) -> dict[str, Any] | None:
         return next((s for s in self.status()["services"] if s["service_id"] == service_id), None)
@@ -121,7 +181,7 @@ def running_platform(home: Path, *up_args: str, env: dict[str, str] | None = Non
 @contextlib.contextmanager
 def watching_beats(platform: Platform) -> Iterator[Beats]:
     """The platform's heartbeats, watched from this process while the block runs."""
-    watcher = Beats(platform.status()["broker"])
+    watcher = Beats(platform.bus_settings())
     watcher.start()
     try:
         yield watcher
@@ -138,19 +198,25 @@ def platform_services() -> set[str]:
 class Beats:
     """Heartbeats of a running platform: per service id its latest start (instance) and when it beat."""
 
-    def __init__(self, broker: str) -> None:
+    def __init__(self, bus_settings: dict[str, Any]) -> None:
         self.latest: dict[str, str] = {}
         self.heard_at: dict[str, float] = {}  # time.monotonic() of its latest beat's arrival
         self._lock = threading.Lock()
-        with temporary_settings(
-            {"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}
-        ) as settings:
+        with temporary_settings(bus_settings) as settings:
             self.bus = Bus(settings, source="test-watch")
             self.requester = Requester(self.bus)
             self._loop = ConsumerLoop(
                 self.bus, [self.bus.topics.heartbeats], group=None, offset_reset="latest"
             )
+            # Model replicas and app instances beat on their own topics, read as the monitor reads them.
+            self._own_loop = instance_loop(
+                self.bus,
+                "heartbeats",
+                group=f"{self.bus.topics.prefix}.test-watch.{uuid.uuid4().hex}",
+                name="test-watch",
+            )
         self._loop.add_handler(Heartbeat, self._on_beat)
+        file_under_owner(self._own_loop, Heartbeat, self._on_beat)
 
     def _on_beat(self, beat: Heartbeat, _envelope: Envelope) -> None:
         with self._lock:
@@ -159,11 +225,13 @@ class Beats:
 
     def start(self) -> None:
         self._loop.start()
+        self._own_loop.start()
         self.requester.start()
 
     def stop(self) -> None:
         self.requester.stop()
         self._loop.stop()
+        self._own_loop.stop()
         self.bus.close()
 
     def instance(self, service_id: str) -> str:

@@ -33,7 +33,6 @@ import pytest
 import sqlalchemy as sa
 from werkzeug.test import TestResponse
 
-import platform_core.http
 from ai_manager import registry as model_registry
 from ai_manager.models import ModelRow, ModelVersionRow
 from app_manager import registry as app_registry
@@ -52,6 +51,7 @@ from platform_sdk.bus import Bus, Requester
 from platform_sdk.device_documents import DeviceBundle
 from platform_sdk.errors import ValidationFailed
 from platform_sdk.settings import Settings, temporary_settings
+from tests.fixtures.components import kafka_updates
 from tests.fixtures.registries import Registries, answering
 from tests.test_archive import with_bad_crc
 from tests.test_front_door import FrontDoor, error_of, json_of, seed_registry
@@ -215,7 +215,7 @@ def answers(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory)
     overrides = {
         "home": str(home),
         "kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}",
-        "kafka.bootstrap_servers": kafka_broker.bootstrap_servers,
+        **kafka_updates(kafka_broker),
     }
     with temporary_settings(overrides) as current:
         bus = Bus(current, source="app-upload-test")
@@ -641,13 +641,11 @@ def test_every_registry_problem_is_listed(site: Site) -> None:
 def test_an_upload_whose_registries_do_not_answer_is_unavailable_and_stores_nothing(
     site: Site, kafka_broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(platform_core.http, "ASK_TIMEOUT_S", 1.0)
     with site.door.app.app_context():
         door_settings = resources().settings
+    monkeypatch.setattr(door_settings.web, "ask_timeout_s", 1.0)
     overrides = {"kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}"}  # where nobody answers
-    with temporary_settings(
-        overrides | {"kafka.bootstrap_servers": kafka_broker.bootstrap_servers}
-    ) as current:
+    with temporary_settings(overrides | kafka_updates(kafka_broker)) as current:
         bus = Bus(current, source="app-upload-test")
         try:
             with Requester(bus) as requester:

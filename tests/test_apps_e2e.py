@@ -7,7 +7,8 @@ instance runs on the node the node manager scored least loaded; a mail with its 
 the outbox; the intruder app alerts on the bank display; Smart Home sets the AC when the home's
 temperature (a simulated day in 24 s) crosses its threshold; two instances share the bank camera
 and drive its display, each command attributed; a short window ends and its instance stops.
-The scheduler's restart between a schedule's creation and its start is tested on one runtime.
+The scheduler's restart between a schedule's creation and its start, and a window's end, are
+tested on one runtime (the scheduler runs as a host process on both).
 """
 
 from __future__ import annotations
@@ -25,13 +26,21 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
+from pydantic import SecretStr
 
 from aiot.client import PlatformClient
-from platform_sdk.bus import Bus
+from platform_core.bus_access import BusAccess
+from platform_core.nodes import ServiceSpec, StartService
+from platform_sdk.bus import Bus, client_config
 from platform_sdk.device_documents import Binding
 from platform_sdk.device_messages import DeviceState
 from platform_sdk.devices import DeviceClient
-from platform_sdk.settings import temporary_settings
+from platform_sdk.envelope import Envelope
+from platform_sdk.messages import Heartbeat, LogRecord
+from platform_sdk.principals import KafkaCredential, instance_principal
+from platform_sdk.settings import KafkaSettings, temporary_settings
+from platform_sdk.topics import Topics
+from tests.bus_clients import produce, read_error, unauthorized
 from tests.platform_driver import Platform, wait_running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(900)]
@@ -100,9 +109,7 @@ def devices(platform: Platform) -> Iterator[DeviceClient]:
         assert isinstance(shown, dict)
         bindings[device] = Binding(device_id=device, type=shown["device_type"])
     with (
-        temporary_settings(
-            {"kafka.bootstrap_servers": platform.status()["broker"], "kafka.topic_prefix": "aiot"}
-        ) as settings,
+        temporary_settings(platform.bus_settings()) as settings,
         DeviceClient(Bus(settings, source="test-observer"), bindings, group="test-observer") as client,
     ):
         yield client
@@ -224,7 +231,7 @@ def test_two_instances_share_the_bank_camera_and_display_each_command_attributed
 def command_senders(platform: Platform, device: str) -> set[str]:
     """Who sent the commands a controller applied: every state it published, read to the topic's end."""
     broker = platform.status()["broker"]
-    with temporary_settings({"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}) as settings:
+    with temporary_settings(platform.bus_settings(broker)) as settings:
         bus = Bus(settings, source="test-history")
         try:
             published = bus.recent(bus.topics.device_state(device), EVERY_STATE)
@@ -236,6 +243,91 @@ def command_senders(platform: Platform, device: str) -> set[str]:
     return {state.by for state in states if state.by}
 
 
+FORGED_START = StartService(
+    spec=ServiceSpec(service_id="forged", command=["/bin/sh", "-c", "id > /tmp/aiot-forged-start"])
+)
+
+
+@pytest.mark.runtimes("process")
+def test_an_instance_speaks_on_the_bus_only_as_itself_and_only_to_its_devices(
+    platform: Platform, end_user: PlatformClient
+) -> None:
+    """Issue 14: with its own credential (read from its environment, as the agent gave it), an app
+    instance cannot forge another service's heartbeat or log, start anything on an agent, or touch
+    a device it is not bound to; what it claims on its own topics is filed under its own id; when
+    it stops, its principal, ACLs and topics are gone."""
+    schedule = end_user.post(
+        "/api/schedules",
+        json={"app": "intruder-prevention", "location": "city-bank", "now": True, "duration": "5m"},
+    )
+    instance = wait_running(end_user, schedule["schedule_id"])
+    service_id = f"app-{instance['instance_id']}"
+    env = next(
+        process.environ()
+        for process in platform.processes()
+        if process.environ().get("AIOT_SERVICE_ID") == service_id
+    )
+    prefix = env["AIOT_KAFKA__TOPIC_PREFIX"]
+    topics = Topics(prefix)
+    assert env["AIOT_KAFKA__SASL_USERNAME"] == instance_principal(prefix, service_id)
+    credential = KafkaCredential(
+        username=env["AIOT_KAFKA__SASL_USERNAME"], password=SecretStr(env["AIOT_KAFKA__SASL_PASSWORD"])
+    )
+    config = client_config(KafkaSettings(), env["AIOT_KAFKA__BOOTSTRAP_SERVERS"], credential)
+    marker = f"forged-{instance['instance_id']}"
+    beat = Envelope.wrap(
+        Heartbeat(service_id="logger", seq=0, instance="x", pid=1, host="h", interval_s=1.0), source="logger"
+    )
+    record = Envelope.wrap(
+        LogRecord(service_id="logger", time=beat.time, level="ERROR", logger="x", message=marker),
+        source="logger",
+    )
+
+    # (a) As another service on the shared topics: refused. On its own: filed under its own id.
+    assert unauthorized(produce(config, topics.heartbeats, beat))
+    assert unauthorized(produce(config, topics.logs, record))
+    assert produce(config, topics.instance_topic(service_id, "logs"), record) is None
+
+    def filed_under(service: str) -> list[Any]:
+        found = platform.json("logs", service, "--grep", marker, "--limit", "10")
+        assert isinstance(found, list)
+        return found
+
+    wait_until(lambda: bool(filed_under(service_id)), 60, "the forged record filed under the instance")
+    assert filed_under("logger") == []
+    # (b) No agent's commands.
+    assert unauthorized(
+        produce(config, f"{prefix}.commands.agent.node-1", Envelope.wrap(FORGED_START, source="x"))
+    )
+    # (c) Its bound camera and display, not the home's sensor and AC.
+    assert produce(config, topics.device_commands("bank-display"), beat) is None
+    assert unauthorized(produce(config, topics.device_commands("home-ac"), beat))
+    group = topics.instance_groups(service_id)[0]
+    assert read_error(config, topics.device_data("bank-cam"), group) is None
+    assert unauthorized(read_error(config, topics.device_data("home-temp"), group))
+
+    # (d) Stopped: nothing of it is left on the bus.
+    end_user.post(f"/api/instances/{instance['instance_id']}/stop")
+    with temporary_settings(platform.bus_settings()) as settings:
+        bus = Bus(settings, source="test-admin")
+        access = BusAccess(bus)
+        wait_until(
+            lambda: credential.username not in access.principals(), 60, "the instance's principal removed"
+        )
+        assert access.acls_of(credential.username) == []
+        wait_until(
+            lambda: (
+                not set(topics.instance_topics(service_id)) & set(bus.admin().list_topics(timeout=10).topics)
+            ),
+            60,
+            "the instance's topics deleted",
+        )
+        bus.close()
+
+
+# The window's end is the scheduler's (a host process on both runtimes); stopping an instance's
+# container is tested on docker by the CLI test's `aiot instance stop`.
+@pytest.mark.runtimes("process")
 def test_a_window_ends_and_its_instance_stops(platform: Platform, end_user: PlatformClient) -> None:
     schedule = end_user.post(
         "/api/schedules", json={"app": "smart-home", "location": "lake-home", "now": True, "duration": "20s"}

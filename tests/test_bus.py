@@ -23,6 +23,7 @@ from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, Unavailable
 from platform_sdk.settings import Settings, temporary_settings
 from tests.conftest import missing_component
+from tests.fixtures.components import kafka_updates
 
 pytestmark = pytest.mark.service("kafka")
 
@@ -257,7 +258,11 @@ def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: P
         missing_component(kind, str(exc))
     try:
         with temporary_settings(
-            {"kafka.bootstrap_servers": broker.bootstrap_servers, "kafka.broker": kind}
+            {
+                "kafka.bootstrap_servers": broker.bootstrap_servers,
+                "kafka.broker": kind,
+                **(kafka_updates(broker) if isinstance(broker, KafkaBroker) else {}),
+            }
         ) as current:
             bus = Bus(current, source="restart-test")
             topic = bus.topics.commands("restart")
@@ -319,7 +324,7 @@ def test_latest_on_a_paused_broker_raises_unavailable_and_works_once_it_continue
     except Unavailable as exc:
         missing_component("kafka", str(exc))
     try:
-        with temporary_settings({"kafka.bootstrap_servers": broker.bootstrap_servers}) as current:
+        with temporary_settings(kafka_updates(broker)) as current:
             bus = Bus(current, source="paused-test")
             topic = bus.topics.device_data("paused-sensor")
             producer = bus.producer()

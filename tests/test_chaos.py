@@ -41,6 +41,7 @@ import requests
 from aiot.client import PlatformClient
 from platform_sdk.errors import PlatformError
 from tests.platform_driver import (
+    FAILED,
     Beats,
     Platform,
     platform_services,
@@ -73,6 +74,15 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 def beats(platform: Platform) -> Iterator[Beats]:
     with watching_beats(platform) as watcher:
         yield watcher
+
+
+@pytest.fixture(autouse=True)
+def troubles_on_failure(request: pytest.FixtureRequest, platform: Platform) -> Iterator[None]:
+    """A failed test prints what the platform itself warned about meanwhile (CI shows only this)."""
+    began = now_iso()
+    yield
+    if request.node.stash.get(FAILED, False):
+        print(f"\nthe platform's warnings and errors since {began}:\n{platform.troubles(began)}")
 
 
 def everyone(platform: Platform) -> set[str]:

@@ -47,11 +47,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("web.app", "device_manager.api"): "the front door mounts every domain's routes",
     ("web.app", "logger.api"): "the front door mounts every domain's routes",
     ("web.app", "scheduler.api"): "the front door mounts every domain's routes",
+    ("web.app", "node_manager.api"): "the front door mounts every domain's routes",
     ("web.service", "app_manager.answers"): "the front door runs the app manager's answers on the bus",
     ("web.service", "ai_manager.answers"): "the front door runs the AI manager's answers on the bus",
     # The local provider brings the platform up and down.
     ("bootstrapper.local", "web.identity"): "`aiot up` creates the first configurer before web runs",
     ("bootstrapper.local", "service_agent.docker_runtime"): "`aiot down` removes the home's containers",
+    ("bootstrapper.local", "service_agent.sandbox"): "`aiot down` removes the home's sandboxes",
     ("bootstrapper.local_node_manager", "node_manager.service"): "the node manager with local scale-out",
 }
 # Module cycles kept on purpose: (modules, why).

@@ -69,9 +69,7 @@ def app(platform: Platform, registered: dict[str, Any]) -> Iterator[DeviceClient
         assert isinstance(shown, dict)
         bindings[alias] = Binding(device_id=device, type=shown["device_type"])
     with (
-        temporary_settings(
-            {"kafka.bootstrap_servers": platform.status()["broker"], "kafka.topic_prefix": "aiot"}
-        ) as settings,
+        temporary_settings(platform.bus_settings()) as settings,
         DeviceClient(Bus(settings, source="test-app"), bindings, group="test-app") as client,
     ):
         yield client
@@ -157,7 +155,7 @@ def test_a_device_added_to_a_location_joins_its_host_and_the_others_play_on(
         60,
         "sim-lake-home playing again, with home-light",
     )
-    overrides = {"kafka.bootstrap_servers": platform.status()["broker"], "kafka.topic_prefix": "aiot"}
+    overrides = platform.bus_settings()
     with temporary_settings(overrides) as settings:
         bus = Bus(settings, source="test-app")
         light = bus.topics.device_data("home-light")

@@ -21,7 +21,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from platform_core.auth import Role, access_rule, allow
+from platform_core.auth import Role, access_rule, allow, is_page
 from platform_core.blobstore import LocalBlobStore
 from platform_core.db import Database
 from platform_core.http import Resources, RouteWithoutRule, create_app, resources
@@ -37,7 +37,9 @@ USERS = {
     "appdev": Role.APP_DEVELOPER,
     "enduser": Role.END_USER,
 }
-PUBLIC_ENDPOINTS = {"identity.health", "identity.login"}
+PUBLIC_ENDPOINTS = {"identity.health", "identity.login", "openapi.openapi_document"}
+# The portal's sign-in form and its CSS and script (tests/test_portal.py walks the other pages).
+PUBLIC_PAGES = {"portal.sign_in", "portal.sign_in_post", "portal.static"}
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 INVALID_TOKEN_MESSAGE = "invalid, expired or revoked token; log in again with `aiot login`"
 
@@ -156,7 +158,9 @@ def concrete_requests(app: flask.Flask) -> list[tuple[str, str, str]]:
 # --- every route declares who may call it ------------------------------------------------------
 
 
-def test_every_route_declares_a_role_rule_and_only_health_and_login_are_public(door: FrontDoor) -> None:
+def test_every_route_declares_a_role_rule_and_only_health_login_and_the_api_document_are_public(
+    door: FrontDoor,
+) -> None:
     rules = {
         rule.endpoint: access_rule(door.app.view_functions[rule.endpoint])
         for rule in door.app.url_map.iter_rules()
@@ -166,7 +170,7 @@ def test_every_route_declares_a_role_rule_and_only_health_and_login_are_public(d
     assert undeclared == []
     public = {endpoint for endpoint, rule in rules.items() if rule is not None and not rule}
     # A new public route must be added here on purpose.
-    assert public == PUBLIC_ENDPOINTS
+    assert public == PUBLIC_ENDPOINTS | PUBLIC_PAGES
 
 
 def test_an_app_with_a_route_without_a_rule_is_refused(settings: Settings, tmp_path: Path) -> None:
@@ -203,7 +207,7 @@ def test_every_protected_route_refuses_a_missing_or_wrong_token(door: FrontDoor)
     requests = [
         (endpoint, method, path)
         for endpoint, method, path in concrete_requests(door.app)
-        if endpoint not in PUBLIC_ENDPOINTS
+        if endpoint not in PUBLIC_ENDPOINTS and not is_page(door.app.view_functions[endpoint])
     ]
     assert len(requests) >= 8
     for _endpoint, method, path in requests:
@@ -472,7 +476,7 @@ def test_an_overlong_email_is_refused_on_every_backend(fresh_door: FrontDoor) ->
 def test_unknown_routes_and_wrong_methods_answer_in_json(door: FrontDoor) -> None:
     not_found = error_of(door.client.get("/api/no-such-thing"), 404)
     assert not_found["type"] == "NotFound"
-    error_of(door.client.get("/"), 404)
+    error_of(door.client.get("/no-such-page"), 404)
 
     for method, path in [
         ("DELETE", "/api/health"),
@@ -544,18 +548,59 @@ def test_logs_refuse_an_unknown_level_naming_it(door: FrontDoor) -> None:
     assert field_names(error) == ["limit"]
 
 
-def test_every_route_is_documented_in_the_api_page(tmp_path: Path) -> None:
-    page = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+# The "who" column's words for a public route and for every role.
+WHO_WORDS: dict[str, list[Role]] = {"anyone": [], "any role": sorted(Role), "every role": sorted(Role)}
+
+
+def api_page_routes(page: str) -> dict[tuple[str, str], list[str]]:
+    """(method, path) → the roles of each row of docs/api.md's route table (``[]``: anyone);
+    what a role's parentheses say (``(own models)``) is its owner rule, not another role."""
+    routes = {}
+    for method, path, who in re.findall(
+        r"^\| (GET|POST|PUT|PATCH|DELETE) \| `([^`]+)` \| ([^|]+) \|", page, re.M
+    ):
+        named = re.sub(r"\([^)]*\)", "", who).strip()
+        roles = (
+            WHO_WORDS[named]
+            if named in WHO_WORDS
+            else sorted(Role(part.strip()) for part in named.split(","))
+        )
+        assert (method, path) not in routes, f"{method} {path} is in docs/api.md's table twice"
+        routes[(method, path)] = [role.value for role in roles]
+    return routes
+
+
+def as_written(parameter: re.Match[str]) -> str:
+    """A path parameter as docs/api.md writes it: ``<id>`` for any ``…_id``, else ``<name>``."""
+    return "<id>" if parameter[1].endswith("_id") else f"<{parameter[1]}>"
+
+
+def test_the_api_page_route_table_is_the_openapi_document(tmp_path: Path) -> None:
+    """Each row of docs/api.md's table (method, path, roles) is an operation of the served OpenAPI
+    document with those roles, and each operation of the document (which covers the url map,
+    ``tests/test_openapi.py``) a row of the table."""
     with temporary_settings(
         {"home": str(tmp_path), "database.url": f"sqlite:///{tmp_path / 'r.db'}"}
     ) as current:
         database = Database(current.database_url)
         try:
             app = build_front_door(current, database)
+            document = json_of(app.test_client().get("/api/openapi.json"))
         finally:
             database.stop()
-    for rule in app.url_map.iter_rules():
-        documented = re.sub(
-            r"<(?:\w+:)?(\w+)>", lambda m: "<id>" if m[1].endswith("_id") else f"<{m[1]}>", rule.rule
-        )
-        assert f"`{documented}`" in page, f"{rule.rule} is missing from docs/api.md"
+    served = {
+        (method.upper(), re.sub(r"{(\w+)}", as_written, path)): operation["x-roles"]
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+    page = {
+        route: roles
+        for route, roles in api_page_routes(API_PAGE.read_text()).items()
+        if route[1].startswith("/api/")
+    }
+    assert sorted(set(served) - set(page)) == [], "operations missing from docs/api.md's route table"
+    assert sorted(set(page) - set(served)) == [], "rows of docs/api.md's route table the API does not have"
+    wrong = {route: (page[route], roles) for route, roles in served.items() if page[route] != roles}
+    assert wrong == {}, "docs/api.md's roles (first) differ from the document's x-roles"
+    assert len(served) >= 45

@@ -38,6 +38,7 @@ from platform_sdk.errors import PlatformError, Unavailable
 from platform_sdk.model_client import ModelClient
 from platform_sdk.settings import Settings, temporary_settings
 from tests.conftest import missing_component
+from tests.fixtures.components import kafka_env, kafka_updates
 from tests.platform_driver import AIOT, Platform, platform_services, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(540)]
@@ -79,7 +80,7 @@ def platform(cluster: KafkaCluster, tmp_path: Path) -> Iterator[Platform]:
     running = Platform(tmp_path / "home")
     running.env.update(
         {
-            "AIOT_KAFKA__BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
+            **kafka_env(cluster),
             "AIOT_KAFKA__REPLICATION_FACTOR": str(REPLICAS),
             "AIOT_KAFKA__MIN_INSYNC_REPLICAS": str(MIN_INSYNC),
             # Three brokers and a platform on one (shared, often busy) machine: a restarted service
@@ -102,7 +103,7 @@ def client_settings(platform: Platform, cluster: KafkaCluster) -> Iterator[Setti
     with temporary_settings(
         {
             "home": str(platform.home),
-            "kafka.bootstrap_servers": cluster.bootstrap_servers,
+            **kafka_updates(cluster),
             "kafka.topic_prefix": "aiot",
             "kafka.replication_factor": REPLICAS,
             "kafka.min_insync_replicas": MIN_INSYNC,

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import requests
 
-import platform_core.http
 from ai_manager.models import ModelRow
 from app_manager.models import AppRow
 from deployer.messages import deployment_id_for, instance_service_id, replica_service_id
@@ -205,7 +204,7 @@ def test_a_read_whose_owner_does_not_answer_is_unavailable_and_shows_nothing(
 ) -> None:
     """No deployer: whose an instance is cannot be told, so app developers' and end users' reads
     fail naming it; an AI developer's read asks only the AI manager, a configurer's nobody."""
-    monkeypatch.setattr(platform_core.http, "ASK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(unanswered.front_door.settings.web, "ask_timeout_s", 1.0)
     for username in ("appdev", "enduser"):
         assert body(get(unanswered, username, "/api/logs"), 503)["error"]["type"] == "Unavailable"
         body(get(unanswered, username, "/api/logs", service=HOME_BY_ENDUSER), 503)

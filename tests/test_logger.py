@@ -144,6 +144,7 @@ def log_from_another_process(settings: Settings, service_id: str, code: str) -> 
         "AIOT_HOME": str(settings.home_dir),
         "AIOT_SERVICE_ID": service_id,
         "AIOT_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
+        "AIOT_KAFKA__SECRETS_FILE": str(settings.kafka.secrets_file or ""),
         "AIOT_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
     }
     script = f"from platform_sdk import get_logger\n{code}"

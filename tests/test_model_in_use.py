@@ -27,7 +27,6 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-import ai_manager.api
 from app_manager.answers import AppManagerAnswers
 from app_manager.messages import ListModelUsers, ModelUsers, app_manager_topic
 from bootstrapper.kafka import KafkaBroker
@@ -39,6 +38,7 @@ from platform_sdk.bus import Bus, ConsumerLoop, Requester
 from platform_sdk.envelope import Envelope
 from platform_sdk.net import free_port
 from platform_sdk.settings import Settings, temporary_settings
+from tests.fixtures.components import kafka_updates
 from tests.fixtures.registries import Registries, answering
 from tests.test_app_upload import run_aiot
 from tests.test_front_door import bearer, error_of, json_of
@@ -97,7 +97,7 @@ def platform(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory
     overrides = {
         "home": str(home),
         "kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}",
-        "kafka.bootstrap_servers": kafka_broker.bootstrap_servers,
+        **kafka_updates(kafka_broker),
         "blob.backend": "local",
         "blob.local_path": str(home / "bucket"),
     }
@@ -239,7 +239,7 @@ def test_when_the_app_manager_does_not_answer_the_delete_waits_for_it_unless_for
     site_without_app_manager: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = site_without_app_manager
-    monkeypatch.setattr(ai_manager.api, "APP_MANAGER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(site.platform.settings.web, "app_manager_timeout_s", 1.0)
     error_of(site.delete("comfort"), 503)  # its message (naming --force) is in the logs, as every 5xx's
     assert site.model_names() == ["comfort"]
     assert COMFORT_ID not in site.platform.deployer.seen()

@@ -43,7 +43,7 @@ def platform(e2e_platform: Platform) -> Platform:
 def client(platform: Platform) -> Iterator[ModelClient]:
     broker = platform.status()["broker"]
     with (
-        temporary_settings({"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}) as settings,
+        temporary_settings(platform.bus_settings(broker)) as settings,
         ModelClient.from_settings(settings) as model_client,
     ):
         yield model_client
@@ -88,7 +88,7 @@ def redeliver_deploy(platform: Platform, model_id: str, sha256: str) -> Deployme
         manifest=manifest,
     )
     broker = platform.status()["broker"]
-    with temporary_settings({"kafka.bootstrap_servers": broker, "kafka.topic_prefix": "aiot"}) as settings:
+    with temporary_settings(platform.bus_settings(broker)) as settings:
         bus = Bus(settings, source="test-redeliver")
         with Requester(bus) as requester:
             requester.send(bus.topics.deployer, request, key=model_id)
@@ -228,9 +228,7 @@ def test_deployed_models_come_back_after_the_platform_restarts(platform: Platfor
     platform.restart()
     status = platform.status()
     with (
-        temporary_settings(
-            {"kafka.bootstrap_servers": status["broker"], "kafka.topic_prefix": "aiot"}
-        ) as settings,
+        temporary_settings(platform.bus_settings(status["broker"])) as settings,
         ModelClient.from_settings(settings) as client,
     ):
         began = time.monotonic()

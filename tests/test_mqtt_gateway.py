@@ -166,7 +166,10 @@ def bus(gateway_settings: Settings) -> Bus:
 @contextlib.contextmanager
 def running_gateway(settings: Settings, bus: Bus, database: Database) -> Iterator[MqttGateway]:
     """A gateway that follows the registry every 0.5 s, once it is subscribed and serves commands."""
-    gateway = MqttGateway(settings, bus, database, refresh_s=0.5)
+    refreshing = settings.model_copy(
+        update={"device": settings.device.model_copy(update={"gateway_refresh_s": 0.5})}
+    )
+    gateway = MqttGateway(refreshing, bus, database)
     gateway.start()
     try:
         assert gateway.wait_ready(30), "the gateway did not subscribe and take its command partitions"
@@ -420,9 +423,13 @@ def test_non_finite_numbers_are_dropped(
     assert temp.next(timeout=15).values == {"temperature": 20.0}  # the first on Kafka
 
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert any("hall-temp" in text and "1e999 is not a finite number" in text for text in warnings), warnings
-    assert any("hall-fan" in text and "not a finite number" in text for text in warnings), warnings
-    with pytest.raises(_Refused, match="99999999999999999999 is beyond the 64-bit integer range"):
+    too_large = "values.temperature: 1e999 is a number too large for a 64-bit float"
+    assert any("hall-temp" in text and too_large in text for text in warnings), warnings
+    assert any("hall-fan" in text and "state.speed: 1e999 is a number" in text for text in warnings), warnings
+    # One warning per topic and reason every 10 s: the others of a topic are counted, not shown.
+    with pytest.raises(_Refused, match="error: NaN is not a number: JSON has no NaN or Infinity"):
+        reading_values(TEMPERATURE, b'{"values": {"temperature": 1.0}, "error": NaN}')
+    with pytest.raises(_Refused, match=r"99999999999999999999 is an integer beyond the 64-bit range"):
         reading_values(TEMPERATURE, b'{"values": {"temperature": 99999999999999999999}}')
 
 
@@ -433,7 +440,7 @@ def test_a_flood_of_refused_messages_is_logged_once_per_reason(
     for _ in range(50):
         devices.publish("hall-temp", "data", b'{"values": {"temperature": 1e999}}')
     wait_for(lambda: gateway.rejected == 50, 15, "50 rejections")
-    warned = [record for record in caplog.records if "not a finite number" in record.getMessage()]
+    warned = [record for record in caplog.records if "too large for a 64-bit float" in record.getMessage()]
     assert len(warned) == 1
 
 

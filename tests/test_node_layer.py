@@ -35,15 +35,21 @@ RecordProperty = Callable[[str, object], None]
 ANNOUNCE_INTERVAL_S = 1.0  # agent.announce_interval_s: how often the node manager hears of a node
 SCALE_OUT_LOAD = 0.001
 SCALE_OUT_AFTER_S = 2.0
+# Every node is idle too (scores stay under 1): an added node goes once the cooldown after it
+# joined has passed, long enough for the scale-out checks before it.
+SCALE_IN_LOAD = 1.0
+SCALE_COOLDOWN_S = 45.0
 # A burner (one core of two) adds about 0.25 to its node's score; two light services placed on
 # the other node add 2 x 0.3 / capacity (16) = 0.04 to that one's.
 BURNER_MARGIN = 0.05
+ALLOW_COMMANDS = {"AIOT_AGENT__ALLOW_COMMANDS": "true"}
 
 
 @pytest.fixture(scope="module", params=["process", "docker"])
 def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """One platform per runtime; every test below runs against both."""
-    with platform_per_runtime(request, tmp_path_factory, "nodes") as running:
+    # The tests place plain command lines (burners, sleepers): the agents here allow them.
+    with platform_per_runtime(request, tmp_path_factory, "nodes", env=ALLOW_COMMANDS) as running:
         yield running
 
 
@@ -199,22 +205,31 @@ def test_lost_agent_moves_its_services(
     print(f"\nagent of node-2 killed: {sorted(moved)} heartbeating on node-1 after {elapsed:.2f}s")
 
 
-def test_scale_out_adds_a_node_when_every_node_is_busy(tmp_path: Path) -> None:
+def reachable_nodes(platform: Platform) -> set[str]:
+    return {node["node_id"] for node in platform.status()["nodes"] if node["reachable"]}
+
+
+def test_scale_out_adds_a_node_when_every_node_is_busy_and_scale_in_removes_it_when_idle(
+    tmp_path: Path,
+) -> None:
     busy = Platform(tmp_path / "scaling")
-    # Any load counts as busy here, so the scale-out path runs without burning the CPU.
+    # Any load counts as busy here, so the scale-out path runs without burning the CPU; and as idle,
+    # so the added node is drained and removed once the cooldown has passed.
     busy.env.update(
         {
             "AIOT_NODE_MANAGER__SCALE_OUT_LOAD": str(SCALE_OUT_LOAD),
             "AIOT_NODE_MANAGER__SCALE_OUT_AFTER_S": str(SCALE_OUT_AFTER_S),
             "AIOT_NODE_MANAGER__MAX_NODES": "2",
+            "AIOT_NODE_MANAGER__SCALE_IN_LOAD": str(SCALE_IN_LOAD),
+            "AIOT_NODE_MANAGER__SCALE_IN_AFTER_S": "1",
+            "AIOT_NODE_MANAGER__SCALE_COOLDOWN_S": str(SCALE_COOLDOWN_S),
+            **ALLOW_COMMANDS,
         }
     )
     try:
         busy.run("up", "--detach", "--nodes", "1")
         wait_until(
-            lambda: {n["node_id"] for n in busy.status()["nodes"] if n["reachable"]} == {"node-1", "node-2"},
-            60,
-            "a second node started by scale-out",
+            lambda: reachable_nodes(busy) == {"node-1", "node-2"}, 60, "a second node started by scale-out"
         )
         # max_nodes is 2: no third node however busy. The new node runs nothing (not busy) until a
         # service is placed there; then both are, and a scale-out is due SCALE_OUT_AFTER_S later.
@@ -249,6 +264,23 @@ def test_scale_out_adds_a_node_when_every_node_is_busy(tmp_path: Path) -> None:
         found = busy.run("logs", "node-manager", "--grep", "adding a node").stdout
         assert found.count("adding a node") == 1, found
         assert "every node busier than" in found
+
+        # Scale-in: after the cooldown, node-2 is drained (the sleeper starts on node-1 before it
+        # stops there) and removed: its agent ends, the platform forgets it.
+        def sleeper_moved_and_node_2_gone() -> bool:
+            moved = busy.service("sleeper") or {}
+            return (
+                moved.get("node_id") == "node-1"
+                and moved.get("state") == "running"
+                and "node-2" not in {node["node_id"] for node in busy.status()["nodes"]}
+            )
+
+        wait_until(sleeper_moved_and_node_2_gone, SCALE_COOLDOWN_S + 60, "node-2 drained and removed")
+        assert "agent-node-2" not in {p["name"] for p in busy.status()["processes"]}
+        removed = busy.run("logs", "node-manager", "--grep", "scale-in").stdout
+        assert "scale-in: node node-2 drained and removed" in removed, removed
+        # Busy again on one node: the next node added is node-3 (a removed node's id is not reused).
+        wait_until(lambda: "node-3" in reachable_nodes(busy), 60, "node-3 added by the next scale-out")
     finally:
         busy.run("down", check=False)
     wait_until(lambda: busy.processes() == [], 20, "no process left after down")

@@ -10,6 +10,7 @@ answer is passed over.
 
 from __future__ import annotations
 
+import http.server
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,6 +24,7 @@ from node_manager.models import NodeRow, PlacementRow
 from node_manager.service import NodeManagerService
 from platform_core.db import Database, utcnow
 from platform_core.nodes import (
+    ListNodes,
     LoadSample,
     NodeAnnouncement,
     ServiceIncident,
@@ -320,3 +322,68 @@ def test_while_no_node_is_heard_the_bus_stalled_and_no_node_goes_down(
         states = {node.node_id: node.state for node in registry.list_nodes(session)}
     assert states == {"node-1": "up", "node-2": "up", "node-3": "up"}
     assert retired == []
+
+
+def test_a_silent_node_whose_agent_still_answers_is_kept_until_it_does_not(
+    manager: NodeManagerService, agents: Agents
+) -> None:
+    """After a broker stall one node's announcements may come late (its partition not led yet, its
+    producer recovering): its agent still answers over HTTP, so its services are not moved (they
+    would run twice); once the agent answers no more, the node goes down."""
+    retired: list[str] = []
+    manager._retire_node = retired.append
+    for n in (1, 2):
+        announce(manager, f"node-{n}", cpu=10.0)
+
+    class AgentRoutes(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"services": []}'
+            self.send_response(200 if self.path == "/services" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    agent = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AgentRoutes)
+    serving = threading.Thread(target=agent.serve_forever)
+    serving.start()
+    try:
+        with manager.database.session() as session:
+            node = session.get(NodeRow, "node-2")
+            assert node is not None
+            node.http_url = f"http://127.0.0.1:{agent.server_address[1]}"
+            node.last_seen = utcnow() - timedelta(seconds=manager.settings.node_manager.down_after_s + 1)
+        manager._check_silence()
+        with manager.database.session() as session:
+            states = {node.node_id: node.state for node in registry.list_nodes(session)}
+        assert states["node-2"] == "suspect"
+        assert retired == []
+    finally:
+        agent.shutdown()
+        serving.join()
+        agent.server_close()
+
+    manager._check_silence()  # the agent is gone too: the node is down and retired
+    with manager.database.session() as session:
+        node = session.get(NodeRow, "node-2")
+        assert node is not None
+        assert node.state == "down"
+    assert retired == ["node-2"]
+
+
+def test_the_nodes_report_holds_each_nodes_load_and_its_placed_services(manager: NodeManagerService) -> None:
+    """What ``GET /api/nodes`` answers: ``ListNodes`` → every node with its load and services."""
+    manager.place(spec("logger"), avoid=["node-2", "node-3"])
+    manager.place(spec("app-x", "app"), avoid=["node-1", "node-3"])
+    lose(manager, "node-3")
+    report = manager.on_list_nodes(ListNodes(), Envelope.wrap(ListNodes(), source="test"))
+    by_id = {node.node_id: node for node in report.nodes}
+    assert sorted(by_id) == ["node-1", "node-2", "node-3"]
+    assert [(s.service_id, s.kind) for s in by_id["node-1"].services] == [("logger", "platform")]
+    assert [(s.service_id, s.kind) for s in by_id["node-2"].services] == [("app-x", "app")]
+    assert by_id["node-3"].state == "down"
+    assert by_id["node-3"].services == []
+    assert by_id["node-1"].capacity == 6

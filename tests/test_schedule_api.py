@@ -37,8 +37,6 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-import platform_core.http
-import scheduler.api
 from ai_manager import registry as model_registry
 from ai_manager.models import ModelRow, ModelVersionRow
 from app_manager import registry as app_registry
@@ -58,6 +56,7 @@ from platform_sdk.settings import MailSettings, Settings, temporary_settings
 from scheduler.mail import Mailer
 from scheduler.messages import ScheduleChanged
 from scheduler.models import ScheduleRow
+from tests.fixtures.components import kafka_updates
 from tests.fixtures.registries import Registries, answering
 from tests.test_front_door import PASSWORD, bearer, error_of, json_of
 from web import identity
@@ -160,7 +159,7 @@ def platform_settings(
         {
             "home": str(home),
             "kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}",
-            "kafka.bootstrap_servers": kafka_broker.bootstrap_servers,
+            **kafka_updates(kafka_broker),
             "blob.backend": "local",
             "blob.local_path": str(home / "bucket"),
         }
@@ -567,10 +566,10 @@ def test_a_schedule_whose_app_and_device_managers_do_not_answer_is_unavailable(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(platform_core.http, "ASK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(platform.settings.web, "ask_timeout_s", 1.0)
     overrides = {
         "kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}",  # where nobody answers
-        "kafka.bootstrap_servers": kafka_broker.bootstrap_servers,
+        **kafka_updates(kafka_broker),
     }
     site = open_site(platform, template_db, tmp_path)
     try:
@@ -639,6 +638,43 @@ def test_a_good_schedule_is_stored_with_its_runs_in_utc_and_sent_to_the_schedule
 
     [listed] = json_of(site.call("GET", "/api/schedules"))["schedules"]
     assert listed == created  # the list shows what creating answered
+
+
+def test_a_preview_answers_the_next_runs_in_local_time_and_refuses_as_saving_would(site: Site) -> None:
+    preview = json_of(site.call("POST", "/api/schedules/preview?runs=4", json=GOOD))
+    assert (preview["app"], preview["location"], preview["timezone"]) == (
+        "smart-home",
+        "lake-home",
+        "America/New_York",
+    )
+    assert [
+        (datetime.fromisoformat(run["start"]), datetime.fromisoformat(run["end"])) for run in preview["runs"]
+    ] == [
+        (utc(2030, 3, 9, 13), utc(2030, 3, 9, 14)),
+        (utc(2030, 3, 10, 1), utc(2030, 3, 10, 2)),
+        (utc(2030, 3, 10, 12), utc(2030, 3, 10, 13)),
+        (utc(2030, 3, 11, 0), utc(2030, 3, 11, 1)),
+    ]
+    # The location's wall clock, with its offset (EST, UTC-5, until 10 March).
+    assert [run["local_start"] for run in preview["runs"][:2]] == [
+        "2030-03-09T08:00:00-05:00",
+        "2030-03-09T20:00:00-05:00",
+    ]
+    site.assert_nothing_stored()
+
+    past = GOOD | {"start_date": "2020-01-06", "end_date": "2020-01-07"}
+    error = error_of(site.call("POST", "/api/schedules/preview", json=past), 422)
+    assert {
+        "field": "end_date",
+        "reason": "the last run ended 2020-01-07 21:00 (America/New_York): nothing is left to run",
+    } in error["details"]
+    error = error_of(site.call("POST", "/api/schedules/preview", json=GOOD | {"location": "city-bank"}), 422)
+    assert error["message"].startswith("cannot schedule 'smart-home' at 'city-bank': ")
+    assert error_of(site.call("POST", "/api/schedules/preview?runs=0", json=GOOD), 400)["message"].startswith(
+        "invalid query parameter runs"
+    )
+    assert site.call("POST", "/api/schedules/preview", username=None, json=GOOD).status_code == 401
+    site.assert_nothing_stored()
 
 
 def test_a_pinned_version_and_a_run_now_are_scheduled(site: Site) -> None:
@@ -732,8 +768,8 @@ def test_a_configurer_may_pause_and_cancel_anyones_schedule(site: Site) -> None:
 def test_cancelling_when_the_deployer_does_not_answer(
     site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The route waits DEPLOYER_TIMEOUT_S (30 s) for the deployer; shortened here."""
-    monkeypatch.setattr(scheduler.api, "DEPLOYER_TIMEOUT_S", 1.0)
+    """The route waits web.deployer_timeout_s (30 s) for the deployer; shortened here."""
+    monkeypatch.setattr(site.platform.settings.web, "deployer_timeout_s", 1.0)
     schedule_id = json_of(site.schedule(GOOD), 201)["schedule_id"]
     site.platform.deployer.answering = False
     error = error_of(site.call("DELETE", f"/api/schedules/{schedule_id}"), 504)

@@ -117,6 +117,7 @@ def run_script(
     env |= {
         "AIOT_HOME": str(settings.home_dir),
         "AIOT_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
+        "AIOT_KAFKA__SECRETS_FILE": str(settings.kafka.secrets_file or ""),
         "AIOT_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
     }
     process = subprocess.Popen(

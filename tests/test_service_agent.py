@@ -32,6 +32,7 @@ from platform_sdk.messages import LogRecord
 from platform_sdk.settings import Settings, temporary_settings
 from service_agent.agent import ServiceAgent
 from service_agent.runtime import VenvCache
+from service_agent.sandbox import Sandbox
 from service_agent.supervisor import Supervisor
 from tests.test_bus import wait_for
 
@@ -56,6 +57,7 @@ def agent(kafka_settings: Settings) -> Iterator[tuple[ServiceAgent, Requester, O
     with temporary_settings(
         {
             "agent.node_id": "t-node",
+            "agent.allow_commands": True,  # the tests run plain command lines
             "agent.port_range": "31000-31099",
             "agent.announce_interval_s": 0.3,
             "agent.stop_timeout_s": 1.0,
@@ -214,7 +216,12 @@ class HeldRuntime:
         self.release = threading.Event()
 
     def start(
-        self, spec: ServiceSpec, env: dict[str, str], on_output: Any, workdir: Path | None = None
+        self,
+        spec: ServiceSpec,
+        env: dict[str, str],
+        on_output: Any,
+        workdir: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> _Held:
         self.entered.set()
         self.release.wait(30)
@@ -224,7 +231,10 @@ class HeldRuntime:
 def test_a_slow_start_does_not_hold_up_what_the_node_says_it_runs(kafka_settings: Settings) -> None:
     runtime = HeldRuntime()
     bus = Bus(kafka_settings, source="slow-start-test")
-    supervisor = Supervisor(kafka_settings, bus, runtime, lambda: "http://127.0.0.1:1")
+    allowing = kafka_settings.model_copy(
+        update={"agent": kafka_settings.agent.model_copy(update={"allow_commands": True})}
+    )
+    supervisor = Supervisor(allowing, bus, runtime, lambda: "http://127.0.0.1:1")
     spec = ServiceSpec(service_id="slow", command=SLEEPER)
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(supervisor.start_service, spec)

@@ -51,7 +51,9 @@ from platform_sdk.bus import Bus, Requester
 from platform_sdk.errors import NotFound, ValidationFailed
 from platform_sdk.settings import Settings, get_settings, temporary_settings
 from service_agent.agent import ServiceAgent
+from service_agent.sandbox import remove_root
 from tests import test_model_upload as uploads
+from tests.fixtures.components import kafka_updates
 from tests.fixtures.registries import answering
 from tests.fixtures.sites import running
 from tests.test_archive import patch_header, with_bad_crc
@@ -202,7 +204,7 @@ class Node:
         return self.requester.request(topic, message, ServiceStateReply, timeout=30)
 
     def run(self, service_id: str, bundle: BundleRef) -> None:
-        spec = ServiceSpec(service_id=service_id, kind="model", command=SLEEPER, bundle=bundle)
+        spec = ServiceSpec(service_id=service_id, kind="model", owner="dev", command=SLEEPER, bundle=bundle)
         assert start(self.requester, self.bus, spec).state.state == "running"
 
 
@@ -221,6 +223,7 @@ def node(kafka_settings: Settings) -> Iterator[Node]:
     a previous run of its own and a folder of another node beside them."""
     overrides = {
         "agent.node_id": "t-node",
+        "agent.allow_commands": True,  # a sleeper stands in for a model
         "agent.port_range": "31200-31299",
         "agent.stop_timeout_s": 1.0,
         "agent.bundle_check_interval_s": 0.2,
@@ -237,6 +240,7 @@ def node(kafka_settings: Settings) -> Iterator[Node]:
                 yield Node(current, agent, bus, requester)
         finally:
             bus.close()
+            remove_root(current)  # the sandboxes' venvs (as `aiot down` removes them)
 
 
 @pytest.mark.service("kafka")
@@ -282,7 +286,7 @@ def test_a_bundle_no_service_runs_in_goes_when_its_zip_leaves_the_bucket(node: N
 @pytest.mark.service("kafka")
 def test_a_service_whose_bundle_cannot_be_fetched_leaves_no_folder(node: Node) -> None:
     missing = BundleRef(key="bundles/gone.zip", sha256="2" * 64)
-    spec = ServiceSpec(service_id="m-v2-r0", kind="model", command=SLEEPER, bundle=missing)
+    spec = ServiceSpec(service_id="m-v2-r0", kind="model", owner="dev", command=SLEEPER, bundle=missing)
     with pytest.raises(NotFound, match=r"gone\.zip"):
         start(node.requester, node.bus, spec)
     assert sorted(path.name for path in (node.bundles / "t-node").iterdir()) == []
@@ -366,7 +370,7 @@ def platform(kafka_broker: KafkaBroker, tmp_path: Path) -> Iterator[Platform]:
     overrides = {
         "home": str(tmp_path / "home"),
         "kafka.topic_prefix": f"t{uuid.uuid4().hex[:10]}",
-        "kafka.bootstrap_servers": kafka_broker.bootstrap_servers,
+        **kafka_updates(kafka_broker),
         "blob.backend": "local",
         "blob.local_path": str(tmp_path / "bucket"),
         "database.url": url,

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from platform_core.auth import Authenticator, Principal, Role
@@ -80,9 +81,10 @@ class ApiToken(Base):
     expires_at: Mapped[datetime]
 
 
-@dataclass(frozen=True)
-class UserView:
-    """What the API shows of a user (never the hash)."""
+class UserView(BaseModel):
+    """What the API shows of a user (never the hash); also the routes' declared answer."""
+
+    model_config = ConfigDict(frozen=True)
 
     id: int
     username: str
@@ -93,7 +95,14 @@ class UserView:
 
     @classmethod
     def of(cls, user: User) -> UserView:
-        return cls(user.id, user.username, Role(user.role), user.email, user.disabled, user.created_at)
+        return cls(
+            id=user.id,
+            username=user.username,
+            role=Role(user.role),
+            email=user.email,
+            disabled=user.disabled,
+            created_at=user.created_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,14 @@ def set_disabled(session: Session, username: str, disabled: bool = True) -> User
     user.disabled = disabled
     if disabled:
         revoke_all(session, user.id)
+    return UserView.of(user)
+
+
+def set_role(session: Session, username: str, role: Role) -> UserView:
+    """Give a user another role; it applies to their next request (tokens carry no role: every
+    request reads it with the user), so their sessions and tokens stay."""
+    user = read_user(session, username)
+    user.role = role.value
     return UserView.of(user)
 
 

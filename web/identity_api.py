@@ -6,11 +6,13 @@ Routes reach the front door's ``identity.Accounts`` (throttle, clock, token life
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import flask
 from pydantic import BaseModel, Field
 
 from platform_core.auth import Role, allow, allow_any_role, current_principal, public
-from platform_core.http import body_as, error_response, resources
+from platform_core.http import body_as, error_response, resources, shapes
 from platform_sdk.errors import ValidationFailed
 from web import identity
 
@@ -59,8 +61,71 @@ class PasswordChange(BaseModel):
     new_password: str = Field(max_length=MAX_PASSWORD_LENGTH)
 
 
+class RoleChange(BaseModel):
+    role: Role
+
+
 class PasswordReset(BaseModel):
     password: str = Field(max_length=MAX_PASSWORD_LENGTH)
+
+
+# --- what the routes answer (declared for the OpenAPI document) ---------------------------------
+
+
+class UserAnswer(BaseModel):
+    user: identity.UserView
+
+
+class UserList(BaseModel):
+    users: list[identity.UserView]
+
+
+class LoginAnswer(BaseModel):
+    token: str = Field(description="The new token's secret, shown this once.")
+    token_id: int
+    user: identity.UserView
+    replaced: int | None = Field(description="The id of the token `replaces` named, if there was one.")
+    expires_at: datetime
+
+
+class TokenJson(BaseModel):
+    """One of the caller's tokens, never its secret."""
+
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime
+    revoked: bool
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenJson]
+
+
+class NewTokenAnswer(BaseModel):
+    token: str = Field(description="The secret, shown this once.")
+    token_id: int
+    name: str
+    expires_at: datetime
+
+
+class Revoked(BaseModel):
+    revoked: int = Field(description="The id of the token revoked.")
+
+
+class PasswordChanged(BaseModel):
+    changed: bool
+    revoked_tokens: int = Field(description="How many of the caller's other tokens were revoked.")
+
+
+class PasswordResetAnswer(BaseModel):
+    user: identity.UserView
+    revoked_tokens: int = Field(description="How many of the user's tokens were revoked.")
+
+
+class Health(BaseModel):
+    status: str
 
 
 def _user_json(user: identity.UserView) -> dict[str, object]:
@@ -76,6 +141,7 @@ def _user_json(user: identity.UserView) -> dict[str, object]:
 
 @blueprint.get("/health")
 @public
+@shapes(response=Health)
 def health() -> flask.Response:
     """Liveness of the front door."""
     return flask.jsonify(status="ok")
@@ -83,6 +149,7 @@ def health() -> flask.Response:
 
 @blueprint.post("/auth/login")
 @public
+@shapes(response=LoginAnswer)
 def login() -> flask.Response | tuple[flask.Response, int]:
     """Exchange a username and password for an API token, revoking the token it ``replaces``.
 
@@ -112,6 +179,7 @@ def _throttled(throttled: identity.LoginThrottled) -> tuple[flask.Response, int]
 
 @blueprint.post("/auth/password")
 @allow_any_role
+@shapes(response=PasswordChanged)
 def change_password() -> flask.Response | tuple[flask.Response, int]:
     """Change the caller's own password (the current one checked); their other tokens are revoked."""
     body = body_as(PasswordChange)
@@ -127,6 +195,7 @@ def change_password() -> flask.Response | tuple[flask.Response, int]:
 
 @blueprint.post("/auth/logout")
 @allow_any_role
+@shapes(response=Revoked)
 def logout() -> flask.Response:
     """Revoke the token this request came with."""
     principal = current_principal()
@@ -137,6 +206,7 @@ def logout() -> flask.Response:
 
 @blueprint.get("/auth/me")
 @allow_any_role
+@shapes(response=UserAnswer)
 def me() -> flask.Response:
     """Who the token belongs to."""
     principal = current_principal()
@@ -147,6 +217,7 @@ def me() -> flask.Response:
 
 @blueprint.get("/auth/tokens")
 @allow_any_role
+@shapes(response=TokenList)
 def list_tokens() -> flask.Response:
     """The caller's tokens (never their secrets)."""
     principal = current_principal()
@@ -168,6 +239,7 @@ def list_tokens() -> flask.Response:
 
 @blueprint.post("/auth/tokens")
 @allow_any_role
+@shapes(response=NewTokenAnswer)
 def create_token() -> tuple[flask.Response, int]:
     """A new named API token for scripts, valid ``expires_in_s`` (capped); its secret is shown once."""
     body = body_as(NewToken)
@@ -179,6 +251,7 @@ def create_token() -> tuple[flask.Response, int]:
 
 @blueprint.delete("/auth/tokens/<int:token_id>")
 @allow_any_role
+@shapes(response=Revoked)
 def revoke_token(token_id: int) -> flask.Response:
     """Revoke one of the caller's tokens."""
     principal = current_principal()
@@ -189,6 +262,7 @@ def revoke_token(token_id: int) -> flask.Response:
 
 @blueprint.get("/users")
 @allow(Role.PLATFORM_CONFIGURER)
+@shapes(response=UserList)
 def list_users() -> flask.Response:
     """Every user."""
     with resources().database.session() as session:
@@ -198,6 +272,7 @@ def list_users() -> flask.Response:
 
 @blueprint.post("/users")
 @allow(Role.PLATFORM_CONFIGURER)
+@shapes(response=UserAnswer)
 def create_user() -> tuple[flask.Response, int]:
     """Register a user with a role."""
     body = body_as(NewUser)
@@ -208,6 +283,7 @@ def create_user() -> tuple[flask.Response, int]:
 
 @blueprint.post("/users/<username>/disable")
 @allow(Role.PLATFORM_CONFIGURER)
+@shapes(response=UserAnswer)
 def disable_user(username: str) -> flask.Response:
     """Disable a user; their tokens are revoked at once (enabling them again revives none)."""
     if username == current_principal().username:
@@ -219,6 +295,7 @@ def disable_user(username: str) -> flask.Response:
 
 @blueprint.post("/users/<username>/enable")
 @allow(Role.PLATFORM_CONFIGURER)
+@shapes(response=UserAnswer)
 def enable_user(username: str) -> flask.Response:
     """Enable a disabled user again; they log in anew (their old tokens stay revoked)."""
     with resources().database.session() as session:
@@ -228,6 +305,7 @@ def enable_user(username: str) -> flask.Response:
 
 @blueprint.post("/users/<username>/password")
 @allow(Role.PLATFORM_CONFIGURER)
+@shapes(response=PasswordResetAnswer)
 def reset_password(username: str) -> flask.Response:
     """Set another user's password; every token of theirs is revoked."""
     if username == current_principal().username:
@@ -240,3 +318,19 @@ def reset_password(username: str) -> flask.Response:
         revoked = identity.reset_password(session, username, body.password)
         user = identity.UserView.of(identity.read_user(session, username))
     return flask.jsonify(user=_user_json(user), revoked_tokens=revoked)
+
+
+@blueprint.post("/users/<username>/role")
+@allow(Role.PLATFORM_CONFIGURER)
+@shapes(response=UserAnswer)
+def change_role(username: str) -> flask.Response:
+    """Give another user another role, from their next request on (not yourself)."""
+    if username == current_principal().username:
+        raise ValidationFailed(
+            "you cannot change your own role; ask another platform configurer",
+            details=[{"field": "role", "reason": "not your own"}],
+        )
+    body = body_as(RoleChange)
+    with resources().database.session() as session:
+        user = identity.set_role(session, username, body.role)
+    return flask.jsonify(user=_user_json(user))

@@ -1,0 +1,642 @@
+"""The bootstrap over SSH: install a pinned release of the platform on hosts and start it there.
+
+``Bootstrap(targets, ...).run()``, the main host first, then each other host::
+
+    release    (here, once) a wheel built from this checkout, the wheels of its locked dependencies
+               (uv.lock, for this Python; cached under ~/.cache/aiot/wheelhouse-*) and the uv binary:
+               its id is the hash of them all
+    connect    paramiko, with the host's key; a refused key or an unreachable host fails here
+    python     the host's Python has this machine's minor version (the wheels are built for it)
+    upload     the release into ROOT/releases/<id> over SFTP (skipped when already complete there)
+    install    uv, offline, from those wheels only, into ROOT/venvs/<id>; ROOT/venv points at it
+               (nothing is fetched from the host: an air-gapped host installs the same way)
+    kafka      (main host, no external broker) the broker's jars into ROOT/kafka-jars/<digest>
+    settings   ROOT/settings.toml (the host's address for the broker, front door and agent; the
+               inventory's settings) and, on the main host, the roster pinned to it: written only
+               when different
+    start      ``python -m bootstrapper.host main|join`` (see there): a supervised process tree of
+               its own session, recorded under ROOT/home/run, left running when SSH ends
+
+Every step reports ``host: step: what happened`` (``unchanged`` when nothing had to be done), so a
+second run says "unchanged" everywhere. A failing step raises ``RemoteError`` naming the host, the
+step and the remote output. ``destroy_hosts`` runs ``python -m bootstrapper.host down`` on each
+(the main host first, so nothing re-places what the others stop): it stops exactly what ``start``
+started, and leaves the installed release for the next bootstrap.
+
+Hosts reach each other on their ``address``: the main host's broker listens there (``kafka.host``),
+its front door too (``web.host``), and every agent binds and announces it (``agent.host``), as do
+the services it runs (``AIOT_SERVICE_HOST``). The registry (SQLite) lives on the main host, so the
+roster's services are pinned there unless an external database is configured; several hosts need
+a bucket they all reach (``blob.backend = "azure"``) for the bundles of models and apps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from pydantic import BaseModel, Field
+
+from bootstrapper.kafka import fetch_jars, jars_dir, jars_ready
+from bootstrapper.providers import Host, Progress
+from platform_core.roster import load_roster
+from platform_sdk.errors import PlatformError, Unavailable, ValidationFailed
+from platform_sdk.runstate import private_dir
+from platform_sdk.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+RECORD_FILE = "bootstrap.json"
+HOST_MODULE = "bootstrapper.host"
+
+
+class RemoteError(Unavailable):
+    """A step failed on a host: the message names the host, the step and the remote output."""
+
+    def __init__(self, host: str, step: str, detail: str) -> None:
+        super().__init__(f"{host}: {step} failed: {detail}")
+        self.host = host
+        self.step = step
+
+
+class Target(BaseModel):
+    """One host to bootstrap: how it is reached, its Python, where the platform goes."""
+
+    host: Host
+    python: str = "python3"
+    root: str = "/opt/aiot"
+    main: bool = False
+
+
+class NodeEntry(BaseModel):
+    name: str
+    address: str
+    main: bool
+    http_url: str
+
+
+class BootstrapRecord(BaseModel):
+    """What `aiot bootstrap` made, in AIOT_HOME/run/bootstrap.json on the machine that ran it."""
+
+    provider: str
+    config: str = Field(description="the provider's config file (an inventory)")
+    web_url: str | None = None
+    broker: str | None = None
+    release: str = ""
+    nodes: list[NodeEntry] = Field(default_factory=list)
+
+
+def record_path(settings: Settings) -> Path:
+    return settings.run_dir / RECORD_FILE
+
+
+def read_record(settings: Settings) -> BootstrapRecord | None:
+    try:
+        return BootstrapRecord.model_validate_json(record_path(settings).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def clear_record(settings: Settings) -> None:
+    record_path(settings).unlink(missing_ok=True)
+
+
+def write_record(settings: Settings, record: BootstrapRecord) -> None:
+    private_dir(settings.run_dir)
+    record_path(settings).write_text(record.model_dump_json(indent=2))
+
+
+# the release ----------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _uv() -> tuple[str, str]:
+    """The uv that builds the release here, and its version (the hosts get the same one)."""
+    found = shutil.which("uv")
+    if found is None:
+        raise Unavailable("uv is needed to build a release (pip install uv)")
+    words = _run_here("release", [found, "--version"]).split()
+    return found, words[1] if len(words) > 1 else ""
+
+
+def _uv_binary(wheel: Path, target: Path) -> None:
+    """The uv executable out of uv's wheel (a shim or wrapper on PATH here would not run there)."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(item for item in archive.namelist() if item.endswith(".data/scripts/uv"))
+        target.write_bytes(archive.read(name))
+    target.chmod(0o755)
+
+
+def _run_here(step: str, command: list[str], cwd: Path | None = None) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()[-15:]
+        raise RemoteError("this machine", step, "\n".join(output))
+    return result.stdout
+
+
+class Release(BaseModel):
+    """The files a host installs from: the platform's wheel, its locked dependencies' wheels, uv."""
+
+    directory: Path
+    python: str = Field(description="major.minor of the Python the wheels are for")
+    files: dict[str, str] = Field(description="relative path → sha256")
+
+    @property
+    def id(self) -> str:
+        text = json.dumps(sorted(self.files.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def wheel(self) -> str:
+        return next(name for name in self.files if name.startswith("wheels/aiot_platform-"))
+
+    @classmethod
+    def build(cls, progress: Progress, cache: Path | None = None) -> Release:
+        """Build (or reuse) the release of this checkout for this machine's Python."""
+        if not (REPO / "uv.lock").is_file():
+            raise ValidationFailed(
+                f"aiot bootstrap installs the platform from a checkout; {REPO} has no uv.lock"
+            )
+        uv, uv_version = _uv()
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        cache = cache or Path.home() / ".cache" / "aiot"
+        lock = hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest()[:16]
+        wheelhouse = cache / f"wheelhouse-{lock}-py{python}-uv{uv_version}"
+        if not (wheelhouse / ".complete").is_file():
+            progress(f"release: fetching the locked dependencies' wheels for Python {python} (once)")
+            staging = Path(tempfile.mkdtemp(prefix=".wheelhouse-", dir=cache if cache.exists() else None))
+            try:
+                requirements = staging / "requirements.txt"
+                _run_here(
+                    "release",
+                    [uv, "export", "--frozen", "--no-dev", "--extra", "embedded", "--no-emit-project",
+                     "--no-hashes", "--no-header", "-q", "-o", str(requirements)],
+                    cwd=REPO,
+                )  # fmt: skip
+                _run_here(
+                    "release",
+                    [uv, "run", "-q", "--no-project", "--python", sys.executable, "--with", "pip",
+                     "python", "-m", "pip", "download", "-q", "--only-binary=:all:",
+                     "-r", str(requirements), "-d", str(staging / "wheels")],
+                )  # fmt: skip
+                _run_here(
+                    "release",
+                    [uv, "run", "-q", "--no-project", "--python", sys.executable, "--with", "pip",
+                     "python", "-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps",
+                     f"uv=={uv_version}", "-d", str(staging / "tools")],
+                )  # fmt: skip
+                (staging / ".complete").write_text(lock + "\n")
+                cache.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(wheelhouse, ignore_errors=True)
+                staging.rename(wheelhouse)
+                for older in cache.glob("wheelhouse-*"):  # another lock's or Python's: bounded cache
+                    if older != wheelhouse:
+                        shutil.rmtree(older, ignore_errors=True)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        directory = cache / "release"
+        shutil.rmtree(directory, ignore_errors=True)
+        (directory / "wheels").mkdir(parents=True)
+        progress("release: building the platform's wheel from this checkout")
+        _run_here("release", [uv, "build", "--wheel", "-q", "--out-dir", str(directory / "wheels")], cwd=REPO)
+        for wheel in (wheelhouse / "wheels").iterdir():
+            (directory / "wheels" / wheel.name).hardlink_to(wheel)
+        shutil.copy2(wheelhouse / "requirements.txt", directory / "requirements.txt")
+        _uv_binary(next((wheelhouse / "tools").glob("uv-*.whl")), directory / "uv")
+        files = {
+            str(path.relative_to(directory)): _sha256(path)
+            for path in sorted(directory.rglob("*"))
+            if path.is_file()
+        }
+        return cls(directory=directory, python=python, files=files)
+
+
+# SSH ----------------------------------------------------------------------------------------------
+class Session:
+    """One SSH connection to a host: commands (output streamed line by line) and files (SFTP)."""
+
+    def __init__(self, host: Host, settings: Settings, known_hosts: Path) -> None:
+        self.name = host.name
+        self.settings = settings.bootstrap
+        self._client = paramiko.SSHClient()
+        private_dir(known_hosts.parent)
+        known_hosts.touch(mode=0o600)
+        self._client.load_host_keys(str(known_hosts))
+        # First contact trusts the host's key and remembers it (known_hosts of this home); a changed
+        # key afterwards is refused.
+        self._client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        address = host.ssh
+        where = f"{address.user}@{address.host}:{address.port}"
+        try:
+            self._client.connect(
+                address.host,
+                port=address.port,
+                username=address.user,
+                key_filename=str(address.key_file),
+                timeout=self.settings.connect_timeout_s,
+                banner_timeout=self.settings.connect_timeout_s,
+                auth_timeout=self.settings.connect_timeout_s,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+        except paramiko.AuthenticationException as exc:
+            self._client.close()
+            raise RemoteError(
+                self.name, "connect", f"{where} refused the key {address.key_file} ({exc})"
+            ) from exc
+        except paramiko.BadHostKeyException as exc:
+            self._client.close()
+            raise RemoteError(self.name, "connect", f"{where} changed its host key ({exc})") from exc
+        except (OSError, paramiko.SSHException) as exc:
+            self._client.close()
+            raise RemoteError(self.name, "connect", f"{where} is unreachable: {exc}") from exc
+        self._client.save_host_keys(str(known_hosts))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def run(
+        self, step: str, command: str, progress: Progress | None = None, *, check: bool = True
+    ) -> tuple[int, str]:
+        """Run ``command`` (sh), streaming ``progress: ...`` lines; the exit code and the whole output."""
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RemoteError(self.name, step, "the SSH connection was lost")
+        channel = transport.open_session()
+        channel.set_combine_stderr(True)
+        channel.settimeout(self.settings.command_timeout_s)
+        lines: list[str] = []
+        try:
+            channel.exec_command(command)
+            with channel.makefile("r") as output:
+                for raw in output:
+                    line = (
+                        raw.rstrip("\n")
+                        if isinstance(raw, str)
+                        else raw.decode(errors="replace").rstrip("\n")
+                    )
+                    lines.append(line)
+                    if progress is not None and line.startswith("progress: "):
+                        progress(f"{self.name}: {step}: {line.removeprefix('progress: ')}")
+            code = channel.recv_exit_status()
+        except TimeoutError as exc:
+            raise RemoteError(
+                self.name, step, f"no end within {self.settings.command_timeout_s:.0f}s"
+            ) from exc
+        finally:
+            channel.close()
+        text = "\n".join(lines)
+        if check and code != 0:
+            tail = "\n".join(lines[-20:]) or "(no output)"
+            raise RemoteError(self.name, step, f"exit {code}:\n{tail}")
+        return code, text
+
+    def read_text(self, path: str) -> str | None:
+        with self._client.open_sftp() as sftp:
+            try:
+                with sftp.open(path, "r") as handle:
+                    return bytes(handle.read()).decode()
+            except FileNotFoundError:
+                return None
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        with self._client.open_sftp() as sftp:
+            temporary = f"{path}.tmp"
+            with sftp.open(temporary, "w") as handle:
+                handle.chmod(mode)
+                handle.write(text.encode())
+            sftp.posix_rename(temporary, path)
+
+    def put_tree(self, local: Path, files: Sequence[str], remote: str) -> None:
+        with self._client.open_sftp() as sftp:
+            made: set[str] = set()
+            for name in files:
+                parent = str(Path(remote, name).parent)
+                if parent not in made:
+                    self.run("upload", f"mkdir -p {shlex.quote(parent)}")
+                    made.add(parent)
+                sftp.put(str(local / name), f"{remote}/{name}")
+                sftp.chmod(f"{remote}/{name}", (local / name).stat().st_mode & 0o755)
+
+
+# settings files ------------------------------------------------------------------------------------
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{json.dumps(key)} = {_toml_value(item)}" for key, item in value.items()) + "}"
+        )
+    raise ValidationFailed(f"cannot write {value!r} to a settings file")
+
+
+def to_toml(tree: dict[str, Any]) -> str:
+    """A settings tree as TOML: scalars first, then a table per nested dict (two levels)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in tree.items() if not isinstance(value, dict)]
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            lines += [f"{name} = {_toml_value(item)}" for name, item in value.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def pinned_roster(settings: Settings) -> str:
+    """The roster with every service on the main node (its registry and bucket are there)."""
+    blocks = []
+    for spec in load_roster(settings):
+        data = spec.model_dump(mode="json", exclude_defaults=True)
+        data["main_node_only"] = True
+        blocks.append(
+            "[[service]]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in data.items())
+        )
+    return "# Written by aiot bootstrap: the roster, pinned to the main host.\n\n" + "\n".join(blocks)
+
+
+# the bootstrap -------------------------------------------------------------------------------------
+class Bootstrap:
+    """Install and start the platform on ``targets`` (exactly one main), or stop it there."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        progress: Progress,
+        *,
+        host_settings: dict[str, Any] | None = None,
+        known_hosts: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.host_settings = host_settings or {}
+        self.known_hosts = known_hosts or settings.home_dir / "ssh" / "known_hosts"
+        self.generated_password: str | None = None
+
+    @contextlib.contextmanager
+    def session(self, target: Target) -> Iterator[Session]:
+        ssh = target.host.ssh
+        self.progress(f"{target.host.name}: connect: {ssh.user}@{ssh.host}:{ssh.port}")
+        session = Session(target.host, self.settings, self.known_hosts)
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def _step(self, target: Target, step: str, what: str) -> None:
+        self.progress(f"{target.host.name}: {step}: {what}")
+
+    def run(self, targets: Sequence[Target], provider: str, config: str) -> BootstrapRecord:
+        """Bootstrap every target; the record is written host by host (a half-made platform can
+        be destroyed), but a failed run leaves the record of an earlier one as it was."""
+        previous = read_record(self.settings)
+        try:
+            return self._run(targets, provider, config)
+        except BaseException:
+            if previous is not None:
+                write_record(self.settings, previous)
+            raise
+
+    def _run(self, targets: Sequence[Target], provider: str, config: str) -> BootstrapRecord:
+        mains = [target for target in targets if target.main]
+        if len(mains) != 1:
+            raise ValidationFailed(f"a platform needs exactly one main host, not {len(mains)}")
+        main = mains[0]
+        others = [target for target in targets if not target.main]
+        self._check_shared(others)
+        release = Release.build(self.progress)
+        self.progress(f"release {release.id}: {len(release.files)} files (Python {release.python})")
+        record = BootstrapRecord(provider=provider, config=config, release=release.id)
+        with self.session(main) as session:
+            self._install(session, main, release)
+            self._write(
+                session, main, "settings", f"{main.root}/settings.toml", to_toml(self._settings_of(main))
+            )
+            self._write(session, main, "settings", f"{main.root}/roster.toml", pinned_roster(self.settings))
+            result = self._start(
+                session, main, f"main --remote-nodes {','.join(t.host.name for t in others)}"
+            )
+        record.web_url, record.broker = result["web_url"], result["broker"]
+        record.nodes.append(
+            NodeEntry(name=main.host.name, address=main.host.address, main=True, http_url=result["http_url"])
+        )
+        self.generated_password = result.get("generated_password")
+        write_record(self.settings, record)
+        for target in others:
+            with self.session(target) as session:
+                self._install(session, target, release)
+                self._write(
+                    session,
+                    target,
+                    "settings",
+                    f"{target.root}/settings.toml",
+                    to_toml(self._settings_of(target)),
+                )
+                secrets = result["secrets"].get(target.host.name)
+                if secrets is not None:
+                    session.run("settings", f"mkdir -p -m 700 {shlex.quote(target.root)}/home/secrets")
+                    self._write(
+                        session, target, "settings", f"{target.root}/home/secrets/kafka.json",
+                        json.dumps(secrets, indent=2), mode=0o600,
+                    )  # fmt: skip
+                joined = self._start(
+                    session,
+                    target,
+                    f"join --broker {shlex.quote(result['broker'])} "
+                    f"--web-url {shlex.quote(result['web_url'])}",
+                )
+            record.nodes.append(
+                NodeEntry(
+                    name=target.host.name,
+                    address=target.host.address,
+                    main=False,
+                    http_url=joined["http_url"],
+                )
+            )
+            write_record(self.settings, record)
+        return record
+
+    def _check_shared(self, others: Sequence[Target]) -> None:
+        blob = self.host_settings.get("blob", {})
+        if others and blob.get("backend", "local") == "local":
+            raise ValidationFailed(
+                "several hosts need a bucket they all reach for the bundles of models and apps: set "
+                'blob.backend = "azure" (and azure_connection_string) in the inventory\'s settings'
+            )
+
+    def _settings_of(self, target: Target) -> dict[str, Any]:
+        address = target.host.address
+        tree: dict[str, Any] = {
+            "home": f"{target.root}/home",
+            "agent": {"node_id": target.host.name, "host": address},
+            "web": {"host": address},
+        }
+        if target.main:
+            tree["kafka"] = {"host": address, "jars_dir": f"{target.root}/kafka-jars"}
+            tree["node_manager"] = {"roster_file": f"{target.root}/roster.toml"}
+        return _merge(tree, self.host_settings)
+
+    def _install(self, session: Session, target: Target, release: Release) -> None:
+        root = shlex.quote(target.root)
+        _code, version = session.run(
+            "python", f"{shlex.quote(target.python)} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'"
+        )
+        found = version.strip().splitlines()[-1] if version.strip() else "?"
+        if found != release.python:
+            raise RemoteError(
+                target.host.name,
+                "python",
+                f"{target.python} is Python {found}; the release is built for {release.python}",
+            )
+        self._step(target, "python", f"{target.python} is Python {found}")
+        releases = f"{target.root}/releases/{release.id}"
+        if session.read_text(f"{releases}/.complete") is not None:
+            self._step(target, "upload", f"release {release.id} unchanged")
+        else:
+            self._step(target, "upload", f"release {release.id} ({len(release.files)} files)")
+            staging = f"{target.root}/releases/.{release.id}.tmp"
+            session.run(
+                "upload",
+                f"umask 022 && mkdir -p {root} && chmod 755 {root} && "
+                f"rm -rf {shlex.quote(staging)} && mkdir -p {shlex.quote(staging)}",
+            )
+            session.put_tree(release.directory, sorted(release.files), staging)
+            session.write_text(f"{staging}/.complete", json.dumps(release.files, indent=1))
+            session.run("upload", f"mv {shlex.quote(staging)} {shlex.quote(releases)}")
+        venv = f"{target.root}/venvs/{release.id}"
+        if session.read_text(f"{venv}/.installed") is not None:
+            self._step(target, "install", f"release {release.id} unchanged")
+        else:
+            self._step(target, "install", f"release {release.id} (offline, from its wheels)")
+            uv = shlex.quote(f"{releases}/uv")
+            session.run(
+                "install",
+                f"umask 022 && export UV_CACHE_DIR={root}/uv-cache UV_NO_PROGRESS=1 && "
+                f"rm -rf {shlex.quote(venv)} && "
+                f"{uv} venv -q --python {shlex.quote(target.python)} {shlex.quote(venv)} && "
+                f"{uv} pip install -q --offline --no-index --find-links {shlex.quote(releases)}/wheels "
+                f"--python {shlex.quote(venv)}/bin/python -r {shlex.quote(releases)}/requirements.txt "
+                f"{shlex.quote(releases + '/' + release.wheel)} && "
+                f"touch {shlex.quote(venv)}/.installed",
+            )
+        session.run(
+            "install", f"ln -sfn venvs/{release.id} {root}/venv.tmp && mv -T {root}/venv.tmp {root}/venv"
+        )
+        # Bounded: this release and the one before (a running platform may still use it) stay.
+        session.run(
+            "install",
+            f"for folder in {root}/venvs {root}/releases; do "
+            f'ls -1t "$folder" | grep -v "^{release.id}$" | tail -n +2 | '
+            f'while read -r old; do rm -rf "$folder/$old"; done; done',
+        )
+        if target.main and not self.host_settings.get("kafka", {}).get("bootstrap_servers"):
+            self._jars(session, target)
+
+    def _jars(self, session: Session, target: Target) -> None:
+        kafka = self.settings.kafka
+        if not jars_ready(kafka):
+            fetch_jars(kafka, self.progress)
+        local = jars_dir(kafka)
+        names = sorted(path.name for path in local.iterdir() if path.is_file())
+        manifest = json.dumps(names)
+        remote = f"{target.root}/kafka-jars"
+        if session.read_text(f"{remote}/.aiot-manifest") == manifest:
+            self._step(target, "kafka", "the broker's jars unchanged")
+            return
+        self._step(target, "kafka", f"the broker's jars ({len(names)} files)")
+        session.run("kafka", f"rm -rf {shlex.quote(remote)} && mkdir -p {shlex.quote(remote)}")
+        session.put_tree(local, names, remote)
+        session.write_text(f"{remote}/.aiot-manifest", manifest)
+
+    def _write(
+        self, session: Session, target: Target, step: str, path: str, text: str, mode: int = 0o644
+    ) -> None:
+        name = Path(path).name
+        if session.read_text(path) == text:
+            self._step(target, step, f"{name} unchanged")
+            return
+        session.write_text(path, text, mode)
+        self._step(target, step, f"{name} written")
+
+    def _python(self, target: Target, arguments: str) -> str:
+        root = shlex.quote(target.root)
+        return (
+            f"cd {root} && AIOT_HOME={root}/home AIOT_CONFIG_FILE={root}/settings.toml "
+            f"{root}/venv/bin/python -m {HOST_MODULE} {arguments}"
+        )
+
+    def _start(self, session: Session, target: Target, arguments: str) -> dict[str, Any]:
+        _code, output = session.run("start", self._python(target, arguments), self.progress)
+        result = _result(output)
+        if result is None:
+            raise RemoteError(target.host.name, "start", f"no result:\n{output[-2000:]}")
+        self._step(target, "start", "started" if result["changed"] else "unchanged (already running)")
+        return result
+
+    def destroy_hosts(self, targets: Sequence[Target]) -> list[str]:
+        """Stop what bootstrap started on each target, the main host first; what was stopped. A host
+        that fails does not keep the others running: the error names every one that failed."""
+        stopped: list[str] = []
+        failed: list[RemoteError] = []
+        for target in sorted(targets, key=lambda target: not target.main):
+            try:
+                stopped += self._destroy(target)
+            except RemoteError as exc:
+                self.progress(f"error: {exc}")
+                failed.append(exc)
+        if failed:
+            first = failed[0]
+            others = "".join(f"; {exc}" for exc in failed[1:])
+            raise RemoteError(first.host, first.step, str(first).split(" failed: ", 1)[1] + others)
+        return stopped
+
+    def _destroy(self, target: Target) -> list[str]:
+        with self.session(target) as session:
+            code, _ = session.run("stop", f"test -x {shlex.quote(target.root)}/venv/bin/python", check=False)
+            if code != 0:
+                self._step(target, "stop", "nothing installed")
+                return []
+            _code, output = session.run("stop", self._python(target, "down"), self.progress)
+            names = (_result(output) or {}).get("stopped", [])
+            self._step(target, "stop", f"stopped {', '.join(names)}" if names else "nothing was running")
+            return [f"{target.host.name}/{name}" for name in names]
+
+
+def _result(output: str) -> dict[str, Any] | None:
+    for line in reversed(output.splitlines()):
+        if line.startswith("result: "):
+            found: dict[str, Any] = json.loads(line.removeprefix("result: "))
+            return found
+    return None
+
+
+__all__ = ["Bootstrap", "BootstrapRecord", "PlatformError", "Release", "RemoteError", "Target"]

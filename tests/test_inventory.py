@@ -1,0 +1,99 @@
+"""The ssh provider's inventory: validated, with errors that name the file, the field and the reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bootstrapper.ssh import SshProvider, load_inventory
+from platform_sdk.errors import ValidationFailed
+from platform_sdk.settings import Settings
+
+TOML = """
+main = "b"
+[[hosts]]
+name = "a"
+address = "10.0.0.11"
+key_file = "keys/id"
+[[hosts]]
+name = "b"
+address = "10.0.0.12"
+port = 2222
+user = "aiot"
+key_file = "keys/id"
+root = "/srv/aiot"
+[settings]
+blob = { backend = "azure" }
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "id").write_text("not read here")
+    return tmp_path
+
+
+def test_an_inventory_gives_hosts_with_ssh_addresses_and_the_main_one_first(
+    folder: Path, settings: Settings
+) -> None:
+    path = folder / "hosts.toml"
+    path.write_text(TOML)
+    provider = SshProvider.from_file(path, settings)
+    targets = provider.targets()
+    assert [(target.host.name, target.main) for target in targets] == [("b", True), ("a", False)]
+    main = targets[0]
+    assert main.host.ssh.port == 2222
+    assert main.host.ssh.user == "aiot"
+    assert main.host.ssh.key_file == folder / "keys" / "id"  # relative to the inventory
+    assert main.root == "/srv/aiot"
+    assert targets[1].root == settings.bootstrap.install_root
+    assert [host.name for host in provider.create_hosts(2, lambda _line: None)] == ["b", "a"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"hosts": [{"name": "a", "address": "x", "key_file": "keys/id", "port": 70000}]},
+            "hosts.0.port: Input",
+        ),
+        ({"hosts": [{"name": "a", "key_file": "keys/id"}]}, "hosts.0.address: Field required"),
+        (
+            {"hosts": [{"name": "A b", "address": "x", "key_file": "keys/id"}]},
+            "hosts.0.name: String should match",
+        ),
+        ({"hosts": [{"name": "a", "address": "x", "key_file": "keys/none"}]}, "hosts.0.key_file: "),
+        (
+            {"main": "z", "hosts": [{"name": "a", "address": "x", "key_file": "keys/id"}]},
+            "not one of the hosts",
+        ),
+        (
+            {"hosts": [{"name": "a", "address": "x", "key_file": "keys/id", "colour": 1}]},
+            "hosts.0.colour: Extra",
+        ),
+        (
+            {"hosts": [{"name": "a", "address": "x", "key_file": "keys/id"}] * 2},
+            "host names must be unique: a more than once",
+        ),
+    ],
+)
+def test_a_wrong_inventory_names_file_field_and_reason(
+    folder: Path, change: dict[str, object], message: str
+) -> None:
+    path = folder / "hosts.json"
+    path.write_text(json.dumps(change))
+    with pytest.raises(ValidationFailed, match=f"inventory {path}: ") as raised:
+        load_inventory(path)
+    assert message in str(raised.value)
+
+
+def test_an_unreadable_inventory_says_so(folder: Path) -> None:
+    with pytest.raises(ValidationFailed, match="cannot be read"):
+        load_inventory(folder / "missing.toml")
+    broken = folder / "broken.toml"
+    broken.write_text("hosts = [")
+    with pytest.raises(ValidationFailed, match=f"inventory {broken}: not valid toml"):
+        load_inventory(broken)
