@@ -2,7 +2,7 @@
 
     <prefix>.heartbeats (read in batches of monitor.beats_batch_ms) ──▶ last-seen time and interval
                              of every service id; how far its view lags
-    <prefix>.inst.*.heartbeats (group <prefix>.heartbeat.instances) ──▶ the same, under the
+    <prefix>.inst.*.heartbeats (topics listed, no group) ──▶ the same, under the
                              service id the topic names (``platform_core.instances``)
     <prefix>.events.nodes ──▶ ServiceExited: an agent saw a process exit (immediate, no waiting)
                            ──▶ NodeAnnouncement: which node runs what (to find the node manager itself)
@@ -161,8 +161,13 @@ class HeartbeatMonitor(Service):
         )
         beats.add_handler(Heartbeat, self.on_heartbeat)
         # Model replicas and app instances with principals beat on their own topics: filed by topic.
+        # Listed, without a group (on Kafka): after a broker pause no rejoin to wait for.
         own_beats = instance_loop(
-            bus, "heartbeats", group=f"{bus.topics.prefix}.heartbeat.instances", name="monitor-own-beats"
+            bus,
+            "heartbeats",
+            group=f"{bus.topics.prefix}.heartbeat.instances",
+            name="monitor-own-beats",
+            listed=True,
         )
         file_under_owner(own_beats, Heartbeat, self.on_heartbeat)
         events = ConsumerLoop(

@@ -3,11 +3,12 @@
 An instance with its own principal writes its heartbeats, logs and requests to the deployer on
 ``<prefix>.inst.<service id>.heartbeats|logs|requests`` only (``platform_sdk.topics``). The
 heartbeat monitor, the logger and the deployer read all instances' topics of a kind with one
-consumer each, subscribed to ``Topics.instance_pattern`` in a group of their own: a new
-instance's topics join at the consumer's next metadata refresh
-(``kafka.instance_topics_refresh_ms``). A heartbeat or log record is filed under the service id
-its topic names, whatever id it claims (a forged one is logged and corrected): an instance can
-speak only as itself.
+consumer each, matching ``Topics.instance_pattern``: the logger and the deployer in a group of
+their own (their place survives a restart), the monitor on Apache Kafka without a group (it reads
+the present, and comes back right after a broker pause, with no group to rejoin). A new instance's topics are
+read from the consumer's next look (``kafka.instance_topics_refresh_ms``). A heartbeat or log
+record is filed under the service id its topic names, whatever id it claims (a forged one is
+logged and corrected): an instance can speak only as itself.
 """
 
 from __future__ import annotations
@@ -27,10 +28,26 @@ S = TypeVar("S", Heartbeat, LogRecord)  # what an instance says about itself, by
 
 
 def instance_loop(
-    bus: Bus, kind: InstanceTopicKind, *, group: str, name: str, offset_reset: str = "latest"
+    bus: Bus,
+    kind: InstanceTopicKind,
+    *,
+    group: str,
+    name: str,
+    offset_reset: str = "latest",
+    listed: bool = False,
 ) -> ConsumerLoop:
-    """A consumer of every instance's ``kind`` topic in ``group``, finding new ones within
-    ``kafka.instance_topics_refresh_ms``; register its handlers, then start it."""
+    """A consumer of every instance's ``kind`` topic, finding new ones within
+    ``kafka.instance_topics_refresh_ms``; register its handlers, then start it.
+
+    In ``group`` the broker's group coordinator hands out the topics and keeps the loop's
+    place across restarts (what must not be lost: logs, requests). ``listed`` (a view of the
+    present: heartbeats) has the loop list and read them all itself on Apache Kafka, with no
+    group to rejoin after a broker pause; on Tansu it stays in ``group`` (``ConsumerLoop``).
+    """
+    if listed and bus.broker_kind == "kafka":
+        return ConsumerLoop(
+            bus, [bus.topics.instance_pattern(kind)], group=None, name=name, offset_reset=offset_reset
+        )
     refresh: dict[str, Any] = {
         "topic.metadata.refresh.interval.ms": bus.settings.kafka.instance_topics_refresh_ms
     }

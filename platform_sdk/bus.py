@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -500,7 +501,12 @@ class ConsumerLoop:
     starting with ``^``), whose new topics the loop finds at its metadata refresh
     (``topic.metadata.refresh.interval.ms`` in ``overrides``). Without a group, it
     reads all partitions of ``topics`` by manual assignment, which needs no group
-    join and suits private topics.
+    join and suits private topics; patterns then are matched against the cluster's topic
+    list every ``refresh_s`` (default ``kafka.instance_topics_refresh_ms``): a topic that
+    appears is read from its beginning (it is newer than the loop), one that goes is dropped.
+    Such a loop has no group coordinator to wait for after a broker pause, so it reads again
+    as soon as the broker answers (a group rejoins first). Apache Kafka only: on Tansu a
+    pattern needs a group (its metadata after a topic deletion crashes librdkafka's listing).
 
     Its thread keeps the process alive until ``stop()``: whoever starts a loop stops it.
     ``daemon=True`` is for a loop that an ``atexit`` handler stops (``model_call``'s
@@ -518,15 +524,26 @@ class ConsumerLoop:
         partitions: int | None = None,
         only_partitions: Iterable[int] | None = None,
         daemon: bool = False,
+        refresh_s: float | None = None,
         **overrides: Any,
     ) -> None:
         self.bus = bus
         self.daemon = daemon
         self.only_partitions = None if only_partitions is None else set(only_partitions)
         self.topics = sorted(set(topics))
-        if group is None and any(topic.startswith("^") for topic in self.topics):
-            raise ValueError("a subscription pattern needs a consumer group")
         self.group = group
+        if group is None and bus.broker_kind == "tansu" and any(t.startswith("^") for t in self.topics):
+            # Tansu's metadata after a topic is deleted crashes librdkafka's topic listing.
+            raise ValueError("a subscription pattern needs a consumer group on Tansu")
+        # Without a group, patterns are resolved by this loop (see the class docstring).
+        self._patterns = (
+            [re.compile(topic) for topic in self.topics if topic.startswith("^")] if group is None else []
+        )
+        self._pattern_topics: set[str] = set()
+        self._refresh_s = (
+            refresh_s if refresh_s is not None else bus.settings.kafka.instance_topics_refresh_ms / 1000
+        )
+        self._next_refresh = 0.0
         self.name = name or group or "assigned"
         self.partitions = partitions
         self.offset_reset = offset_reset
@@ -621,7 +638,11 @@ class ConsumerLoop:
         ``start()`` returned is never skipped: what follows start() is seen.
         """
         positions = []
-        for topic in self.topics:
+        fixed = [topic for topic in self.topics if not topic.startswith("^")]
+        if self._patterns:
+            self._pattern_topics = set(self._matching_topics(consumer))
+            self._next_refresh = time.monotonic() + self._refresh_s
+        for topic in fixed + sorted(self._pattern_topics):
             for partition in topic_partitions(consumer, topic):
                 if self.only_partitions is not None and partition not in self.only_partitions:
                     continue
@@ -634,6 +655,50 @@ class ConsumerLoop:
                     position.offset = confluent_kafka.OFFSET_BEGINNING
                 positions.append(position)
         return positions
+
+    @property
+    def listed_topics(self) -> set[str]:
+        """The topics a group-less loop reads for its patterns, as of its last look."""
+        return set(self._pattern_topics)
+
+    def _matching_topics(self, consumer: confluent_kafka.Consumer) -> dict[str, list[int]]:
+        """The cluster's topics that one of this (group-less) loop's patterns matches, with
+        their partitions (a topic still being created, listed without any, is left out)."""
+        listed = consumer.list_topics(timeout=_METADATA_WAIT_S).topics
+        return {
+            name: sorted(topic.partitions)
+            for name, topic in listed.items()
+            if topic.error is None
+            and topic.partitions
+            and any(pattern.match(name) for pattern in self._patterns)
+        }
+
+    def _refresh_patterns(self, consumer: confluent_kafka.Consumer) -> None:
+        """Read the pattern topics that appeared since the last look; drop those that went."""
+        self._next_refresh = time.monotonic() + self._refresh_s
+        try:
+            now = self._matching_topics(consumer)
+        except confluent_kafka.KafkaException as exc:
+            log.debug("consumer %s: topic list unavailable: %s", self.name, exc)
+            return
+        gone = self._pattern_topics - set(now)
+        added = [
+            confluent_kafka.TopicPartition(topic, partition, confluent_kafka.OFFSET_BEGINNING)
+            for topic in sorted(set(now) - self._pattern_topics)
+            for partition in now[topic]
+            if self.only_partitions is None or partition in self.only_partitions
+        ]
+        try:
+            if gone:
+                consumer.incremental_unassign(
+                    [position for position in consumer.assignment() if position.topic in gone]
+                )
+            if added:
+                consumer.incremental_assign(added)
+        except confluent_kafka.KafkaException as exc:
+            log.warning("consumer %s: cannot change what it reads: %s", self.name, exc)
+            return
+        self._pattern_topics = set(now)
 
     def _on_assign(
         self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
@@ -717,6 +782,8 @@ class ConsumerLoop:
                     consumer.subscribe(topics, on_assign=self._on_assign)
                 except confluent_kafka.KafkaException as exc:
                     log.warning("consumer %s: cannot subscribe to %s: %s", self.name, topics, exc)
+            if self._patterns and time.monotonic() >= self._next_refresh:
+                self._refresh_patterns(consumer)
             try:
                 record = consumer.poll(POLL_INTERVAL_S)
             except confluent_kafka.KafkaException as exc:
@@ -737,6 +804,9 @@ class ConsumerLoop:
                     ) + 1
 
     def _on_consumer_error(self, error: confluent_kafka.KafkaError) -> None:
+        if error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART and self._patterns:
+            self._next_refresh = 0.0  # an instance's topic went: drop it at the next look
+            return
         if error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
             now = time.monotonic()
             if now - self._last_topic_check >= _TOPIC_RETRY_S:

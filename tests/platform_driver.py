@@ -201,6 +201,7 @@ class Beats:
     def __init__(self, bus_settings: dict[str, Any]) -> None:
         self.latest: dict[str, str] = {}
         self.heard_at: dict[str, float] = {}  # time.monotonic() of its latest beat's arrival
+        self.last_wait: dict[str, float] = {}  # see wait_all_heard_since
         self._lock = threading.Lock()
         with temporary_settings(bus_settings) as settings:
             self.bus = Bus(settings, source="test-watch")
@@ -214,6 +215,7 @@ class Beats:
                 "heartbeats",
                 group=f"{self.bus.topics.prefix}.test-watch.{uuid.uuid4().hex}",
                 name="test-watch",
+                listed=True,
             )
         self._loop.add_handler(Heartbeat, self._on_beat)
         file_under_owner(self._own_loop, Heartbeat, self._on_beat)
@@ -245,8 +247,34 @@ class Beats:
             return self.latest.get(service_id, old_instance) != old_instance
 
     def all_heard_since(self, services: set[str], since: float) -> bool:
+        return not self.silent_since(services, since)
+
+    def silent_since(self, services: set[str], since: float) -> list[str]:
+        """The services of ``services`` not heard after ``since`` (monotonic), sorted."""
         with self._lock:
-            return all(self.heard_at.get(service, 0.0) > since for service in services)
+            return sorted(s for s in services if self.heard_at.get(s, 0.0) <= since)
+
+    def wait_all_heard_since(self, services: set[str], since: float, timeout: float, what: str) -> float:
+        """Seconds until every service of ``services`` beat after ``since``; a failure names the silent.
+
+        ``self.last_wait`` keeps, per service, the seconds from ``since`` to when it was first seen
+        heard (the slowest tell which part of the platform a fault held up longest).
+        """
+        first: dict[str, float] = {}
+
+        def heard() -> bool:
+            now = time.monotonic()
+            for service in set(services) - set(first) - set(self.silent_since(services, since)):
+                first[service] = round(now - since, 1)
+            return len(first) == len(services)
+
+        try:
+            return wait_until(heard, timeout, what)
+        except AssertionError as error:
+            silent = self.silent_since(services, since)
+            raise AssertionError(f"{error}; still silent: {', '.join(silent)}") from None
+        finally:
+            self.last_wait = dict(sorted(first.items(), key=lambda item: -item[1]))
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -7,6 +7,7 @@ Every test on the ``bus`` fixture runs on both brokers (the Tansu smoke set keep
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import threading
 import time
@@ -229,6 +230,41 @@ def test_groups_each_get_every_message(bus: Bus, started: list[ConsumerLoop | Re
         producer.send(topic, Ping(n=n))
     producer.flush(10)
     wait_for(lambda: all(sorted(v) == list(range(10)) for v in received.values()), what="both groups got all")
+
+
+def test_a_pattern_without_a_group_finds_new_topics_and_drops_deleted_ones(
+    kafka_settings: Settings, started: list[ConsumerLoop | Requester]
+) -> None:
+    """The heartbeat monitor's way of reading every instance's topic: no group to (re)join."""
+    bus = Bus(kafka_settings, source="test")
+    old, new = bus.topics.events("listed-old"), bus.topics.events("listed-new")
+    bus.ensure_topics([old])
+    producer = bus.producer()
+    producer.send(old, Ping(n=0))  # before the loop started: "latest" does not read it
+    assert producer.flush(10) == 0
+    got: list[tuple[str, int]] = []
+    loop = ConsumerLoop(
+        bus,
+        [f"^{re.escape(bus.topics.events('listed-'))}.*"],
+        group=None,
+        offset_reset="latest",
+        refresh_s=0.2,
+    )
+    loop.on_any_with_topic(lambda topic, envelope: got.append((topic, envelope.open(Ping).n)))
+    loop.start()
+    started.append(loop)
+    producer.send(old, Ping(n=1))
+    bus.ensure_topics([new])
+    producer.send(new, Ping(n=2))  # a topic newer than the loop is read from its beginning
+    assert producer.flush(10) == 0
+    wait_for(lambda: sorted(got) == sorted([(old, 1), (new, 2)]), what="both topics read")
+    assert loop.listed_topics == {old, new}
+    bus.delete_topics([old])
+    wait_for(lambda: loop.listed_topics == {new}, what="the deleted topic dropped")
+    producer.send(new, Ping(n=3))
+    assert producer.flush(10) == 0
+    wait_for(lambda: (new, 3) in got, what="the loop reading on")
+    assert (old, 0) not in got
 
 
 def _restart_tansu(broker: TansuBroker | KafkaBroker) -> None:

@@ -109,7 +109,7 @@ def now_iso() -> str:
 
 def healthy(platform: Platform, beats: Beats, services: set[str], since: float) -> None:
     """Every service beats again after ``since``, runs, and the front door answers."""
-    wait_until(lambda: beats.all_heard_since(services, since), BACK_WITHIN_S, "every service beating again")
+    beats.wait_all_heard_since(services, since, BACK_WITHIN_S, "every service beating again")
     not_running = {
         s["service_id"]: s["state"] for s in platform.status()["services"] if s["state"] != "running"
     }
@@ -154,11 +154,10 @@ def test_a_paused_broker_restarts_nothing(platform: Platform, beats: Beats) -> N
     before, since = restarts(platform), now_iso()
     broker = next(p for p in platform.status()["processes"] if p["name"] == "broker")
     resumed = pause(broker["pid"], BROKER_PAUSE_S)
-    elapsed = wait_until(
-        lambda: beats.all_heard_since(services, resumed), BACK_WITHIN_S, "every service beating"
-    )
+    elapsed = beats.wait_all_heard_since(services, resumed, BACK_WITHIN_S, "every service beating")
     print(
-        f"\nbroker paused {BROKER_PAUSE_S:g}s: every service beating again {elapsed:.1f}s after it continued"
+        f"\nbroker paused {BROKER_PAUSE_S:g}s: every service beating again {elapsed:.1f}s after it "
+        f"continued; slowest: {list(beats.last_wait.items())[:5]}"
     )
     healthy(platform, beats, services, resumed)
     assert restarts(platform) == before
@@ -208,7 +207,7 @@ def test_the_monitor_killed_or_paused_restarts_nothing_else_and_comes_back(
     old = beats.instance("heartbeat")
     resumed = pause(monitor["pid"], MONITOR_PAUSE_S)
     # Paused, it is restarted by nobody (its agent sees it alive) and beats again as it was.
-    wait_until(lambda: beats.all_heard_since({"heartbeat"}, resumed), BACK_WITHIN_S, "the monitor beating")
+    beats.wait_all_heard_since({"heartbeat"}, resumed, BACK_WITHIN_S, "the monitor beating")
     assert beats.latest["heartbeat"] == old
     healthy(platform, beats, others | {"heartbeat"}, resumed)
     after = restarts(platform)
