@@ -53,8 +53,9 @@ typecheck:
 # PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= 2
 
+# --durations: the slowest tests in every run's output, for the suite's 15-minute budget.
 pytest:
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks
