@@ -283,21 +283,36 @@ def down() -> None:
 
 class ProviderName(StrEnum):
     ssh = "ssh"
+    azure = "azure"
 
 
 @app.command()
 def bootstrap(
     provider: Annotated[ProviderName, typer.Option(help="Where the hosts come from.")],
     config: Annotated[
-        Path, typer.Option(help="The provider's config: for ssh, an inventory file (docs/deploy.md).")
+        Path,
+        typer.Option(
+            help="The provider's config: for ssh an inventory file, for azure its TOML (docs/deploy.md)."
+        ),
     ],
 ) -> None:
-    """Install the platform on a provider's hosts over SSH and start it there (again: changes nothing)."""
+    """Install the platform on a provider's hosts over SSH and start it there (again: changes nothing).
+
+    With azure the VMs that are missing are made first (docs/deploy-azure.md).
+    """
     from bootstrapper.ssh import SshProvider  # lazy: see _local_platform
 
     settings = _settings()
     console = out()
-    platform = SshProvider.from_file(config, settings)
+    if provider is ProviderName.azure:
+        from bootstrapper.azure import AzureProvider, load_azure_config, ssh_platform
+
+        azure_config = load_azure_config(config)
+        with AzureProvider(azure_config, settings=settings.azure) as azure:
+            hosts = azure.ensure_hosts(console.print)
+        platform = ssh_platform(azure_config, config, hosts, settings)
+    else:
+        platform = SshProvider.from_file(config, settings)
     runner = platform.bootstrapper(console.print)
     record = platform.bootstrap_with(runner)
     console.print(f"[green]platform up[/] on {', '.join(node.name for node in record.nodes)}")
@@ -347,11 +362,15 @@ def nodes(as_json: JsonOption = False) -> None:
 def destroy(
     config: Annotated[
         Path | None,
-        typer.Option(help="The inventory; default: the one `aiot bootstrap` used from this home."),
+        typer.Option(help="The inventory or azure config; default: the one `aiot bootstrap` used."),
+    ] = None,
+    provider: Annotated[
+        ProviderName | None, typer.Option(help="Default: the one `aiot bootstrap` used, else ssh.")
     ] = None,
 ) -> None:
-    """Stop exactly what `aiot bootstrap` started on each host (the main host first)."""
-    from bootstrapper.remote import clear_record, read_record
+    """Stop exactly what `aiot bootstrap` started on each host (the main host first); with azure,
+    then remove the VMs and everything else the provider made."""
+    from bootstrapper.remote import RemoteError, clear_record, read_record
     from bootstrapper.ssh import SshProvider
 
     settings = _settings()
@@ -362,8 +381,26 @@ def destroy(
                 "no platform was bootstrapped from this AIOT_HOME: name its inventory with --config"
             )
         config = Path(record.config)
+    if provider is None:
+        recorded = record.provider if record is not None else ProviderName.ssh.value
+        provider = ProviderName(recorded) if recorded in ProviderName.__members__ else ProviderName.ssh
     console = out()
-    stopped = SshProvider.from_file(config, settings).destroy(console.print)
+    if provider is ProviderName.azure:
+        from bootstrapper.azure import AzureProvider, load_azure_config, ssh_platform
+
+        azure_config = load_azure_config(config)
+        stopped: list[str] = []
+        with AzureProvider(azure_config, settings=settings.azure) as azure:
+            hosts = azure.list_hosts()
+            try:
+                if hosts:
+                    stopped = ssh_platform(azure_config, config, hosts, settings).destroy(console.print)
+            except RemoteError as exc:  # the VMs go anyway: what ran on them goes with them
+                console.print(f"[yellow]the platform was not stopped first:[/] {exc}")
+            removed = azure.destroy(console.print)
+        console.print(f"removed from Azure: {', '.join(removed)}" if removed else "nothing left in Azure")
+    else:
+        stopped = SshProvider.from_file(config, settings).destroy(console.print)
     clear_record(settings)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 

@@ -1,7 +1,10 @@
 """The azure provider: Linux VMs made through Azure Resource Manager with the real SDK.
 
 ``aiot bootstrap --provider azure --config azure.toml`` reads an ``AzureConfig``
-(``load_azure_config``) and hands an ``AzureProvider`` to the SSH bootstrap. The provider makes, in
+(``load_azure_config``), has an ``AzureProvider`` make the hosts that are missing, and hands them
+to the SSH bootstrap as an inventory (``ssh_platform``: the public IP for SSH as the admin user,
+through sudo; the private IP between hosts). ``aiot destroy`` stops the platform on them, then
+removes what the provider made. The provider makes, in
 a resource group (its own unless the config names an existing one):
 
 - a network security group (SSH and ``public_ports`` from ``admin_cidr``; the platform's ports
@@ -39,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bootstrapper.providers import Host, Progress, SshAddress
 from platform_sdk.errors import PlatformError, ValidationFailed
-from platform_sdk.settings import AzureSettings, get_settings
+from platform_sdk.settings import AzureSettings, Settings, get_settings
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from azure.mgmt.compute import ComputeManagementClient
     from azure.mgmt.network import NetworkManagementClient
     from azure.mgmt.resource.resources import ResourceManagementClient
+
+    from bootstrapper.ssh import SshProvider
 
 TAG_PLATFORM = "aiot-platform"
 TAG_HOST = "aiot-host"
@@ -165,6 +170,14 @@ class AzureConfig(_Strict):
     ssh_private_key_file: Path
     network: AzureNetwork
     credential: AzureCredentialConfig = Field(default_factory=AzureCredentialConfig)
+    python: str = Field(
+        default="python3", min_length=1, description="the image's Python (this machine's minor version)"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings tree every host's platform gets (docs/settings.md); several hosts "
+        'need a bucket they all reach: blob.backend = "azure" with a storage account',
+    )
 
     @field_validator("admin_user")
     @classmethod
@@ -1011,3 +1024,28 @@ def _host_tag(tags: Mapping[str, str] | None) -> str | None:
 def _index(name: str, prefix: str) -> int:
     suffix = name.removeprefix(f"{prefix}-")
     return int(suffix) if suffix.isdigit() else 0
+
+
+def ssh_platform(config: AzureConfig, path: Path, hosts: list[Host], settings: Settings) -> SshProvider:
+    """The SSH bootstrap of ``hosts`` (the provider's, the first one main) as an inventory would
+    give them: reached on their public IPs as the admin user, each other on their private ones."""
+    from bootstrapper.ssh import Inventory, InventoryHost, SshProvider
+
+    ordered = sorted(hosts, key=lambda host: host.name)
+    inventory = Inventory(
+        main=ordered[0].name if ordered else None,
+        hosts=[
+            InventoryHost(
+                name=host.name,
+                address=host.address,
+                ssh_host=host.ssh.host,
+                port=host.ssh.port,
+                user=host.ssh.user,
+                key_file=host.ssh.key_file,
+                python=config.python,
+            )
+            for host in ordered
+        ],
+        settings=config.settings,
+    )
+    return SshProvider(inventory, settings, path.resolve(), provider="azure")

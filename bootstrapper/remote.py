@@ -5,7 +5,9 @@
     release    (here, once) a wheel built from this checkout, the wheels of its locked dependencies
                (uv.lock, for this Python; cached under ~/.cache/aiot/wheelhouse-*) and the uv binary:
                its id is the hash of them all
-    connect    paramiko, with the host's key; a refused key or an unreachable host fails here
+    connect    paramiko, with the host's key; a refused key or an unreachable host fails here; a
+               user other than root runs every command and file transfer through passwordless
+               sudo (an Azure VM's admin user), checked here
     python     the host's Python has this machine's minor version (the wheels are built for it)
     upload     the release into ROOT/releases/<id> over SFTP (skipped when already complete there)
     install    uv, offline, from those wheels only, into ROOT/venvs/<id>; ROOT/venv points at it
@@ -58,6 +60,12 @@ from platform_sdk.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 RECORD_FILE = "bootstrap.json"
 HOST_MODULE = "bootstrapper.host"
+# The SFTP server of the usual distributions, run through sudo for a user other than root.
+SFTP_SERVER = (
+    "for server in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server "
+    "/usr/lib/ssh/sftp-server /usr/libexec/sftp-server; do "
+    '[ -x "$server" ] && exec "$server"; done; echo "no sftp-server on this host" >&2; exit 127'
+)
 
 
 class RemoteError(Unavailable):
@@ -89,7 +97,7 @@ class BootstrapRecord(BaseModel):
     """What `aiot bootstrap` made, in AIOT_HOME/run/bootstrap.json on the machine that ran it."""
 
     provider: str
-    config: str = Field(description="the provider's config file (an inventory)")
+    config: str = Field(description="the provider's config file (an inventory, an azure TOML)")
     web_url: str | None = None
     broker: str | None = None
     release: str = ""
@@ -267,9 +275,35 @@ class Session:
             self._client.close()
             raise RemoteError(self.name, "connect", f"{where} is unreachable: {exc}") from exc
         self._client.save_host_keys(str(known_hosts))
+        # A user other than root (an Azure VM's admin user) works through passwordless sudo: the
+        # platform installs system-wide and its agent starts sandboxes under other uids.
+        self.sudo = address.user != "root"
+        if self.sudo:
+            code, output = self.run("connect", "true", check=False)
+            if code != 0:
+                self._client.close()
+                raise RemoteError(
+                    self.name,
+                    "connect",
+                    f"{where}: {address.user} cannot use sudo without a password ({output.strip()}); "
+                    "the platform installs as root: log in as root, or give the user passwordless "
+                    "sudo (a file in /etc/sudoers.d with NOPASSWD: ALL)",
+                )
 
     def close(self) -> None:
         self._client.close()
+
+    def _sftp(self) -> paramiko.SFTPClient:
+        """An SFTP session; through sudo, its server runs as root (files land owned by root)."""
+        if not self.sudo:
+            return self._client.open_sftp()
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RemoteError(self.name, "upload", "the SSH connection was lost")
+        channel = transport.open_session()
+        channel.exec_command(f"sudo -n sh -c {shlex.quote(SFTP_SERVER)}")
+        client = paramiko.SFTPClient(channel)
+        return client
 
     def run(
         self, step: str, command: str, progress: Progress | None = None, *, check: bool = True
@@ -283,7 +317,7 @@ class Session:
         channel.settimeout(self.settings.command_timeout_s)
         lines: list[str] = []
         try:
-            channel.exec_command(command)
+            channel.exec_command(f"sudo -n sh -c {shlex.quote(command)}" if self.sudo else command)
             with channel.makefile("r") as output:
                 for raw in output:
                     line = (
@@ -308,7 +342,7 @@ class Session:
         return code, text
 
     def read_text(self, path: str) -> str | None:
-        with self._client.open_sftp() as sftp:
+        with self._sftp() as sftp:
             try:
                 with sftp.open(path, "r") as handle:
                     return bytes(handle.read()).decode()
@@ -316,7 +350,7 @@ class Session:
                 return None
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        with self._client.open_sftp() as sftp:
+        with self._sftp() as sftp:
             temporary = f"{path}.tmp"
             with sftp.open(temporary, "w") as handle:
                 handle.chmod(mode)
@@ -324,7 +358,7 @@ class Session:
             sftp.posix_rename(temporary, path)
 
     def put_tree(self, local: Path, files: Sequence[str], remote: str) -> None:
-        with self._client.open_sftp() as sftp:
+        with self._sftp() as sftp:
             made: set[str] = set()
             for name in files:
                 parent = str(Path(remote, name).parent)

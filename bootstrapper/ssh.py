@@ -126,7 +126,11 @@ class SshProvider:
 
     name = PROVIDER
 
-    def __init__(self, inventory: Inventory, settings: Settings, config: Path) -> None:
+    def __init__(
+        self, inventory: Inventory, settings: Settings, config: Path, *, provider: str = PROVIDER
+    ) -> None:
+        # ``provider``: who made the hosts, recorded for `aiot destroy` (azure: bootstrapper.azure).
+        self.provider = provider
         self.inventory = inventory
         self.settings = settings
         self.config = config
@@ -160,7 +164,7 @@ class SshProvider:
         return self.bootstrap_with(self.bootstrapper(progress))
 
     def bootstrap_with(self, runner: Bootstrap) -> BootstrapRecord:
-        return runner.run(self.targets(), PROVIDER, str(self.config))
+        return runner.run(self.targets(), self.provider, str(self.config))
 
     def bootstrapper(self, progress: Progress) -> Bootstrap:
         return self._bootstrap(progress)

@@ -8,6 +8,9 @@ clients, their retry policy and their pollers are the SDK's own.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,10 +29,11 @@ from bootstrapper.azure import (
     credential_description,
     load_azure_config,
     make_credential,
+    ssh_platform,
 )
 from bootstrapper.providers import Host, SshAddress
 from platform_sdk.errors import ValidationFailed
-from platform_sdk.settings import AzureSettings
+from platform_sdk.settings import AzureSettings, Settings
 from tests.fixtures.arm import ArmTransport, FixedToken, SentRequest, UnexpectedRequest, load_exchanges
 
 SUBSCRIPTION = "6b1c2d3e-4f50-4a6b-9c7d-8e9f0a1b2c3d"
@@ -184,6 +188,47 @@ def test_list_finds_exactly_the_hosts_tagged_with_the_platform(config: AzureConf
         ("demo-2", "20.61.15.9", "10.42.1.5"),
     ]
     assert all(h.ssh.user == "aiot" and h.provider == "azure" for h in hosts)
+
+
+def test_the_listed_hosts_are_bootstrapped_over_ssh_as_the_admin_user_on_their_public_ip(
+    config: AzureConfig, config_file: Path, settings: Settings
+) -> None:
+    """What `aiot bootstrap --provider azure` hands the SSH bootstrap after the VMs exist."""
+    with recorded(config, "list_two_hosts") as (provider, transport, _):
+        hosts = provider.list_hosts()
+    transport.check()
+    config = config.model_copy(update={"settings": {"blob": {"backend": "azure"}}, "python": "python3.11"})
+    platform = ssh_platform(config, config_file, list(reversed(hosts)), settings)
+    targets = platform.targets()
+    assert [(t.host.name, t.main, t.host.ssh.host, t.host.address) for t in targets] == [
+        ("demo-1", True, "20.61.14.7", "10.42.1.4"),  # the first host is the main one
+        ("demo-2", False, "20.61.15.9", "10.42.1.5"),
+    ]
+    assert {(t.host.ssh.user, t.host.ssh.key_file, t.python) for t in targets} == {
+        ("aiot", config.ssh_private_key_file, "python3.11")  # through sudo: bootstrapper.remote
+    }
+    assert platform.inventory.settings == {"blob": {"backend": "azure"}}
+    assert (platform.provider, platform.config) == ("azure", config_file.resolve())
+
+
+def test_bootstrap_with_a_bad_azure_config_names_it_and_asks_azure_nothing(
+    config_file: Path, settings: Settings
+) -> None:
+    config_file.write_text(
+        config_file.read_text().replace('location = "westeurope"', 'location = "West Europe"')
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "aiot", "bootstrap", "--provider", "azure", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AIOT_HOME": str(settings.home_dir)},
+        check=False,
+    )
+    assert result.returncode != 0
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "azure.toml" in said, said
+    assert "location" in said, said
 
 
 def test_ensure_hosts_makes_nothing_when_the_platform_has_its_hosts(config: AzureConfig) -> None:

@@ -2,7 +2,8 @@
 
 The module's hosts: three network namespaces joined by veth pairs to a bridge in the root
 namespace (10.X.Y.0/24, the bridge .1, the hosts .11-.13), each running its own sshd with a
-generated host key and one user key. The shared bucket the hosts' agents fetch bundles from is
+generated host key and one user key; a and b are reached as root, c as an admin user through
+passwordless sudo (as an Azure VM's). The shared bucket the hosts' agents fetch bundles from is
 an Azurite on the bridge's address (several hosts need one: ``bootstrapper.remote``). The
 platform is bootstrapped once per module (the first test times it) and destroyed at the end;
 namespaces, bridge, sshds and install roots go whatever happens.
@@ -31,6 +32,7 @@ import requests
 
 from tests.conftest import missing_component
 from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, find_azurite
+from tests.fixtures.sudo_user import admin_user, need_sudo
 from tests.platform_driver import Platform, wait_until
 
 pytestmark = [
@@ -42,6 +44,9 @@ pytestmark = [
 ]
 SSHD = "/usr/sbin/sshd"
 HOSTS = ("a", "b", "c")
+# Host c is reached as an admin user through passwordless sudo, as an Azure VM is; a and b as root.
+ADMIN_USER = "aiot-test-admin"
+USERS = {"c": ADMIN_USER}
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
 
 
@@ -82,6 +87,7 @@ class _Lab:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.install = Path(f"/tmp/aiot-ssh-{self.tag}")
         self.forward: list[str] = []
+        self.users = contextlib.ExitStack()
 
     def namespace(self, name: str) -> str:
         return f"aiot-{self.tag}-{name}"
@@ -99,9 +105,13 @@ class _Lab:
         keys.mkdir()
         user_key = keys / "user"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user_key)], check=True)
-        authorized = keys / "authorized_keys"
-        shutil.copy(keys / "user.pub", authorized)
         self.install.mkdir(mode=0o755)
+        self.install.chmod(0o755)
+        # sshd reads it as the user logging in (host c's admin user too): in a folder others can enter.
+        authorized = self.install / "authorized_keys"
+        shutil.copy(keys / "user.pub", authorized)
+        authorized.chmod(0o644)
+        self.users.enter_context(admin_user(ADMIN_USER))
         addresses, roots = {}, {}
         Path("/run/sshd").mkdir(exist_ok=True)
         for index, name in enumerate(HOSTS):
@@ -170,7 +180,7 @@ class _Lab:
                         {
                             "name": name,
                             "address": addresses[name],
-                            "user": "root",
+                            "user": USERS.get(name, "root"),
                             "key_file": str(user_key),
                             "python": "/usr/bin/python3",
                             "root": str(roots[name]),
@@ -240,6 +250,7 @@ class _Lab:
         if self.forward:
             subprocess.run(["iptables", "-D", *self.forward], capture_output=True, check=False)
         shutil.rmtree(self.install, ignore_errors=True)
+        self.users.close()
 
 
 def _components() -> None:
@@ -250,6 +261,7 @@ def _components() -> None:
         missing_component("sshd", "network namespaces need root and iproute2 (`ip netns`)")
     if find_azurite() is None:
         missing_component("azurite", "azurite-blob is not installed (npm install)")
+    need_sudo()
 
 
 @pytest.fixture(scope="module")
