@@ -47,6 +47,7 @@ from bootstrapper.kafka import KafkaBroker, fetch_jars, jars_ready, java_ok
 from platform_core.bus_access import BusAccess
 from platform_core.db import Database
 from platform_core.nodes import (
+    PROCESS_ENVIRONMENT,
     ServiceSpec,
     ServiceStateReply,
     StartService,
@@ -397,6 +398,7 @@ class LocalPlatform:
             "AIOT_AGENT__ALLOW_COMMANDS": "true" if state.agent_allow_commands else "false",
             "AIOT_AGENT__ALLOWED_MODULES": json.dumps(state.agent_allowed_modules),
             "PYTHONUNBUFFERED": "1",
+            **PROCESS_ENVIRONMENT,
         }
         if self._unsandboxed():
             env["AIOT_SANDBOX__ALLOW_UNSANDBOXED"] = "true"

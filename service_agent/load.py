@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Literal
 
@@ -45,15 +46,30 @@ class LoadMeter:
         )
 
     def _processes(self, pids: Iterable[int]) -> list[psutil.Process]:
-        """Each service's process tree; Process objects are kept so cpu_percent measures between calls."""
+        """Each service's process tree; Process objects are kept so cpu_percent measures between calls.
+
+        The machine's parent links are read once per sample (one pass over /proc), not once per
+        service: ``Process.children`` reads every process's parent each time it is called.
+        """
+        roots = list(pids)
+        if not roots:
+            self._tracked = {}
+            return []
+        children: dict[int, list[int]] = defaultdict(list)
+        for process in psutil.process_iter(["ppid"]):
+            parent = process.info["ppid"]
+            if parent:
+                children[parent].append(process.pid)
         found: dict[int, psutil.Process] = {}
-        for pid in pids:
+        pending = roots
+        while pending:
+            pid = pending.pop()
+            if pid in found:
+                continue
             try:
-                root = self._tracked.get(pid) or psutil.Process(pid)
-                found[pid] = root
-                for child in root.children(recursive=True):
-                    found[child.pid] = self._tracked.get(child.pid) or child
+                found[pid] = self._tracked.get(pid) or psutil.Process(pid)
             except psutil.Error:
                 continue
+            pending.extend(children.get(pid, ()))
         self._tracked = found
         return list(found.values())

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from platform_core.nodes import ServiceSpec
+from platform_core.nodes import PROCESS_ENVIRONMENT, ServiceSpec
 from platform_sdk.errors import Unavailable
 from platform_sdk.settings import Settings
 
@@ -160,8 +160,8 @@ def sandbox_environment(
     * the timing settings the SDK reads, since the settings file is not readable to it:
       ``heartbeat.interval_s``, ``logging.level``/``queue_size``, ``model.call_timeout_s``/
       ``resolve_ttl_s``;
-    * ``PATH`` (``path``), ``LANG``, ``PYTHONUNBUFFERED``, ``HOME`` and ``TMPDIR`` (its scratch
-      folder);
+    * ``PATH`` (``path``), ``LANG``, ``PYTHONUNBUFFERED``, ``MALLOC_ARENA_MAX``
+      (``PROCESS_ENVIRONMENT``), ``HOME`` and ``TMPDIR`` (its scratch folder);
     * the spec's own ``env`` (what the deployer set: the model's id and version, the app
       instance's config).
 
@@ -186,6 +186,7 @@ def sandbox_environment(
             "PATH": path,
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
+            **PROCESS_ENVIRONMENT,
             "HOME": str(scratch),
             "TMPDIR": str(scratch),
         }

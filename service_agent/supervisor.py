@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from platform_core.nodes import (
+    PROCESS_ENVIRONMENT,
     LoadSample,
     NodeAnnouncement,
     ProcessState,
@@ -279,6 +280,7 @@ class Supervisor:
                 "AIOT_NODE_ID": self.node_id,
                 "AIOT_SERVICE_HOST": self.agent.host,
                 "PYTHONUNBUFFERED": "1",
+                **PROCESS_ENVIRONMENT,
             }
         )
         env.update({f"AIOT_PORT_{name.upper()}": str(port) for name, port in entry.ports.items()})
