@@ -53,6 +53,7 @@ from platform_core.nodes import (
     StartService,
     StopService,
     agent_topic,
+    node_number,
 )
 from platform_core.roster import load_roster
 from platform_sdk.bus import Bus, ConsumerLoop, Requester
@@ -635,11 +636,7 @@ class _HeartbeatWatch:
 def _next_index(state: RunState) -> int:
     """The number of the next node: above every node's started for this platform (a removed
     node's id is never reused)."""
-    numbers = [
-        int(number)
-        for node in state.nodes
-        if (number := node.node_id.removeprefix("node-")).isdigit() and node.node_id.startswith("node-")
-    ]  # a bootstrapped main host's node is named after its host
+    numbers = [number for node in state.nodes if (number := node_number(node.node_id)) is not None]
     return max([*numbers, state.nodes_started]) + 1
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from logger.scope import LogReaders
 from logger.store import LogQuery, LogStore
 from platform_core.auth import Role, allow, current_principal
-from platform_core.http import query_as, resources, shapes
+from platform_core.http import app_extension, query_as, resources, shapes
 from platform_sdk.messages import LogRecord
 
 blueprint = flask.Blueprint("logs", __name__, url_prefix="/api/logs")
@@ -36,12 +36,9 @@ class ServiceIds(BaseModel):
 
 def _readers() -> LogReaders:
     """The app's one ``LogReaders``, made at its first read with the front door's settings."""
-    extensions = flask.current_app.extensions
-    found: LogReaders | None = extensions.get(_READERS_KEY)
-    if found is None:
-        made = LogReaders(ttl_s=resources().settings.web.log_owners_ttl_s)
-        found = extensions.setdefault(_READERS_KEY, made)  # atomic: two first reads keep one
-    return found
+    return app_extension(
+        flask.current_app, _READERS_KEY, lambda: LogReaders(ttl_s=resources().settings.web.log_owners_ttl_s)
+    )
 
 
 def _store() -> LogStore:

@@ -18,7 +18,7 @@ import flask
 from pydantic import BaseModel, Field
 
 from platform_core.auth import Role, allow
-from platform_core.http import ask, resources, shapes
+from platform_core.http import app_extension, ask, resources, shapes
 from platform_core.nodes import (
     IncidentNote,
     ListNodes,
@@ -58,12 +58,9 @@ class RecentIncidents:
 
 
 def _recent() -> RecentIncidents:
-    extensions = flask.current_app.extensions
-    found: RecentIncidents | None = extensions.get(_INCIDENTS_KEY)
-    if found is None:
-        made = RecentIncidents(resources().settings.web.incidents_ttl_s)
-        found = extensions.setdefault(_INCIDENTS_KEY, made)  # atomic: two first reads keep one
-    return found
+    return app_extension(
+        flask.current_app, _INCIDENTS_KEY, lambda: RecentIncidents(resources().settings.web.incidents_ttl_s)
+    )
 
 
 class NodeList(BaseModel):

@@ -75,6 +75,7 @@ from platform_core.nodes import (
     agent_topic,
     node_events_topic,
     node_manager_topic,
+    node_number,
     publish_incident,
 )
 from platform_core.roster import load_roster
@@ -698,8 +699,7 @@ class NodeManagerService(Service):
 
 def _index(node_id: str) -> int:
     """The number of ``node-N`` (0 for another name)."""
-    number = node_id.rpartition("-")[2]
-    return int(number) if number.isdigit() else 0
+    return node_number(node_id) or 0
 
 
 def _placement(row: PlacementRow, node: NodeRow | None) -> Placement:

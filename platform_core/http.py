@@ -118,6 +118,21 @@ def resources() -> Resources:
     return found
 
 
+Kept = TypeVar("Kept")
+
+
+def app_extension(app: flask.Flask, key: str, make: Callable[[], Kept]) -> Kept:
+    """``app``'s one object under ``key``, made by ``make`` at the first call and kept with the app.
+
+    Two first calls at once may both make one; ``setdefault`` keeps the first stored, so every
+    caller gets the same object.
+    """
+    found: Kept | None = app.extensions.get(key)
+    if found is None:
+        found = app.extensions.setdefault(key, make())
+    return found
+
+
 def _invalid(title: str, exc: ValidationError) -> ValidationFailed:
     # Never echo the input back: it may hold a password.
     return ValidationFailed(

@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 # an arena of its own, and the idle demo's nineteen processes kept about 13 MB more resident.
 PROCESS_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
 
+
+def node_number(node_id: str) -> int | None:
+    """N of a node named ``node-N`` (the local provider's names); None for another name (a
+    bootstrapped host's node is named after its host)."""
+    number = node_id.removeprefix("node-")
+    return int(number) if node_id.startswith("node-") and number.isdigit() else None
+
+
 IncidentKind = Literal["exited", "failed", "slow", "blind", "deferred", "restarted", "replaced", "gave_up"]
 ProcessState = Literal["running", "sleeping", "io_wait", "stopped", "zombie", "gone"]
 ServiceKind = Literal["platform", "model", "app", "simulator"]

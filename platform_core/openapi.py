@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field, JsonValue, TypeAdapter
 from werkzeug.routing import IntegerConverter, Rule
 
 from platform_core.auth import access_rule, is_page, public
-from platform_core.http import RouteShapes, route_shapes
+from platform_core.http import RouteShapes, app_extension, route_shapes
 from platform_sdk.json_numbers import MAX_INT
 
 __all__ = ["OPENAPI_PATH", "ErrorBody", "ErrorInfo", "blueprint", "document", "make_document"]
@@ -332,10 +332,7 @@ def make_document(app: flask.Flask, title: str = "AIoT platform API") -> dict[st
 
 def document(app: flask.Flask) -> dict[str, Any]:
     """``app``'s document, made at the first call and kept with the app (its routes do not change)."""
-    found: dict[str, Any] | None = app.extensions.get(_DOCUMENT_KEY)
-    if found is None:
-        found = app.extensions.setdefault(_DOCUMENT_KEY, make_document(app))
-    return found
+    return app_extension(app, _DOCUMENT_KEY, lambda: make_document(app))
 
 
 @blueprint.get("/openapi.json")
