@@ -302,8 +302,7 @@ class Session:
             raise RemoteError(self.name, "upload", "the SSH connection was lost")
         channel = transport.open_session()
         channel.exec_command(f"sudo -n sh -c {shlex.quote(SFTP_SERVER)}")
-        client = paramiko.SFTPClient(channel)
-        return client
+        return paramiko.SFTPClient(channel)
 
     def run(
         self, step: str, command: str, progress: Progress | None = None, *, check: bool = True

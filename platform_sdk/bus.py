@@ -639,11 +639,13 @@ class ConsumerLoop:
         """
         positions = []
         fixed = [topic for topic in self.topics if not topic.startswith("^")]
+        listed: dict[str, list[int]] = {}
         if self._patterns:
-            self._pattern_topics = set(self._matching_topics(consumer))
+            listed = self._matching_topics(consumer)  # with their partitions: no second ask per topic
+            self._pattern_topics = set(listed)
             self._next_refresh = time.monotonic() + self._refresh_s
-        for topic in fixed + sorted(self._pattern_topics):
-            for partition in topic_partitions(consumer, topic):
+        for topic in fixed + sorted(listed):
+            for partition in listed.get(topic) or topic_partitions(consumer, topic):
                 if self.only_partitions is not None and partition not in self.only_partitions:
                     continue
                 position = confluent_kafka.TopicPartition(topic, partition)
