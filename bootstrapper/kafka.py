@@ -300,6 +300,9 @@ class KafkaBroker(BrokerProcess):
             # The controller appends a no-op record to the metadata log when idle, every 500 ms by
             # default: 0.02 of a core on its own. Every 5 s is plenty for one machine's brokers.
             "metadata.max.idle.interval.ms": "5000",
+            # Alone, the controller fencing its own broker after the process was paused only
+            # takes every partition's leader away for a while (see kafka.lone_broker_session_ms).
+            **({"broker.session.timeout.ms": str(self.kafka.lone_broker_session_ms)} if size == 1 else {}),
             "auto.create.topics.enable": "true",
             "delete.topic.enable": "true",
         }

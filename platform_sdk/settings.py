@@ -150,6 +150,16 @@ class KafkaSettings(BaseModel):
     )
     java: str = Field(default="java", description="Java 17+ command that runs the broker.")
     start_timeout_s: float = Field(default=60.0, gt=0, description="Time the broker has to answer at start.")
+    lone_broker_session_ms: int = Field(
+        default=30_000,
+        ge=3000,
+        description="A broker running alone (its own controller): how long its controller waits for "
+        "its heartbeat before fencing it. A whole-process pause shorter than this (a long GC, a "
+        "stalled VM, SIGSTOP) leaves every partition led; a fenced broker is unfenced within seconds, "
+        "but every client then looks for the leaders again. A restart after a crash (not after a stop) "
+        "on the same log dir waits this long for the old registration to expire. A broker of a "
+        "cluster keeps Kafka's own 9 s: there it is how soon a lost broker's partitions move.",
+    )
     topic_prefix: str = Field(
         default="aiot",
         description="Prefix of every platform topic, so platforms can share a cluster.",

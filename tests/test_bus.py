@@ -22,7 +22,7 @@ from bootstrapper.kafka import KafkaBroker
 from platform_sdk.bus import Bus, ConsumerLoop, Requester, topic_partitions
 from platform_sdk.envelope import Envelope, Message
 from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, Unavailable
-from platform_sdk.settings import Settings, temporary_settings
+from platform_sdk.settings import KafkaSettings, Settings, temporary_settings
 from tests.conftest import missing_component
 from tests.fixtures.components import kafka_updates
 
@@ -286,7 +286,9 @@ def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: P
     if kind == "tansu":
         broker, restart = TansuBroker(log_file=tmp_path / "broker.log"), _restart_tansu
     else:
-        broker = KafkaBroker(tmp_path / "kafka", log_file=tmp_path / "broker.log")
+        # After a crash the restarted broker waits out its old registration's session: a short one.
+        quick = KafkaSettings(lone_broker_session_ms=5000)
+        broker = KafkaBroker(tmp_path / "kafka", quick, log_file=tmp_path / "broker.log")
         restart = _restart_kafka
     try:
         broker.start()

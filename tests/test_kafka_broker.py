@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bootstrapper.kafka import GC_FLAGS, KafkaBroker, jars_dir, jars_ready, java_ok, new_cluster_id
+from bootstrapper.kafka import GC_FLAGS, KafkaBroker, Voter, jars_dir, jars_ready, java_ok, new_cluster_id
 from platform_sdk.settings import KafkaSettings
 from tests.conftest import missing_component
 
@@ -47,3 +47,17 @@ def test_every_garbage_collector_the_settings_offer_runs_on_this_java(tmp_path: 
         [command[0], GC_FLAGS[gc], "-version"], capture_output=True, text=True, timeout=60, check=False
     )
     assert java.returncode == 0, java.stderr
+
+
+def test_a_lone_broker_outlasts_a_pause_and_a_cluster_member_keeps_kafkas_session(tmp_path: Path) -> None:
+    """Alone, the broker's own controller fenced it when the process continued after a pause of
+    more than Kafka's 9 s session (seen after the chaos test's 20 s SIGSTOP on a busy machine: every
+    partition without a leader, model replicas' and apps' heartbeats reaching nobody for 15 s and
+    more). A lone broker now takes ``kafka.lone_broker_session_ms``; a cluster's member keeps 9 s,
+    how soon a lost broker's partitions move to the others."""
+    settings = KafkaSettings.model_validate({"lone_broker_session_ms": 45_000})
+    lone = KafkaBroker(tmp_path / "lone", settings).properties()
+    assert lone["broker.session.timeout.ms"] == "45000"
+    voters = [Voter(1, 9001, 9101), Voter(2, 9002, 9102), Voter(3, 9003, 9103)]
+    member = KafkaBroker(tmp_path / "member", settings, node_id=2, voters=voters).properties()
+    assert "broker.session.timeout.ms" not in member
