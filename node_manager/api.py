@@ -1,4 +1,5 @@
-"""``GET /api/nodes``: the nodes, their load and the services placed on each (front door, configurers).
+"""``GET /api/nodes``: the nodes, their load, the services placed on each and the placements
+waiting for a node with room (front door, configurers).
 
 The node manager owns the nodes and placements; the front door asks it over the bus
 (``ListNodes`` on its command topic → ``NodesReport``) rather than reading its tables, and
@@ -24,6 +25,7 @@ from platform_core.nodes import (
     ListNodes,
     NodeReport,
     NodesReport,
+    WaitingPlacement,
     node_manager_topic,
     recent_incidents,
 )
@@ -67,6 +69,10 @@ class NodeList(BaseModel):
     """``GET /api/nodes``: by node id, and the newest incidents (oldest first)."""
 
     nodes: list[NodeReport]
+    waiting: list[WaitingPlacement] = Field(
+        default_factory=list,
+        description="Placements no node has room for, waiting for the node the provider was asked for.",
+    )
     incidents: list[IncidentNote] = Field(
         description="The heartbeat monitor's and the node manager's latest decisions: restarts, moves; "
         "empty when the broker did not answer in time."
@@ -85,4 +91,5 @@ def list_nodes() -> flask.Response:
     except PlatformError as exc:
         log.warning("no incidents for the nodes list: %s", exc)
         incidents = []
-    return flask.jsonify(NodeList(nodes=report.nodes, incidents=incidents).model_dump(mode="json"))
+    listed = NodeList(nodes=report.nodes, waiting=report.waiting, incidents=incidents)
+    return flask.jsonify(listed.model_dump(mode="json"))

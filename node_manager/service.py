@@ -4,7 +4,11 @@
                                the node, its load (placement decides on it) and its services' states
                            ──▶ ServiceExited: record the exit (the heartbeat monitor decides on restarts)
     <prefix>.commands.node-manager (request/reply)
-        PlaceService ──▶ choose_node ──▶ StartService to that node's agent ──▶ record ──▶ Placement
+        PlaceService ──▶ (a thread of the placement pool; the loop reads on) choose_node
+            ──▶ StartService to that node's agent ──▶ record ──▶ Placement
+            no node with room ──▶ listed as waiting (NodesReport.waiting, a "waiting" incident),
+            the provider asked for a node at once ──▶ placed as soon as one has room, or
+            Unavailable after room_wait_s
         LocateService ──▶ Placement;  UnplaceService ──▶ StopService ──▶ forget
         ListNodes ──▶ NodesReport: every node, its load and the services placed on it
     control thread, every check_interval_s:
@@ -54,7 +58,7 @@ import requests
 
 from node_manager import registry
 from node_manager.models import NodeRow, PlacementRow
-from node_manager.placement import choose_node
+from node_manager.placement import NodeLoad, choose_node
 from platform_core.bus_access import BusAccess
 from platform_core.db import Database, utcnow
 from platform_core.nodes import (
@@ -72,6 +76,7 @@ from platform_core.nodes import (
     StartService,
     StopService,
     UnplaceService,
+    WaitingPlacement,
     agent_topic,
     node_events_topic,
     node_manager_topic,
@@ -123,6 +128,9 @@ class NodeManagerService(Service):
         self._stranded: set[str] = set()  # services of lost nodes for which no node had room
         self._starting: collections.Counter[str] = collections.Counter()
         self._in_flight: dict[str, Future[Placement]] = {}
+        self._room = threading.Condition(self._place_lock)  # notified when a node is heard
+        self._waiting: dict[str, WaitingPlacement] = {}  # placements no node has room for yet
+        self._placer: ThreadPoolExecutor | None = None
         self._busy_since: float | None = None
         self._pending_node: str | None = None
         self._pending_since = 0.0
@@ -160,6 +168,10 @@ class NodeManagerService(Service):
         events.add_handler(ServiceExited, self.on_exit)
         events.start()
         self.own(events)
+        self._placer = ThreadPoolExecutor(
+            self.settings.node_manager.place_workers, thread_name_prefix="nm-place"
+        )
+        self.own(_PoolStopper(self._placer))
         commands = ConsumerLoop(
             bus, [node_manager_topic(bus.topics)], group=None, name="nm-commands", offset_reset="latest"
         )
@@ -209,6 +221,8 @@ class NodeManagerService(Service):
                             announcement.node_id,
                         )
                     placement.state = "missing"
+        with self._room:
+            self._room.notify_all()  # a placement waiting for room looks again
 
     def on_exit(self, exited: ServiceExited, _envelope: Envelope) -> None:
         with self.database.session() as session:
@@ -217,8 +231,10 @@ class NodeManagerService(Service):
                 placement.state = "exited"
 
     # commands -------------------------------------------------------------------------------
-    def on_place(self, command: PlaceService, _envelope: Envelope) -> Placement:
-        return self.place(command.spec, avoid=command.avoid)
+    def on_place(self, command: PlaceService, _envelope: Envelope) -> Future[Placement]:
+        """Answered from the placement pool: a start (or a wait for room) holds no other command up."""
+        assert self._placer is not None
+        return self._placer.submit(self.place, command.spec, command.avoid, wait_for_room=True)
 
     def on_locate(self, command: LocateService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
@@ -227,7 +243,10 @@ class NodeManagerService(Service):
 
     def on_list_nodes(self, _command: ListNodes, _envelope: Envelope) -> NodesReport:
         with self.database.session() as session:
-            return NodesReport(nodes=registry.nodes_report(session))
+            nodes = registry.nodes_report(session)
+        with self._place_lock:
+            waiting = sorted(self._waiting.values(), key=lambda placement: placement.since)
+        return NodesReport(nodes=nodes, waiting=waiting)
 
     def on_unplace(self, command: UnplaceService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
@@ -250,7 +269,12 @@ class NodeManagerService(Service):
         return placement
 
     def place(
-        self, spec: ServiceSpec, avoid: list[str] | None = None, *, timeout: float | None = None
+        self,
+        spec: ServiceSpec,
+        avoid: list[str] | None = None,
+        *,
+        timeout: float | None = None,
+        wait_for_room: bool = False,
     ) -> Placement:
         """Start ``spec`` on the least-loaded node; a service already running where allowed stays put.
 
@@ -258,6 +282,8 @@ class NodeManagerService(Service):
         still in flight counted on their nodes), the start itself outside it. A second placement
         of a service whose start is in flight waits for that start instead of starting it twice.
         ``timeout`` bounds each agent's answer (default ``node_manager.start_timeout_s``).
+        ``wait_for_room`` (a placement request): when no node has room and the provider can add
+        one, wait for it up to ``node_manager.room_wait_s``, listed as waiting, instead of failing.
         """
         excluded = set(avoid or [])
         wait = timeout if timeout is not None else self.settings.node_manager.start_timeout_s
@@ -276,7 +302,7 @@ class NodeManagerService(Service):
                 if placed.node_id not in excluded:
                     return placed
         try:
-            placed = self._start_somewhere(spec, excluded, wait)
+            placed = self._start_somewhere(spec, excluded, wait, wait_for_room=wait_for_room)
         except BaseException as exc:
             mine.set_exception(exc)
             with self.database.session() as session:
@@ -321,10 +347,36 @@ class NodeManagerService(Service):
         except PlatformError as exc:
             log.warning("cannot remove the bus principal of %s: %s", spec.service_id, exc)
 
-    def _start_somewhere(self, spec: ServiceSpec, excluded: set[str], timeout: float) -> Placement:
+    def _start_somewhere(
+        self, spec: ServiceSpec, excluded: set[str], timeout: float, *, wait_for_room: bool = False
+    ) -> Placement:
         """Start ``spec`` on the least-loaded node not in ``excluded``; its credential (if it gets
         one) goes to the agent only: ``spec`` as given is what is recorded and answered."""
         sent = self._with_credential(spec)
+        try:
+            return self._start_on_chosen(spec, sent, excluded, timeout, wait_for_room)
+        finally:
+            with self._place_lock:
+                self._waiting.pop(spec.service_id, None)
+
+    def _cannot_wait(self, loads: list[NodeLoad]) -> str | None:
+        """(Holding ``_place_lock``) why a placement cannot wait for a node with room, or None: it can."""
+        settings = self.settings.node_manager
+        if self._scale_out is None or settings.room_wait_s <= 0:
+            return "the platform's provider adds no nodes"
+        if sum(load.state != "down" for load in loads) >= settings.max_nodes:
+            return f"the platform has node_manager.max_nodes ({settings.max_nodes}) nodes already"
+        return None
+
+    def _start_on_chosen(
+        self,
+        spec: ServiceSpec,
+        sent: ServiceSpec,
+        excluded: set[str],
+        timeout: float,
+        wait_for_room: bool,
+    ) -> Placement:
+        room_deadline: float | None = None
         while True:
             with self._place_lock:
                 with self.database.session() as session:
@@ -334,10 +386,27 @@ class NodeManagerService(Service):
                     ]
                 chosen = choose_node(loads, avoid=excluded, main_only=spec.main_node_only)
                 if chosen is None:
-                    raise Unavailable(
+                    full = (
                         f"no node can take {spec.service_id!r}: every node is down, full or excluded "
                         f"({', '.join(sorted(excluded)) or 'none excluded'})"
                     )
+                    if not wait_for_room:
+                        raise Unavailable(full)
+                    why_not = self._cannot_wait(loads)
+                    if why_not is not None:
+                        raise Unavailable(f"{full}; {why_not}")
+                    now = time.monotonic()
+                    if room_deadline is None:
+                        room_deadline = now + self.settings.node_manager.room_wait_s
+                        self._start_waiting(spec, loads)
+                    if now >= room_deadline:
+                        raise Unavailable(
+                            f"{full}, and no node with room joined within "
+                            f"{self.settings.node_manager.room_wait_s:g}s (node_manager.room_wait_s): "
+                            "see `aiot nodes` and the node manager's log for the provider's answer"
+                        )
+                    self._room.wait(min(room_deadline - now, self.settings.agent.announce_interval_s))
+                    continue
                 self._starting[chosen.node_id] += 1
             try:
                 reply = self.requester.request(
@@ -385,6 +454,20 @@ class NodeManagerService(Service):
                 spec=spec,
                 state=reply.state,
             )
+
+    def _start_waiting(self, spec: ServiceSpec, loads: list[NodeLoad]) -> None:
+        """(Holding ``_place_lock``) ``spec`` waits for room: listed, told as an incident, and the
+        provider is asked for a node at the control loop's next round."""
+        scores = ", ".join(f"{load.node_id} {load.state} {load.services}/{load.capacity}" for load in loads)
+        reason = f"no node has room ({scores or 'no nodes'}): waiting for the node the provider was asked for"
+        self._waiting[spec.service_id] = WaitingPlacement(
+            service_id=spec.service_id, kind=spec.kind, since=datetime.now(UTC), reason=reason
+        )
+        log.warning("%s: %s", spec.service_id, reason)
+        publish_incident(
+            self.producer,
+            ServiceIncident(service_id=spec.service_id, node_id=None, kind="waiting", detail=reason),
+        )
 
     # control loop ---------------------------------------------------------------------------
     def _control(self) -> None:
@@ -592,8 +675,12 @@ class NodeManagerService(Service):
         now = time.monotonic()
         serving = sum(state != "down" for state in known.values())
         scores = ", ".join(f"{load.node_id} {load.score:.2f}" for load in loads)
+        with self._place_lock:
+            waiting = sorted(self._waiting)
         if self._stranded:
             why = f"no room for {len(self._stranded)} services of a lost node ({scores})"
+        elif waiting:
+            why = f"no room for {len(waiting)} placements waiting ({', '.join(waiting[:5])}; {scores})"
         elif all(load.score > settings.scale_out_load for load in loads):
             self._busy_since = self._busy_since or now
             if now - self._busy_since < settings.scale_out_after_s:
@@ -624,7 +711,9 @@ class NodeManagerService(Service):
             loads = [load for load in registry.node_loads(session) if load.state == "up"]
         now = time.monotonic()
         busy = any(load.score >= settings.scale_in_load for load in loads)
-        if len(loads) < 2 or busy or self._pending_node is not None or self._stranded:
+        with self._place_lock:
+            waiting = bool(self._waiting)
+        if len(loads) < 2 or busy or self._pending_node is not None or self._stranded or waiting:
             self._idle_since = None
             return
         self._idle_since = self._idle_since or now
@@ -719,3 +808,14 @@ def main() -> None:
     local one runs ``python -m bootstrapper.local_node_manager``.
     """
     NodeManagerService(get_settings()).run()
+
+
+class _PoolStopper:
+    """The placement pool as a part the service stops: queued placements are dropped (their askers
+    time out and ask the next node manager), running ones finish on their own."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -45,7 +45,9 @@ def node_number(node_id: str) -> int | None:
     return int(number) if node_id.startswith("node-") and number.isdigit() else None
 
 
-IncidentKind = Literal["exited", "failed", "slow", "blind", "deferred", "restarted", "replaced", "gave_up"]
+IncidentKind = Literal[
+    "exited", "failed", "slow", "blind", "deferred", "restarted", "replaced", "gave_up", "waiting"
+]
 ProcessState = Literal["running", "sleeping", "io_wait", "stopped", "zombie", "gone"]
 ServiceKind = Literal["platform", "model", "app", "simulator"]
 # "missing": placed, but its node announces it does not run it (the node restarted, e.g. a new `aiot up`).
@@ -242,7 +244,8 @@ class ServiceIncident(Message):
         description="exited (its agent restarts it), failed, slow (silent but making progress: left "
         "running), blind (the monitor cannot trust its view: it restarts nothing), deferred (a "
         "restart waits for its back-off or its node's budget), restarted (on its node), replaced (on "
-        "another node), gave_up (a crash loop: it stays down)."
+        "another node), gave_up (a crash loop: it stays down), waiting (no node has room for its "
+        "placement: it waits for the node the provider was asked for)."
     )
     detail: str
 
@@ -299,9 +302,21 @@ class NodeReport(BaseModel):
     services: list[PlacedService]
 
 
+class WaitingPlacement(BaseModel):
+    """A placement no node had room for, waiting for the node the provider was asked for."""
+
+    service_id: str
+    kind: ServiceKind
+    since: datetime
+    reason: str
+
+
 class NodesReport(Message):
     message_type = "nodes.report"
     nodes: list[NodeReport]
+    waiting: list[WaitingPlacement] = Field(
+        default_factory=list, description="Placements waiting for a node with room, oldest first."
+    )
 
 
 class Placement(Message):

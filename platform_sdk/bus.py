@@ -59,7 +59,10 @@ _FLUSH_SLICE_S = 0.05  # a flush on a shared client checks this often whether it
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
-Handler = Callable[[Any, Envelope], Message | None]
+# A handler answers a request with a message, or with a future of one (a reply that takes long,
+# made on a thread of the handler's own: the loop replies when it resolves and reads on meanwhile).
+Reply = Message | Future[Any] | None
+Handler = Callable[[Any, Envelope], Reply]
 EnvelopeHandler = Callable[[Envelope], None]
 TopicEnvelopeHandler = Callable[[str, Envelope], None]
 
@@ -508,6 +511,10 @@ class ConsumerLoop:
     as soon as the broker answers (a group rejoins first). Apache Kafka only: on Tansu a
     pattern needs a group (its metadata after a topic deletion crashes librdkafka's listing).
 
+    A handler returns its reply, or a ``Future`` of it when answering takes long (made on a
+    thread pool of the handler's owner): the loop replies when the future resolves, an
+    exception as an error reply, and reads the next records meanwhile.
+
     Its thread keeps the process alive until ``stop()``: whoever starts a loop stops it.
     ``daemon=True`` is for a loop that an ``atexit`` handler stops (``model_call``'s
     client): atexit handlers run only after every non-daemon thread has ended.
@@ -594,7 +601,7 @@ class ConsumerLoop:
 
         return register
 
-    def add_handler(self, message_cls: type[M], handler: Callable[[M, Envelope], Message | None]) -> None:
+    def add_handler(self, message_cls: type[M], handler: Callable[[M, Envelope], Reply]) -> None:
         if self._thread is not None:
             raise RuntimeError("register handlers before start()")
         self._handlers[message_cls.message_type] = (message_cls, handler)
@@ -838,18 +845,35 @@ class ConsumerLoop:
             message_cls, handler = entry
             reply = handler(envelope.open(message_cls), envelope)
             self.handled += 1
-            if reply is not None and envelope.reply_to:
+            if isinstance(reply, Future):
+                reply.add_done_callback(lambda done: self._reply_when_done(record, envelope, done))
+            elif reply is not None and envelope.reply_to:
                 self._reply(envelope, reply)
         except Exception as exc:
-            if envelope.reply_to and isinstance(exc, PlatformError) and exc.status < 500:
-                # A refused request (unknown id, bad input) is an answer, not a failure of this service.
-                log.info("consumer %s: %r refused: %s", self.name, envelope.type, exc)
-            else:
-                log.exception("consumer %s: handler for %r failed", self.name, envelope.type)
-            if envelope.reply_to:
-                self._reply(envelope, _error_reply(exc))
-            else:
-                self._dead_letter(record, exc)
+            self._failed(record, envelope, exc)
+
+    def _reply_when_done(
+        self, record: confluent_kafka.Message, envelope: Envelope, done: Future[Any]
+    ) -> None:
+        """A deferred reply (a handler's future) resolved: answer with its message or its error."""
+        try:
+            reply = done.result()
+        except Exception as exc:
+            self._failed(record, envelope, exc)
+            return
+        if envelope.reply_to:
+            self._reply(envelope, reply)
+
+    def _failed(self, record: confluent_kafka.Message, envelope: Envelope, exc: Exception) -> None:
+        if envelope.reply_to and isinstance(exc, PlatformError) and exc.status < 500:
+            # A refused request (unknown id, bad input) is an answer, not a failure of this service.
+            log.info("consumer %s: %r refused: %s", self.name, envelope.type, exc)
+        else:
+            log.error("consumer %s: handler for %r failed", self.name, envelope.type, exc_info=exc)
+        if envelope.reply_to:
+            self._reply(envelope, _error_reply(exc))
+        else:
+            self._dead_letter(record, exc)
 
     def _reply(self, request: Envelope, reply: Message) -> None:
         assert self._producer is not None

@@ -603,6 +603,20 @@ class NodeManagerSettings(BaseModel):
     move_parallelism: int = Field(
         default=8, ge=1, description="A lost node's services are placed again this many at a time."
     )
+    place_workers: int = Field(
+        default=8,
+        ge=1,
+        description="Placement requests answered at once, each on a thread of the node manager's own "
+        "(a start, or a wait for a node, can take minutes; locating and listing go on meanwhile).",
+    )
+    room_wait_s: float = Field(
+        default=150.0,
+        ge=0,
+        description="How long a placement that finds no node with room waits for one, where the "
+        "provider can add nodes (it is asked for one at once): the placement is listed as waiting "
+        "(`GET /api/nodes`, the portal's nodes page) and a 'waiting' incident says so. 0 refuses "
+        "at once. Keep it plus start_timeout_s within place_wait_s (the asker's wait).",
+    )
     place_wait_s: float = Field(
         default=300.0,
         gt=0,

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import confluent_kafka
@@ -205,6 +206,41 @@ def test_request_reply_returns_the_answer_and_typed_errors(
     assert "secret internals" not in str(hidden.value)
     with pytest.raises(BadRequest, match=r"expected a 'test.other' message"):
         requester.request(topic, Ping(n=1), Other, timeout=10)
+
+
+def test_a_deferred_reply_comes_when_its_future_resolves_and_the_loop_answers_others_meanwhile(
+    bus: Bus, started: list[ConsumerLoop | Requester]
+) -> None:
+    """A handler whose answer takes long (the node manager waiting for a node to join) returns a
+    future: the loop answers later requests meanwhile, then the held one with the future's
+    result, or with its error."""
+    topic = bus.topics.commands("deferred")
+    held: dict[int, Future[Message]] = {}
+
+    def answer(message: Ping, _envelope: Envelope) -> Pong | Future[Message]:
+        if message.n >= 100:
+            held[message.n] = Future()
+            return held[message.n]
+        return Pong(n=message.n * 2)
+
+    server = ConsumerLoop(bus, [topic], group=None, offset_reset="latest")
+    server.add_handler(Ping, answer)
+    server.start()
+    started.append(server)
+    requester = Requester(bus)
+    requester.start()
+    started.append(requester)
+    with ThreadPoolExecutor(2) as asking:
+        slow = asking.submit(requester.request, topic, Ping(n=100), Pong, 30)
+        failing = asking.submit(requester.request, topic, Ping(n=101), Pong, 30)
+        wait_for(lambda: len(held) == 2, what="both slow requests held")
+        assert requester.request(topic, Ping(n=4), Pong, timeout=10).n == 8  # not behind the held
+        assert not slow.done()
+        held[100].set_result(Pong(n=7))
+        held[101].set_exception(NotFound("no node joined"))
+        assert slow.result(10).n == 7
+        with pytest.raises(NotFound, match="no node joined"):
+            failing.result(10)
 
 
 def test_request_without_a_server_times_out(bus: Bus, started: list[ConsumerLoop | Requester]) -> None:

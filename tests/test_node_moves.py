@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -35,8 +36,9 @@ from platform_core.nodes import (
     StartService,
 )
 from platform_sdk.envelope import Envelope, Message
-from platform_sdk.errors import Timeout
+from platform_sdk.errors import Timeout, Unavailable
 from platform_sdk.settings import Settings, temporary_settings
+from tests.platform_driver import wait_until
 
 
 class Agents:
@@ -133,6 +135,9 @@ def manager(
                 registry.upsert_node(session, node_announcement(f"node-{n}"))
         yield service
         service.database.stop()
+
+
+LIST = Envelope.wrap(ListNodes(), source="test")
 
 
 def spec(service_id: str, kind: ServiceKind = "platform") -> ServiceSpec:
@@ -387,3 +392,52 @@ def test_the_nodes_report_holds_each_nodes_load_and_its_placed_services(manager:
     assert by_id["node-3"].state == "down"
     assert by_id["node-3"].services == []
     assert by_id["node-1"].capacity == 6
+
+
+def fill(manager: NodeManagerService, node_id: str) -> None:
+    """Six services (its capacity) on ``node_id``."""
+    others = [f"node-{n}" for n in (1, 2, 3) if f"node-{n}" != node_id]
+    for n in range(6):
+        manager.place(spec(f"filler-{node_id}-{n}", "app"), avoid=others)
+
+
+def test_a_placement_no_node_has_room_for_waits_listed_until_the_added_node_takes_it(
+    manager: NodeManagerService, agents: Agents, producer: Producer, scale_outs: list[str]
+) -> None:
+    """The seed's "downtime while a VM is created": the request waits, visibly, instead of failing."""
+    lose(manager, "node-2")
+    lose(manager, "node-3")
+    fill(manager, "node-1")
+    with ThreadPoolExecutor(1) as asking:
+        placing = asking.submit(manager.place, spec("app-late", "app"), wait_for_room=True)
+        wait_until(
+            lambda: [w.service_id for w in manager.on_list_nodes(ListNodes(), LIST).waiting] == ["app-late"],
+            10,
+            "the placement listed as waiting",
+        )
+        (waiting,) = manager.on_list_nodes(ListNodes(), LIST).waiting
+        assert waiting.kind == "app"
+        assert "no node has room (node-1 up 6/6" in waiting.reason
+        assert [(i.service_id, i.kind) for i in producer.incidents] == [("app-late", "waiting")]
+        manager._consider_scale_out()  # the control loop's next round: a node at once
+        assert scale_outs == ["node-4"]
+        assert not placing.done()
+        announce(manager, "node-4", cpu=5.0)  # the new node joins
+        assert placing.result(10).node_id == "node-4"
+    assert manager.on_list_nodes(ListNodes(), LIST).waiting == []
+
+
+def test_a_placement_with_no_room_fails_at_once_without_a_provider_and_after_room_wait_s_with_one(
+    manager: NodeManagerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lose(manager, "node-2")
+    lose(manager, "node-3")
+    fill(manager, "node-1")
+    monkeypatch.setattr(manager.settings.node_manager, "room_wait_s", 0.5)
+    with pytest.raises(Unavailable, match=r"no node can take 'app-x'.*no node with room joined within 0.5s"):
+        manager.place(spec("app-x", "app"), wait_for_room=True)
+    monkeypatch.setattr(manager, "_scale_out", None)
+    with pytest.raises(Unavailable, match=r"no node can take 'app-y'.*the platform's provider adds no nodes"):
+        manager.place(spec("app-y", "app"), wait_for_room=True)
+    assert manager.on_list_nodes(ListNodes(), LIST).waiting == []
+    assert "app-x" not in placed_on(manager)

@@ -58,6 +58,21 @@ const updaters = {
         setText(row.querySelector(".restarts"), String(service.restarts));
       }
     }
+    const waiting = root.querySelector("[data-waiting] tbody");
+    const held = (body.waiting || []).map((w) => [w.service_id, w.kind, w.since, w.reason]);
+    if (waiting && waiting.dataset.shown !== JSON.stringify(held)) {
+      waiting.dataset.shown = JSON.stringify(held);
+      const rows = held.length ? held : [["None: every placement found a node."]];
+      waiting.replaceChildren(...rows.map((cells) => {
+        const row = document.createElement("tr");
+        for (const text of cells) {
+          const td = document.createElement("td"); td.textContent = text;
+          if (cells.length === 1) td.colSpan = 4;
+          row.append(td);
+        }
+        return row;
+      }));
+    }
     const incidents = root.querySelector("[data-incidents] tbody");
     const lines = (body.incidents || []).map((i) => [i.time, i.service_id, i.node_id || "", i.kind, i.detail]);
     if (incidents && lines.length && incidents.dataset.shown !== JSON.stringify(lines)) {
