@@ -360,7 +360,8 @@ class HeartbeatMonitor(Service):
         try:
             moved = self.requester.request(
                 node_manager_topic(self.sdk.bus.topics),
-                PlaceService(spec=placement.spec, avoid=[node_id] if node_id else []),
+                # Refused at once when no node has room: the monitor's decisions wait for no scale-out.
+                PlaceService(spec=placement.spec, avoid=[node_id] if node_id else [], wait_for_room=False),
                 Placement,
                 timeout=150,
             )

@@ -234,7 +234,9 @@ class NodeManagerService(Service):
     def on_place(self, command: PlaceService, _envelope: Envelope) -> Future[Placement]:
         """Answered from the placement pool: a start (or a wait for room) holds no other command up."""
         assert self._placer is not None
-        return self._placer.submit(self.place, command.spec, command.avoid, wait_for_room=True)
+        return self._placer.submit(
+            self.place, command.spec, command.avoid, wait_for_room=command.wait_for_room
+        )
 
     def on_locate(self, command: LocateService, _envelope: Envelope) -> Placement:
         with self.database.session() as session:
@@ -390,7 +392,8 @@ class NodeManagerService(Service):
                         f"no node can take {spec.service_id!r}: every node is down, full or excluded "
                         f"({', '.join(sorted(excluded)) or 'none excluded'})"
                     )
-                    if not wait_for_room:
+                    if not wait_for_room or choose_node(loads, main_only=spec.main_node_only):
+                        # A node it avoids has room: the asker may take that one (replicas share a node).
                         raise Unavailable(full)
                     why_not = self._cannot_wait(loads)
                     if why_not is not None:

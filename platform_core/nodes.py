@@ -256,6 +256,11 @@ class PlaceService(Message):
     message_type = "nodes.place"
     spec: ServiceSpec
     avoid: list[str] = Field(default_factory=list)
+    wait_for_room: bool = Field(
+        default=True,
+        description="When no node has room and the provider can add one: wait for it (up to "
+        "node_manager.room_wait_s, listed as waiting) rather than be refused at once.",
+    )
 
 
 class LocateService(Message):

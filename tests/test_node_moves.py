@@ -441,3 +441,16 @@ def test_a_placement_with_no_room_fails_at_once_without_a_provider_and_after_roo
         manager.place(spec("app-y", "app"), wait_for_room=True)
     assert manager.on_list_nodes(ListNodes(), LIST).waiting == []
     assert "app-x" not in placed_on(manager)
+
+
+def test_a_placement_whose_only_room_is_on_a_node_it_avoids_is_refused_at_once(
+    manager: NodeManagerService, producer: Producer, scale_outs: list[str]
+) -> None:
+    """A second replica avoiding the first one's node: the asker shares that node rather than
+    wait for (and have the provider add) one of its own."""
+    lose(manager, "node-2")
+    lose(manager, "node-3")
+    with pytest.raises(Unavailable, match=r"no node can take 'model-r1'.*excluded \(node-1\)$"):
+        manager.place(spec("model-r1", "model"), avoid=["node-1"], wait_for_room=True)
+    manager._consider_scale_out()
+    assert (producer.incidents, scale_outs) == ([], [])
