@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 import pytest
@@ -177,6 +178,22 @@ def test_failing_handler_is_dead_lettered_and_the_loop_goes_on(
     assert garbage.value() == b"garbage that is no envelope"
 
 
+def serve(
+    bus: Bus,
+    started: list[ConsumerLoop | Requester],
+    server: ConsumerLoop,
+    answer: Callable[[Ping, Envelope], Any],
+) -> Requester:
+    """``server`` answering ``Ping`` with ``answer``, started; a started requester to ask it."""
+    server.add_handler(Ping, answer)
+    server.start()
+    started.append(server)
+    requester = Requester(bus)
+    requester.start()
+    started.append(requester)
+    return requester
+
+
 def test_request_reply_returns_the_answer_and_typed_errors(
     bus: Bus, started: list[ConsumerLoop | Requester]
 ) -> None:
@@ -192,12 +209,7 @@ def test_request_reply_returns_the_answer_and_typed_errors(
         return Pong(n=message.n * 2)
 
     server = ConsumerLoop(bus, [topic], group=f"{bus.topics.prefix}.rr-server")
-    server.add_handler(Ping, answer)
-    server.start()
-    started.append(server)
-    requester = Requester(bus)
-    requester.start()
-    started.append(requester)
+    requester = serve(bus, started, server, answer)
     assert requester.request(topic, Ping(n=21), Pong, timeout=30).n == 42
     with pytest.raises(NotFound, match="no item -1"):
         requester.request(topic, Ping(n=-1), Pong, timeout=10)
@@ -223,13 +235,7 @@ def test_a_deferred_reply_comes_when_its_future_resolves_and_the_loop_answers_ot
             return held[message.n]
         return Pong(n=message.n * 2)
 
-    server = ConsumerLoop(bus, [topic], group=None, offset_reset="latest")
-    server.add_handler(Ping, answer)
-    server.start()
-    started.append(server)
-    requester = Requester(bus)
-    requester.start()
-    started.append(requester)
+    requester = serve(bus, started, ConsumerLoop(bus, [topic], group=None, offset_reset="latest"), answer)
     with ThreadPoolExecutor(2) as asking:
         slow = asking.submit(requester.request, topic, Ping(n=100), Pong, 30)
         failing = asking.submit(requester.request, topic, Ping(n=101), Pong, 30)
