@@ -287,7 +287,10 @@ def delete_model(model: str) -> flask.Response:
     requester = resources().bus_requester()
     with contextlib.suppress(NotFound):  # never deployed
         requester.request(
-            requester.bus.topics.deployer, UndeployModel(model_id=model_id), Deployments, timeout=120
+            requester.bus.topics.deployer,
+            UndeployModel(model_id=model_id),
+            Deployments,
+            timeout=resources().settings.web.deployer_stop_timeout_s,
         )
     with resources().database.session() as session:
         keys = registry.delete_model(session, registry.read_model(session, model_id))

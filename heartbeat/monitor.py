@@ -363,7 +363,7 @@ class HeartbeatMonitor(Service):
                 # Refused at once when no node has room: the monitor's decisions wait for no scale-out.
                 PlaceService(spec=placement.spec, avoid=[node_id] if node_id else [], wait_for_room=False),
                 Placement,
-                timeout=150,
+                timeout=self.settings.monitor.move_wait_s,
             )
         except PlatformError as exc:
             self.record(service_id, node_id, "failed", f"could not place it elsewhere: {exc}")

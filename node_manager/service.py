@@ -259,7 +259,7 @@ class NodeManagerService(Service):
                 agent_topic(self.sdk.bus.topics, placement.node_id),
                 StopService(service_id=command.service_id),
                 ServiceStateReply,
-                timeout=30,
+                timeout=self.settings.node_manager.stop_wait_s,
             )
         except (NotFound, Timeout) as exc:
             log.warning("stopping %s on %s: %s", command.service_id, placement.node_id, exc)

@@ -311,6 +311,12 @@ class WebSettings(BaseModel):
         description="How long the model and schedule routes wait for the deployer's deployments and "
         "instances (a model listing then shows none; a schedule route answers 503).",
     )
+    deployer_stop_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a route that stops an app instance or deletes a model waits for the "
+        "deployer to stop it on its node (503 after that).",
+    )
     app_manager_timeout_s: float = Field(
         default=15.0,
         gt=0,
@@ -630,6 +636,12 @@ class NodeManagerSettings(BaseModel):
     unplace_wait_s: float = Field(
         default=60.0, gt=0, description="How long an UnplaceService waits for the node manager's answer."
     )
+    stop_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the node manager waits for an agent to stop a service it unplaces (one "
+        "that does not answer: the placement is forgotten all the same, and logged).",
+    )
     settle_s: float = Field(
         default=2.5,
         ge=0,
@@ -651,6 +663,12 @@ class MonitorSettings(BaseModel):
     crash_loop_uptime_s: float = Field(default=5.0, gt=0, description="An exit sooner than this is a crash.")
     crash_loop_limit: int = Field(default=3, ge=1, description="Crashes in a row after which it gives up.")
     check_interval_s: float = Field(default=0.25, gt=0, description="How often silences are looked for.")
+    move_wait_s: float = Field(
+        default=150.0,
+        gt=0,
+        description="How long the monitor waits for the node manager to place a service elsewhere when "
+        "its node's agent cannot restart it (its next decisions wait meanwhile).",
+    )
     beats_batch_ms: int = Field(
         default=250,
         ge=0,

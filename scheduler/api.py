@@ -327,7 +327,7 @@ def _stop(instance_id: str, reason: str) -> InstanceInfo:
         requester.bus.topics.deployer,
         StopInstance(instance_id=instance_id, reason=reason),
         Instances,
-        timeout=120,
+        timeout=resources().settings.web.deployer_stop_timeout_s,
     )
     return reply.instances[0]
 
