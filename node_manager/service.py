@@ -131,6 +131,7 @@ class NodeManagerService(Service):
         self._room = threading.Condition(self._place_lock)  # notified when a node is heard
         self._waiting: dict[str, WaitingPlacement] = {}  # placements no node has room for yet
         self._placer: ThreadPoolExecutor | None = None
+        self._closing = False  # set at stop: waiting placements give up at once
         self._busy_since: float | None = None
         self._pending_node: str | None = None
         self._pending_since = 0.0
@@ -171,7 +172,7 @@ class NodeManagerService(Service):
         self._placer = ThreadPoolExecutor(
             self.settings.node_manager.place_workers, thread_name_prefix="nm-place"
         )
-        self.own(_PoolStopper(self._placer))
+        self.own(_PoolStopper(self._placer, self._end_waits))
         commands = ConsumerLoop(
             bus, [node_manager_topic(bus.topics)], group=None, name="nm-commands", offset_reset="latest"
         )
@@ -402,6 +403,8 @@ class NodeManagerService(Service):
                     if room_deadline is None:
                         room_deadline = now + self.settings.node_manager.room_wait_s
                         self._start_waiting(spec, loads)
+                    if self._closing:
+                        raise Unavailable(f"{full}; the node manager is stopping: ask again")
                     if now >= room_deadline:
                         raise Unavailable(
                             f"{full}, and no node with room joined within "
@@ -457,6 +460,12 @@ class NodeManagerService(Service):
                 spec=spec,
                 state=reply.state,
             )
+
+    def _end_waits(self) -> None:
+        """At stop: every placement waiting for room gives up now (its asker is told to ask again)."""
+        with self._room:
+            self._closing = True
+            self._room.notify_all()
 
     def _start_waiting(self, spec: ServiceSpec, loads: list[NodeLoad]) -> None:
         """(Holding ``_place_lock``) ``spec`` waits for room: listed, told as an incident, and the
@@ -815,10 +824,13 @@ def main() -> None:
 
 class _PoolStopper:
     """The placement pool as a part the service stops: queued placements are dropped (their askers
-    time out and ask the next node manager), running ones finish on their own."""
+    time out and ask the next node manager), waiting ones give up (``end_waits``), starts in
+    flight finish on their own."""
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, end_waits: Callable[[], None]) -> None:
         self.pool = pool
+        self.end_waits = end_waits
 
     def stop(self) -> None:
+        self.end_waits()
         self.pool.shutdown(wait=False, cancel_futures=True)

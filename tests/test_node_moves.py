@@ -10,10 +10,11 @@ answer is passed over.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +29,7 @@ from platform_core.nodes import (
     ListNodes,
     LoadSample,
     NodeAnnouncement,
+    Placement,
     ServiceIncident,
     ServiceKind,
     ServiceSpec,
@@ -401,20 +403,27 @@ def fill(manager: NodeManagerService, node_id: str) -> None:
         manager.place(spec(f"filler-{node_id}-{n}", "app"), avoid=others)
 
 
-def test_a_placement_no_node_has_room_for_waits_listed_until_the_added_node_takes_it(
-    manager: NodeManagerService, agents: Agents, producer: Producer, scale_outs: list[str]
-) -> None:
-    """The seed's "downtime while a VM is created": the request waits, visibly, instead of failing."""
+@contextlib.contextmanager
+def placing_with_no_room(manager: NodeManagerService, service_id: str) -> Iterator[Future[Placement]]:
+    """Only node-1 up, and full: ``service_id``'s placement request, once it is listed as waiting."""
     lose(manager, "node-2")
     lose(manager, "node-3")
     fill(manager, "node-1")
     with ThreadPoolExecutor(1) as asking:
-        placing = asking.submit(manager.place, spec("app-late", "app"), wait_for_room=True)
+        placing = asking.submit(manager.place, spec(service_id, "app"), wait_for_room=True)
         wait_until(
-            lambda: [w.service_id for w in manager.on_list_nodes(ListNodes(), LIST).waiting] == ["app-late"],
+            lambda: [w.service_id for w in manager.on_list_nodes(ListNodes(), LIST).waiting] == [service_id],
             10,
             "the placement listed as waiting",
         )
+        yield placing
+
+
+def test_a_placement_no_node_has_room_for_waits_listed_until_the_added_node_takes_it(
+    manager: NodeManagerService, agents: Agents, producer: Producer, scale_outs: list[str]
+) -> None:
+    """The seed's "downtime while a VM is created": the request waits, visibly, instead of failing."""
+    with placing_with_no_room(manager, "app-late") as placing:
         (waiting,) = manager.on_list_nodes(ListNodes(), LIST).waiting
         assert waiting.kind == "app"
         assert "no node has room (node-1 up 6/6" in waiting.reason
@@ -425,6 +434,16 @@ def test_a_placement_no_node_has_room_for_waits_listed_until_the_added_node_take
         announce(manager, "node-4", cpu=5.0)  # the new node joins
         assert placing.result(10).node_id == "node-4"
     assert manager.on_list_nodes(ListNodes(), LIST).waiting == []
+
+
+def test_a_placement_waiting_for_room_gives_up_when_the_node_manager_stops(
+    manager: NodeManagerService,
+) -> None:
+    """A stopping node manager does not keep its process alive for room_wait_s."""
+    with placing_with_no_room(manager, "app-late") as placing:
+        manager._end_waits()
+        with pytest.raises(Unavailable, match="the node manager is stopping: ask again"):
+            placing.result(5)
 
 
 def test_a_placement_with_no_room_fails_at_once_without_a_provider_and_after_room_wait_s_with_one(
