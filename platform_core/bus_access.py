@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -45,6 +46,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
     ScramCredentialInfo,
     ScramMechanism,
+    UserScramCredentialAlteration,
     UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
@@ -72,6 +74,7 @@ AGENT_COMMANDERS = ("node-manager", "heartbeat")
 PRINCIPAL_ADMINS = ("node-manager",)
 SCRAM_ITERATIONS = 4096
 _TIMEOUT_S = 15.0
+_ATTEMPT_S = 5.0  # one admin request's wait before it is sent again (see _wait)
 
 
 def _user(name: str) -> str:
@@ -189,12 +192,26 @@ def agent_acls(prefix: str, node_id: str) -> list[AclBinding]:
     ]
 
 
-def _wait(futures: dict[object, Future[object]], what: str) -> None:
-    for key, future in futures.items():
+def _wait(request: Callable[[], dict[Any, Future[Any]]], what: str) -> None:
+    """Send an admin ``request`` and wait for each of its answers. One not answered within
+    ``_ATTEMPT_S`` (sent to a broker of a cluster killed under it) is sent again, to the brokers
+    still up, until ``_TIMEOUT_S``; the requests are idempotent. What the broker refuses, or
+    what no broker answers in time, is ``Unavailable`` naming it."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while True:
         try:
-            future.result(timeout=_TIMEOUT_S)
-        except confluent_kafka.KafkaException as exc:
-            raise Unavailable(f"the broker refused to {what} ({key}): {exc.args[0].str()}") from exc
+            for key, future in request().items():
+                try:
+                    future.result(timeout=max(0.1, min(_ATTEMPT_S, deadline - time.monotonic())))
+                except confluent_kafka.KafkaException as exc:
+                    raise Unavailable(f"the broker refused to {what} ({key}): {exc.args[0].str()}") from exc
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"no broker answered a request to {what} within {_TIMEOUT_S:g}s: is the broker up "
+                    "(`aiot broker`)?"
+                ) from None
 
 
 class BusAccess:
@@ -213,11 +230,11 @@ class BusAccess:
         if not passwords:
             return
         info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, SCRAM_ITERATIONS)
-        alterations = [
+        alterations: list[UserScramCredentialAlteration] = [
             UserScramCredentialUpsertion(name, info, password.get_secret_value().encode())
             for name, password in passwords.items()
         ]
-        _wait(self._admin.alter_user_scram_credentials(alterations), "create principals")  # type: ignore[arg-type]
+        _wait(lambda: self._admin.alter_user_scram_credentials(alterations), "create principals")
 
     def delete_principals(self, names: Iterable[str]) -> None:
         """Remove each principal's credential (one already gone is fine) and every ACL naming it."""
@@ -232,11 +249,11 @@ class BusAccess:
                 if exc.args[0].code() != confluent_kafka.KafkaError.RESOURCE_NOT_FOUND:
                     raise Unavailable(f"the broker refused to delete principal {name}: {exc}") from exc
         filters = [_any_acl_of(name) for name in names]
-        _wait(self._admin.delete_acls(filters), "delete ACLs")  # type: ignore[arg-type]
+        _wait(lambda: self._admin.delete_acls(filters), "delete ACLs")
 
     def grant(self, bindings: list[AclBinding]) -> None:
         if bindings:
-            _wait(self._admin.create_acls(bindings), "create ACLs")  # type: ignore[arg-type]
+            _wait(lambda: self._admin.create_acls(bindings), "create ACLs")
 
     def acls_of(self, principal: str) -> list[AclBinding]:
         """The ACLs naming ``principal`` (for tests and `aiot status`)."""
@@ -293,7 +310,7 @@ class BusAccess:
         principal = instance_principal(self.prefix, service_id)
         password = SecretStr(new_secret())
         self.upsert_principals({principal: password})
-        _wait(self._admin.delete_acls([_any_acl_of(principal)]), "delete ACLs")  # type: ignore[arg-type]
+        _wait(lambda: self._admin.delete_acls([_any_acl_of(principal)]), "delete ACLs")
         self.grant(bindings)
         credential = like.model_copy(update={"username": principal, "password": password})
         self._wait_login(credential, self.bus.bootstrap_servers)
