@@ -192,11 +192,12 @@ def agent_acls(prefix: str, node_id: str) -> list[AclBinding]:
     ]
 
 
-def _wait(request: Callable[[], dict[Any, Future[Any]]], what: str) -> None:
+def _wait(request: Callable[[], dict[Any, Future[Any]]], what: str, *, gone_ok: bool = False) -> None:
     """Send an admin ``request`` and wait for each of its answers. One not answered within
     ``_ATTEMPT_S`` (sent to a broker of a cluster killed under it) is sent again, to the brokers
-    still up, until ``_TIMEOUT_S``; the requests are idempotent. What the broker refuses, or
-    what no broker answers in time, is ``Unavailable`` naming it."""
+    still up, until ``_TIMEOUT_S``; the requests are idempotent. What the broker refuses (but,
+    with ``gone_ok``, a deletion of what is already gone), or what no broker answers in time, is
+    ``Unavailable`` naming it."""
     deadline = time.monotonic() + _TIMEOUT_S
     while True:
         try:
@@ -204,6 +205,8 @@ def _wait(request: Callable[[], dict[Any, Future[Any]]], what: str) -> None:
                 try:
                     future.result(timeout=max(0.1, min(_ATTEMPT_S, deadline - time.monotonic())))
                 except confluent_kafka.KafkaException as exc:
+                    if gone_ok and exc.args[0].code() == confluent_kafka.KafkaError.RESOURCE_NOT_FOUND:
+                        continue
                     raise Unavailable(f"the broker refused to {what} ({key}): {exc.args[0].str()}") from exc
             return
         except TimeoutError:
@@ -241,13 +244,10 @@ class BusAccess:
         names = list(names)
         if not names:
             return
-        deletions = [UserScramCredentialDeletion(name, ScramMechanism.SCRAM_SHA_256) for name in names]
-        for name, future in self._admin.alter_user_scram_credentials(deletions).items():  # type: ignore[arg-type]
-            try:
-                future.result(timeout=_TIMEOUT_S)
-            except confluent_kafka.KafkaException as exc:
-                if exc.args[0].code() != confluent_kafka.KafkaError.RESOURCE_NOT_FOUND:
-                    raise Unavailable(f"the broker refused to delete principal {name}: {exc}") from exc
+        deletions: list[UserScramCredentialAlteration] = [
+            UserScramCredentialDeletion(name, ScramMechanism.SCRAM_SHA_256) for name in names
+        ]
+        _wait(lambda: self._admin.alter_user_scram_credentials(deletions), "delete principals", gone_ok=True)
         filters = [_any_acl_of(name) for name in names]
         _wait(lambda: self._admin.delete_acls(filters), "delete ACLs")
 
