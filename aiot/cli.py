@@ -332,9 +332,38 @@ def nodes_document(settings: Settings) -> list[dict[str, Any]]:
     for node in record.nodes:
         view = _node_view(node.name, node.http_url)
         views.append(
-            {**view["node"], "address": node.address, "main": node.main, "services": view["services"]}
+            {
+                **view["node"],
+                "address": node.address,
+                "main": node.main,
+                "added": False,
+                "services": view["services"],
+            }
         )
-    return views
+    return views + _added_nodes(settings, {node.name for node in record.nodes})
+
+
+def _added_nodes(settings: Settings, bootstrapped: set[str]) -> list[dict[str, Any]]:
+    """The nodes scale-out added (spare hosts), as the main host's node manager last heard of them
+    (`GET /api/nodes` with the CLI's session); none when the front door cannot be asked."""
+    try:
+        listed = PlatformClient.from_settings(settings).get("/api/nodes")["nodes"]
+    except (PlatformError, requests.RequestException, KeyError, TypeError):
+        return []
+    return [
+        {
+            "node_id": node["node_id"],
+            "http_url": None,
+            "reachable": node["state"] == "up",
+            "load": {"cpu_percent": node["cpu_percent"], "memory_used_mb": node["memory_used_mb"]},
+            "address": node["host"],
+            "main": False,
+            "added": True,
+            "services": [{"service_id": x["service_id"], "state": x["state"]} for x in node["services"]],
+        }
+        for node in listed
+        if node["node_id"] not in bootstrapped
+    ]
 
 
 @app.command()
@@ -348,7 +377,7 @@ def nodes(as_json: JsonOption = False) -> None:
     for node in document:
         load = node.get("load") or {}
         table.add_row(
-            node["node_id"] + (" (main)" if node["main"] else ""),
+            node["node_id"] + (" (main)" if node["main"] else " (added)" if node["added"] else ""),
             node["address"],
             "[green]up[/]" if node["reachable"] else "[red]unreachable[/]",
             str(load.get("cpu_percent", "")),

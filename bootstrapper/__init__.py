@@ -13,7 +13,11 @@
   ``bootstrapper.remote``: the bootstrap over SSH behind ``aiot bootstrap``, ``aiot nodes`` and
   ``aiot destroy`` (a pinned release installed offline on each host, its settings, and the
   platform started there by ``python -m bootstrapper.host`` with the local provider's machinery:
-  the main host's broker, registry and core services, the other hosts' agents).
+  the main host's broker, registry and core services, the other hosts' agents);
+  ``bootstrapper.spares``: the node manager's scale-out over SSH on such a main host (an
+  inventory's spare hosts bootstrapped when every host is busy, stopped again when idle);
+  ``bootstrapper.cluster``: a Kafka cluster across such hosts, one broker on each host the
+  inventory's ``brokers`` names.
 
 It talks to the processes it starts (signals), the broker (metadata, heartbeat
 topic), the front door (health) and, over SSH, to the hosts it installs.

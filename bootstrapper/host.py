@@ -10,7 +10,13 @@ lines as it goes and, last, one ``result: {json}`` line the bootstrapper reads:
   (its agent's principal and the shared ``platform`` one), for the bootstrapper to copy there.
 - ``join --broker ADDR --web-url URL``: another host: its one agent (``agent.node_id``), joined
   to the main host's broker. Already running: nothing is started.
-- ``down``: stops what ``main`` or ``join`` started here (nothing else).
+- ``add-node NAME``: (main host) bootstrap the spare host NAME over SSH and join it, as ``aiot
+  bootstrap`` does another host: run by the node manager's scale-out (``bootstrapper.spares``).
+- ``broker [--wait]``: this host's member of the bootstrap's Kafka cluster (``bootstrapper.cluster``),
+  started unless it runs; ``--wait``: until the cluster answers here.
+- ``down [--purge]``: stops what ``main``, ``join`` or ``broker`` started here (nothing else);
+  ``--purge`` (``aiot destroy``) also removes the Kafka member's log dir (a systemd unit's stop
+  keeps it: the member rejoins at the next boot).
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from bootstrapper.cluster import start_member, stop_member
 from bootstrapper.local import LocalPlatform
+from bootstrapper.remote import Bootstrap, Release, read_spares
+from bootstrapper.spares import spare, target_of
 from platform_core.bus_access import BusAccess
 from platform_sdk.bus import Bus
 from platform_sdk.errors import PlatformError
@@ -117,6 +127,20 @@ def _join(settings: Settings, broker: str, web_url: str) -> dict[str, Any]:
     return {"changed": changed, "http_url": state.nodes[0].http_url}
 
 
+def _add_node(settings: Settings, name: str) -> dict[str, Any]:
+    spares = read_spares(settings)
+    state = read_run_state(settings)
+    if spares is None or state is None or not state.main or state.broker is None or state.web_url is None:
+        raise PlatformError("add-node runs on a main host that `aiot bootstrap` handed spare hosts")
+    entry = spare(spares, name)
+    release = Release.installed(Path(spares.release), spares.python)
+    _progress(f"{name}: its bus principal")
+    secrets = _node_secrets(settings, state.broker, [name]).get(name)
+    runner = Bootstrap(settings, _progress, host_settings=spares.settings)
+    joined = runner.join(target_of(entry), release, state.broker, state.web_url, secrets)
+    return {"changed": True, "node": joined.model_dump(mode="json")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bootstrapper.host", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     join_command = commands.add_parser("join")
     join_command.add_argument("--broker", required=True)
     join_command.add_argument("--web-url", required=True)
-    commands.add_parser("down")
+    add_command = commands.add_parser("add-node")
+    add_command.add_argument("name")
+    broker_command = commands.add_parser("broker")
+    broker_command.add_argument("--wait", action="store_true")
+    down_command = commands.add_parser("down")
+    down_command.add_argument("--purge", action="store_true", help="also remove the Kafka member's data")
     args = parser.parse_args(argv)
     settings = get_settings()
     try:
@@ -133,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             result = _main(settings, [node for node in args.remote_nodes.split(",") if node])
         elif args.command == "join":
             result = _join(settings, args.broker, args.web_url)
+        elif args.command == "add-node":
+            result = _add_node(settings, args.name)
+        elif args.command == "broker":
+            result = {"changed": start_member(settings, _progress, wait=args.wait)}
         else:
-            result = {"stopped": LocalPlatform(settings).down(_progress)}
+            stopped = LocalPlatform(settings).down(_progress)
+            result = {"stopped": stopped + stop_member(settings, _progress, purge=args.purge)}
     except PlatformError as exc:
         print(f"error: {exc}", flush=True)
         return 1

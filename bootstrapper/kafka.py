@@ -166,9 +166,12 @@ def _jaas(module: str, username: str, password: str, **extra: str) -> str:
 
 @dataclass(frozen=True)
 class Voter:
+    """A member of a cluster's controller quorum; ``host`` empty: ``kafka.host`` (one machine's cluster)."""
+
     node_id: int
     port: int
     controller_port: int
+    host: str = ""
 
 
 @dataclass
@@ -239,7 +242,8 @@ class KafkaBroker(BrokerProcess):
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": ",".join(
-                f"{voter.node_id}@{self.kafka.host}:{voter.controller_port}" for voter in self.voters
+                f"{voter.node_id}@{voter.host or self.kafka.host}:{voter.controller_port}"
+                for voter in self.voters
             ),
             # Clients and brokers speak SASL/SCRAM on the one client listener (inter-broker traffic
             # too, as the super user); the controllers' listener takes SASL/PLAIN with the super

@@ -132,7 +132,7 @@ class UpResult:
     generated_password: str | None
 
 
-def _alive(record: ProcessRecord) -> psutil.Process | None:
+def alive_process(record: ProcessRecord) -> psutil.Process | None:
     """The recorded process if it still runs (and is the same process, not a reused pid)."""
     try:
         process = psutil.Process(record.pid)
@@ -145,7 +145,7 @@ def _alive(record: ProcessRecord) -> psutil.Process | None:
     return process
 
 
-def _record(name: str, pid: int, command: list[str], log_file: Path | None) -> ProcessRecord:
+def process_record(name: str, pid: int, command: list[str], log_file: Path | None) -> ProcessRecord:
     return ProcessRecord(
         name=name,
         pid=pid,
@@ -171,7 +171,7 @@ class LocalPlatform:
         if state is None:
             return []
         return [
-            ProcessStatus(record.name, record.pid, _alive(record) is not None, record.log_file)
+            ProcessStatus(record.name, record.pid, alive_process(record) is not None, record.log_file)
             for record in state.processes
         ]
 
@@ -327,7 +327,7 @@ class LocalPlatform:
             address = tansu.bootstrap_servers
             secrets = None
         assert pid is not None
-        state.processes.append(_record(BROKER, pid, command, log_file))
+        state.processes.append(process_record(BROKER, pid, command, log_file))
         return address, secrets
 
     def _broker_kind(self, requested: str, progress: Progress) -> Literal["kafka", "tansu"]:
@@ -417,7 +417,7 @@ class LocalPlatform:
             )
         state.nodes.append(node)
         state.nodes_started = max(state.nodes_started, index)
-        state.processes.append(_record(f"agent-{node_id}", process.pid, command, log_file))
+        state.processes.append(process_record(f"agent-{node_id}", process.pid, command, log_file))
         return node
 
     def _unsandboxed(self) -> bool:
@@ -454,7 +454,7 @@ class LocalPlatform:
 
     def raise_if_exited(self, state: RunState) -> None:
         for record in state.processes:
-            if _alive(record) is None:
+            if alive_process(record) is None:
                 raise Unavailable(
                     f"{record.name} exited during start-up; last output:\n{_tail(record.log_file)}"
                 )
@@ -491,7 +491,7 @@ class LocalPlatform:
         if state is None or node is None or not node.added:
             raise Conflict(f"node {node_id!r} was not added by scale-out here: it cannot be removed")
         agents = [record for record in state.processes if record.name == f"agent-{node_id}"]
-        _terminate(agents, lambda _step: None)
+        terminate_processes(agents, lambda _step: None)
         self.retire_node(node_id)
         secrets = read_bus_secrets(self.settings)
         if secrets is not None and secrets.bootstrap == state.broker:
@@ -526,13 +526,13 @@ class LocalPlatform:
     def _stop_everything(self, state: RunState, progress: Progress) -> list[str]:
         brokers = [record for record in state.processes if record.name == BROKER]
         agents = [record for record in state.processes if record.name != BROKER]
-        if state.main and state.broker and any(_alive(record) for record in agents):
+        if state.main and state.broker and any(alive_process(record) for record in agents):
             progress("stopping the node manager and the heartbeat monitor")
             self._stop_core(state.broker)
-        stopped = _terminate(agents, progress)
+        stopped = terminate_processes(agents, progress)
         self._sweep(progress)
         self._remove_containers(progress)
-        stopped += _terminate(brokers, progress)
+        stopped += terminate_processes(brokers, progress)
         from service_agent.sandbox import remove_root
 
         remove_root(self.settings)  # the sandboxes' bundle copies, scratch folders and venvs
@@ -640,8 +640,8 @@ def _next_index(state: RunState) -> int:
     return max([*numbers, state.nodes_started]) + 1
 
 
-def _terminate(records: list[ProcessRecord], progress: Progress) -> list[str]:
-    running = [(record, process) for record in records if (process := _alive(record)) is not None]
+def terminate_processes(records: list[ProcessRecord], progress: Progress) -> list[str]:
+    running = [(record, process) for record in records if (process := alive_process(record)) is not None]
     for record, process in running:
         progress(f"stopping {record.name}")
         _signal_group(process, signal.SIGTERM)

@@ -6,17 +6,30 @@ service agent on this machine), ``retire_node`` (what still runs of a lost node 
 ended), ``added_nodes`` and ``remove_node`` (scale-in: a drained node's agent stopped and
 forgotten). The node manager knows nothing of providers; whoever starts it injects one
 (``python -m node_manager`` runs it without).
+
+On a main host ``aiot bootstrap`` handed spare hosts (``bootstrapper.spares``), the hooks are the
+spares' instead: scale-out bootstraps the next spare over SSH, scale-in stops it there.
 """
 
 from __future__ import annotations
 
 from bootstrapper.local import LocalPlatform
+from bootstrapper.spares import SpareScaleOut
 from node_manager.service import NodeManagerService
 from platform_sdk.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
+    spares = SpareScaleOut.of(settings)
+    if spares is not None:
+        NodeManagerService(
+            settings,
+            scale_out=spares.add_node,
+            remove_node=spares.remove_node,
+            added_nodes=spares.added_nodes,
+        ).run()
+        return
     provider = LocalPlatform(settings)
     NodeManagerService(
         settings,

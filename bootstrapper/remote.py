@@ -50,16 +50,29 @@ from typing import Any
 import paramiko
 from pydantic import BaseModel, Field
 
-from bootstrapper.kafka import fetch_jars, jars_dir, jars_ready
+from bootstrapper.cluster import (
+    MEMBER_FILE,
+    ClusterMember,
+    MemberAddress,
+    cluster_identity,
+    forget_cluster_identity,
+    with_password,
+)
+from bootstrapper.kafka import ADMIN_USER, SCRAM_MECHANISM, fetch_jars, jars_dir, jars_ready
 from bootstrapper.providers import Host, Progress
 from platform_core.roster import load_roster
 from platform_sdk.errors import PlatformError, Unavailable, ValidationFailed
-from platform_sdk.runstate import private_dir
+from platform_sdk.runstate import exclusive, private_dir
 from platform_sdk.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD_FILE = "bootstrap.json"
 HOST_MODULE = "bootstrapper.host"
+# The main host's hand-over of the spare hosts to its node manager: AIOT_HOME/spares/hosts.json.
+SPARES_DIR = "spares"
+SPARES_FILE = "hosts.json"
+SPARE_JOIN_S = 600.0  # with spares, the least node_manager.scale_out_join_s: a host's whole bootstrap
+RELEASES_KEPT = 3  # release folders kept in the cache (bootstraps at once may use different ones)
 # The SFTP server of the usual distributions, run through sudo for a user other than root.
 SFTP_SERVER = (
     "for server in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server "
@@ -93,6 +106,38 @@ class NodeEntry(BaseModel):
     http_url: str
 
 
+class SpareHost(BaseModel):
+    """A spare host as the main host's node manager reaches it (its key is a copy on the main host)."""
+
+    host: Host
+    python: str
+    root: str
+
+
+class SpareHosts(BaseModel):
+    """What the bootstrap hands the main host's node manager for scale-out over SSH."""
+
+    release: str = Field(description="the release's folder on the main host, installed on each spare")
+    python: str = Field(description="major.minor of the Python the release is for")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the inventory's settings")
+    hosts: list[SpareHost]
+    complete: bool = Field(
+        default=True, description="false until the hosts the bootstrap starts have all joined"
+    )
+
+
+def spares_path(settings: Settings) -> Path:
+    return settings.home_dir / SPARES_DIR / SPARES_FILE
+
+
+def read_spares(settings: Settings) -> SpareHosts | None:
+    """The spare hosts handed to this (main) host, or None."""
+    try:
+        return SpareHosts.model_validate_json(spares_path(settings).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
 class BootstrapRecord(BaseModel):
     """What `aiot bootstrap` made, in AIOT_HOME/run/bootstrap.json on the machine that ran it."""
 
@@ -116,7 +161,9 @@ def read_record(settings: Settings) -> BootstrapRecord | None:
 
 
 def clear_record(settings: Settings) -> None:
+    """Forget the bootstrapped platform (``aiot destroy``): its record and its cluster's identity."""
     record_path(settings).unlink(missing_ok=True)
+    forget_cluster_identity(settings)
 
 
 def write_record(settings: Settings, record: BootstrapRecord) -> None:
@@ -175,15 +222,36 @@ class Release(BaseModel):
         return next(name for name in self.files if name.startswith("wheels/aiot_platform-"))
 
     @classmethod
+    def installed(cls, directory: Path, python: str) -> Release:
+        """A release uploaded to this host earlier (the main host hands its own to spare hosts)."""
+        try:
+            files = json.loads((directory / ".complete").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValidationFailed(
+                f"release {directory} is not complete on this host ({exc}); run `aiot bootstrap` again"
+            ) from exc
+        return cls(directory=directory, python=python, files=files)
+
+    @classmethod
     def build(cls, progress: Progress, cache: Path | None = None) -> Release:
-        """Build (or reuse) the release of this checkout for this machine's Python."""
+        """Build (or reuse) the release of this checkout for this machine's Python.
+
+        Bootstraps running at once (two platforms, or tests side by side) build one at a time
+        (a lock in the cache) and each uses its own release folder, ``release-<id>``: one being
+        uploaded is never rebuilt under it. The newest few are kept."""
+        cache = cache or Path.home() / ".cache" / "aiot"
+        cache.mkdir(parents=True, exist_ok=True)
+        with exclusive(cache / ".release.lock"):
+            return cls._build(progress, cache)
+
+    @classmethod
+    def _build(cls, progress: Progress, cache: Path) -> Release:
         if not (REPO / "uv.lock").is_file():
             raise ValidationFailed(
                 f"aiot bootstrap installs the platform from a checkout; {REPO} has no uv.lock"
             )
         uv, uv_version = _uv()
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
-        cache = cache or Path.home() / ".cache" / "aiot"
         lock = hashlib.sha256((REPO / "uv.lock").read_bytes()).hexdigest()[:16]
         wheelhouse = cache / f"wheelhouse-{lock}-py{python}-uv{uv_version}"
         if not (wheelhouse / ".complete").is_file():
@@ -218,21 +286,33 @@ class Release(BaseModel):
                         shutil.rmtree(older, ignore_errors=True)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        directory = cache / "release"
-        shutil.rmtree(directory, ignore_errors=True)
-        (directory / "wheels").mkdir(parents=True)
-        progress("release: building the platform's wheel from this checkout")
-        _run_here("release", [uv, "build", "--wheel", "-q", "--out-dir", str(directory / "wheels")], cwd=REPO)
-        for wheel in (wheelhouse / "wheels").iterdir():
-            (directory / "wheels" / wheel.name).hardlink_to(wheel)
-        shutil.copy2(wheelhouse / "requirements.txt", directory / "requirements.txt")
-        _uv_binary(next((wheelhouse / "tools").glob("uv-*.whl")), directory / "uv")
-        files = {
-            str(path.relative_to(directory)): _sha256(path)
-            for path in sorted(directory.rglob("*"))
-            if path.is_file()
-        }
-        return cls(directory=directory, python=python, files=files)
+        staging = Path(tempfile.mkdtemp(prefix=".release-", dir=cache))
+        try:
+            (staging / "wheels").mkdir()
+            progress("release: building the platform's wheel from this checkout")
+            wheels = str(staging / "wheels")
+            _run_here("release", [uv, "build", "--wheel", "-q", "--out-dir", wheels], cwd=REPO)
+            for wheel in (wheelhouse / "wheels").iterdir():
+                (staging / "wheels" / wheel.name).hardlink_to(wheel)
+            shutil.copy2(wheelhouse / "requirements.txt", staging / "requirements.txt")
+            _uv_binary(next((wheelhouse / "tools").glob("uv-*.whl")), staging / "uv")
+            files = {
+                str(path.relative_to(staging)): _sha256(path)
+                for path in sorted(staging.rglob("*"))
+                if path.is_file()
+            }
+            release = cls(directory=staging, python=python, files=files)
+            directory = cache / f"release-{release.id}"
+            if not directory.exists():
+                staging.rename(directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(cache / "release", ignore_errors=True)  # the one folder of earlier versions
+        for older in sorted(cache.glob("release-*"), key=lambda path: path.stat().st_mtime)[:-RELEASES_KEPT]:
+            if older != directory:
+                shutil.rmtree(older, ignore_errors=True)
+        directory.touch()  # the newest, for the bound above
+        return release.model_copy(update={"directory": directory})
 
 
 # SSH ----------------------------------------------------------------------------------------------
@@ -434,6 +514,7 @@ class Bootstrap:
         self.host_settings = host_settings or {}
         self.known_hosts = known_hosts or settings.home_dir / "ssh" / "known_hosts"
         self.generated_password: str | None = None
+        self.cluster: list[MemberAddress] = []  # the Kafka cluster's members, when it has one
 
     @contextlib.contextmanager
     def session(self, target: Target) -> Iterator[Session]:
@@ -448,33 +529,55 @@ class Bootstrap:
     def _step(self, target: Target, step: str, what: str) -> None:
         self.progress(f"{target.host.name}: {step}: {what}")
 
-    def run(self, targets: Sequence[Target], provider: str, config: str) -> BootstrapRecord:
+    def run(
+        self,
+        targets: Sequence[Target],
+        provider: str,
+        config: str,
+        spares: Sequence[Target] = (),
+        brokers: Sequence[str] = (),
+    ) -> BootstrapRecord:
         """Bootstrap every target; the record is written host by host (a half-made platform can
-        be destroyed), but a failed run leaves the record of an earlier one as it was."""
+        be destroyed), but a failed run leaves the record of an earlier one as it was. ``spares``
+        are not started: the main host's node manager gets them for scale-out (``bootstrapper.spares``).
+        ``brokers``: the hosts of a Kafka cluster, one member each (``bootstrapper.cluster``)."""
         previous = read_record(self.settings)
         try:
-            return self._run(targets, provider, config)
+            return self._run(targets, provider, config, spares, brokers)
         except BaseException:
             if previous is not None:
                 write_record(self.settings, previous)
             raise
 
-    def _run(self, targets: Sequence[Target], provider: str, config: str) -> BootstrapRecord:
+    def _run(
+        self,
+        targets: Sequence[Target],
+        provider: str,
+        config: str,
+        spares: Sequence[Target],
+        brokers: Sequence[str],
+    ) -> BootstrapRecord:
         mains = [target for target in targets if target.main]
         if len(mains) != 1:
             raise ValidationFailed(f"a platform needs exactly one main host, not {len(mains)}")
         main = mains[0]
         others = [target for target in targets if not target.main]
-        self._check_shared(others)
+        self._check_shared([*others, *spares])
+        by_name = {target.host.name: target for target in targets}
+        members = [by_name[name] for name in brokers]
         release = Release.build(self.progress)
         self.progress(f"release {release.id}: {len(release.files)} files (Python {release.python})")
         record = BootstrapRecord(provider=provider, config=config, release=release.id)
+        if members:
+            self._start_cluster(members, release, spares)
         with self.session(main) as session:
             self._install(session, main, release)
-            self._write(
-                session, main, "settings", f"{main.root}/settings.toml", to_toml(self._settings_of(main))
-            )
+            settings = to_toml(self._settings_of(main, spares))
+            self._write(session, main, "settings", f"{main.root}/settings.toml", settings)
             self._write(session, main, "settings", f"{main.root}/roster.toml", pinned_roster(self.settings))
+            if self.cluster:
+                self._cluster_secrets(session, main)
+            self._hand_over_spares(session, main, release, spares, joined=False)
             result = self._start(
                 session, main, f"main --remote-nodes {','.join(t.host.name for t in others)}"
             )
@@ -485,38 +588,138 @@ class Bootstrap:
         self.generated_password = result.get("generated_password")
         write_record(self.settings, record)
         for target in others:
+            secrets = result["secrets"].get(target.host.name)
+            record.nodes.append(self.join(target, release, result["broker"], result["web_url"], secrets))
+            write_record(self.settings, record)
+        with self.session(main) as session:
+            self._hand_over_spares(session, main, release, spares, joined=True)
+        return record
+
+    def _start_cluster(self, members: Sequence[Target], release: Release, spares: Sequence[Target]) -> None:
+        """Each member host: the release, its settings, the broker's jars, its member file, and its
+        broker started (the last one waits until the cluster answers: a majority runs by then)."""
+        identity = cluster_identity(self.settings)
+        ports = self.settings.bootstrap
+        self.cluster = [
+            MemberAddress(
+                node_id=index,
+                host=target.host.address,
+                port=ports.kafka_port,
+                controller_port=ports.kafka_controller_port,
+            )
+            for index, target in enumerate(members, start=1)
+        ]
+        # Every host's topics (and the spares') get three replicas, two in sync.
+        self.host_settings = _merge(
+            self.host_settings,
+            {"kafka": {"replication_factor": 3, "min_insync_replicas": 2}},
+        )
+        for index, target in enumerate(members, start=1):
+            member = ClusterMember(
+                node_id=index,
+                cluster_id=identity.cluster_id,
+                admin_password=identity.admin_password,
+                voters=self.cluster,
+            )
             with self.session(target) as session:
                 self._install(session, target, release)
+                settings = to_toml(self._settings_of(target, spares if target.main else ()))
+                self._write(session, target, "settings", f"{target.root}/settings.toml", settings)
+                secrets = f"{target.root}/home/secrets"
+                home = shlex.quote(f"{target.root}/home")
+                session.run("kafka", f"mkdir -p -m 700 {home} {shlex.quote(secrets)}")
+                member_file = f"{secrets}/{MEMBER_FILE}"
+                self._write(session, target, "kafka", member_file, with_password(member), mode=0o600)
+                wait = " --wait" if index == len(members) else ""
+                _code, output = session.run("kafka", self._python(target, f"broker{wait}"), self.progress)
+                started = (_result(output) or {}).get("changed")
+                said = "member started" if started else "member unchanged (already running)"
+                self._step(target, "kafka", said)
+
+    def _cluster_secrets(self, session: Session, main: Target) -> None:
+        """The main host's secrets file for the cluster: its super user, from which the platform's
+        principals are made. Written once: the platform adds its principals to it."""
+        path = f"{main.root}/home/secrets/kafka.json"
+        servers = self._servers()
+        found = session.read_text(path)
+        if found is not None and json.loads(found).get("bootstrap") == servers:
+            self._step(main, "kafka", "kafka.json kept (the platform's principals are in it)")
+            return
+        identity = cluster_identity(self.settings)
+        document = {
+            "bootstrap": servers,
+            "admin": ADMIN_USER,
+            "mechanism": SCRAM_MECHANISM,
+            "principals": {ADMIN_USER: identity.admin_password.get_secret_value()},
+        }
+        session.run("kafka", f"mkdir -p -m 700 {shlex.quote(main.root)}/home/secrets")
+        self._write(session, main, "kafka", path, json.dumps(document, indent=2), mode=0o600)
+
+    def _servers(self) -> str:
+        return ",".join(f"{member.host}:{member.port}" for member in self.cluster)
+
+    def join(
+        self, target: Target, release: Release, broker: str, web_url: str, secrets: dict[str, Any] | None
+    ) -> NodeEntry:
+        """Install ``release`` on another host and start its agent, joined to ``broker``; ``secrets``
+        is its bus credential (none on a bus without SASL)."""
+        with self.session(target) as session:
+            self._install(session, target, release)
+            settings = to_toml(self._settings_of(target))
+            self._write(session, target, "settings", f"{target.root}/settings.toml", settings)
+            if secrets is not None:
+                session.run("settings", f"mkdir -p -m 700 {shlex.quote(target.root)}/home/secrets")
                 self._write(
-                    session,
-                    target,
-                    "settings",
-                    f"{target.root}/settings.toml",
-                    to_toml(self._settings_of(target)),
-                )
-                secrets = result["secrets"].get(target.host.name)
-                if secrets is not None:
-                    session.run("settings", f"mkdir -p -m 700 {shlex.quote(target.root)}/home/secrets")
-                    self._write(
-                        session, target, "settings", f"{target.root}/home/secrets/kafka.json",
-                        json.dumps(secrets, indent=2), mode=0o600,
-                    )  # fmt: skip
-                joined = self._start(
-                    session,
-                    target,
-                    f"join --broker {shlex.quote(result['broker'])} "
-                    f"--web-url {shlex.quote(result['web_url'])}",
-                )
-            record.nodes.append(
-                NodeEntry(
-                    name=target.host.name,
-                    address=target.host.address,
-                    main=False,
-                    http_url=joined["http_url"],
+                    session, target, "settings", f"{target.root}/home/secrets/kafka.json",
+                    json.dumps(secrets, indent=2), mode=0o600,
+                )  # fmt: skip
+            joined = self._start(
+                session, target, f"join --broker {shlex.quote(broker)} --web-url {shlex.quote(web_url)}"
+            )
+        return NodeEntry(
+            name=target.host.name, address=target.host.address, main=False, http_url=joined["http_url"]
+        )
+
+    def _hand_over_spares(
+        self, session: Session, main: Target, release: Release, spares: Sequence[Target], *, joined: bool
+    ) -> None:
+        """The main host's node manager gets the spare hosts (``bootstrapper.spares``): how to reach
+        each (its key copied there, 0600), the release installed there to hand them, and the
+        settings they get. An SSH platform gets the list even without spares: its node manager then
+        adds no node (it would otherwise start more agents on the main host, as ``aiot up`` does).
+        Before the main host starts (``joined`` false) the keys and, the first time, an incomplete
+        list: its node manager adds nobody while the hosts this bootstrap starts are still joining;
+        once they all have, the list."""
+        folder = f"{main.root}/home/{SPARES_DIR}"
+        listing = f"{folder}/{SPARES_FILE}"
+        hosts = []
+        for spare in spares:
+            key = f"{folder}/keys/{spare.host.name}"
+            hosts.append(
+                SpareHost(
+                    host=spare.host.model_copy(
+                        update={"ssh": spare.host.ssh.model_copy(update={"key_file": Path(key)})}
+                    ),
+                    python=spare.python,
+                    root=spare.root,
                 )
             )
-            write_record(self.settings, record)
-        return record
+        handed = SpareHosts(
+            release=f"{main.root}/releases/{release.id}",
+            python=release.python,
+            settings=self.host_settings,
+            hosts=hosts,
+        )
+        if joined:
+            self._write(session, main, "spares", listing, handed.model_dump_json(indent=2), mode=0o600)
+            return
+        session.run("spares", f"mkdir -p -m 700 {shlex.quote(main.root)}/home {shlex.quote(folder)}/keys")
+        for spare, entry in zip(spares, hosts, strict=True):
+            key_text = spare.host.ssh.key_file.read_text()
+            self._write(session, main, "spares", str(entry.host.ssh.key_file), key_text, mode=0o600)
+        if session.read_text(listing) is None:
+            pending = handed.model_copy(update={"hosts": [], "complete": False})
+            self._write(session, main, "spares", listing, pending.model_dump_json(indent=2), mode=0o600)
 
     def _check_shared(self, others: Sequence[Target]) -> None:
         blob = self.host_settings.get("blob", {})
@@ -526,16 +729,22 @@ class Bootstrap:
                 'blob.backend = "azure" (and azure_connection_string) in the inventory\'s settings'
             )
 
-    def _settings_of(self, target: Target) -> dict[str, Any]:
+    def _settings_of(self, target: Target, spares: Sequence[Target] = ()) -> dict[str, Any]:
         address = target.host.address
         tree: dict[str, Any] = {
             "home": f"{target.root}/home",
             "agent": {"node_id": target.host.name, "host": address},
             "web": {"host": address},
         }
-        if target.main:
+        if target.main or self._member(target):
             tree["kafka"] = {"host": address, "jars_dir": f"{target.root}/kafka-jars"}
+        if target.main and self.cluster:
+            tree["kafka"]["bootstrap_servers"] = self._servers()
+        if target.main:
             tree["node_manager"] = {"roster_file": f"{target.root}/roster.toml"}
+            if spares:  # a spare's bootstrap (upload, install) takes longer than starting a local agent
+                join_s = max(self.settings.node_manager.scale_out_join_s, SPARE_JOIN_S)
+                tree["node_manager"]["scale_out_join_s"] = join_s
         return _merge(tree, self.host_settings)
 
     def _install(self, session: Session, target: Target, release: Release) -> None:
@@ -579,6 +788,8 @@ class Bootstrap:
                 f"{uv} pip install -q --offline --no-index --find-links {shlex.quote(releases)}/wheels "
                 f"--python {shlex.quote(venv)}/bin/python -r {shlex.quote(releases)}/requirements.txt "
                 f"{shlex.quote(releases + '/' + release.wheel)} && "
+                # The agent builds models' and apps' venvs with it (sudo's PATH may have no uv).
+                f"cp {uv} {shlex.quote(venv)}/bin/uv && "
                 f"touch {shlex.quote(venv)}/.installed",
             )
         session.run(
@@ -591,8 +802,13 @@ class Bootstrap:
             f'ls -1t "$folder" | grep -v "^{release.id}$" | tail -n +2 | '
             f'while read -r old; do rm -rf "$folder/$old"; done; done',
         )
-        if target.main and not self.host_settings.get("kafka", {}).get("bootstrap_servers"):
+        external = self.host_settings.get("kafka", {}).get("bootstrap_servers")
+        if self._member(target) or (target.main and not self.cluster and not external):
             self._jars(session, target)
+
+    def _member(self, target: Target) -> bool:
+        """Whether ``target`` runs a member of the bootstrap's Kafka cluster."""
+        return any(member.host == target.host.address for member in self.cluster)
 
     def _jars(self, session: Session, target: Target) -> None:
         kafka = self.settings.kafka
@@ -633,7 +849,22 @@ class Bootstrap:
         if result is None:
             raise RemoteError(target.host.name, "start", f"no result:\n{output[-2000:]}")
         self._step(target, "start", "started" if result["changed"] else "unchanged (already running)")
+        self._unit(session, target, arguments)
         return result
+
+    def _unit(self, session: Session, target: Target, arguments: str) -> None:
+        """Where systemd runs, a unit that starts this host's platform at boot and stops it at
+        shutdown (enabled; this run has started it already)."""
+        code, _ = session.run("systemd", "test -d /run/systemd/system", check=False)
+        if code != 0:
+            self._step(
+                target, "systemd", "not running on this host: `aiot bootstrap` starts it again after a reboot"
+            )
+            return
+        name = unit_name(target.root)
+        text = systemd_unit(target, arguments, member=self._member(target))
+        self._write(session, target, "systemd", f"/etc/systemd/system/{name}", text)
+        session.run("systemd", f"systemctl daemon-reload && systemctl enable --quiet {name}")
 
     def destroy_hosts(self, targets: Sequence[Target]) -> list[str]:
         """Stop what bootstrap started on each target, the main host first; what was stopped. A host
@@ -658,10 +889,51 @@ class Bootstrap:
             if code != 0:
                 self._step(target, "stop", "nothing installed")
                 return []
-            _code, output = session.run("stop", self._python(target, "down"), self.progress)
+            name = shlex.quote(unit_name(target.root))
+            session.run(
+                "stop",
+                f"if [ -d /run/systemd/system ] && [ -f /etc/systemd/system/{name} ]; then "
+                f"systemctl disable --quiet {name}; rm -f /etc/systemd/system/{name}; "
+                "systemctl daemon-reload; fi",
+            )
+            _code, output = session.run("stop", self._python(target, "down --purge"), self.progress)
             names = (_result(output) or {}).get("stopped", [])
             self._step(target, "stop", f"stopped {', '.join(names)}" if names else "nothing was running")
             return [f"{target.host.name}/{name}" for name in names]
+
+
+def unit_name(root: str) -> str:
+    """The systemd unit of the platform installed at ``root`` (several roots, several units)."""
+    return f"aiot-{hashlib.sha256(root.encode()).hexdigest()[:8]}.service"
+
+
+def systemd_unit(target: Target, arguments: str, *, member: bool) -> str:
+    """A oneshot unit around ``python -m bootstrapper.host``: it starts the host's supervised tree
+    (its Kafka member first) and returns; the tree's processes stay in the unit's control group,
+    and ``down`` stops them at shutdown (the member's log dir kept: it rejoins at the next boot)."""
+    root = target.root
+    python = f"{root}/venv/bin/python -m {HOST_MODULE}"
+    starts = ([f"ExecStart={python} broker --wait"] if member else []) + [f"ExecStart={python} {arguments}"]
+    lines = [
+        "[Unit]",
+        f"Description=AIoT platform on {target.host.name} ({'main host' if target.main else 'node'})",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        f"WorkingDirectory={root}",
+        f"Environment=AIOT_HOME={root}/home AIOT_CONFIG_FILE={root}/settings.toml",
+        *starts,
+        f"ExecStop={python} down",
+        "TimeoutStartSec=900",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _result(output: str) -> dict[str, Any] | None:
@@ -672,4 +944,12 @@ def _result(output: str) -> dict[str, Any] | None:
     return None
 
 
-__all__ = ["Bootstrap", "BootstrapRecord", "PlatformError", "Release", "RemoteError", "Target"]
+__all__ = [
+    "Bootstrap",
+    "BootstrapRecord",
+    "PlatformError",
+    "Release",
+    "RemoteError",
+    "SpareHosts",
+    "Target",
+]

@@ -3,12 +3,14 @@
 An inventory is a JSON or TOML file (``aiot bootstrap --provider ssh --config FILE``)::
 
     main = "a"                          # the host that runs the broker, database, bucket and core
+    brokers = ["a", "b", "c"]           # optional: a Kafka cluster, a broker on each (bootstrapper.cluster)
     [[hosts]]
     name = "a"
     address = "10.0.0.11"               # what the other hosts reach it on (SSH too, unless ssh_host)
     port = 22
     user = "root"
     key_file = "~/.ssh/aiot_ed25519"    # relative paths are relative to the inventory file
+    spare = false                       # true: left for the node manager's scale-out (bootstrapper.spares)
     [settings]                          # settings every host's platform gets (docs/settings.md)
     blob = { backend = "azure", azure_connection_string = "..." }
 
@@ -50,6 +52,11 @@ class InventoryHost(BaseModel):
     root: str | None = Field(
         default=None, description="install root on the host; default bootstrap.install_root"
     )
+    spare: bool = Field(
+        default=False,
+        description="not started by `aiot bootstrap`: the main host's node manager bootstraps it when "
+        "it scales out, and stops it again when it scales in",
+    )
 
     def host(self) -> Host:
         return Host(
@@ -72,6 +79,11 @@ class Inventory(BaseModel):
     settings: dict[str, Any] = Field(
         default_factory=dict, description="settings tree every host's platform gets (docs/settings.md)"
     )
+    brokers: list[str] = Field(
+        default_factory=list,
+        description="hosts that each run one Kafka broker (and controller) of one KRaft cluster, every "
+        "topic with three replicas: three or more, none a spare; empty: one broker on the main host",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Inventory:
@@ -81,7 +93,30 @@ class Inventory(BaseModel):
             raise ValueError(f"host names must be unique: {', '.join(twice)} more than once")
         if self.main is not None and self.main not in names:
             raise ValueError(f"main names {self.main!r}, which is not one of the hosts ({', '.join(names)})")
+        if next(host for host in self.hosts if host.name == self.main_host).spare:
+            raise ValueError(f"the main host {self.main_host!r} cannot be a spare")
+        self._check_brokers(names)
         return self
+
+    def _check_brokers(self, names: list[str]) -> None:
+        if not self.brokers:
+            return
+        unknown = [name for name in self.brokers if name not in names]
+        if unknown:
+            raise ValueError(f"brokers names {', '.join(unknown)}, not one of the hosts ({', '.join(names)})")
+        if len(set(self.brokers)) != len(self.brokers):
+            raise ValueError("brokers names a host more than once")
+        spares = [host.name for host in self.hosts if host.spare and host.name in self.brokers]
+        if spares:
+            named = ", ".join(spares)
+            raise ValueError(f"brokers names the spare host {named}: a broker runs from the start")
+        if len(self.brokers) < 3:
+            raise ValueError(
+                f"brokers names {len(self.brokers)} hosts: a cluster needs three or more (a majority of its "
+                "controllers must run); leave it empty for one broker on the main host"
+            )
+        if self.settings.get("kafka", {}).get("bootstrap_servers"):
+            raise ValueError("brokers and settings.kafka.bootstrap_servers exclude each other: one cluster")
 
     @property
     def main_host(self) -> str:
@@ -160,11 +195,20 @@ class SshProvider:
         return sorted((self.target(entry.name) for entry in self.inventory.hosts), key=lambda t: not t.main)
 
     def bootstrap(self, progress: Progress) -> BootstrapRecord:
-        """Install and start the platform on every host of the inventory."""
+        """Install and start the platform on every host of the inventory but the spares (handed to
+        the main host's node manager for scale-out)."""
         return self.bootstrap_with(self.bootstrapper(progress))
 
     def bootstrap_with(self, runner: Bootstrap) -> BootstrapRecord:
-        return runner.run(self.targets(), self.provider, str(self.config))
+        spares = {entry.name for entry in self.inventory.hosts if entry.spare}
+        targets = self.targets()
+        return runner.run(
+            [target for target in targets if target.host.name not in spares],
+            self.provider,
+            str(self.config),
+            spares=[target for target in targets if target.host.name in spares],
+            brokers=self.inventory.brokers,
+        )
 
     def bootstrapper(self, progress: Progress) -> Bootstrap:
         return self._bootstrap(progress)
@@ -192,5 +236,5 @@ class SshProvider:
         self._bootstrap(progress).destroy_hosts([self.target(name)])
 
     def destroy(self, progress: Progress) -> list[str]:
-        """Stop what the platform runs on every host (the main host first)."""
+        """Stop what the platform runs on every host, spares included (the main host first)."""
         return self._bootstrap(progress).destroy_hosts(self.targets())

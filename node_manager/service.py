@@ -135,6 +135,7 @@ class NodeManagerService(Service):
         self._busy_since: float | None = None
         self._pending_node: str | None = None
         self._pending_since = 0.0
+        self._declined_at = float("-inf")  # when the provider last added no node (monotonic)
         # The bus's clock: when any node's announcement last arrived. While nobody is heard (the
         # broker paused or restarting), nobody's silence counts: no node is declared down.
         self._last_announcement = time.monotonic()
@@ -683,6 +684,8 @@ class NodeManagerService(Service):
             waited = time.monotonic() - self._pending_since
             if known.get(self._pending_node) != "up" and waited < settings.scale_out_join_s:
                 return  # one new node at a time: wait until the last one has joined
+            if known.get(self._pending_node) == "up":  # the cooldown runs from when it joined
+                self._last_scaled = time.monotonic()
             self._pending_node = None
         now = time.monotonic()
         serving = sum(state != "down" for state in known.values())
@@ -702,13 +705,16 @@ class NodeManagerService(Service):
         else:
             self._busy_since = None
             return
-        if serving >= settings.max_nodes:
-            return
+        if serving >= settings.max_nodes or now - self._declined_at < settings.scale_out_after_s:
+            return  # a provider that added none is asked again scale_out_after_s later
         log.warning("%s: adding a node", why)
         self._pending_node = self._scale_out()
         self._pending_since = now
-        self._last_scaled = now
         self._busy_since = None
+        if self._pending_node is None:
+            self._declined_at = now
+        else:
+            self._last_scaled = now
         log.warning(
             "scale-out: %s",
             f"node {self._pending_node} started" if self._pending_node else "the provider added none",

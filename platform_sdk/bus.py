@@ -144,6 +144,7 @@ def client_config(
         # Loopback and in-cluster brokers come back within a second; retry at that pace.
         "reconnect.backoff.max.ms": 1000,
         "topic.metadata.refresh.interval.ms": kafka.metadata_refresh_ms,
+        "socket.timeout.ms": kafka.socket_timeout_ms,
         # librdkafka's own diagnostics go through Python logging, not straight to stderr.
         "logger": logging.getLogger("librdkafka"),
         **kafka.extra,

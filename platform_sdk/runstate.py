@@ -6,15 +6,19 @@ reader never sees half a file.
 
 Everything under AIOT_HOME is its owner's alone: ``private_dir`` makes (or narrows) a folder
 to 0700, ``private_file`` a file to 0600; ``PRIVATE_UMASK`` is the umask ``aiot up`` gives
-the platform's processes, so what they create is private too.
+the platform's processes, so what they create is private too. ``exclusive`` serialises
+processes that change the same files (an exclusive ``flock`` on a lock file beside them).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +47,19 @@ def private_file(path: Path) -> Path:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
     _narrow(path, PRIVATE_FILE_MODE)
     return path
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (made 0600, its folder 0700, if missing)."""
+    lock_file.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    with open(lock_file, "a") as lock:
+        _narrow(lock_file, PRIVATE_FILE_MODE)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _narrow(path: Path, mode: int) -> None:

@@ -192,6 +192,14 @@ class KafkaSettings(BaseModel):
         description="How often every client refreshes topic metadata (errors such as a lost leader "
         "refresh it at once).",
     )
+    socket_timeout_ms: int = Field(
+        default=10_000,
+        ge=5000,
+        description="How long a request may go unanswered before a client drops the connection and "
+        "looks for the partition's leader again (librdkafka's socket.timeout.ms, 60 s by default): a "
+        "broker cut off by the network answers nothing, and its partitions' new leaders are used "
+        "only once the client gives up on it. Above the longest fetch wait (fetch_wait_max_ms).",
+    )
     instance_topics_refresh_ms: int = Field(
         default=1000,
         ge=100,
@@ -580,8 +588,9 @@ class NodeManagerSettings(BaseModel):
     scale_cooldown_s: float = Field(
         default=120.0,
         ge=0,
-        description="No scale-in this long after a node was added or removed (and no second removal): "
-        "a load that comes and goes does not add and remove nodes in turn.",
+        description="No scale-in this long after a node joined or was removed (and no second removal): "
+        "a load that comes and goes does not add and remove nodes in turn; a node that takes long "
+        "to join (a VM, a spare host's bootstrap) gets the whole cooldown once it has.",
     )
     first_service_port: int = Field(
         default=20000,
@@ -891,6 +900,15 @@ class BootstrapSettings(BaseModel):
         default="/opt/aiot",
         description="Where a host's platform lives when its inventory entry names no root: the "
         "release's venv, the wheelhouse, settings and AIOT_HOME.",
+    )
+    kafka_port: int = Field(
+        default=9092, ge=1, le=65535, description="The client port of a Kafka cluster's member on its host."
+    )
+    kafka_controller_port: int = Field(
+        default=9093,
+        ge=1,
+        le=65535,
+        description="The controller (quorum) port of a Kafka cluster's member on its host.",
     )
 
 

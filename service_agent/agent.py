@@ -80,9 +80,9 @@ class ServiceAgent(Service):
         self.sandboxes = Sandboxes(self.settings, process_runtime=agent.runtime == "process")
         self.sandboxes.check()
         self.meter = LoadMeter(agent.load_scope)
+        # Its routes answer from the supervisor: the server starts once that exists (the supervisor
+        # asks for the server's URL only when it starts a service).
         self.server = HttpServer(self._http_app(), agent.host, agent.http_port, threads=4)
-        self.server.start()
-        self.own(self.server)
         bundles = BundleCache(
             self.settings.home_dir / "bundles" / agent.node_id, blob_store_from_settings(self.settings)
         )
@@ -97,6 +97,8 @@ class ServiceAgent(Service):
             measure_load=self._load,
             sandboxes=self.sandboxes,
         )
+        self.server.start()
+        self.own(self.server)
         self.supervisor.start()
         self.own(self.supervisor)
         pruner = PeriodicTask("bundle-prune", agent.bundle_check_interval_s, bundles.prune)

@@ -101,8 +101,9 @@ class VenvCache:
             if python.exists():
                 return str(python)
             staging = venv.with_suffix(".tmp")
-            self._run(["uv", "venv", "--quiet", "--python", self.base, str(staging)])
-            installer = ["uv", "pip", "install", "--quiet", "--compile-bytecode"]
+            uv = uv_command()
+            self._run([uv, "venv", "--quiet", "--python", self.base, str(staging)])
+            installer = [uv, "pip", "install", "--quiet", "--compile-bytecode"]
             wanted = [line.strip() for line in requirements if line.strip()]
             if wanted:
                 self._run([*installer, "--python", str(staging / "bin" / "python"), *wanted])
@@ -139,6 +140,13 @@ class VenvCache:
             raise Unavailable("uv is not installed on this node: pip install uv") from exc
         except subprocess.CalledProcessError as exc:
             raise BadRequest(f"cannot install requirements: {exc.stderr.strip()[-500:]}") from exc
+
+
+def uv_command() -> str:
+    """uv beside the agent's interpreter (a bootstrapped host's venv has the release's uv there),
+    else the one on PATH (a checkout's environment)."""
+    beside = Path(sys.executable).parent / "uv"
+    return str(beside) if beside.is_file() else "uv"
 
 
 class ProcessService:

@@ -28,7 +28,6 @@ environment and scratch folder, and the agent says so loudly at its start.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,13 +37,14 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from platform_core.nodes import PROCESS_ENVIRONMENT, ServiceSpec
 from platform_sdk.errors import Unavailable
+from platform_sdk.runstate import exclusive
 from platform_sdk.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -229,15 +229,8 @@ class UidTable:
             f"from {self.base} are taken; widen the range"
         )
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive(self.path.with_suffix(".lock"))
 
     def _read(self) -> dict[str, int]:
         try:

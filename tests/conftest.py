@@ -113,6 +113,7 @@ LONGEST_FIRST = (
     "test_compose",  # its images' first build on a fresh machine takes minutes
     "test_kafka_cluster",
     "test_ssh_bootstrap",
+    "test_ssh_cluster",
     "test_devices_e2e",
     "test_node_layer",
     "test_docker_runtime",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bootstrapper.providers import Host, SshAddress
+from bootstrapper.remote import Target, systemd_unit, unit_name
 from bootstrapper.ssh import SshProvider, load_inventory
 from platform_sdk.errors import ValidationFailed
 from platform_sdk.settings import Settings
@@ -27,6 +29,11 @@ root = "/srv/aiot"
 [settings]
 blob = { backend = "azure" }
 """
+
+
+THREE = [
+    {"name": name, "address": f"10.0.0.{index}", "key_file": "keys/id"} for index, name in enumerate("abc")
+]
 
 
 @pytest.fixture
@@ -78,6 +85,21 @@ def test_an_inventory_gives_hosts_with_ssh_addresses_and_the_main_one_first(
             {"hosts": [{"name": "a", "address": "x", "key_file": "keys/id"}] * 2},
             "host names must be unique: a more than once",
         ),
+        ({"brokers": ["a", "z"], "hosts": THREE}, "brokers names z, not one of the hosts (a, b, c)"),
+        ({"brokers": ["a", "b"], "hosts": THREE}, "a cluster needs three or more"),
+        ({"brokers": ["a", "b", "b"], "hosts": THREE}, "brokers names a host more than once"),
+        (
+            {"brokers": ["a", "b", "c"], "hosts": [*THREE[:2], {**THREE[2], "spare": True}]},
+            "brokers names the spare host c",
+        ),
+        (
+            {
+                "brokers": ["a", "b", "c"],
+                "hosts": THREE,
+                "settings": {"kafka": {"bootstrap_servers": "k:9092"}},
+            },
+            "exclude each other",
+        ),
     ],
 )
 def test_a_wrong_inventory_names_file_field_and_reason(
@@ -97,3 +119,27 @@ def test_an_unreadable_inventory_says_so(folder: Path) -> None:
     broken.write_text("hosts = [")
     with pytest.raises(ValidationFailed, match=f"inventory {broken}: not valid toml"):
         load_inventory(broken)
+
+
+def test_a_systemd_unit_starts_the_kafka_member_first_and_stops_the_platform(folder: Path) -> None:
+    host = Host(
+        name="b",
+        ssh=SshAddress(host="10.0.0.12", key_file=folder / "keys" / "id"),
+        address="10.0.0.12",
+        provider="ssh",
+    )
+    unit = systemd_unit(
+        Target(host=host, root="/srv/aiot"), "join --broker k:9092 --web-url http://a", member=True
+    )
+    python = "/srv/aiot/venv/bin/python -m bootstrapper.host"
+    starts = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert starts == [
+        f"ExecStart={python} broker --wait",
+        f"ExecStart={python} join --broker k:9092 --web-url http://a",
+    ]
+    assert f"ExecStop={python} down" in unit.splitlines()  # not --purge: the member's data stays
+    assert "Environment=AIOT_HOME=/srv/aiot/home AIOT_CONFIG_FILE=/srv/aiot/settings.toml" in unit
+    assert "WantedBy=multi-user.target" in unit
+    plain = systemd_unit(Target(host=host, root="/srv/aiot"), "main --remote-nodes b", member=False)
+    assert "broker --wait" not in plain
+    assert unit_name("/srv/aiot") != unit_name("/opt/aiot")  # one unit per install root

@@ -1,275 +1,55 @@
-"""`aiot bootstrap --provider ssh` on three genuine hosts: network namespaces, each with its own sshd.
+"""`aiot bootstrap --provider ssh` on three genuine hosts (``tests.fixtures.ssh_hosts``: network
+namespaces, each with its own sshd; c reached through sudo). The platform is bootstrapped once
+per module (the first test times it) and destroyed at the end.
 
-The module's hosts: three network namespaces joined by veth pairs to a bridge in the root
-namespace (10.X.Y.0/24, the bridge .1, the hosts .11-.13), each running its own sshd with a
-generated host key and one user key; a and b are reached as root, c as an admin user through
-passwordless sudo (as an Azure VM's). The shared bucket the hosts' agents fetch bundles from is
-an Azurite on the bridge's address (several hosts need one: ``bootstrapper.remote``). The
-platform is bootstrapped once per module (the first test times it) and destroyed at the end;
-namespaces, bridge, sshds and install roots go whatever happens.
+Host c is a spare (``bootstrapper.spares``): the bootstrap starts a and b; the main host's node
+manager bootstraps c over SSH when every started host is busy, and stops it there when every host
+has been idle past the cooldown. The tests run in this file's order, a story: the platform up, a
+second bootstrap and bad inventories changing nothing, a model on b, the spare joining and taking
+the next model, then (models deleted) the spare drained and removed, and the destroy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import random
 import shutil
-import signal
-import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import requests
 
-from tests.conftest import missing_component
-from tests.fixtures.azurite import ACCOUNT, ACCOUNT_KEY, find_azurite
-from tests.fixtures.sudo_user import admin_user, need_sudo
-from tests.platform_driver import Platform, wait_until
+from tests.fixtures.ssh_hosts import SSH_HOST_MARKS, Hosts, SshLab, host_processes, need_components
+from tests.platform_driver import wait_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.service("sshd"),
-    pytest.mark.service("kafka"),
-    pytest.mark.service("azurite"),
-    pytest.mark.timeout(900),
-]
-SSHD = "/usr/sbin/sshd"
+pytestmark = SSH_HOST_MARKS
 HOSTS = ("a", "b", "c")
-# Host c is reached as an admin user through passwordless sudo, as an Azure VM is; a and b as root.
-ADMIN_USER = "aiot-test-admin"
-USERS = {"c": ADMIN_USER}
+SPARE = "c"
+STARTED = ("a", "b")
+# Any load counts as busy (a host that runs anything: every started host once a replica runs on b),
+# so the spare is added; and every host as idle, so the spare goes once the cooldown after it
+# joined has passed: long enough for the test that gives it a model.
+COOLDOWN_S = 90
+SCALING = {
+    "scale_out_load": 0.001,
+    "scale_out_after_s": 2,
+    "max_nodes": 3,
+    "scale_in_load": 1.0,
+    "scale_in_after_s": 1,
+    "scale_cooldown_s": COOLDOWN_S,
+}
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-def _wait_port(address: str, port: int, timeout: float) -> None:
-    def answers() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
-            return True
-        return False
-
-    wait_until(answers, timeout, f"{address}:{port} answering")
-
-
-@dataclass
-class Hosts:
-    """The namespace hosts, their inventory and the control machine's home."""
-
-    inventory: Path
-    home: Path
-    roots: dict[str, Path]
-    addresses: dict[str, str]
-    user_key: Path
-    aiot: Platform
-
-
-class _Lab:
-    """Creates the namespaces, bridge, sshds and Azurite; ``close`` removes every one of them."""
-
-    def __init__(self, work: Path) -> None:
-        self.tag = uuid.uuid4().hex[:6]
-        self.subnet = f"10.{random.randint(100, 250)}.{random.randint(1, 250)}"
-        self.work = work
-        self.bridge = f"aiotbr{self.tag}"
-        self.namespaces: list[str] = []
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.install = Path(f"/tmp/aiot-ssh-{self.tag}")
-        self.forward: list[str] = []
-        self.users = contextlib.ExitStack()
-
-    def namespace(self, name: str) -> str:
-        return f"aiot-{self.tag}-{name}"
-
-    def start(self) -> Hosts:
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
-        # Docker's FORWARD policy (DROP) also filters bridged traffic: let the hosts reach each other.
-        if shutil.which("iptables"):
-            rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
-            subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
-            self.forward = rule
-        keys = self.work / "keys"
-        keys.mkdir()
-        user_key = keys / "user"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user_key)], check=True)
-        self.install.mkdir(mode=0o755)
-        self.install.chmod(0o755)
-        # sshd reads it as the user logging in (host c's admin user too): in a folder others can enter.
-        authorized = self.install / "authorized_keys"
-        shutil.copy(keys / "user.pub", authorized)
-        authorized.chmod(0o644)
-        self.users.enter_context(admin_user(ADMIN_USER))
-        addresses, roots = {}, {}
-        Path("/run/sshd").mkdir(exist_ok=True)
-        for index, name in enumerate(HOSTS):
-            namespace = self.namespace(name)
-            address = f"{self.subnet}.{11 + index}"
-            outer, inner = f"v{self.tag}{name}", f"v{self.tag}{name}p"
-            _ip("netns", "add", namespace)
-            self.namespaces.append(namespace)
-            _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
-            _ip("link", "set", inner, "netns", namespace)
-            _ip("link", "set", outer, "master", self.bridge, "up")
-            _ip("-n", namespace, "link", "set", "lo", "up")
-            _ip("-n", namespace, "link", "set", inner, "name", "eth0")
-            _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
-            _ip("-n", namespace, "link", "set", "eth0", "up")
-            # No default route: the hosts reach their subnet only, and a DNS query (Kafka's SASL looks
-            # its peers' names up) fails at once instead of waiting for a resolver it cannot reach.
-            host_key = keys / f"host-{name}"
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
-            log = open(self.work / f"sshd-{name}.log", "ab")  # noqa: SIM115  # the child holds it
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        namespace,
-                        SSHD,
-                        "-D",
-                        "-e",
-                        "-p",
-                        "22",
-                        "-o",
-                        f"ListenAddress={address}",
-                        "-h",
-                        str(host_key),
-                        "-o",
-                        f"AuthorizedKeysFile={authorized}",
-                        "-o",
-                        "StrictModes=no",
-                        "-o",
-                        f"PidFile={self.work / f'sshd-{name}.pid'}",
-                        "-o",
-                        "PermitRootLogin=prohibit-password",
-                        "-o",
-                        "UsePAM=no",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            log.close()
-            addresses[name] = address
-            roots[name] = self.install / name
-        for address in addresses.values():
-            _wait_port(address, 22, 20)
-        bucket = self._azurite()
-        home = self.work / "control-home"
-        home.mkdir()
-        inventory = self.work / "inventory.json"
-        inventory.write_text(
-            json.dumps(
-                {
-                    "main": "a",
-                    "hosts": [
-                        {
-                            "name": name,
-                            "address": addresses[name],
-                            "user": USERS.get(name, "root"),
-                            "key_file": str(user_key),
-                            "python": "/usr/bin/python3",
-                            "root": str(roots[name]),
-                        }
-                        for name in HOSTS
-                    ],
-                    "settings": {"blob": {"backend": "azure", "azure_connection_string": bucket}},
-                }
-            )
-        )
-        return Hosts(inventory, home, roots, addresses, user_key, Platform(home))
-
-    def _azurite(self) -> str:
-        binary = find_azurite()
-        assert binary is not None
-        address = f"{self.subnet}.1"
-        data = self.work / "azurite"
-        data.mkdir()
-        log = open(self.work / "azurite.log", "ab")  # noqa: SIM115
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    binary,
-                    "--blobHost",
-                    address,
-                    "--blobPort",
-                    "10000",
-                    "--location",
-                    str(data),
-                    "--skipApiVersionCheck",
-                    "--disableTelemetry",
-                    "--silent",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-        log.close()
-        _wait_port(address, 10000, 30)
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint=http://{address}:10000/{ACCOUNT};"
-        )
-
-    def close(self) -> None:
-        for namespace in self.namespaces:  # whatever still runs in a host: its sshd, a platform left over
-            pids = subprocess.run(
-                ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False
-            ).stdout
-            for pid in pids.split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM) if os.getpgid(
-                    process.pid
-                ) == process.pid else process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for namespace in self.namespaces:
-            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
-        if self.forward:
-            subprocess.run(["iptables", "-D", *self.forward], capture_output=True, check=False)
-        shutil.rmtree(self.install, ignore_errors=True)
-        self.users.close()
-
-
-def _components() -> None:
-    if not Path(SSHD).is_file():
-        missing_component("sshd", f"{SSHD} is missing (apt-get install -y openssh-server)")
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0 or os.geteuid() != 0:
-        missing_component("sshd", "network namespaces need root and iproute2 (`ip netns`)")
-    if find_azurite() is None:
-        missing_component("azurite", "azurite-blob is not installed (npm install)")
-    need_sudo()
 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    _components()
-    lab = _Lab(tmp_path_factory.mktemp("ssh-hosts"))
+    need_components()
+    lab = SshLab(tmp_path_factory.mktemp("ssh-hosts"))
     try:
-        found = lab.start()
+        found = lab.start(HOSTS, entries={SPARE: {"spare": True}}, settings={"node_manager": SCALING})
         yield found
         found.aiot.run("destroy", "--config", str(found.inventory), check=False, timeout=300)
     finally:
@@ -283,53 +63,27 @@ def bootstrapped(hosts: Hosts) -> tuple[Hosts, float, str]:
     return hosts, time.monotonic() - began, result.stdout
 
 
-def _host_processes(root: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            if process.environ().get("AIOT_HOME", "").startswith(str(root)):
-                found.append(process)
+def _nodes(hosts: Hosts) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = json.loads(hosts.aiot.run("nodes", "--json").stdout)
     return found
 
 
-def test_bootstrap_brings_up_three_hosts(bootstrapped: tuple[Hosts, float, str]) -> None:
+def test_bootstrap_starts_two_hosts_and_hands_the_spare_to_the_main_host(
+    bootstrapped: tuple[Hosts, float, str],
+) -> None:
     hosts, took, output = bootstrapped
-    print(f"\nbootstrap of three hosts: {took:.0f}s")
-    for name in HOSTS:
+    print(f"\nbootstrap of two hosts (and a spare): {took:.0f}s")
+    for name in STARTED:
         assert f"{name}: start: started" in output, output
-    nodes = json.loads(hosts.aiot.run("nodes", "--json").stdout)
-    assert {node["node_id"]: node["reachable"] for node in nodes} == dict.fromkeys(HOSTS, True)
+    assert not [line for line in output.splitlines() if line.startswith(f"{SPARE}: ")], output
+    assert f"a: spares: {SPARE} written" in output, output  # its key, for the main host's node manager
+    assert "a: spares: hosts.json written" in output, output
+    nodes = _nodes(hosts)
+    assert {node["node_id"]: node["reachable"] for node in nodes} == dict.fromkeys(STARTED, True)
     main = next(node for node in nodes if node["main"])
     assert main["node_id"] == "a"
     assert {"node-manager", "heartbeat", "web"} <= {s["service_id"] for s in main["services"]}
-
-
-def test_a_model_runs_on_another_host_and_answers(
-    bootstrapped: tuple[Hosts, float, str], tmp_path: Path
-) -> None:
-    hosts, _took, _output = bootstrapped
-    archive = tmp_path / "comfort.zip"
-    hosts.aiot.run("model", "pack", str(EXAMPLES / "comfort"), "-o", str(archive))
-    uploaded = hosts.aiot.run("model", "upload", str(archive), timeout=600)
-    model_id = uploaded.stdout.strip().splitlines()[-1]
-    assert model_id.startswith("m"), uploaded.stdout
-    nodes = json.loads(hosts.aiot.run("nodes", "--json").stdout)
-    replicas = [
-        (node, service)
-        for node in nodes
-        for service in node["services"]
-        if service["service_id"].startswith(model_id) and service["state"] == "running"
-    ]
-    assert replicas, nodes
-    assert all(not node["main"] for node, _service in replicas), "the replica runs on the main host"
-    node, service = replicas[0]
-    port = next(iter(service["ports"].values()))
-    answer: dict[str, Any] = requests.post(
-        f"http://{node['address']}:{port}/predict/predict",
-        json={"temperature": 30.0, "humidity": 55.0},
-        timeout=30,
-    ).json()
-    assert answer["fan_speed"] == 4
+    assert not host_processes(hosts.roots[SPARE])
 
 
 def test_a_second_bootstrap_changes_nothing(bootstrapped: tuple[Hosts, float, str]) -> None:
@@ -338,12 +92,13 @@ def test_a_second_bootstrap_changes_nothing(bootstrapped: tuple[Hosts, float, st
         "bootstrap", "--provider", "ssh", "--config", str(hosts.inventory), timeout=600
     ).stdout
     lines = output.splitlines()
-    for name in HOSTS:
+    for name in STARTED:
         for step in ("upload", "install", "start"):
             said = [line for line in lines if line.startswith(f"{name}: {step}: ")]
             assert said, output
             assert all("unchanged" in line for line in said), output
     assert " written" not in output, output
+    assert not [line for line in lines if line.startswith(f"{SPARE}: ")], output
 
 
 def _failed_bootstrap(hosts: Hosts, tmp_path: Path, host: int, **changes: str) -> str:
@@ -373,16 +128,97 @@ def test_a_wrong_key_and_an_unreachable_host_fail_naming_host_and_step(
     assert f"error: b: connect failed: root@{nowhere}:22 is unreachable" in said, said
 
 
+def _upload(hosts: Hosts, tmp_path: Path, name: str) -> str:
+    """The comfort example uploaded under ``name``; its model id once deployed."""
+    folder = tmp_path / name
+    shutil.copytree(EXAMPLES / "comfort", folder)
+    manifest = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**manifest, "name": name}))
+    archive = tmp_path / f"{name}.zip"
+    hosts.aiot.run("model", "pack", str(folder), "-o", str(archive))
+    uploaded = hosts.aiot.run("model", "upload", str(archive), timeout=600)
+    model_id = uploaded.stdout.strip().splitlines()[-1]
+    assert model_id.startswith("m"), uploaded.stdout
+    return model_id
+
+
+def _replicas(hosts: Hosts, model_id: str) -> list[dict[str, Any]]:
+    document = json.loads(hosts.aiot.run("model", "show", model_id, "--json").stdout)
+    return [
+        replica
+        for version in document["versions"]
+        for replica in (version.get("deployment") or {}).get("replicas", [])
+    ]
+
+
+def _answers(url: str) -> dict[str, Any]:
+    answer: dict[str, Any] = requests.post(
+        f"{url}/predict/predict", json={"temperature": 30.0, "humidity": 55.0}, timeout=30
+    ).json()
+    return answer
+
+
+def test_a_model_runs_on_another_host_and_answers(
+    bootstrapped: tuple[Hosts, float, str], tmp_path: Path
+) -> None:
+    hosts, _took, _output = bootstrapped
+    model_id = _upload(hosts, tmp_path, "comfort")
+    replicas = _replicas(hosts, model_id)
+    assert [replica["node_id"] for replica in replicas] == ["b"], replicas  # the least loaded host
+    assert _answers(replicas[0]["url"])["fan_speed"] == 4
+
+
+def test_the_spare_host_joins_when_every_host_is_busy_and_takes_the_next_model(
+    bootstrapped: tuple[Hosts, float, str], tmp_path: Path
+) -> None:
+    hosts, _took, _output = bootstrapped
+    began = time.monotonic()
+
+    def spare_up() -> bool:
+        return any(node["node_id"] == SPARE and node["reachable"] for node in _nodes(hosts))
+
+    # b runs a replica now: every started host is busy, and the main host's node manager
+    # bootstraps the spare over SSH (upload, offline install, join).
+    wait_until(spare_up, 600, f"spare host {SPARE} added by scale-out")
+    print(f"\nspare host {SPARE} up {time.monotonic() - began:.0f}s after a model ran on b")
+    spare = next(node for node in _nodes(hosts) if node["node_id"] == SPARE)
+    assert (spare["added"], spare["main"]) == (True, False), spare
+    assert spare["address"] == hosts.addresses[SPARE], spare
+    said = hosts.aiot.run("logs", "node-manager", "--grep", "scale-out").stdout
+    assert f"bootstrapping spare host {SPARE} over SSH" in said, said
+    model_id = _upload(hosts, tmp_path, "comfort-spare")
+    replicas = _replicas(hosts, model_id)
+    assert [replica["node_id"] for replica in replicas] == [SPARE], replicas  # the least loaded now
+    assert _answers(replicas[0]["url"])["fan_speed"] == 4
+
+
+def test_the_idle_spare_host_is_drained_and_removed(bootstrapped: tuple[Hosts, float, str]) -> None:
+    hosts, _took, _output = bootstrapped
+    for name in ("comfort", "comfort-spare"):  # the load goes: every host is idle
+        hosts.aiot.run("model", "delete", name, timeout=300)
+
+    def spare_gone() -> bool:
+        listed = {node["node_id"] for node in _nodes(hosts)}
+        return SPARE not in listed and not host_processes(hosts.roots[SPARE])
+
+    # Once the cooldown after it joined has passed, it is drained and stopped over SSH.
+    wait_until(spare_gone, COOLDOWN_S + 120, f"the idle spare host {SPARE} drained and removed")
+    said = hosts.aiot.run("logs", "node-manager", "--grep", "scale-in").stdout
+    assert f"scale-in: node {SPARE} drained and removed" in said, said
+    assert {node["node_id"] for node in _nodes(hosts)} == set(STARTED)
+
+
 def test_destroy_leaves_no_process_behind(bootstrapped: tuple[Hosts, float, str]) -> None:
     hosts, _took, _output = bootstrapped
-    assert all(_host_processes(root) for root in hosts.roots.values())
+    assert all(host_processes(hosts.roots[name]) for name in STARTED)
     output = hosts.aiot.run("destroy", timeout=300).stdout
     lines = output.splitlines()
-    for name in HOSTS:
+    for name in STARTED:
         assert any(line.startswith(f"{name}: stop: stopped agent-{name}") for line in lines), output
+    assert f"{SPARE}: stop: nothing was running" in lines, output
     for name, root in hosts.roots.items():
 
         def gone(root: Path = root) -> bool:
-            return not _host_processes(root)
+            return not host_processes(root)
 
         wait_until(gone, 30, f"no process of host {name} left")
