@@ -277,8 +277,15 @@ def test_scale_out_adds_a_node_when_every_node_is_busy_and_scale_in_removes_it_w
 
         wait_until(sleeper_moved_and_node_2_gone, SCALE_COOLDOWN_S + 60, "node-2 drained and removed")
         assert "agent-node-2" not in {p["name"] for p in busy.status()["processes"]}
-        removed = busy.run("logs", "node-manager", "--grep", "scale-in").stdout
-        assert "scale-in: node node-2 drained and removed" in removed, removed
+        # The run state forgets node-2 before the node manager logs the removal: wait for the line.
+        wait_until(
+            lambda: (
+                "scale-in: node node-2 drained and removed"
+                in busy.run("logs", "node-manager", "--grep", "scale-in").stdout
+            ),
+            30,
+            "the node manager's log of node-2's removal",
+        )
         # Busy again on one node: the next node added is node-3 (a removed node's id is not reused).
         wait_until(lambda: "node-3" in reachable_nodes(busy), 60, "node-3 added by the next scale-out")
     finally:

@@ -203,8 +203,15 @@ def test_the_idle_spare_host_is_drained_and_removed(bootstrapped: tuple[Hosts, f
 
     # Once the cooldown after it joined has passed, it is drained and stopped over SSH.
     wait_until(spare_gone, COOLDOWN_S + 120, f"the idle spare host {SPARE} drained and removed")
-    said = hosts.aiot.run("logs", "node-manager", "--grep", "scale-in").stdout
-    assert f"scale-in: node {SPARE} drained and removed" in said, said
+    # The registry forgets the node just before the node manager logs it: wait for the line.
+    wait_until(
+        lambda: (
+            f"scale-in: node {SPARE} drained and removed"
+            in hosts.aiot.run("logs", "node-manager", "--grep", "scale-in").stdout
+        ),
+        30,
+        f"the node manager's log of {SPARE}'s removal",
+    )
     assert {node["node_id"] for node in _nodes(hosts)} == set(STARTED)
 
 
