@@ -11,9 +11,10 @@ manager (``bootstrapper.local_node_manager``), which finds that file at its star
 - ``add_node`` (scale-out): the first spare not in use is marked added and bootstrapped by a child
   process, ``python -m bootstrapper.host add-node NAME``: its bus principal, then over SSH the same
   install, settings and ``join`` as ``aiot bootstrap`` does for any other host (its progress in
-  ``AIOT_HOME/logs/spare-NAME.out``). The node id is the host's name; the node manager places work
-  there once its agent announces itself. A bootstrap that fails frees the spare again (the next
-  scale-out tries it once more) and its output's last lines go to the node manager's log.
+  ``AIOT_HOME/logs/spare-NAME.out``, replaced at its next bootstrap). The node id is the host's
+  name; the node manager places work there once its agent announces itself. A bootstrap that
+  fails frees the spare again (the next scale-out tries it once more) and its output's last lines
+  go to the node manager's log.
 - ``added_nodes``: the spares added (``AIOT_HOME/spares/added.json``), the nodes scale-in may remove.
 - ``remove_node`` (scale-in, after the node manager drained it): over SSH, ``python -m
   bootstrapper.host down`` there stops what the join started; its bus principal is removed; the
@@ -159,7 +160,7 @@ class SpareScaleOut:
         log_file = self._log_file(name)
         private_dir(log_file.parent)
         environment = {key: value for key, value in os.environ.items() if not key.startswith(_PER_PROCESS)}
-        with open(log_file, "ab") as output:
+        with open(log_file, "wb") as output:  # this bootstrap's lines only: one file per spare, bounded
             child = subprocess.Popen(
                 [sys.executable, "-m", "bootstrapper.host", "add-node", name],
                 stdin=subprocess.DEVNULL,
