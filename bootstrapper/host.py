@@ -38,6 +38,7 @@ from platform_sdk.principals import (
     SHARED_PLATFORM,
     BusSecrets,
     agent_principal,
+    bus_secrets_document,
     read_bus_secrets,
     secrets_path,
     service_principal,
@@ -81,9 +82,7 @@ def _node_secrets(settings: Settings, broker: str, nodes: list[str]) -> dict[str
             security_protocol=found.security_protocol,
             principals={name: found.principals[name] for name in names},
         )
-        data = subset.model_dump(mode="json")
-        data["principals"] = {name: value.get_secret_value() for name, value in subset.principals.items()}
-        result[node] = data
+        result[node] = bus_secrets_document(subset)
     return result
 
 

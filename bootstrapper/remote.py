@@ -62,6 +62,7 @@ from bootstrapper.kafka import ADMIN_USER, SCRAM_MECHANISM, fetch_jars, jars_dir
 from bootstrapper.providers import Host, Progress
 from platform_core.roster import load_roster
 from platform_sdk.errors import PlatformError, Unavailable, ValidationFailed
+from platform_sdk.principals import BusSecrets, bus_secrets_document
 from platform_sdk.runstate import exclusive, private_dir
 from platform_sdk.settings import Settings
 
@@ -646,14 +647,15 @@ class Bootstrap:
             self._step(main, "kafka", "kafka.json kept (the platform's principals are in it)")
             return
         identity = cluster_identity(self.settings)
-        document = {
-            "bootstrap": servers,
-            "admin": ADMIN_USER,
-            "mechanism": SCRAM_MECHANISM,
-            "principals": {ADMIN_USER: identity.admin_password.get_secret_value()},
-        }
+        secrets = BusSecrets(
+            bootstrap=servers,
+            admin=ADMIN_USER,
+            mechanism=SCRAM_MECHANISM,
+            principals={ADMIN_USER: identity.admin_password},
+        )
         session.run("kafka", f"mkdir -p -m 700 {shlex.quote(main.root)}/home/secrets")
-        self._write(session, main, "kafka", path, json.dumps(document, indent=2), mode=0o600)
+        text = json.dumps(bus_secrets_document(secrets), indent=2)
+        self._write(session, main, "kafka", path, text, mode=0o600)
 
     def _servers(self) -> str:
         return ",".join(f"{member.host}:{member.port}" for member in self.cluster)

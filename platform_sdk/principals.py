@@ -140,11 +140,17 @@ def read_bus_secrets(settings: Settings) -> BusSecrets | None:
         return None
 
 
+def bus_secrets_document(secrets: BusSecrets) -> dict[str, Any]:
+    """``secrets`` as its file's JSON document, the passwords in clear (for a 0600 file only)."""
+    data = secrets.model_dump(mode="json")
+    data["principals"] = {name: value.get_secret_value() for name, value in secrets.principals.items()}
+    return data
+
+
 def write_bus_secrets(path: Path, secrets: BusSecrets) -> None:
     """Write ``secrets`` to ``path`` atomically, 0600 in a 0700 folder (never to the logs)."""
     private_dir(path.parent)
-    data = secrets.model_dump(mode="json")
-    data["principals"] = {name: value.get_secret_value() for name, value in secrets.principals.items()}
+    data = bus_secrets_document(secrets)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
         os.chmod(tmp.name, 0o600)
         json.dump(data, tmp, indent=2)
