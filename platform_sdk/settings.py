@@ -138,9 +138,11 @@ class KafkaSettings(BaseModel):
         default=512, ge=128, description="Heap cap (-Xmx) of the Kafka broker `aiot up` runs."
     )
     jit: Literal["quick", "full"] = Field(
-        default="quick",
-        description="The broker's JIT: quick compiles with C1 only (about 60 MB less memory and a "
-        "fifth less idle CPU); full adds the optimizing C2 compiler, for sustained high throughput.",
+        default="full",
+        description="The broker's JIT: full is the JVM's tiered C1 and C2 (the device path's p99 at "
+        "2,000 readings/s about halved on two cores against quick; docs/benchmarks.md), for about "
+        "30 MB more memory and a few seconds more at start. quick compiles with C1 only: for "
+        "short-lived brokers (the test suite's).",
     )
     gc: Literal["serial", "parallel", "g1", "shenandoah"] = Field(
         default="serial",

@@ -27,6 +27,7 @@ from platform_sdk.errors import BadRequest, NotFound, PlatformError, Timeout, Un
 from platform_sdk.settings import KafkaSettings, Settings, temporary_settings
 from tests.conftest import missing_component
 from tests.fixtures.components import kafka_updates
+from tests.platform_driver import TEST_BROKER_JIT
 
 pytestmark = pytest.mark.service("kafka")
 
@@ -329,7 +330,7 @@ def test_loop_recovers_after_the_broker_restarts(settings: Settings, tmp_path: P
         broker, restart = TansuBroker(log_file=tmp_path / "broker.log"), _restart_tansu
     else:
         # After a crash the restarted broker waits out its old registration's session: a short one.
-        quick = KafkaSettings(lone_broker_session_ms=5000)
+        quick = KafkaSettings(lone_broker_session_ms=5000, jit=TEST_BROKER_JIT)
         broker = KafkaBroker(tmp_path / "kafka", quick, log_file=tmp_path / "broker.log")
         restart = _restart_kafka
     try:
@@ -398,7 +399,9 @@ def test_latest_on_a_paused_broker_raises_unavailable_and_works_once_it_continue
     settings: Settings, tmp_path: Path
 ) -> None:
     """An app reading its sensors while the broker is paused gets a PlatformError it can handle."""
-    broker = KafkaBroker(tmp_path / "kafka", log_file=tmp_path / "broker.log")
+    broker = KafkaBroker(
+        tmp_path / "kafka", KafkaSettings(jit=TEST_BROKER_JIT), log_file=tmp_path / "broker.log"
+    )
     try:
         broker.start()
     except Unavailable as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bootstrapper.kafka import GC_FLAGS, KafkaBroker, Voter, jars_dir, jars_ready, java_ok, new_cluster_id
@@ -61,3 +62,28 @@ def test_a_lone_broker_outlasts_a_pause_and_a_cluster_member_keeps_kafkas_sessio
     voters = [Voter(1, 9001, 9101), Voter(2, 9002, 9102), Voter(3, 9003, 9103)]
     member = KafkaBroker(tmp_path / "member", settings, node_id=2, voters=voters).properties()
     assert "broker.session.timeout.ms" not in member
+
+
+def test_the_default_broker_compiles_with_c2_and_the_tests_quick_one_with_c1_only(tmp_path: Path) -> None:
+    """The default JIT is the JVM's full tiered one (C1 only cost the device path's tail twice
+    over, docs/benchmarks.md); "quick" stops at C1. Either JVM command line runs on this Java: the
+    native-heap trim is skipped by a JVM that lacks it."""
+    default = KafkaBroker(tmp_path / "default", KafkaSettings())
+    quick = KafkaBroker(tmp_path / "quick", KafkaSettings(jit="quick"))
+    if not java_ok(default.kafka):
+        missing_component("kafka", f"Apache Kafka needs Java 17+ ('{default.kafka.java}')")
+    assert not any(flag.startswith("-XX:TieredStopAtLevel") for flag in default.command())
+    assert "-XX:TieredStopAtLevel=1" in quick.command()
+    for broker in (default, quick):
+        command = broker.command()
+        options = command[: command.index("-cp")]
+        assert "-XX:TrimNativeHeapInterval=5000" in options
+        java = subprocess.run([*options, "-version"], capture_output=True, text=True, timeout=60, check=False)
+        assert java.returncode == 0, java.stderr
+
+
+def test_the_broker_runs_with_two_malloc_arenas(kafka_broker: KafkaBroker) -> None:
+    """As every Python process of the platform (``PROCESS_ENVIRONMENT``): the JVM's many threads'
+    native buffers otherwise stay resident in up to eight arenas per core."""
+    assert kafka_broker.pid is not None
+    assert psutil.Process(kafka_broker.pid).environ().get("MALLOC_ARENA_MAX") == "2"

@@ -36,10 +36,10 @@ from platform_sdk.device_messages import Reading
 from platform_sdk.devices import DeviceClient, SensorData, SensorStream
 from platform_sdk.errors import PlatformError, Unavailable
 from platform_sdk.model_client import ModelClient
-from platform_sdk.settings import Settings, temporary_settings
+from platform_sdk.settings import KafkaSettings, Settings, temporary_settings
 from tests.conftest import missing_component
 from tests.fixtures.components import kafka_env, kafka_updates
-from tests.platform_driver import AIOT, Platform, platform_services, wait_until
+from tests.platform_driver import AIOT, TEST_BROKER_JIT, Platform, platform_services, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.service("kafka"), pytest.mark.timeout(540)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ START_TIMEOUT_S = 120.0
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
     """Three Kafka processes (broker and controller each) on loopback, one KRaft cluster."""
-    kafka = KafkaCluster(tmp_path / "kafka", size=3)
+    kafka = KafkaCluster(tmp_path / "kafka", size=3, kafka=KafkaSettings(jit=TEST_BROKER_JIT))
     if not java_ok(kafka.kafka):
         missing_component("kafka", f"Apache Kafka needs Java 17+ ('{kafka.kafka.java}' is missing or older)")
     if not jars_ready(kafka.kafka):
