@@ -66,7 +66,15 @@ STOPPED = ("logger", "scheduler", "deployer")
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with running_platform(tmp_path_factory.mktemp("chaos") / "home", "--nodes", "2", "--demo") as running:
+    # Room on either node for everything (the demo and the apps scheduled here are about 22 services,
+    # more than the default capacity of 16): a lost node's services then move to the other node, as
+    # the lost-node test says, instead of waiting for a node that scale-out adds (seen in CI: 30 s
+    # went by before the added node joined; scale-out is node_layer's subject).
+    work = tmp_path_factory.mktemp("chaos")
+    config = work / "settings.toml"
+    config.write_text("[agent]\ncapacity = 32\n")
+    env = {"AIOT_CONFIG_FILE": str(config)}
+    with running_platform(work / "home", "--nodes", "2", "--demo", env=env) as running:
         yield running
 
 
